@@ -1,0 +1,184 @@
+"""Child halves: the sandbox's PID 1 and the command process.
+
+PID 1 is born by clone() inside the new user, pid, mount, net, uts and ipc namespaces.
+It waits for the supervisor to write its id maps and place it in its cgroup, then runs
+the namespace stages in a fixed order, forks the command, and stays as a minimal init
+(reaps zombies, forwards signals, reports the command's wait status).
+
+The command process runs the privilege stages and execs. Stage order and why:
+  setsid          no controlling terminal: TIOCSTI keystroke injection (CVE-2017-5226)
+  ids             setresgid/setresuid to the inside ids
+  rlimits         before the program can allocate anything
+  cwd, fds        nothing inherited above fd 2 survives exec
+  capabilities    after every privileged operation (mounts are done in PID 1)
+  no_new_privs    required before an unprivileged seccomp filter and Landlock
+  landlock        needs its path fds opened in the final mount view
+  verify          fail closed: every requested layer holds, seen from inside
+  seccomp         last: after it only execve runs (nsjail, crun)
+
+Messages to the supervisor are tab-separated lines on a close-on-exec pipe:
+  E stage errno detail   a stage failed (the process then exits 125)
+  W text                 a warning
+  X pid syscall          the seccomp listener caught a kill rule
+  S status               PID 1: the command's wait status, just before PID 1 exits
+"""
+import os
+import signal
+
+from . import sys as k
+from .errors import SetupError
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
+
+
+def send(fd, *fields):
+    line = "\t".join(str(f).replace("\t", " ").replace("\n", " ") for f in fields) + "\n"
+    try:
+        os.write(fd, line.encode())
+    except OSError:
+        pass
+
+
+def report_failure(fd, stage, error):
+    if isinstance(error, SetupError):
+        send(fd, "E", error.stage, error.errno, str(error))
+    elif isinstance(error, OSError):
+        send(fd, "E", stage, error.errno or 0, "%s: %s" % (stage, error.strerror or error))
+    else:
+        send(fd, "E", stage, 0, "%s: %s: %s" % (stage, type(error).__name__, error))
+
+
+def pid1_main(spec, go_r, msg_w):
+    """Entry of the cloned child. Never returns."""
+    stage = "start"
+    try:
+        # The supervisor's death kills us (and with PID 1 the whole pid namespace).
+        k.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL, stage="pdeathsig")
+        for sig in FORWARDED_SIGNALS + (signal.SIGPIPE,):
+            signal.signal(sig, signal.SIG_DFL)
+        stage = "sync"
+        # EOF here means the supervisor gave up (or died) before the maps were written.
+        if os.read(go_r, 1) != b"G":
+            os._exit(125)
+        os.close(go_r)
+        if spec.idmap is not None:
+            stage = "ids"
+            from .user import enter
+            enter(spec.idmap)
+        if spec.unshare_after_attach:
+            # A cgroup namespace's root is the cgroup its creator is in at unshare time,
+            # so it is created only now that the supervisor has moved us into our leaf.
+            # A time namespace, like a pid namespace, applies to the children only.
+            stage = "unshare"
+            k.unshare(spec.unshare_after_attach)
+        if spec.hostname:
+            stage = "sethostname"
+            k.sethostname(spec.hostname)
+        if spec.net_mode == "loopback":
+            stage = "loopback"
+            from .net import bring_up_loopback
+            bring_up_loopback()
+        stage = "mount"
+        if spec.mounts is not None:
+            from . import mnt
+            mnt.build(spec.mounts)
+        if spec.stdio:
+            for target, fd in enumerate(spec.stdio):
+                if fd is not None and fd != target:
+                    os.dup2(fd, target)
+        stage = "fork"
+        command = os.fork()
+        if command == 0:
+            command_main(spec, msg_w)
+        # Nothing inside may read or ptrace PID 1's memory.
+        k.prctl(k.PR_SET_DUMPABLE, 0, stage="dumpable")
+        status = init_loop(command, spec.seccomp_listener_wanted, msg_w)
+        send(msg_w, "S", status)
+        os._exit(0)
+    except BaseException as error:  # noqa: B036 - every failure must reach the supervisor
+        report_failure(msg_w, stage, error)
+        os._exit(125)
+
+
+def init_loop(command, watch_seccomp, msg_w):
+    """Reap every child; forward signals to the command; return the command's status."""
+    def forward(sig, _frame):
+        try:
+            os.kill(command, sig)
+        except ProcessLookupError:
+            pass
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    listener = None
+    if watch_seccomp:
+        listener = _take_listener(command, msg_w)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        if pid == command:
+            return status
+
+
+def _take_listener(command, msg_w):
+    return None
+
+
+def command_main(spec, msg_w):
+    """The command's half. Never returns: exec, or exit 125/126/127."""
+    stage = "setsid"
+    try:
+        for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        if spec.new_session:
+            os.setsid()
+        if spec.idmap is not None:
+            stage = "ids"
+            from .user import become
+            become(spec.idmap, keep_caps=bool(spec.caps_keep))
+        if spec.rlimits:
+            stage = "rlimits"
+            from .rlimits import apply as apply_rlimits
+            apply_rlimits(spec.rlimits)
+        stage = "chdir"
+        try:
+            os.chdir(spec.cwd)
+        except OSError as e:
+            raise SetupError("chdir", e.errno, "cwd %s: %s" % (spec.cwd, e.strerror)) from None
+        if spec.close_fds:
+            stage = "close-fds"
+            os.closerange(3, msg_w)
+            os.closerange(msg_w + 1, 1 << 16)
+        if spec.caps is not None:
+            stage = "capabilities"
+            from . import caps
+            caps.apply(spec.caps_keep, spec.caps_ambient)
+        if spec.no_new_privs:
+            stage = "no_new_privs"
+            k.prctl(k.PR_SET_NO_NEW_PRIVS, 1, stage="no_new_privs")
+        if spec.landlock is not None:
+            stage = "landlock"
+            from . import landlock
+            for warning in landlock.apply(spec.landlock, extra_ro=spec.landlock_ro, extra_rw=spec.landlock_rw) or ():
+                send(msg_w, "W", warning)
+        if spec.verify is not None:
+            stage = "verify"
+            from . import verify
+            verify.check(dict(spec.verify, allowed_fds=[msg_w]))
+        if spec.bpf is not None:
+            stage = "seccomp"
+            from . import seccomp
+            seccomp.install(spec.bpf, log=spec.seccomp_log)
+        stage = "exec"
+        argv = spec.argv
+        try:
+            os.execvpe(argv[0], argv, spec.env)
+        except OSError as e:
+            code = 127 if e.errno in (2, 20) else 126
+            send(msg_w, "E", "exec", e.errno, "%s: %s" % (argv[0], e.strerror))
+            os._exit(code)
+    except BaseException as error:  # noqa: B036
+        report_failure(msg_w, stage, error)
+        os._exit(125)

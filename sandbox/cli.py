@@ -1,0 +1,269 @@
+"""Command line: `pysandbox run|profile|explain|gc|audit`.
+
+`run` is parsed by hand: argparse (and everything rich) would add import time to every
+sandbox start, and nothing on the run path may do that before exec.
+"""
+import os
+import sys
+
+from .errors import SandboxError, UsageError, EXIT_USAGE
+
+USAGE = """usage: pysandbox run [OPTIONS] -- CMD [ARG...]
+       pysandbox profile list | show NAME | lint NAME
+       pysandbox explain LAYER
+       pysandbox gc
+       pysandbox audit TARGET [OPTIONS]
+
+run options:
+  --profile NAME|PATH     profile to start from (default: default)
+  --ro-bind SRC[:DST]     bind SRC read-only at DST (repeatable)
+  --bind SRC[:DST]        bind SRC read-write at DST (repeatable)
+  --tmpfs DST             a fresh tmpfs at DST (repeatable)
+  --rootfs DIR            use DIR (e.g. an unpacked image) as the root
+  --overlay               writable root through overlayfs on a tmpfs (nothing reaches the host)
+  --env KEY=VALUE         set an environment variable (repeatable)
+  --cwd DIR               working directory inside
+  --hostname NAME         hostname inside (needs the uts namespace)
+  --net none|loopback|host
+  --uid N / --gid N       ids inside the sandbox
+  --timeout SECONDS       kill the whole sandbox after SECONDS (exit 124)
+  --memory SIZE           memory limit (swap off unless --memory-swap)
+  --memory-swap SIZE      memory+swap limit (-1: unlimited swap)
+  --pids N                process limit
+  --cpus FLOAT            CPU quota in CPUs
+  --cpu-weight N          relative CPU weight (1..10000)
+  --io-weight N           relative IO weight (1..10000)
+  --seccomp FILE          import an OCI/Docker seccomp JSON profile
+  --name NAME             name the sandbox (for `audit NAME`)
+  --result FILE           write a JSON verdict to FILE
+  --quiet                 no warnings or notes on stderr
+
+exit status: the command's own; 128+N when killed by signal N; 124 timeout;
+125 sandbox setup failed; 126 not executable; 127 not found; 2 usage; 3 bad profile."""
+
+_VALUED = {"--profile", "--ro-bind", "--bind", "--tmpfs", "--rootfs", "--env", "--cwd", "--hostname", "--net",
+           "--uid", "--gid", "--timeout", "--result", "--memory", "--memory-swap", "--pids", "--cpus",
+           "--cpu-weight", "--io-weight", "--seccomp", "--name"}
+_FLAGS = {"--quiet", "--overlay", "--help", "-h"}
+
+
+def err(message):
+    sys.stderr.write("pysandbox: %s\n" % message)
+
+
+def parse_run(args):
+    opts = {"--ro-bind": [], "--bind": [], "--tmpfs": [], "--env": []}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return opts, args[i + 1:]
+        if not arg.startswith("-"):
+            return opts, args[i:]
+        name, eq, inline = arg.partition("=")
+        if name in _FLAGS and not eq:
+            opts[name] = True
+            i += 1
+            continue
+        if name not in _VALUED:
+            raise UsageError("unknown option %s (see `pysandbox run --help`)" % name)
+        if eq:
+            value = inline
+        else:
+            if i + 1 >= len(args):
+                raise UsageError("option %s needs a value" % name)
+            i += 1
+            value = args[i]
+        if isinstance(opts.get(name), list):
+            opts[name].append(value)
+        else:
+            opts[name] = value
+        i += 1
+    return opts, []
+
+
+def _number(opts, name, kind):
+    value = opts.get(name)
+    if value is None:
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise UsageError("%s expects a number, got %r" % (name, value)) from None
+    if number < 0 and not (name == "--memory-swap" and number == -1):
+        raise UsageError("%s must not be negative" % name)
+    return number
+
+
+def overrides_from(opts, profile):
+    """Command-line options as a profile overlay: {section: {key: value}}."""
+    o = {}
+
+    def put(section, key, value):
+        o.setdefault(section, {})[key] = value
+
+    fs = profile.filesystem
+    if opts["--ro-bind"]:
+        put("filesystem", "ro_bind", list(fs.ro_bind) + opts["--ro-bind"])
+    if opts["--bind"]:
+        put("filesystem", "bind", list(fs.bind) + opts["--bind"])
+    if opts["--tmpfs"]:
+        put("filesystem", "tmpfs", list(fs.tmpfs) + opts["--tmpfs"])
+    if "--rootfs" in opts:
+        put("filesystem", "rootfs", os.path.abspath(opts["--rootfs"]))
+    if opts.get("--overlay"):
+        put("filesystem", "overlay", True)
+    if "--cwd" in opts:
+        put("filesystem", "cwd", opts["--cwd"])
+    if "--hostname" in opts:
+        put("process", "hostname", opts["--hostname"])
+    if "--net" in opts:
+        mode = opts["--net"]
+        if mode not in ("none", "loopback", "host"):
+            raise UsageError("--net must be none, loopback or host")
+        put("network", "mode", mode)
+        put("namespaces", "net", mode != "host")
+    for flag, key in (("--uid", "uid"), ("--gid", "gid")):
+        value = _number(opts, flag, int)
+        if value is not None:
+            put("idmap", key, value)
+    timeout = _number(opts, "--timeout", float)
+    if timeout is not None:
+        put("process", "timeout", timeout)
+    for flag, key in (("--memory", "memory"), ("--memory-swap", "memory_swap")):
+        if flag in opts:
+            value = opts[flag]
+            put("limits", key, int(value) if value.lstrip("-").isdigit() else value)
+    for flag, key, kind in (("--pids", "pids", int), ("--cpus", "cpus", float), ("--cpu-weight", "cpu_weight", int),
+                            ("--io-weight", "io_weight", int)):
+        value = _number(opts, flag, kind)
+        if value is not None:
+            put("limits", key, value)
+    if "--seccomp" in opts:
+        put("seccomp", "import", os.path.abspath(opts["--seccomp"]))
+        put("seccomp", "enabled", True)
+    return o
+
+
+def cmd_run(args):
+    opts, argv = parse_run(args)
+    if opts.get("--help") or opts.get("-h"):
+        print(USAGE)
+        return 0
+    if not argv:
+        raise UsageError("no command given (usage: pysandbox run [OPTIONS] -- CMD [ARG...])")
+    env = {}
+    for item in opts["--env"]:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError("--env expects KEY=VALUE, got %r" % item)
+        env[key] = value
+    from .profile import load_profile
+    profile = load_profile(opts.get("--profile", "default"))
+    overrides = overrides_from(opts, profile)
+    if overrides:
+        profile = profile.with_overrides(overrides)
+    from .runtime import Sandbox
+    import signal
+    box = Sandbox(profile, name=opts.get("--name"))
+    proc = box.start(argv, env=env)
+
+    def forward(sig, _frame):
+        proc.kill(sig)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, forward)
+    result = proc.wait()
+    quiet = opts.get("--quiet")
+    if not quiet:
+        for warning in result.warnings or ():
+            err("warning: " + warning)
+    if result.reason == "setup-error":
+        err(result.message or result.stage)
+    elif result.reason == "timeout" and not quiet:
+        err("timed out after %gs; the sandbox was killed" % proc.timeout)
+    elif result.reason in ("oom", "pids", "seccomp") and not quiet:
+        detail = {"oom": "killed: out of memory (limit %s)" % ((result.limits or {}).get("memory")),
+                  "pids": "hit the process limit",
+                  "seccomp": "killed by seccomp%s" % (" (syscall %s)" % result.syscall if result.syscall else "")}
+        err(detail[result.reason])
+    if "--result" in opts:
+        import json
+        with open(opts["--result"], "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+            f.write("\n")
+    return result.exit_code
+
+
+def cmd_profile(args):
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: pysandbox profile list | show NAME|PATH | lint NAME|PATH")
+        return 0 if args else EXIT_USAGE
+    from .profile import load_profile, builtin_names
+    action = args[0]
+    if action == "list":
+        for name in builtin_names():
+            try:
+                description = load_profile(name).description
+            except SandboxError as e:
+                description = "(invalid: %s)" % e
+            print("%-12s %s" % (name, description))
+        return 0
+    if action in ("show", "lint") and len(args) == 2:
+        profile = load_profile(args[1])
+        if action == "show":
+            from .tomlout import dumps
+            sys.stdout.write(dumps(profile))
+            return 0
+        from .lint import main as lint_main
+        return lint_main(profile)
+    raise UsageError("usage: pysandbox profile list | show NAME|PATH | lint NAME|PATH")
+
+
+def cmd_gc(args):
+    from . import state
+    removed = []
+    try:
+        from . import cgroup
+        removed = cgroup.gc(verbose=True) or []
+    except ImportError:
+        pass
+    for record in state.records():
+        if record["stale"]:
+            state.unregister(record["name"])
+            removed.append("state " + record["name"])
+    for item in removed:
+        print("removed", item)
+    return 0
+
+
+def main(argv=None):
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if not args or args[0] in ("-h", "--help", "help"):
+            print(USAGE)
+            return 0 if args else EXIT_USAGE
+        command, rest = args[0], args[1:]
+        if command == "run":
+            return cmd_run(rest)
+        if command == "profile":
+            return cmd_profile(rest)
+        if command == "gc":
+            return cmd_gc(rest)
+        if command == "explain":
+            from .explain import main as explain_main
+            return explain_main(rest)
+        if command == "audit":
+            from audit.cli import main as audit_main
+            return audit_main(rest)
+        raise UsageError("unknown command %r (run, profile, explain, gc, audit)" % command)
+    except SandboxError as e:
+        err(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Registry of running sandboxes, so `audit NAME` and `pysandbox gc` can find them.
+
+Each running sandbox has one JSON file `<state_dir>/<name>.json`:
+    {"name": str, "pid": int (host pid of the sandbox's PID 1), "supervisor": int,
+     "profile": str, "started": float (epoch), "cgroups": [str, ...], "uid": int}
+The file is written after the sandbox's PID 1 exists and removed when the supervisor
+tears the sandbox down. A file whose supervisor is dead is stale (its PID 1 died with
+it through PDEATHSIG); `running()` skips such files and `gc` removes them.
+"""
+import json
+import os
+
+
+def state_dir(uid=None):
+    """Directory for this user's state files (root: /run/pysandbox)."""
+    override = os.environ.get("PYSANDBOX_STATE_DIR")
+    if override:
+        return override
+    uid = os.geteuid() if uid is None else uid
+    if uid == 0:
+        return "/run/pysandbox"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "pysandbox")
+    return "/tmp/pysandbox-%d" % uid
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def register(record):
+    directory = state_dir()
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, record["name"] + ".json")
+    tmp = path + ".%d.tmp" % os.getpid()
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+    return path
+
+
+def unregister(name):
+    try:
+        os.unlink(os.path.join(state_dir(), name + ".json"))
+    except FileNotFoundError:
+        pass
+
+
+def exists(name):
+    return os.path.exists(os.path.join(state_dir(), name + ".json"))
+
+
+def records(directory=None):
+    """Every state record, live or stale, as dicts (with "stale": bool added)."""
+    directory = directory or state_dir()
+    out = []
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return out
+    for entry in names:
+        if not entry.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(directory, entry)) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or "pid" not in record:
+            continue
+        record["stale"] = not (_alive(record.get("supervisor", 0)) and _alive(record["pid"]))
+        out.append(record)
+    return out
+
+
+def running(directory=None):
+    """Records of sandboxes that are alive now."""
+    return [r for r in records(directory) if not r["stale"]]
+
+
+def find(name, directory=None):
+    for record in running(directory):
+        if record["name"] == name:
+            return record
+    return None

@@ -1,0 +1,141 @@
+"""User namespace: which host ids the sandbox's ids map onto (parent half), and
+taking on the inside ids (child half).
+
+The kernel's rules (user_namespaces(7)):
+- uid_map/gid_map are written once, by a process in the parent user namespace.
+- Without CAP_SETUID/CAP_SETGID in the parent namespace, a process may map only its
+  own euid/egid, one id each, and must first write "deny" to setgroups (otherwise an
+  unprivileged user could drop a group that denies it access).
+- Multi-id maps from an unprivileged user go through the setuid helpers
+  newuidmap/newgidmap, which check /etc/subuid and /etc/subgid.
+Nothing here ever maps onto host id 0.
+"""
+import os
+import shutil
+
+from .errors import SetupError
+
+
+class IdMap:
+    """The maps to write for one sandbox."""
+
+    __slots__ = ("uid_lines", "gid_lines", "method", "inside_uid", "inside_gid", "deny_setgroups", "host_uid")
+
+    def __init__(self, uid_lines, gid_lines, method, inside_uid, inside_gid, deny_setgroups, host_uid):
+        self.uid_lines, self.gid_lines, self.method = uid_lines, gid_lines, method
+        self.inside_uid, self.inside_gid = inside_uid, inside_gid
+        self.deny_setgroups, self.host_uid = deny_setgroups, host_uid
+
+    def describe(self):
+        return {"method": self.method, "uid_map": self.uid_lines, "gid_map": self.gid_lines}
+
+
+def _subid_range(path, names):
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) == 3 and parts[0] in names:
+                    start, count = int(parts[1]), int(parts[2])
+                    if start > 0 and count > 0:
+                        return start, count
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def plan(idmap, inside_uid, inside_gid):
+    """Decide the maps before fork. `idmap` is the profile's [idmap] section."""
+    euid, egid = os.geteuid(), os.getegid()
+    size = idmap.size
+    if euid == 0:
+        base = idmap.root_host_base
+        if base <= 0 or base + size > 0xFFFFFFFF:
+            raise SetupError("idmap", 0, "root_host_base %d + size %d is not a valid host range" % (base, size))
+        return IdMap(((0, base, size),), ((0, base, size),), "write", inside_uid, inside_gid, False, base)
+    if idmap.subuid and shutil.which("newuidmap") and shutil.which("newgidmap"):
+        import pwd
+        try:
+            name = pwd.getpwuid(euid).pw_name
+        except KeyError:
+            name = str(euid)
+        uids = _subid_range("/etc/subuid", (name, str(euid)))
+        gids = _subid_range("/etc/subgid", (name, str(euid)))
+        if uids and gids:
+            # Inside root is the caller; inside ids 1.. come from the subordinate range.
+            ucount, gcount = min(uids[1], size - 1), min(gids[1], size - 1)
+            return IdMap(((0, euid, 1), (1, uids[0], ucount)), ((0, egid, 1), (1, gids[0], gcount)),
+                         "newuidmap", inside_uid, inside_gid, False, euid)
+    # One id each way: the caller becomes `inside_uid` inside.
+    return IdMap(((inside_uid, euid, 1),), ((inside_gid, egid, 1),), "single", inside_uid, inside_gid, True, euid)
+
+
+def _write(path, text, stage):
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise SetupError(stage, e.errno) from None
+
+
+def write_maps(pid, idmap):
+    """Parent half: write the child's maps (gid before uid: once uid_map is written
+    the child is no longer ours to write for when we are unprivileged)."""
+    for lines in (idmap.uid_lines, idmap.gid_lines):
+        for inside, host, count in lines:
+            if host == 0 or (host <= 0 < host + count):
+                raise SetupError("uid_map", 0, "refusing to map onto host id 0")
+    proc = "/proc/%d/" % pid
+    if idmap.method == "newuidmap":
+        import subprocess
+        for tool, lines in (("newgidmap", idmap.gid_lines), ("newuidmap", idmap.uid_lines)):
+            args = [tool, str(pid)] + [str(v) for line in lines for v in line]
+            done = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+            if done.returncode != 0:
+                raise SetupError(tool.replace("new", "").replace("map", "_map"), 0,
+                                 "%s failed: %s" % (tool, done.stderr.decode(errors="replace").strip()))
+        return
+    if idmap.deny_setgroups:
+        _write(proc + "setgroups", "deny", "setgroups")
+    _write(proc + "gid_map", "".join("%d %d %d\n" % l for l in idmap.gid_lines), "gid_map")
+    _write(proc + "uid_map", "".join("%d %d %d\n" % l for l in idmap.uid_lines), "uid_map")
+
+
+def enter(idmap):
+    """Child half, in PID 1 right after the maps are written: take on mapped ids.
+
+    The cloned child keeps the caller's host credentials; when the caller is host root,
+    host uid 0 is unmapped in the new namespace, and creating any file fails with
+    EOVERFLOW until the process switches to an id that is mapped (inside 0). The switch
+    keeps the namespace's full capability set: it moves onto the namespace's own root.
+    Supplementary groups inherited from the caller are host groups (root's gid 0 among
+    them) and would still grant access to host files: they are dropped wherever the
+    kernel lets us (not when setgroups is denied)."""
+    if not idmap.deny_setgroups:
+        try:
+            os.setgroups([])
+        except OSError as e:
+            raise SetupError("setgroups", e.errno) from None
+    uid = idmap.inside_uid if idmap.method == "single" else 0
+    gid = idmap.inside_gid if idmap.method == "single" else 0
+    try:
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as e:
+        raise SetupError("setresuid", e.errno) from None
+
+
+def become(idmap, keep_caps):
+    """Child half, in the command process: the final inside ids."""
+    if keep_caps and idmap.inside_uid != 0:
+        from .sys import prctl, PR_SET_KEEPCAPS
+        prctl(PR_SET_KEEPCAPS, 1, stage="keepcaps")
+    try:
+        os.setresgid(idmap.inside_gid, idmap.inside_gid, idmap.inside_gid)
+        os.setresuid(idmap.inside_uid, idmap.inside_uid, idmap.inside_uid)
+    except OSError as e:
+        raise SetupError("setresuid", e.errno) from None
