@@ -1,0 +1,442 @@
+"""Resource limits: one cgroup per sandbox, under a parent of our own named `pysandbox`.
+
+    layout = detect()                      # "v2", "v1" (hybrid counts as v1) or None
+    cg = create(name, profile.limits)      # parent, before fork
+    cg.attach(pid)                         # parent, while the child waits, before it
+                                           # unshares its cgroup namespace
+    ... sandbox runs ...
+    cg.verdict()                           # oom / pids_limited / memory_peak / cpu times
+    cg.destroy()                           # kill every task, rmdir; idempotent
+    gc()                                   # orphans of killed supervisors
+
+Layouts (detected from /proc/self/mountinfo at run time):
+  v2  one leaf <mount>/pysandbox/<name> (or <own delegated cgroup>/pysandbox/<name>
+      when rootless), controllers enabled in pysandbox/cgroup.subtree_control.
+  v1  one directory per hierarchy: <mount>/pysandbox/<name> for pids, memory, cpu,
+      cpuacct, blkio and freezer; on a hybrid host also a leaf in the (controller-less)
+      unified mount, whose cgroup.kill ends every task at once.
+
+Liveness: the supervisor holds flock() on its leaf in the first ("primary") hierarchy
+for as long as the sandbox lives. A leaf whose lock can be taken belongs to a dead
+supervisor; gc removes it once no task is left in it (the kernel refuses rmdir of a
+populated cgroup anyway, so a live process always keeps its cgroup). The primary leaf
+is created first and removed last, so a half-made or half-removed sandbox is always
+visible to the cheap gc that scans the primary hierarchy only.
+
+This module is on the run path: it imports nothing beyond os/fcntl at import time.
+"""
+import os
+
+from .errors import SetupError
+
+PARENT = "pysandbox"
+DELEGATION_HINT_V2 = ("rootless without cgroup delegation: run under "
+                      "`systemd-run --user --scope -p Delegate=yes` or set limits.required = false")
+DELEGATION_HINT_V1 = ("cgroup v1 has no delegation for unprivileged users: run as root, "
+                      "or set limits.required = false")
+
+_V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "blkio", "freezer")
+_mounts_cache = None
+
+
+# ---------------------------------------------------------------- small file helpers
+# os.open/os.write instead of open(): no buffering layer, one syscall each, and the
+# kernel's errno comes back unchanged (cgroupfs reports limits it refuses as EINVAL).
+
+def write_file(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode() if isinstance(text, str) else text)
+    finally:
+        os.close(fd)
+
+
+def read_file(path):
+    """Contents of a cgroup file, or None when it does not exist (controller absent)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    except (FileNotFoundError, ProcessLookupError, OSError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_int(path, default=0):
+    text = read_file(path)
+    if text is None:
+        return default
+    text = text.strip()
+    if text == "max":
+        return -1
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+def read_keyed(path):
+    """'key value' lines (memory.events, pids.events, cpu.stat, oom_control) -> {key: int}."""
+    out = {}
+    text = read_file(path)
+    if not text:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value.split()[0]) if value.strip() else 0
+        except ValueError:
+            pass
+    return out
+
+
+def procs(directory):
+    """PIDs in a cgroup (live or exiting); [] when the directory is gone."""
+    text = read_file(os.path.join(directory, "cgroup.procs"))
+    return [int(p) for p in text.split()] if text else []
+
+
+def rmdir_quiet(path):
+    """rmdir that treats 'already gone' as done; returns False if the kernel keeps it (EBUSY)."""
+    try:
+        os.rmdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def check_name(name):
+    if not name or "/" in name or name in (".", "..") or "\0" in name or len(name) > 200:
+        raise SetupError("cgroup", 22, "invalid sandbox name for a cgroup: %r" % (name,))
+
+
+# ---------------------------------------------------------------- detection
+
+def _unescape(field):
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text):
+    """cgroup mounts as [(fstype, mountpoint, mount_root, frozenset(super options))]."""
+    mounts = []
+    for line in text.splitlines():
+        if " - cgroup" not in line:
+            continue
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+            continue
+        mounts.append((rfields[0], _unescape(fields[4]), _unescape(fields[3]),
+                       frozenset(rfields[2].split(","))))
+    return mounts
+
+
+def mounts(mountinfo="/proc/self/mountinfo"):
+    """Cached cgroup mounts of this process's mount namespace (read once)."""
+    global _mounts_cache
+    if _mounts_cache is None or mountinfo != "/proc/self/mountinfo":
+        try:
+            with open(mountinfo) as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        result = parse_mountinfo(text)
+        if mountinfo != "/proc/self/mountinfo":
+            return result
+        _mounts_cache = result
+    return _mounts_cache
+
+
+def v1_hierarchies(mount_list=None):
+    """{controller: mountpoint} for the v1 controllers we use (first mount of each wins)."""
+    out = {}
+    for fstype, point, _root, opts in (mounts() if mount_list is None else mount_list):
+        if fstype != "cgroup":
+            continue
+        for ctrl in _V1_CONTROLLERS:
+            if ctrl in opts and ctrl not in out:
+                out[ctrl] = point
+    return out
+
+
+def v2_mount(mount_list=None):
+    for fstype, point, _root, _opts in (mounts() if mount_list is None else mount_list):
+        if fstype == "cgroup2":
+            return point
+    return None
+
+
+def detect(mount_list=None):
+    """"v1" when any v1 hierarchy carries a resource controller (hybrid included),
+    "v2" for a unified-only host, None without cgroups."""
+    v1 = v1_hierarchies(mount_list)
+    if any(c in v1 for c in ("memory", "pids", "cpu", "cpuacct", "blkio")):
+        return "v1"
+    if v2_mount(mount_list):
+        return "v2"
+    return None
+
+
+def requested(limits):
+    """Which limits the profile asks for: {"memory", "pids", "cpu", "cpu_weight", "io_weight"}."""
+    want = set()
+    if getattr(limits, "memory", 0) and limits.memory > 0:
+        want.add("memory")
+    if getattr(limits, "pids", 0) and limits.pids > 0:
+        want.add("pids")
+    if getattr(limits, "cpus", 0) and limits.cpus > 0:
+        want.add("cpu")
+    if getattr(limits, "cpu_weight", 0):
+        want.add("cpu_weight")
+    if getattr(limits, "io_weight", 0):
+        want.add("io_weight")
+    return want
+
+
+def limits_dict(limits):
+    return {key: getattr(limits, key, 0) for key in
+            ("memory", "memory_swap", "pids", "cpus", "cpu_weight", "io_weight", "required")}
+
+
+# ---------------------------------------------------------------- the no-op group
+
+class NoCgroup:
+    """What create() returns when limits are not required and cannot be had."""
+
+    layout = None
+    paths = []
+
+    def __init__(self, limits=None, warning=None):
+        self.warning = warning
+        self._limits = limits_dict(limits) if limits is not None else {}
+
+    def attach(self, pid):
+        pass
+
+    def verdict(self):
+        return {"oom": False, "pids_limited": False, "memory_peak": 0, "cpu_user": 0.0,
+                "cpu_system": 0.0, "limits": self._limits, "accounted": False, "layout": None}
+
+    def kill(self):
+        pass
+
+    def destroy(self):
+        pass
+
+
+# ---------------------------------------------------------------- entry points
+
+def create(name, limits, uid=None, root=None, layout=None):
+    """Create the per-sandbox cgroup(s) and write the limits (parent, before fork).
+
+    root: a cgroup2 mount point (or any cgroup2 directory) to use instead of the
+    detected layout; used by tests to run the v2 logic on /sys/fs/cgroup/unified.
+    uid: the user whose delegated subtree may be used (default: the effective uid).
+    Raises SetupError("cgroup", ...) when limits.required and they cannot be applied;
+    otherwise returns NoCgroup with a one-line .warning.
+    """
+    check_name(name)
+    want = requested(limits)
+    required = bool(getattr(limits, "required", False))
+    if root is not None:
+        layout = "v2"
+    elif layout is None:
+        layout = detect()
+    try:
+        if layout == "v1":
+            from . import cgroup_v1
+            return cgroup_v1.create(name, limits, want, uid=uid)
+        if layout == "v2":
+            from . import cgroup_v2
+            return cgroup_v2.create(name, limits, want, uid=uid, root=root)
+        raise SetupError("cgroup", 2, "no cgroup filesystem is mounted")
+    except SetupError as e:
+        if required:
+            raise
+        if not want:
+            # Nothing was asked: accounting is lost, which is not worth a warning.
+            return NoCgroup(limits, None)
+        return NoCgroup(limits, "warning: running without resource limits (%s)"
+                        % str(e).split(": ", 1)[-1])
+
+
+def setup_failure(errno_, what, hint):
+    """The SetupError for a cgroup we could not make; names the kernel's reason and the way out."""
+    reason = os.strerror(errno_) if errno_ else "failed"
+    if errno_ in (1, 13, 30):     # EPERM, EACCES, EROFS: no delegation
+        return SetupError("cgroup", errno_, "%s: %s; %s" % (what, reason, hint))
+    return SetupError("cgroup", errno_, "%s: %s" % (what, reason))
+
+
+def gc(verbose=False, full=None):
+    """Remove orphaned sandbox cgroups (supervisor dead, no task left) and stale state files.
+
+    Cheap by default (the run path calls it): scans our `pysandbox` parent in the
+    primary hierarchy only. verbose/full (`pysandbox gc`) scans every hierarchy.
+    Returns the removed paths (and state files).
+    """
+    if full is None:
+        full = verbose
+    removed = []
+    layout = detect()
+    try:
+        if layout == "v1":
+            from . import cgroup_v1
+            removed += cgroup_v1.gc(full=full)
+        elif layout == "v2":
+            from . import cgroup_v2
+            removed += cgroup_v2.gc(full=full)
+    except OSError:
+        pass
+    removed += _gc_state(full)
+    if verbose:
+        for path in removed:
+            print("removed " + path)
+    return removed
+
+
+def _gc_state(full):
+    """Stale state files: supervisor dead. The run-path call parses state only when a
+    file exists whose sandbox has no locked cgroup (i.e. maybe a dead supervisor)."""
+    try:
+        from . import state
+    except ImportError:
+        return []
+    directory = state.state_dir()
+    try:
+        entries = [e for e in os.listdir(directory) if e.endswith(".json")]
+    except OSError:
+        return []
+    if not entries:
+        return []
+    out = []
+    for record in state.records(directory):
+        supervisor = record.get("supervisor", 0)
+        if not record.get("stale") or (supervisor and _alive(supervisor)):
+            continue
+        path = os.path.join(directory, record["name"] + ".json")
+        try:
+            os.unlink(path)
+            out.append(path)
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- leaf locks and teardown
+# shared by cgroup_v1 and cgroup_v2
+
+def lock_new_leaf(path):
+    """Take the liveness lock on a leaf we just made. Blocking: a gc that raced us holds
+    it for a moment. Afterwards the leaf must still be the one we made (gc may have
+    removed it as an empty orphan in between); None tells the caller to make it again."""
+    import fcntl
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held = os.fstat(fd)
+        now = os.stat(path)
+        if (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev):
+            return fd
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+    return None
+
+
+def try_lock(path):
+    """fd holding the lock of an existing leaf nobody holds, or None (locked or gone)."""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def kill_tasks(directory):
+    """SIGKILL every process listed in a cgroup; returns how many were listed."""
+    pids = procs(directory)
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return len(pids)
+
+
+def wait_empty(directory, timeout=5.0):
+    """Poll until no task is listed (killed tasks leave as soon as they exit; zombies
+    are not listed). Back-off from 0.5 ms keeps the common case fast."""
+    import time
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while procs(directory):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
+
+
+def reap_orphan(dirs):
+    """Remove the directories of one orphaned sandbox (primary last) if no task is in any."""
+    if any(procs(d) for d in dirs):
+        return []
+    removed = []
+    for d in list(dirs[1:]) + list(dirs[:1]):
+        if os.path.isdir(d) and rmdir_quiet(d):
+            removed.append(d)
+    return removed
+
+
+def own_cgroup(pid="self"):
+    """This process's cgroup per hierarchy: {"": v2 path, "memory": v1 path, ...}."""
+    out = {}
+    text = read_file("/proc/%s/cgroup" % pid) or ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[1] == "":
+            out[""] = parts[2]
+        for ctrl in parts[1].split(","):
+            out[ctrl] = parts[2]
+    return out

@@ -1,0 +1,319 @@
+"""cgroup v1 (and hybrid): one directory per hierarchy under `<mount>/pysandbox/<name>`.
+
+Each v1 controller is its own tree (on this kind of host even cpu and cpuacct are
+separate mounts), so a sandbox is a set of directories, one per mount, and the child
+is written into every one's cgroup.procs. On a hybrid host a leaf in the unified
+(cgroup2) mount is added: it has no controllers but offers cgroup.kill, which ends
+every task atomically; without it teardown freezes the freezer cgroup first so that
+no task can fork while we SIGKILL the list, then thaws to let the kills land.
+"""
+import os
+
+from . import cgroup as cg
+from .errors import SetupError
+
+_PERIOD_US = 100000
+
+
+def hierarchies():
+    """[(label, mountpoint)], primary first; labels name the controllers of that mount."""
+    by_mount = {}
+    order = []
+    for ctrl, point in cg.v1_hierarchies().items():
+        if point not in by_mount:
+            by_mount[point] = []
+            order.append(point)
+        by_mount[point].append(ctrl)
+    out = []
+    for ctrl in ("pids", "memory", "cpu", "cpuacct", "blkio", "freezer"):
+        for point in order:
+            if ctrl in by_mount[point] and (",".join(by_mount[point]), point) not in out:
+                out.append((",".join(by_mount[point]), point))
+    unified = cg.v2_mount()
+    if unified:
+        out.append(("unified", unified))
+    return out
+
+
+def _share(weight):
+    # systemd's mapping: cgroup v2 weight 100 (default) <-> v1 shares 1024.
+    return max(2, min(262144, weight * 1024 // 100))
+
+
+def limit_writes(limits, have):
+    """The (controller, file, value) writes for these limits, in the order the kernel
+    accepts them; `have(controller, file)` says whether the kernel offers a file.
+    Returns (writes, missing) where missing names requested limits not offered."""
+    writes, missing = [], []
+    memory = limits.memory if limits.memory and limits.memory > 0 else 0
+    if memory:
+        # memsw (memory+swap) must never be below limit_in_bytes: on a fresh cgroup both
+        # are unlimited, so the memory limit goes first, then memsw.
+        writes.append(("memory", "memory.limit_in_bytes", str(memory)))
+        swap = limits.memory_swap
+        if have("memory", "memory.memsw.limit_in_bytes"):
+            if swap == 0:
+                writes.append(("memory", "memory.memsw.limit_in_bytes", str(memory)))
+            elif swap > 0:
+                writes.append(("memory", "memory.memsw.limit_in_bytes", str(max(swap, memory))))
+        if swap == 0:
+            writes.append(("memory", "memory.swappiness", "0"))
+    if limits.pids and limits.pids > 0:
+        writes.append(("pids", "pids.max", str(limits.pids)))
+    if limits.cpus and limits.cpus > 0:
+        writes.append(("cpu", "cpu.cfs_period_us", str(_PERIOD_US)))
+        writes.append(("cpu", "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * _PERIOD_US)))))
+    if limits.cpu_weight:
+        writes.append(("cpu", "cpu.shares", str(_share(limits.cpu_weight))))
+    if limits.io_weight:
+        if have("blkio", "blkio.bfq.weight"):
+            # BFQ: 1..1000, default 100 -- the v2 io.weight scale up to 1000.
+            writes.append(("blkio", "blkio.bfq.weight", str(max(1, min(1000, limits.io_weight)))))
+        elif have("blkio", "blkio.weight"):
+            # CFQ: 10..1000, default 500.
+            writes.append(("blkio", "blkio.weight", str(max(10, min(1000, limits.io_weight * 5)))))
+        else:
+            missing.append("io_weight (the kernel offers neither blkio.bfq.weight nor blkio.weight)")
+    return writes, missing
+
+
+class V1Cgroup:
+    layout = "v1"
+
+    def __init__(self, name, limits):
+        self.name = name
+        self._limits = cg.limits_dict(limits)
+        self.dirs = []            # [(label, path)], primary first
+        self._lock = None
+        self.warning = None
+
+    @property
+    def paths(self):
+        return [path for _label, path in self.dirs]
+
+    def _dir(self, ctrl):
+        for label, path in self.dirs:
+            if ctrl in label.split(","):
+                return path
+        return None
+
+    def attach(self, pid):
+        for _label, path in self.dirs:
+            try:
+                cg.write_file(os.path.join(path, "cgroup.procs"), str(pid))
+            except OSError as e:
+                raise SetupError("cgroup", e.errno, "attach to %s: %s" % (path, os.strerror(e.errno)))
+
+    def verdict(self):
+        out = {"oom": False, "pids_limited": False, "memory_peak": 0, "cpu_user": 0.0,
+               "cpu_system": 0.0, "limits": dict(self._limits), "accounted": True, "layout": "v1"}
+        memory = self._dir("memory")
+        if memory:
+            control = cg.read_keyed(os.path.join(memory, "memory.oom_control"))
+            if "oom_kill" in control:
+                out["oom"] = control["oom_kill"] > 0
+            else:
+                # Kernels before 4.13 do not count kills: hitting the limit with nothing
+                # to reclaim is the best evidence left.
+                out["oom"] = control.get("under_oom", 0) > 0 or \
+                    cg.read_int(os.path.join(memory, "memory.failcnt")) > 0
+            out["memory_peak"] = cg.read_int(os.path.join(memory, "memory.max_usage_in_bytes"))
+        pids = self._dir("pids")
+        if pids:
+            out["pids_limited"] = cg.read_keyed(os.path.join(pids, "pids.events")).get("max", 0) > 0
+        cpuacct = self._dir("cpuacct")
+        if cpuacct:
+            user = cg.read_int(os.path.join(cpuacct, "cpuacct.usage_user"), None)
+            system = cg.read_int(os.path.join(cpuacct, "cpuacct.usage_sys"), None)
+            if user is not None and system is not None:
+                out["cpu_user"], out["cpu_system"] = user / 1e9, system / 1e9
+            else:
+                stat = cg.read_keyed(os.path.join(cpuacct, "cpuacct.stat"))
+                hz = os.sysconf("SC_CLK_TCK")
+                out["cpu_user"], out["cpu_system"] = stat.get("user", 0) / hz, stat.get("system", 0) / hz
+        else:
+            unified = self._dir("unified")
+            if unified:
+                stat = cg.read_keyed(os.path.join(unified, "cpu.stat"))
+                out["cpu_user"] = stat.get("user_usec", 0) / 1e6
+                out["cpu_system"] = stat.get("system_usec", 0) / 1e6
+        return out
+
+    def kill(self, use_unified=True):
+        if not self.dirs:
+            return True
+        primary = self.dirs[0][1]
+        unified = self._dir("unified") if use_unified else None
+        if unified and os.path.exists(os.path.join(unified, "cgroup.kill")):
+            try:
+                cg.write_file(os.path.join(unified, "cgroup.kill"), "1")
+                return cg.wait_empty(primary)
+            except FileNotFoundError:
+                return True
+            except OSError:
+                pass
+        freezer = self._dir("freezer")
+        if freezer and self._freeze_and_kill(freezer):
+            return cg.wait_empty(primary)
+        # Last resort: kill what is listed until nothing is (a fork bomb is bounded by
+        # pids.max, so each round shrinks the set).
+        for _round in range(200):
+            if not cg.kill_tasks(primary):
+                return True
+            cg.wait_empty(primary, 0.01)
+        return cg.wait_empty(primary)
+
+    def _freeze_and_kill(self, freezer):
+        import time
+        state = os.path.join(freezer, "freezer.state")
+        try:
+            cg.write_file(state, "FROZEN")
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        # FREEZING means some task has not stopped yet (e.g. in an uninterruptible
+        # sleep); the kernel finishes the transition on a re-read or re-write.
+        deadline = time.monotonic() + 1.0
+        while (cg.read_file(state) or "").strip() == "FREEZING" and time.monotonic() < deadline:
+            time.sleep(0.001)
+            try:
+                cg.write_file(state, "FROZEN")
+            except OSError:
+                break
+        # Frozen tasks cannot fork or exit, so this list is complete and its PIDs are
+        # not reused; SIGKILL is queued and acts at thaw.
+        cg.kill_tasks(freezer)
+        try:
+            cg.write_file(state, "THAWED")
+        except OSError:
+            pass
+        return True
+
+    def destroy(self):
+        if self.dirs:
+            self.kill()
+            # primary last: it carries the lock gc relies on
+            for _label, path in list(self.dirs[1:]) + list(self.dirs[:1]):
+                cg.rmdir_quiet(path)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+        self.dirs = []
+
+
+def create(name, limits, want, uid=None):
+    hier = hierarchies()
+    labels = ",".join(label for label, _p in hier).split(",")
+    need = {"memory": "memory", "pids": "pids", "cpu": "cpu", "cpu_weight": "cpu",
+            "io_weight": "blkio"}
+    for key in sorted(want):
+        if need[key] not in labels:
+            raise SetupError("cgroup", 95, "the %s controller is not mounted (limit %s)" % (need[key], key))
+    group = V1Cgroup(name, limits)
+    try:
+        for attempt in range(5):
+            if _make_dirs(group, hier):
+                break
+        else:
+            raise SetupError("cgroup", 16, "could not create %s (raced with gc)" % name)
+        writes, missing = limit_writes(limits, lambda c, f: group._dir(c) is not None
+                                       and os.path.exists(os.path.join(group._dir(c), f)))
+        if missing:
+            if limits.required:
+                raise SetupError("cgroup", 95, "; ".join(missing))
+            group.warning = "warning: limit not applied: " + "; ".join(missing)
+        for ctrl, filename, value in writes:
+            path = os.path.join(group._dir(ctrl), filename)
+            try:
+                cg.write_file(path, value)
+            except OSError as e:
+                if filename == "memory.swappiness":
+                    continue      # swap is off through memsw already, or there is no swap
+                raise SetupError("cgroup", e.errno, "%s = %s: %s" % (path, value, os.strerror(e.errno)))
+    except BaseException:
+        group.destroy()
+        raise
+    return group
+
+
+def _make_dirs(group, hier):
+    """mkdir every leaf, primary first and locked at once. False: raced with gc, retry."""
+    for index, (label, point) in enumerate(hier):
+        parent = os.path.join(point, cg.PARENT)
+        leaf = os.path.join(parent, group.name)
+        try:
+            try:
+                os.mkdir(leaf, 0o755)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(parent, 0o755)
+                except FileExistsError:
+                    pass
+                os.mkdir(leaf, 0o755)
+        except FileExistsError:
+            # Ours only if nobody holds it (primary) and nothing runs in it: an orphan.
+            if index == 0:
+                fd = cg.try_lock(leaf)
+                if fd is None:
+                    raise SetupError("cgroup", 17, "%s is in use by a running sandbox" % leaf)
+                try:
+                    stale = [os.path.join(p, cg.PARENT, group.name) for _l, p in hier]
+                    if any(cg.procs(d) for d in stale):
+                        raise SetupError("cgroup", 16, "%s still has processes" % leaf)
+                    cg.reap_orphan(stale)
+                finally:
+                    os.close(fd)
+                return False
+            if cg.procs(leaf) or not cg.rmdir_quiet(leaf):
+                raise SetupError("cgroup", 16, "%s still has processes" % leaf)
+            os.mkdir(leaf, 0o755)
+        except OSError as e:
+            if label == "unified":
+                continue          # optional: only a faster kill
+            raise cg.setup_failure(e.errno, "mkdir " + leaf, cg.DELEGATION_HINT_V1)
+        group.dirs.append((label, leaf))
+        if index == 0:
+            group._lock = cg.lock_new_leaf(leaf)
+            if group._lock is None:
+                group.dirs = []
+                return False
+    return True
+
+
+def gc(full=False):
+    hier = hierarchies()
+    if not hier:
+        return []
+    parents = [os.path.join(point, cg.PARENT) for _l, point in hier]
+    names = set()
+    for parent in (parents if full else parents[:1]):
+        try:
+            names.update(os.listdir(parent))
+        except OSError:
+            pass
+    removed = []
+    for name in sorted(names):
+        dirs = [os.path.join(parent, name) for parent in parents]
+        dirs = [d for d in dirs if os.path.isdir(d)]
+        if not dirs:
+            continue
+        primary = os.path.join(parents[0], name)
+        fd = None
+        if os.path.isdir(primary):
+            fd = cg.try_lock(primary)
+            if fd is None:
+                continue          # a live supervisor holds it (or it just vanished)
+        try:
+            removed += cg.reap_orphan(dirs)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    if full:
+        for parent in parents:
+            try:
+                if not os.listdir(parent):
+                    os.rmdir(parent)
+            except OSError:
+                pass
+    return removed
