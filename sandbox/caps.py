@@ -207,8 +207,23 @@ class _ModuleCapng:
         return 0
 
 
+_preloaded = None
+
+
+def preload():
+    """Load libcap-ng (and libc's prctl) in the supervisor, before clone and pivot_root, so
+    the child only calls into an already mapped library."""
+    global _preloaded
+    if _preloaded is None:
+        _preloaded = backend()
+        _prctl(0)  # PR_GET_... 0 is invalid: only loads libc's handle
+    return _preloaded
+
+
 def backend(prefer=None):
     """The libcap-ng binding to use: 'ctypes' (default, cheaper to load) or 'module'."""
+    if prefer is None and _preloaded is not None:
+        return _preloaded
     prefer = prefer or os.environ.get("PYSANDBOX_CAPNG") or "ctypes"
     order = ("module", "ctypes") if prefer == "module" else ("ctypes", "module")
     failures = []
