@@ -1,0 +1,939 @@
+"""The seccomp layer: profile section -> policy -> BPF (parent, cached) -> installed filter (child).
+
+Three phases, each in the process where the kernel's rules want it:
+
+* validate_section (profile load): pure Python over seccomp_groups' tables; no libseccomp.
+* compile_policy (supervisor, before fork): libseccomp via pyseccomp builds the program with the
+  binary-tree optimisation; the bytes are cached on disk keyed by everything that changes them, so a
+  warm start never imports pyseccomp.
+* install (child, last step before execve): one seccomp(2) call through ctypes. It needs
+  no_new_privs (or CAP_SYS_ADMIN), which the runtime has already set.
+
+libseccomp compares arguments as 64-bit values, but the kernel truncates `int` arguments (ioctl's
+cmd, socket's family) to 32 bits, and libseccomp cannot express "allow ioctl except TIOCSTI" in an
+allowlist (a conditional rule beside an unconditional allow is dropped; one whose action equals the
+default is refused). So a short hand-written BPF prefix runs before libseccomp's program: it refuses
+x32 calls, answers numbers the policy does not know with ENOSYS, and checks "guards" — non-allow
+rules with argument conditions, compared on exactly the bits given by their mask. The prefix only
+looks at arch and nr except inside a guarded syscall, so the kernel's per-syscall action cache
+(5.11+) still skips the filter for constant-allow syscalls.
+"""
+import os
+
+from .errors import ProfileError, SetupError
+from .seccomp_groups import (AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, CONSTANTS, ERRNOS, GROUPS, HOLES, MAX_NR,
+                             SYSCALLS_X86_64, X32_SYSCALL_BIT)
+
+CACHE_FORMAT = b"PSBPF001"
+SYS_SECCOMP = 317
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_LOG = 2
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
+SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
+ENOSYS = 38
+
+RET_KILL_PROCESS = 0x80000000
+RET_KILL_THREAD = 0x00000000
+RET_TRAP = 0x00030000
+RET_ERRNO = 0x00050000
+RET_USER_NOTIF = 0x7FC00000
+RET_TRACE = 0x7FF00000
+RET_LOG = 0x7FFC0000
+RET_ALLOW = 0x7FFF0000
+
+ACTION_NAMES = ("allow", "errno", "kill", "kill_thread", "trap", "log")
+OP_NAMES = {"eq": "eq", "==": "eq", "ne": "ne", "!=": "ne", "lt": "lt", "<": "lt", "le": "le", "<=": "le",
+            "gt": "gt", ">": "gt", "ge": "ge", ">=": "ge", "masked_eq": "masked_eq", "&=": "masked_eq"}
+ABIS = ("x86_64", "x32", "i386")
+SECTION_KEYS = ("enabled", "import", "default_action", "default_errno", "allow", "deny", "errno", "kill",
+                "rules", "log", "unknown_syscalls", "abis")
+
+# Counters for tests and `--verbose`: a warm start shows cache_hits and no compiles.
+stats = {"compiles": 0, "cache_hits": 0, "cache_rejected": 0, "cache_write_errors": 0}
+
+
+class SeccompPolicy:
+    """A validated seccomp section. Frozen and hashable; `fingerprint` covers what shapes the BPF.
+
+    rules: ((syscall name, action, args), ...), action = ("allow",) / ("errno", n) / ("kill",) ...,
+    args = ((index, op, value, mask), ...). `oci` holds an imported profile (then `rules` is empty).
+    """
+
+    __slots__ = ("default_action", "rules", "log", "unknown_enosys", "abis", "oci", "source")
+
+    def __init__(self, default_action, rules, log=False, unknown_enosys=True, abis=("x86_64",), oci=None,
+                 source=""):
+        for name, value in (("default_action", default_action), ("rules", tuple(rules)), ("log", log),
+                            ("unknown_enosys", unknown_enosys), ("abis", tuple(abis)), ("oci", oci),
+                            ("source", source)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("seccomp policies are frozen")
+
+    def _key(self):
+        return (self.default_action, self.rules, self.unknown_enosys, self.abis, self.oci)
+
+    def __eq__(self, other):
+        return isinstance(other, SeccompPolicy) and self._key() == other._key() and self.log == other.log
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        what = "import %s" % self.source if self.oci else "%d rules" % len(self.rules)
+        return "SeccompPolicy(default=%r, %s)" % (self.default_action, what)
+
+    def fingerprint(self):
+        return repr(self._key())
+
+    @property
+    def has_kill_rules(self):
+        """True when some syscall is answered by killing: the runtime should ask for a listener."""
+        if self.default_action[0].startswith("kill"):
+            return True
+        if self.oci:
+            return self.oci[0][0].startswith("kill") or any(r[1][0].startswith("kill") for r in self.oci[2])
+        return any(action[0].startswith("kill") for _, action, _ in self.rules)
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+
+
+def _errno(value, key):
+    if isinstance(value, bool):
+        raise ProfileError("expected an errno name such as EPERM", key=key)
+    if isinstance(value, int):
+        if not 0 <= value <= 4095:
+            raise ProfileError("errno must be 0..4095", key=key)
+        return value
+    if isinstance(value, str) and value.upper() in ERRNOS:
+        return ERRNOS[value.upper()]
+    raise ProfileError("unknown errno %r (known: %s)" % (value, ", ".join(sorted(ERRNOS))), key=key)
+
+
+def _action(value, errno_value, key):
+    if value not in ACTION_NAMES:
+        raise ProfileError("unknown action %r (known: %s)" % (value, ", ".join(ACTION_NAMES)), key=key)
+    return ("errno", errno_value) if value == "errno" else (value,)
+
+
+def _names(value, key):
+    """Syscall names and @groups -> tuple of syscall names, in order, without duplicates."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ProfileError("expected a list of syscall names or @groups", key=key)
+    out = []
+    for item in value:
+        if item.startswith("@"):
+            if item[1:] not in GROUPS:
+                raise ProfileError("unknown syscall group %r (known: %s)"
+                                   % (item, ", ".join("@" + g for g in sorted(GROUPS))), key=key)
+            members = GROUPS[item[1:]]
+        elif item in SYSCALLS_X86_64:
+            members = (item,)
+        else:
+            raise ProfileError("unknown syscall %r" % item, key=key)
+        out.extend(m for m in members if m not in out)
+    return tuple(out)
+
+
+def _value(value, key):
+    if isinstance(value, bool):
+        raise ProfileError("expected an integer or a constant name", key=key)
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise ProfileError("value out of range", key=key)
+        return value & (2**64 - 1)
+    if isinstance(value, str):
+        total = 0
+        for part in value.split("|"):
+            part = part.strip()
+            if part in CONSTANTS:
+                total |= CONSTANTS[part]
+                continue
+            try:
+                total |= int(part, 0)
+            except ValueError:
+                raise ProfileError("unknown constant %r (known: %s)" % (part, ", ".join(sorted(CONSTANTS))),
+                                   key=key) from None
+        return total
+    raise ProfileError("expected an integer or a constant name", key=key)
+
+
+def _args(raw, key):
+    if not isinstance(raw, list):
+        raise ProfileError("expected a list of {index, op, value[, mask]}", key=key)
+    out = []
+    for cond in raw:
+        if not isinstance(cond, dict):
+            raise ProfileError("expected a table {index, op, value[, mask]}", key=key)
+        unknown = set(cond) - {"index", "op", "value", "mask"}
+        if unknown:
+            raise ProfileError("unknown argument key %s" % ", ".join(sorted(unknown)), key=key)
+        index = cond.get("index")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= 5:
+            raise ProfileError("argument index must be 0..5", key=key)
+        op = OP_NAMES.get(str(cond.get("op", "eq")).lower())
+        if op is None:
+            raise ProfileError("unknown operator %r (known: %s)" % (cond.get("op"), ", ".join(sorted(set(OP_NAMES)))),
+                               key=key)
+        if "value" not in cond:
+            raise ProfileError("argument condition needs a value", key=key)
+        value = _value(cond["value"], key)
+        if op == "masked_eq":
+            if "mask" not in cond:
+                raise ProfileError("masked_eq needs a mask", key=key)
+            mask = _value(cond["mask"], key)
+        elif "mask" in cond:
+            raise ProfileError("mask only goes with op = \"masked_eq\"", key=key)
+        else:
+            mask = 2**64 - 1
+        if any(c[0] == index for c in out):
+            raise ProfileError("two conditions on argument %d in one rule (libseccomp cannot AND them; "
+                               "write two rules)" % index, key=key)
+        out.append((index, op, value, mask))
+    return tuple(sorted(out))
+
+
+def validate_section(raw):
+    """Check a [seccomp] table; return a SeccompPolicy, or None when `enabled = false`."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ProfileError("expected a table", key="seccomp")
+    for key in raw:
+        if key not in SECTION_KEYS:
+            raise ProfileError("unknown key (known: %s)" % ", ".join(SECTION_KEYS), key=key)
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ProfileError("expected true or false", key="enabled")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise ProfileError("expected true or false", key="log")
+    unknown = raw.get("unknown_syscalls", "enosys")
+    if unknown not in ("enosys", "default"):
+        raise ProfileError("expected \"enosys\" or \"default\"", key="unknown_syscalls")
+    abis = raw.get("abis", ["x86_64"])
+    if not isinstance(abis, list) or not abis or any(a not in ABIS for a in abis):
+        raise ProfileError("expected a list from %s" % ", ".join(ABIS), key="abis")
+    if "x86_64" not in abis:
+        raise ProfileError("the native ABI x86_64 must be listed", key="abis")
+    default_errno = _errno(raw.get("default_errno", "EPERM"), "default_errno")
+    default_action = _action(raw.get("default_action", "errno"), default_errno, "default_action")
+
+    # Every key is validated even when an import overrides the rules: a typo is an error either way.
+    rules = []
+    seen = {}  # syscall -> action of its unconditional rule
+
+    def add(name, action, args, key):
+        if not args:
+            if name in seen and seen[name] != action:
+                raise ProfileError("%s has two different unconditional actions (%s and %s)"
+                                   % (name, _action_text(seen[name]), _action_text(action)), key=key)
+            if name in seen:
+                return
+            seen[name] = action
+        rules.append((name, action, args))
+
+    for name in _names(raw.get("allow", []), "allow"):
+        add(name, ("allow",), (), "allow")
+    for name in _names(raw.get("deny", []), "deny"):
+        add(name, ("errno", default_errno), (), "deny")
+    for name in _names(raw.get("kill", []), "kill"):
+        add(name, ("kill",), (), "kill")
+    per_errno = raw.get("errno", {})
+    if not isinstance(per_errno, dict):
+        raise ProfileError("expected a table syscall = \"ERRNO\"", key="errno")
+    for names, value in per_errno.items():
+        code = _errno(value, "errno")
+        for name in _names(names, "errno"):
+            add(name, ("errno", code), (), "errno")
+    raw_rules = raw.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise ProfileError("expected an array of tables [[seccomp.rules]]", key="rules")
+    for number, rule in enumerate(raw_rules):
+        key = "rules[%d]" % number
+        if not isinstance(rule, dict):
+            raise ProfileError("expected a table", key=key)
+        extra = set(rule) - {"syscall", "syscalls", "action", "errno", "args", "comment"}
+        if extra:
+            raise ProfileError("unknown key %s (known: syscall(s), action, errno, args, comment)"
+                               % ", ".join(sorted(extra)), key=key)
+        names = _names(rule.get("syscalls", rule.get("syscall", [])), key + ".syscall")
+        if not names:
+            raise ProfileError("a rule needs `syscall` or `syscalls`", key=key)
+        code = _errno(rule.get("errno", default_errno), key + ".errno")
+        action = _action(rule.get("action", "allow"), code, key + ".action")
+        args = _args(rule.get("args", []), key + ".args")
+        if args and action[0] != "allow" and any(op not in ("eq", "masked_eq") for _, op, _, _ in args):
+            raise ProfileError("a %s rule with argument conditions may only use eq and masked_eq "
+                               "(it is checked before the allow rules)" % action[0], key=key + ".args")
+        for name in names:
+            add(name, action, args, key)
+    # libseccomp drops a conditional allow beside an unconditional rule for the same syscall.
+    for name, action, args in rules:
+        if args and action[0] == "allow" and name in seen:
+            raise ProfileError("%s has an unconditional rule and a conditional allow; the condition "
+                               "would be ignored" % name, key="rules")
+    guards = [r for r in rules if r[2] and r[1][0] != "allow"]
+    if guards and abis != ["x86_64"]:
+        raise ProfileError("non-allow rules with argument conditions need abis = [\"x86_64\"]", key="rules")
+
+    imported = raw.get("import")
+    if imported is not None:
+        if not isinstance(imported, str) or not imported:
+            raise ProfileError("expected a path to an OCI seccomp JSON file", key="import")
+        if not enabled:
+            return None
+        from . import oci_seccomp
+        path = os.path.abspath(imported)
+        oci = oci_seccomp.load(path)
+        # An import replaces the section's own rules (the section may be inherited from a base
+        # profile, or the import may come from --seccomp): the imported file is the policy.
+        # Imported profiles compile faithfully: no ENOSYS prefix, their own architectures.
+        return SeccompPolicy(oci[0], (), log=log, unknown_enosys=False, abis=("x86_64",), oci=oci, source=path)
+    if not enabled:
+        return None
+    return SeccompPolicy(default_action, tuple(rules), log=log, unknown_enosys=unknown == "enosys",
+                         abis=tuple(abis))
+
+
+def _action_text(action):
+    return action[0] + ("(%d)" % action[1] if len(action) > 1 else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# compile and cache
+
+
+def default_cache_dir():
+    explicit = os.environ.get("PYSANDBOX_CACHE_DIR")
+    if explicit:
+        return explicit
+    if os.geteuid() == 0:
+        return "/var/cache/pysandbox"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return os.path.join(xdg, "pysandbox")
+    return os.path.join(os.path.expanduser("~"), ".cache", "pysandbox")
+
+
+_libseccomp_version = None
+
+
+def libseccomp_version():
+    """'2.5.4', read through ctypes without pyseccomp (warm starts hash it into the cache key)."""
+    global _libseccomp_version
+    if _libseccomp_version is None:
+        import ctypes
+
+        class Version(ctypes.Structure):
+            _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+        try:
+            lib = ctypes.CDLL("libseccomp.so.2")
+            lib.seccomp_version.restype = ctypes.POINTER(Version)
+            v = lib.seccomp_version().contents
+            _libseccomp_version = "%d.%d.%d" % (v.major, v.minor, v.micro)
+        except (OSError, AttributeError):
+            _libseccomp_version = "none"
+    return _libseccomp_version
+
+
+def _compiler_stamp():
+    """Size and mtime of the compiler's own sources: an edited compiler never reads old programs."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = []
+    for name in ("seccomp.py", "seccomp_groups.py", "oci_seccomp.py"):
+        try:
+            st = os.stat(os.path.join(here, name))
+            out.append("%d:%d" % (st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append("-")
+    return ",".join(out)
+
+
+def cache_key(policy, caps=(), notify_kills=False):
+    import hashlib
+    parts = [CACHE_FORMAT.decode(), policy.fingerprint(), libseccomp_version(), os.uname().machine,
+             "notify" if notify_kills else "kill", _compiler_stamp()]
+    if policy.oci:
+        from . import oci_seccomp
+        have = oci_seccomp.normalize_caps(caps)
+        parts.append("ALL" if have is None else ",".join(sorted(have)))
+        if oci_seccomp.uses_kernel_version(policy.oci):
+            parts.append("kernel=%d.%d" % oci_seccomp.kernel_version())
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _cache_path(cache_dir, key):
+    return os.path.join(cache_dir, key + ".bpf")
+
+
+def _cache_load(cache_dir, key):
+    """The cached program, or None. Never trusts a file it did not verify: owner, mode, header, hash."""
+    import hashlib
+    try:
+        fd = os.open(_cache_path(cache_dir, key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_size > 65536:
+            stats["cache_rejected"] += 1
+            return None
+        data = os.read(fd, st.st_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    header = len(CACHE_FORMAT) + 32
+    bpf = data[header:]
+    if (data[:len(CACHE_FORMAT)] != CACHE_FORMAT or not bpf or len(bpf) % 8
+            or hashlib.sha256(key.encode() + bpf).digest() != data[len(CACHE_FORMAT):header]):
+        stats["cache_rejected"] += 1
+        return None
+    return bpf
+
+
+def _cache_store(cache_dir, key, bpf):
+    import hashlib
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        tmp = _cache_path(cache_dir, "%s.%d.tmp" % (key, os.getpid()))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, CACHE_FORMAT + hashlib.sha256(key.encode() + bpf).digest() + bpf)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, _cache_path(cache_dir, key))
+    except OSError:
+        # A read-only or foreign cache dir only costs the next start a compile.
+        stats["cache_write_errors"] += 1
+        try:
+            os.unlink(tmp)
+        except (OSError, NameError):
+            pass
+
+
+def compile_policy(policy, caps=(), cache_dir=None, notify_kills=False):
+    """BPF for `policy` (raw struct sock_filter array), from the cache when it can be.
+
+    caps: the capabilities the sandboxed process keeps (OCI `includes.caps`).
+    notify_kills: compile kill actions as SECCOMP_RET_USER_NOTIF so the supervisor learns the syscall
+    (see receive_kill); the filter must then be installed with listener=True.
+    """
+    key = cache_key(policy, caps, notify_kills)
+    directory = cache_dir or default_cache_dir()
+    bpf = _cache_load(directory, key)
+    if bpf is not None:
+        stats["cache_hits"] += 1
+        return bpf
+    bpf = compile_uncached(policy, caps, notify_kills)
+    stats["compiles"] += 1
+    _cache_store(directory, key, bpf)
+    return bpf
+
+
+def _ret(action, notify_kills):
+    kind = action[0]
+    if kind == "allow":
+        return RET_ALLOW
+    if kind == "errno":
+        return RET_ERRNO | (action[1] & 0xFFFF)
+    if kind in ("kill", "kill_thread"):
+        if notify_kills:
+            return RET_USER_NOTIF
+        return RET_KILL_PROCESS if kind == "kill" else RET_KILL_THREAD
+    if kind == "trap":
+        return RET_TRAP
+    if kind == "log":
+        return RET_LOG
+    if kind == "trace":
+        return RET_TRACE | (action[1] & 0xFFFF)
+    raise AssertionError(action)
+
+
+def compile_uncached(policy, caps=(), notify_kills=False):
+    try:
+        import pyseccomp
+    except (ImportError, RuntimeError) as e:
+        raise SetupError("seccomp", 0, "cannot compile the policy: pyseccomp/libseccomp missing (%s)" % e) from None
+    ops = {"eq": pyseccomp.EQ, "ne": pyseccomp.NE, "lt": pyseccomp.LT, "le": pyseccomp.LE,
+           "gt": pyseccomp.GT, "ge": pyseccomp.GE, "masked_eq": pyseccomp.MASKED_EQ}
+    if policy.oci:
+        from . import oci_seccomp
+        default, arches, rules = oci_seccomp.resolve(policy.oci, caps)
+        arch_ids = {"SCMP_ARCH_X86": pyseccomp.Arch.X86, "SCMP_ARCH_X32": pyseccomp.Arch.X32}
+        extra_arches = [arch_ids[a] for a in arches if a in arch_ids]
+        guards = []
+    else:
+        default = policy.default_action
+        arch_ids = {"x32": pyseccomp.Arch.X32, "i386": pyseccomp.Arch.X86}
+        extra_arches = [arch_ids[a] for a in policy.abis if a in arch_ids]
+        guards = [r for r in policy.rules if r[2] and r[1][0] != "allow"]
+        rules = [r for r in policy.rules if not (r[2] and r[1][0] != "allow")]
+    default_ret = _ret(default, notify_kills)
+    program = pyseccomp.SyscallFilter(default_ret)
+    # A foreign ABI gets the default answer (or a kill without a listener: notifications carry a
+    # foreign arch the supervisor could still name, but a plain kill is the safer fallback).
+    program.set_attr(pyseccomp.Attr.ACT_BADARCH, default_ret if default_ret != RET_USER_NOTIF else RET_KILL_PROCESS)
+    program.set_attr(pyseccomp.Attr.CTL_NNP, 0)
+    program.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    for arch in extra_arches:
+        program.add_arch(arch)
+    for name, action, args in rules:
+        ret = _ret(action, notify_kills)
+        if ret == default_ret and not args:
+            continue  # libseccomp refuses rules that repeat the default (and they change nothing)
+        if policy.oci:
+            # OCI args are (index, op, value, valueTwo); MASKED_EQ's value is the mask.
+            conds = [pyseccomp.Arg(i, ops[op], a, b) for i, op, a, b in args]
+        else:
+            conds = [pyseccomp.Arg(i, ops[op], mask, value) if op == "masked_eq"
+                     else pyseccomp.Arg(i, ops[op], value) for i, op, value, mask in args]
+        # runc's rule for repeated indexes: each condition becomes its own rule (OR).
+        groups = [conds]
+        if len({c._arg for c in conds}) != len(conds):
+            groups = [[c] for c in conds]
+        for group in groups:
+            _add_rule(pyseccomp, program, ret, name, group, policy)
+    fd = os.memfd_create("pysandbox-bpf", os.MFD_CLOEXEC)
+    try:
+        program.export_bpf(open(fd, "rb", closefd=False))
+        size = os.lseek(fd, 0, os.SEEK_END)
+        bpf = os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+    if not policy.oci:
+        bpf = _prefix(policy, guards, default_ret, notify_kills, len(bpf) // 8) + bpf
+    if len(bpf) // 8 > 4096:
+        raise ProfileError("the compiled filter has %d instructions; the kernel takes 4096" % (len(bpf) // 8),
+                           key="seccomp")
+    return bpf
+
+
+def _add_rule(pyseccomp, program, ret, name, conds, policy):
+    import ctypes
+    number = SYSCALLS_X86_64.get(name)
+    # By name where libseccomp knows it (so it can translate for x32/i386 in the same filter), by
+    # our own number for syscalls newer than the installed libseccomp.
+    # libseccomp answers a syscall that exists only on another ABI (socketcall on i386) with a
+    # negative pseudo-number that it translates per architecture; -1 is "unknown".
+    resolve = pyseccomp._libseccomp.seccomp_syscall_resolve_name
+    resolve.restype = ctypes.c_int
+    target = resolve(name.encode())
+    if target == -1:
+        if number is None:
+            return  # unknown to libseccomp and to us: another architecture's syscall
+        target = number
+    try:
+        program.add_rule(ret, target, *conds)
+    except OSError as e:
+        import errno as errno_mod
+        if e.errno == errno_mod.EACCES:
+            return  # same action as the default
+        if e.errno == errno_mod.EEXIST and policy.oci:
+            return  # OCI files repeat rules (containers-common lists socket `a2 != 9` twice)
+        if target == number and e.errno == errno_mod.EFAULT:
+            # Newer than libseccomp, in a filter with more than one ABI: libseccomp cannot translate
+            # the number, so the syscall stays at the default action (what runc does with it too).
+            stats.setdefault("untranslatable", set()).add(name)
+            return
+        key = "import" if policy.oci else "rules"
+        raise ProfileError("libseccomp refused the rule for %s: %s" % (name, os.strerror(e.errno)), key=key) from None
+
+
+# BPF opcodes (linux/bpf_common.h)
+_LD_W_ABS, _JEQ_K, _JGT_K, _JGE_K, _JA, _RET_K, _AND_K = 0x20, 0x15, 0x25, 0x35, 0x05, 0x06, 0x54
+
+
+def _prefix(policy, guards, default_ret, notify_kills, program_len):
+    """The hand-written head of the program (see the module doc). Labels resolve to forward jumps."""
+    code = []  # entries: (op, jt_label_or_int, jf_label_or_int, k)  labels are strings
+    labels = {}
+
+    def emit(op, k=0, jt=0, jf=0):
+        code.append([op, jt, jf, k])
+
+    def label(name):
+        labels[name] = len(code)
+
+    # Only x86_64 callers are handled here; libseccomp's program answers i386 and others itself.
+    emit(_LD_W_ABS, 4)
+    emit(_JEQ_K, AUDIT_ARCH_X86_64, 0, "orig")
+    emit(_LD_W_ABS, 0)
+    # x32 (same arch, nr | 0x40000000): refused unless the policy lists the ABI.
+    emit(_JGE_K, X32_SYSCALL_BIT, "x32", 0)
+    if policy.unknown_enosys:
+        emit(_JGT_K, MAX_NR, "enosys", 0)
+        for low, high in HOLES:
+            emit(_JGE_K, low, 0, "guards")
+            emit(_JGT_K, high, "guards", "enosys")
+    label("guards")
+    by_nr = {}
+    for name, action, args in guards:
+        by_nr.setdefault(SYSCALLS_X86_64[name], []).append((action, args))
+    for block, (nr, entries) in enumerate(sorted(by_nr.items())):
+        if block:
+            emit(_LD_W_ABS, 0)
+        emit(_JEQ_K, nr, 0, "next%d" % block)
+        for number, (action, args) in enumerate(entries):
+            miss = "miss%d.%d" % (block, number)
+            for index, op, value, mask in args:
+                for offset, shift in ((0, 0), (4, 32)):  # little endian: low word first
+                    word_mask = (mask >> shift) & 0xFFFFFFFF
+                    word_value = (value >> shift) & 0xFFFFFFFF
+                    if not word_mask:
+                        continue
+                    emit(_LD_W_ABS, 16 + 8 * index + offset)
+                    if word_mask != 0xFFFFFFFF:
+                        emit(_AND_K, word_mask)
+                    emit(_JEQ_K, word_value & word_mask, 0, miss)
+            emit(_RET_K, _ret(action, notify_kills))
+            label(miss)
+        emit(_JA, "orig")
+        label("next%d" % block)
+    emit(_JA, "orig")
+    label("enosys")
+    emit(_RET_K, RET_ERRNO | ENOSYS)
+    label("x32")
+    emit(_RET_K, RET_ALLOW if "x32" in policy.abis else default_ret)
+    label("orig")
+    if "x32" in policy.abis:
+        # Let libseccomp's program judge x32 calls by its own table.
+        code[3][1] = "orig"
+    import struct
+    out = []
+    for position, (op, jt, jf, k) in enumerate(code):
+        if op == _JA:
+            k = labels[k] - position - 1
+        jt = labels[jt] - position - 1 if isinstance(jt, str) else jt
+        jf = labels[jf] - position - 1 if isinstance(jf, str) else jf
+        if not (0 <= jt <= 255 and 0 <= jf <= 255):
+            raise ProfileError("too many argument guards for one BPF jump", key="rules")
+        out.append(struct.pack("<HBBI", op, jt, jf, k & 0xFFFFFFFF))
+    return b"".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# install (child) and the kill verdict (supervisor / PID 1)
+
+_libc = None
+
+
+def _c():
+    global _libc
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def install(bpf, log=False, listener=False, handoff=None):
+    """Install `bpf` on the calling thread; the caller execs right after.
+
+    listener=True adds SECCOMP_FILTER_FLAG_NEW_LISTENER and returns the listener fd (close-on-exec:
+    the kernel creates it O_CLOEXEC). The sandboxed program must never hold it — it could answer its
+    own notifications — so with `handoff` (a connected AF_UNIX socket fd) the listener is sent over
+    it with SCM_RIGHTS and closed here, and the fd number it had is returned. Everything sendmsg
+    needs is built before the filter exists; afterwards only sendmsg(2) and close(2) run.
+    """
+    import ctypes
+    libc = _c()
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    if not bpf or len(bpf) % 8 or len(bpf) // 8 > 4096:
+        raise SetupError("seccomp", 22, "invalid BPF program (%d bytes)" % len(bpf))
+    buffer = ctypes.create_string_buffer(bytes(bpf), len(bpf))
+    program = SockFprog(len(bpf) // 8, ctypes.addressof(buffer))
+    flags = (SECCOMP_FILTER_FLAG_LOG if log else 0) | (SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0)
+    message = _fd_message(None) if (listener and handoff is not None) else None
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+    result = syscall(ctypes.c_long(SYS_SECCOMP), ctypes.c_long(SECCOMP_SET_MODE_FILTER), ctypes.c_long(flags),
+                     ctypes.byref(program))
+    if result < 0:
+        raise SetupError("seccomp", ctypes.get_errno())
+    if not listener:
+        return None
+    if message is None:
+        return int(result)
+    message.set_fd(int(result))
+    sent = libc.sendmsg(ctypes.c_int(handoff), ctypes.byref(message.header), ctypes.c_int(0x4000))  # MSG_NOSIGNAL
+    err = ctypes.get_errno()
+    libc.close(ctypes.c_int(int(result)))
+    if sent < 0:
+        raise SetupError("seccomp", err, "cannot hand the seccomp listener to the supervisor: " + os.strerror(err))
+    return int(result)
+
+
+class _FdMessage:
+    """A prebuilt msghdr carrying one fd with SCM_RIGHTS (or receiving one)."""
+
+    def __init__(self):
+        import ctypes
+
+        class IoVec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        class MsgHdr(ctypes.Structure):
+            _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
+                        ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p),
+                        ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
+
+        self.ctypes = ctypes
+        self.byte = ctypes.create_string_buffer(b"L", 1)
+        self.iov = IoVec(ctypes.addressof(self.byte), 1)
+        # struct cmsghdr { size_t len; int level; int type; } + one int, padded: CMSG_SPACE(4) = 24
+        self.control = ctypes.create_string_buffer(24)
+        self.header = MsgHdr(None, 0, ctypes.addressof(self.iov), 1, ctypes.addressof(self.control), 24, 0)
+
+    def set_fd(self, fd):
+        import struct
+        self.ctypes.memmove(self.control, struct.pack("=Qiii", 20, 1, 1, fd), 20)  # SOL_SOCKET, SCM_RIGHTS
+
+    def get_fd(self):
+        import struct
+        length, level, kind, fd = struct.unpack("=Qiii", self.control.raw[:20])
+        if length >= 20 and level == 1 and kind == 1:
+            return fd
+        return -1
+
+
+def _fd_message(_):
+    return _FdMessage()
+
+
+def recv_listener(sock_fd):
+    """Receive a listener fd sent by install(..., handoff=...); returns the new fd (close-on-exec)."""
+    import ctypes
+    libc = _c()
+    message = _FdMessage()
+    got = libc.recvmsg(ctypes.c_int(sock_fd), ctypes.byref(message.header), ctypes.c_int(0x40000000))  # MSG_CMSG_CLOEXEC
+    if got < 0:
+        err = ctypes.get_errno()
+        raise SetupError("seccomp", err, "receiving the seccomp listener: " + os.strerror(err))
+    fd = message.get_fd()
+    if fd < 0:
+        raise SetupError("seccomp", 0, "the sandbox sent no seccomp listener")
+    return fd
+
+
+def take_listener(pid, fd):
+    """Alternative to the socket handoff: copy fd `fd` out of process `pid` (pidfd_open + pidfd_getfd,
+    Linux 5.6; needs ptrace access to pid, so the pid must not have changed uid since)."""
+    import ctypes
+    libc = _c()
+    libc.syscall.restype = ctypes.c_long
+    pidfd = libc.syscall(ctypes.c_long(434), ctypes.c_long(pid), ctypes.c_long(0))
+    if pidfd < 0:
+        raise SetupError("seccomp", ctypes.get_errno(), "pidfd_open")
+    try:
+        new = libc.syscall(ctypes.c_long(438), ctypes.c_long(pidfd), ctypes.c_long(fd), ctypes.c_long(0))
+        if new < 0:
+            raise SetupError("seccomp", ctypes.get_errno(), "pidfd_getfd: " + os.strerror(ctypes.get_errno()))
+        return int(new)
+    finally:
+        os.close(pidfd)
+
+
+def receive_kill(listener_fd, timeout=None):
+    """Wait for a kill-rule notification; return (pid, syscall name) or None.
+
+    None means the timeout passed, or no process uses the filter any more (POLLHUP). The notifying
+    thread stays blocked inside the syscall — it never runs it — until the caller kills it (or
+    respond_kill answers it). `pid` is in the PID namespace of the caller of this function.
+    """
+    notification = receive_notification(listener_fd, timeout)
+    if notification is None:
+        return None
+    return notification["pid"], notification["syscall"]
+
+
+def receive_notification(listener_fd, timeout=None):
+    import ctypes
+    import select
+    import struct
+    libc = _c()
+    poller = select.poll()
+    poller.register(listener_fd, select.POLLIN)
+    while True:
+        events = poller.poll(None if timeout is None else int(timeout * 1000))
+        if not events:
+            return None
+        if not events[0][1] & select.POLLIN:
+            return None  # POLLHUP: every task using the filter is gone
+        buffer = ctypes.create_string_buffer(80)  # struct seccomp_notif; the kernel wants it zeroed
+        if libc.ioctl(ctypes.c_int(listener_fd), ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_RECV), buffer) < 0:
+            err = ctypes.get_errno()
+            if err in (2, 4):  # ENOENT: the task died before we read it; EINTR
+                continue
+            raise SetupError("seccomp", err, "reading a seccomp notification")
+        ident, pid, _flags, nr, arch, ip = struct.unpack_from("=QIIiIQ", buffer.raw)
+        args = struct.unpack_from("=6Q", buffer.raw, 32)
+        return {"id": ident, "pid": pid, "nr": nr, "arch": arch, "ip": ip, "args": args,
+                "syscall": syscall_name(nr, arch)}
+
+
+def respond_kill(listener_fd, notification_id, errno_=1):
+    """Answer a pending notification with an error instead of killing (the syscall is not run)."""
+    import ctypes
+    import struct
+    buffer = ctypes.create_string_buffer(struct.pack("=QqiI", notification_id, 0, -errno_, 0), 24)
+    if _c().ioctl(ctypes.c_int(listener_fd), ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_SEND), buffer) < 0:
+        return ctypes.get_errno()
+    return 0
+
+
+def verdict(notification):
+    """The run verdict for a seccomp kill (what PID 1 reports to the supervisor)."""
+    return {"reason": "seccomp", "syscall": notification[1] if isinstance(notification, tuple)
+            else notification["syscall"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# names, emulation, describe
+
+_BY_NUMBER = None
+
+
+def syscall_name(nr, arch=AUDIT_ARCH_X86_64):
+    global _BY_NUMBER
+    if _BY_NUMBER is None:
+        _BY_NUMBER = {v: k for k, v in SYSCALLS_X86_64.items()}
+    if arch == AUDIT_ARCH_X86_64:
+        if nr & X32_SYSCALL_BIT:
+            base = nr & ~X32_SYSCALL_BIT
+            return "x32:" + _BY_NUMBER.get(base, "syscall_%d" % base) if base < 512 else "x32:syscall_%d" % base
+        return _BY_NUMBER.get(nr, "syscall_%d" % nr)
+    try:
+        import ctypes
+        lib = ctypes.CDLL("libseccomp.so.2")
+        lib.seccomp_syscall_resolve_num_arch.restype = ctypes.c_void_p
+        pointer = lib.seccomp_syscall_resolve_num_arch(ctypes.c_uint32(arch), ctypes.c_int(nr))
+        if pointer:
+            name = ctypes.string_at(pointer).decode()
+            _c().free(ctypes.c_void_p(pointer))
+            return name
+    except OSError:
+        pass
+    return "syscall_%d" % nr
+
+
+def emulate(bpf, nr, arch=AUDIT_ARCH_X86_64, args=(0, 0, 0, 0, 0, 0), ip=0):
+    """Run a seccomp BPF program in Python: returns (SECCOMP_RET value, whether it read an argument)."""
+    import struct
+    args = tuple(args) + (0,) * (6 - len(args))
+    data = struct.pack("<iIQ6Q", nr, arch, ip, *[a & (2**64 - 1) for a in args])
+    insns = [struct.unpack_from("<HBBI", bpf, i) for i in range(0, len(bpf), 8)]
+    a = x = 0
+    mem = [0] * 16
+    pc = 0
+    touched_args = False
+    while pc < len(insns):
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        cls = code & 7
+        if cls == 0:  # LD
+            mode = code & 0xE0
+            if mode == 0x20:
+                a = struct.unpack_from("<I", data, k)[0]
+                touched_args |= k >= 16
+            elif mode == 0x00:
+                a = k
+            elif mode == 0x60:
+                a = mem[k]
+            else:
+                raise ValueError("unsupported load %#x" % code)
+        elif cls == 1:  # LDX
+            x = mem[k] if code & 0xE0 == 0x60 else k
+        elif cls == 2:
+            mem[k] = a
+        elif cls == 3:
+            mem[k] = x
+        elif cls == 4:  # ALU
+            operand = x if code & 8 else k
+            op = code & 0xF0
+            a = {0x00: lambda: a + operand, 0x10: lambda: a - operand, 0x20: lambda: a * operand,
+                 0x30: lambda: a // operand, 0x40: lambda: a | operand, 0x50: lambda: a & operand,
+                 0x60: lambda: a << operand, 0x70: lambda: a >> operand, 0x80: lambda: -a,
+                 0x90: lambda: a % operand, 0xA0: lambda: a ^ operand}[op]() & 0xFFFFFFFF
+        elif cls == 5:  # JMP
+            op = code & 0xF0
+            if op == 0x00:
+                pc += k
+                continue
+            operand = x if code & 8 else k
+            taken = {0x10: a == operand, 0x20: a > operand, 0x30: a >= operand, 0x40: bool(a & operand)}[op]
+            pc += jt if taken else jf
+        elif cls == 6:  # RET
+            return (a if code & 0x18 == 0x10 else k), touched_args
+        elif cls == 7:
+            if code & 0xF8 == 0x00:
+                x = a
+            else:
+                a = x
+    raise ValueError("BPF program fell off its end")
+
+
+def action_of(ret):
+    """SECCOMP_RET value -> ('allow',) / ('errno', n) / ('kill',) / ..."""
+    full = ret & 0xFFFF0000
+    if ret & 0x80000000:
+        return ("kill",)
+    if full == RET_ERRNO:
+        return ("errno", ret & 0xFFFF)
+    return {RET_ALLOW: ("allow",), RET_LOG: ("log",), RET_TRAP: ("trap",), RET_USER_NOTIF: ("notify",),
+            RET_KILL_THREAD: ("kill_thread",)}.get(full, ("trace", ret & 0xFFFF))
+
+
+def allowed(ret):
+    return (ret & 0xFFFF0000) in (RET_ALLOW, RET_LOG)
+
+
+def describe(policy, caps=(), cache_dir=None):
+    """Facts about a policy for `pysandbox profile lint`, read off the compiled program itself."""
+    if policy is None:
+        return {"enabled": False}
+    bpf = compile_policy(policy, caps, cache_dir=cache_dir)
+    X86 = AUDIT_ARCH_X86_64
+    nr = SYSCALLS_X86_64
+
+    def ok(name, *args, arch=X86):
+        number = nr[name] if isinstance(name, str) else name
+        return allowed(emulate(bpf, number, arch, args)[0])
+
+    allow, deny, conditional = [], [], []
+    for name, number in sorted(nr.items(), key=lambda kv: kv[1]):
+        ret, touched = emulate(bpf, number, X86)
+        if touched:
+            conditional.append(name)
+        (allow if allowed(ret) else deny).append(name)
+    tiocsti = SYSCALLS_X86_64["ioctl"]
+    default = policy.oci[0] if policy.oci else policy.default_action
+    return {
+        "enabled": True,
+        "source": policy.source or "profile",
+        "default_action": _action_text(default),
+        "instructions": len(bpf) // 8,
+        "allows_io_uring": ok("io_uring_setup"),
+        "allows_userns_creation": (ok("unshare", 0x10000000) or ok("clone", 0x10000000 | 17)
+                                   or ok("clone3")),
+        "allows_x32": allowed(emulate(bpf, X32_SYSCALL_BIT | 39, X86)[0]),
+        "allows_i386": allowed(emulate(bpf, 20, AUDIT_ARCH_I386)[0]),  # getpid on i386
+        "allows_socketcall": allowed(emulate(bpf, 102, AUDIT_ARCH_I386)[0]),
+        "allows_tiocsti": (allowed(emulate(bpf, tiocsti, X86, (0, 0x5412))[0])
+                           or allowed(emulate(bpf, tiocsti, X86, (0, (1 << 32) | 0x5412))[0])),
+        "allows_open_by_handle_at": ok("open_by_handle_at"),
+        "unknown_syscalls_enosys": action_of(emulate(bpf, MAX_NR + 1, X86)[0]) == ("errno", ENOSYS),
+        "allowed": allow,
+        "denied": deny,
+        "conditional": conditional,
+    }
