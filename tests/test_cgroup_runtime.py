@@ -1,0 +1,184 @@
+"""Limits end to end through the runtime: the verdict a user sees, and nothing left behind
+after an OOM kill, a fork bomb, a timeout or a SIGKILLed supervisor."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sandbox import cgroup
+from util import require, py
+
+ROOT = os.geteuid() == 0
+HOG = "b = []\nwhile True: b.append(bytearray(8 << 20))"
+BOMB = ("import os, time\n"
+        "while True:\n"
+        "    try:\n"
+        "        os.fork()\n"
+        "    except OSError:\n"
+        "        time.sleep(0.05); os._exit(3)\n")
+
+
+def _need_limits():
+    require(ROOT, "cgroup limits need root on this host (v1 has no delegation)")
+    require(cgroup.detect() is not None, "no cgroup filesystem")
+
+
+def _our_leaves(prefix):
+    out = []
+    for _fstype, point, _root, _opts in cgroup.mounts():
+        parent = os.path.join(point, cgroup.PARENT)
+        try:
+            out += [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefix)]
+        except OSError:
+            pass
+    return out
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "state"
+    monkeypatch.setenv("PYSANDBOX_STATE_DIR", str(directory))
+    return directory
+
+
+@pytest.fixture
+def strict():
+    from sandbox import Sandbox, load_profile
+
+    def make(**limits):
+        profile = load_profile("strict")
+        if limits:
+            profile = profile.with_overrides({"limits": limits})
+        return Sandbox(profile)
+    yield make
+    prefix = "sbx-%d-" % os.getpid()
+    for path in _our_leaves(prefix):
+        for pid in cgroup.procs(path):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        cgroup.wait_empty(path, 2)
+        cgroup.rmdir_quiet(path)
+
+
+def test_oom_verdict(strict, state_dir):
+    _need_limits()
+    result = strict(memory="64M").run(py(HOG), timeout=30)
+    assert result.reason == "oom", result
+    assert result.exit_code == 137
+    assert 40 << 20 < result.memory_peak <= (64 << 20) + (1 << 20)
+    assert result.limits["memory"] == 64 << 20 and result.limits["memory_swap"] == 0
+    assert _our_leaves("sbx-%d-" % os.getpid()) == []
+
+
+def test_fork_bomb_verdict_and_host_still_forks(strict, state_dir):
+    _need_limits()
+    result = strict(pids=24).run(py(BOMB), timeout=30)
+    assert result.reason == "pids", result
+    assert subprocess.run(["/bin/true"]).returncode == 0
+    assert _our_leaves("sbx-%d-" % os.getpid()) == []
+
+
+def test_cpu_quota_through_runtime(strict, state_dir):
+    _need_limits()
+    burn = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass"
+    result = strict(cpus=0.5).run(py(burn), timeout=30)
+    assert result.reason == "exit" and result.exit_code == 0, result
+    assert 0.3 < result.cpu / result.wall < 0.7, (result.cpu, result.wall)
+
+
+def test_timeout_leaves_no_cgroup(strict, state_dir):
+    _need_limits()
+    tree = "import os, time\nfor _ in range(4): os.fork()\ntime.sleep(60)"
+    result = strict().run(py(tree), timeout=0.5)
+    assert result.reason == "timeout"
+    assert _our_leaves("sbx-%d-" % os.getpid()) == []
+
+
+def _start_supervisor(state_dir):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, PYSANDBOX_STATE_DIR=str(state_dir))
+    supervisor = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--profile", "strict",
+                                   "--memory", "64M", "--", "/bin/sleep", "60"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prefix = "sbx-%d-" % supervisor.pid
+    deadline = time.monotonic() + 20
+    leaves = []
+    while time.monotonic() < deadline:
+        leaves = _our_leaves(prefix)
+        # the command runs: every setup step (and credential change) of PID 1 is done
+        if leaves and any(_comm(pid) == "sleep" for p in leaves for pid in cgroup.procs(p)):
+            break
+        time.sleep(0.02)
+    return supervisor, prefix, leaves
+
+
+def _comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _wait_empty(leaves, timeout):
+    deadline = time.monotonic() + timeout
+    while any(cgroup.procs(p) for p in leaves) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not any(cgroup.procs(p) for p in leaves)
+
+
+def _clean(supervisor, prefix):
+    if supervisor.poll() is None:
+        supervisor.kill()
+        supervisor.wait()
+    for path in _our_leaves(prefix):
+        for pid in cgroup.procs(path):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        cgroup.wait_empty(path, 2)
+        cgroup.rmdir_quiet(path)
+
+
+def test_killed_supervisor_orphan_removed_by_next_gc(state_dir):
+    """gc keeps the cgroup of a dead supervisor while a task lives in it, and removes it
+    (with the stale state file) once none does."""
+    _need_limits()
+    supervisor, prefix, leaves = _start_supervisor(state_dir)
+    try:
+        assert leaves, "the sandbox never got its cgroup"
+        supervisor.kill()
+        supervisor.wait()
+        if not _wait_empty(leaves, 2):
+            # still alive (test_sandbox_dies_with_its_supervisor fails too): gc must keep it
+            assert not any(p in cgroup.gc() for p in leaves)
+            assert all(os.path.isdir(p) for p in leaves)
+            for path in leaves:
+                cgroup.kill_tasks(path)
+            assert _wait_empty(leaves, 10)
+        assert _our_leaves(prefix), "cgroup vanished before gc (test would prove nothing)"
+        removed = cgroup.gc()
+        assert _our_leaves(prefix) == []
+        assert set(leaves) <= set(removed)
+        if state_dir.exists():
+            assert not [f for f in os.listdir(state_dir) if f.startswith(prefix)]
+    finally:
+        _clean(supervisor, prefix)
+
+
+def test_sandbox_dies_with_its_supervisor(state_dir):
+    _need_limits()
+    supervisor, prefix, leaves = _start_supervisor(state_dir)
+    try:
+        assert leaves
+        supervisor.kill()
+        supervisor.wait()
+        assert _wait_empty(leaves, 5), "sandbox outlived its supervisor"
+    finally:
+        _clean(supervisor, prefix)
