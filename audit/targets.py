@@ -9,7 +9,6 @@ never consulted, because hosts can carry them too.
 from __future__ import annotations
 
 import glob
-import http.client
 import json
 import os
 import re
@@ -33,16 +32,18 @@ PODMAN_SOCKETS = ("/run/podman/podman.sock",)
 
 # ------------------------------------------------------------------ Docker API
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
+def _unix_connection(path, timeout):
+    # http.client pulls in email and ssl (~30 ms): imported only when an API is asked.
+    import http.client
 
-    def connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def connect(self):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(path)
+            self.sock = sock
+
+    return UnixHTTPConnection("localhost", timeout=timeout)
 
 
 class DockerAPI:
@@ -54,7 +55,7 @@ class DockerAPI:
         self.runtime = runtime
 
     def get(self, url):
-        conn = _UnixHTTPConnection(self.path, self.timeout)
+        conn = _unix_connection(self.path, self.timeout)
         try:
             conn.request("GET", url, headers={"Host": "docker"})
             resp = conn.getresponse()
