@@ -66,6 +66,14 @@ def pid1_main(spec, go_r, msg_w):
             stage = "ids"
             from .user import enter
             enter(spec.idmap)
+            # Changing credentials clears the parent-death signal: set it again, then make
+            # sure the supervisor did not die in between (its end of our pipe would be gone).
+            k.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL, stage="pdeathsig")
+            import select
+            watch = select.poll()
+            watch.register(msg_w, 0)
+            if watch.poll(0):
+                os._exit(125)
         if spec.unshare_after_attach:
             # A cgroup namespace's root is the cgroup its creator is in at unshare time,
             # so it is created only now that the supervisor has moved us into our leaf.
@@ -82,7 +90,7 @@ def pid1_main(spec, go_r, msg_w):
         stage = "mount"
         if spec.mounts is not None:
             from . import mnt
-            mnt.build(spec.mounts)
+            mnt.build(spec.mounts, spec.source_fds)
         if spec.stdio:
             for target, fd in enumerate(spec.stdio):
                 if fd is not None and fd != target:
@@ -137,7 +145,7 @@ def command_main(spec, msg_w):
         if spec.idmap is not None:
             stage = "ids"
             from .user import become
-            become(spec.idmap, keep_caps=bool(spec.caps_keep))
+            become(spec.idmap, keep_caps=spec.caps is not None)
         if spec.rlimits:
             stage = "rlimits"
             from .rlimits import apply as apply_rlimits

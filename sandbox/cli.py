@@ -102,13 +102,6 @@ def overrides_from(opts, profile):
     def put(section, key, value):
         o.setdefault(section, {})[key] = value
 
-    fs = profile.filesystem
-    if opts["--ro-bind"]:
-        put("filesystem", "ro_bind", list(fs.ro_bind) + opts["--ro-bind"])
-    if opts["--bind"]:
-        put("filesystem", "bind", list(fs.bind) + opts["--bind"])
-    if opts["--tmpfs"]:
-        put("filesystem", "tmpfs", list(fs.tmpfs) + opts["--tmpfs"])
     if "--rootfs" in opts:
         put("filesystem", "rootfs", os.path.abspath(opts["--rootfs"]))
     if opts.get("--overlay"):
@@ -165,7 +158,8 @@ def cmd_run(args):
         profile = profile.with_overrides(overrides)
     from .runtime import Sandbox
     import signal
-    box = Sandbox(profile, name=opts.get("--name"))
+    box = Sandbox(profile, name=opts.get("--name"), ro_binds=opts["--ro-bind"], binds=opts["--bind"],
+                  tmpfs=opts["--tmpfs"])
     proc = box.start(argv, env=env)
 
     def forward(sig, _frame):

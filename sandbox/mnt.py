@@ -54,8 +54,11 @@ def plan(fs, ro_binds=(), binds=(), tmpfs=(), rootfs=None, overlay=None, hostnam
     overlay = fs.overlay if overlay is None else overlay
     entries = []
     seen_dst = set()
-    for spec, writable in [(s, False) for s in fs.ro_bind + tuple(ro_binds)] + \
-                          [(s, True) for s in fs.bind + tuple(binds)]:
+    # The profile's binds compose a root from the host; an image given as rootfs brings its
+    # own /usr, so only the binds asked for with this run (ro_binds, binds) go into it.
+    profile_ro, profile_rw = ((), ()) if rootfs else (fs.ro_bind, fs.bind)
+    for spec, writable in [(s, False) for s in profile_ro + tuple(ro_binds)] + \
+                          [(s, True) for s in profile_rw + tuple(binds)]:
         src, dst = _split_bind(spec)
         if not dst.startswith("/"):
             raise ProfileError("bind destination must be absolute: %r" % spec, key="bind")
@@ -138,7 +141,63 @@ def _bind(src, dst, is_dir, readonly, stage="bind"):
         make_readonly(dst, stage)
 
 
-def build(mp):
+SYS_open_tree = 428
+SYS_move_mount = 429
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
+
+def open_sources(mp):
+    """Parent half, per run: detached copies (open_tree) of the rootfs and every bind source.
+
+    A path bind in the child would resolve the source with the sandbox's remapped ids,
+    which cannot traverse a directory private to the caller (and would follow a symlink
+    swapped in after validation). As host root the supervisor clones the source trees
+    itself, with its own rights, and turns read-only binds read-only on the detached copy;
+    the child attaches them with move_mount. Rootless, the sandbox's root is the caller,
+    so the child binds by path (returns None)."""
+    if os.geteuid() != 0:
+        return None
+    import ctypes
+    fds = []
+    try:
+        # The rootfs stays writable here: the child creates missing mount points in it first
+        # and turns it read-only itself.
+        entries = ([(mp.rootfs, True)] if mp.rootfs else []) + \
+            [(src, writable) for src, _, writable, _ in mp.binds]
+        for path, writable in entries:
+            fd = k._syscall(SYS_open_tree, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC)
+            if fd < 0:
+                err = ctypes.get_errno()
+                raise SetupError("bind", err, "bind source %s: %s" % (path, os.strerror(err)))
+            fds.append(fd)
+            if not writable and not mp.overlay:
+                attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY, 0, 0, 0)
+                if k._syscall(SYS_mount_setattr, fd, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr), 32):
+                    err = ctypes.get_errno()
+                    raise SetupError("bind", err, "read-only %s: %s" % (path, os.strerror(err)))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def _attach(fd, target, is_dir):
+    if is_dir:
+        _mkdirs(target)
+    else:
+        _mkdirs(os.path.dirname(target))
+        if not os.path.lexists(target):
+            _touch(target)
+    if k._syscall(SYS_move_mount, fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
+        import ctypes
+        err = ctypes.get_errno()
+        raise SetupError("bind", err, "%s: %s" % (target, os.strerror(err)))
+
+
+def build(mp, source_fds):
     """Child half: compose the root and pivot into it. Runs as the sandbox's PID 1."""
     k.mount(None, "/", None, k.MS_REC | k.MS_PRIVATE, None, "make-rprivate")
     k.mount("tmpfs", BASE, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=1m", "mount-scratch")
@@ -147,16 +206,28 @@ def build(mp):
     k.pivot_root(BASE, BASE + OLD)
     os.chdir("/")
 
+    sources = list(source_fds) if source_fds is not None else None
     if mp.rootfs:
-        src = OLD + mp.rootfs
+        src = sources.pop(0) if sources is not None else OLD + mp.rootfs
         if mp.overlay:
+            if sources is not None:
+                _attach(src, "/.lower-root", True)
+                src = "/.lower-root"
             _overlay(src, NEW, "root")
         else:
-            k.mount(src, NEW, None, k.MS_BIND | k.MS_REC, None, "rootfs")
+            if sources is not None:
+                _attach(src, NEW, True)
+            else:
+                k.mount(src, NEW, None, k.MS_BIND | k.MS_REC, None, "rootfs")
             # Mount points must exist before the rootfs turns read-only.
-            for name in ("tmp", "proc", "dev", "sys"):
-                if not os.path.isdir(NEW + "/" + name):
-                    _mkdirs(NEW + "/" + name)
+            for name in ("/tmp", "/proc", "/dev", "/sys") + tuple(d for _, d, _, is_dir in mp.binds if is_dir) \
+                    + mp.tmpfs:
+                if not os.path.isdir(NEW + name):
+                    _mkdirs(NEW + name)
+            for _, dst, _, is_dir in mp.binds:
+                if not is_dir and not os.path.lexists(NEW + dst):
+                    _mkdirs(os.path.dirname(NEW + dst))
+                    _touch(NEW + dst)
             if mp.readonly_root:
                 make_readonly(NEW, "rootfs-ro")
     else:
@@ -168,11 +239,18 @@ def build(mp):
             elif os.path.isdir(host):
                 _bind(host, NEW + "/" + name, True, not mp.overlay)
         _compose_etc(mp)
-    for src, dst, writable, is_dir in mp.binds:
+    for index, (src, dst, writable, is_dir) in enumerate(mp.binds):
         target = NEW + dst
+        fd = sources[index] if sources is not None else None
         if mp.overlay and not writable and is_dir and not mp.rootfs:
             _mkdirs(target)
-            _overlay(OLD + src, target, dst.strip("/").replace("/", "_"))
+            lower = OLD + src
+            if fd is not None:
+                lower = "/.lower-%d" % index
+                _attach(fd, lower, True)
+            _overlay(lower, target, str(index))
+        elif fd is not None:
+            _attach(fd, target, is_dir)
         else:
             _bind(OLD + src, target, is_dir, not writable)
     _mkdirs(NEW + "/tmp", 0o1777)

@@ -302,7 +302,10 @@ def load_profile(name_or_path="default"):
             raise ProfileError("expected a profile name", source=path, key="extends",
                                line=key_line(text, "", "extends"))
         try:
-            path = resolve_path(parent) if "/" not in parent else os.path.join(os.path.dirname(path), parent)
+            if "/" in parent or parent.endswith(".toml"):
+                # A file named by `extends` is relative to the profile that names it.
+                parent = os.path.join(os.path.dirname(path), parent)
+            path = resolve_path(parent)
         except ProfileError as e:
             raise ProfileError(str(e), source=chain[-1], key="extends", line=key_line(text, "", "extends")) from None
     merged = {}

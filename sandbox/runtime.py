@@ -49,7 +49,7 @@ class Spec:
     __slots__ = ("argv", "env", "cwd", "hostname", "net_mode", "mounts", "idmap", "rlimits", "new_session",
                  "close_fds", "caps", "caps_keep", "caps_ambient", "no_new_privs", "landlock", "landlock_ro",
                  "landlock_rw", "verify", "bpf", "seccomp_log", "seccomp_listener_wanted", "stdio",
-                 "unshare_after_attach")
+                 "unshare_after_attach", "source_fds")
 
     def __init__(self, **kw):
         for key in self.__slots__:
@@ -74,9 +74,10 @@ class Sandbox:
     `run`/`start` then makes a fresh set of namespaces, cgroups and processes.
     """
 
-    def __init__(self, profile, name=None):
+    def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=()):
         self.profile = profile
         self.name = name
+        self.extra_mounts = (tuple(ro_binds), tuple(binds), tuple(tmpfs))
         self._prepared = None
 
     # -- preparation (parent, before any fork) ----------------------------------------
@@ -97,7 +98,8 @@ class Sandbox:
             from . import user
             idmap = user.plan(p.idmap, p.idmap.uid, p.idmap.gid)
         from . import mnt
-        mounts = mnt.plan(p.filesystem, hostname=p.process.hostname if ns.uts else "",
+        extra_ro, extra_rw, extra_tmpfs = self.extra_mounts
+        mounts = mnt.plan(p.filesystem, ro_binds=extra_ro, binds=extra_rw, tmpfs=extra_tmpfs, hostname=p.process.hostname if ns.uts else "",
                           uid=p.idmap.uid, gid=p.idmap.gid)
         from . import rlimits
         limits = rlimits.plan(p.rlimits)
@@ -114,10 +116,19 @@ class Sandbox:
             if hasattr(caps_module, "preload"):
                 caps_module.preload()
         landlock_policy = p.landlock
-        landlock_rw = ()
+        landlock_rw = landlock_ro = ()
         if landlock_policy is not None:
             from . import landlock  # noqa: F401 - loaded before the child pivots away from it
             landlock_rw = tuple(dst for _, dst, writable, _ in mounts.binds if writable)
+            # An image root brings its own layout: allow reading and executing each of its
+            # top-level directories (it is mounted read-only anyway); writes stay limited
+            # to /tmp and rw binds. "/" itself stays unlisted, as in the composed root, so
+            # the verify stage can prove the ruleset is in force.
+            landlock_ro = ()
+            if mounts.rootfs:
+                landlock_ro = tuple("/" + e for e in sorted(os.listdir(mounts.rootfs))
+                                    if e not in ("tmp", "dev", "proc", "sys")
+                                    and os.path.isdir(os.path.join(mounts.rootfs, e)))
         bpf = None
         seccomp_log = False
         if p.seccomp is not None:
@@ -133,7 +144,7 @@ class Sandbox:
         from . import user, child, net  # noqa: F401 - the child cannot import after pivot_root
         self._prepared = dict(flags=flags, after=after, idmap=idmap, mounts=mounts, rlimits=limits,
                               caps=caps_module, caps_keep=caps_keep, caps_ambient=caps_ambient,
-                              landlock=landlock_policy, landlock_rw=landlock_rw, bpf=bpf, seccomp_log=seccomp_log,
+                              landlock=landlock_policy, landlock_rw=landlock_rw, landlock_ro=landlock_ro, bpf=bpf, seccomp_log=seccomp_log,
                               verify=verify_expect)
         return self._prepared
 
@@ -177,7 +188,7 @@ class Sandbox:
                     mounts=prep["mounts"], idmap=prep["idmap"], rlimits=prep["rlimits"],
                     new_session=p.process.new_session, close_fds=p.process.close_fds,
                     caps=prep["caps"], caps_keep=prep["caps_keep"], caps_ambient=prep["caps_ambient"],
-                    no_new_privs=p.process.no_new_privs, landlock=prep["landlock"], landlock_ro=(),
+                    no_new_privs=p.process.no_new_privs, landlock=prep["landlock"], landlock_ro=prep["landlock_ro"],
                     landlock_rw=prep["landlock_rw"], verify=prep["verify"], bpf=prep["bpf"],
                     seccomp_log=prep["seccomp_log"], seccomp_listener_wanted=False,
                     stdio=(stdin, stdout, stderr) if (stdin, stdout, stderr) != (None, None, None) else None,
@@ -226,12 +237,18 @@ class SandboxProcess:
             self._cgroup = cgroup.create(name, p.limits)
             if getattr(self._cgroup, "warning", None):
                 self.warnings.append(self._cgroup.warning)
+        from .mnt import open_sources
+        try:
+            spec.source_fds = open_sources(spec.mounts)
+        except BaseException:
+            self._destroy_cgroup()
+            raise
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
         try:
             pid = k.clone_process(prep["flags"])
         except BaseException:
-            for fd in (go_r, go_w, msg_r, msg_w):
+            for fd in [go_r, go_w, msg_r, msg_w] + (spec.source_fds or []):
                 os.close(fd)
             self._destroy_cgroup()
             raise
@@ -243,6 +260,8 @@ class SandboxProcess:
             os._exit(125)
         os.close(go_r)
         os.close(msg_w)
+        for fd in spec.source_fds or ():
+            os.close(fd)
         self.pid = pid
         self._msg_r = msg_r
         try:

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Set up pysandbox on Debian 12 (as root): system packages, a virtual environment at
+# $PYSANDBOX_PREFIX/venv (default /opt/pysandbox, readable by every user so rootless
+# runs can use it), the package itself (a normal, non-editable install), and the
+# `pysandbox` and `audit` commands in /usr/local/bin.
+#   ./setup.sh           set up only
+#   ./setup.sh --test    set up, then run the whole test suite as root and again as an
+#                        unprivileged user (created if missing)
+set -euo pipefail
+cd "$(dirname "$0")"
+PREFIX=${PYSANDBOX_PREFIX:-/opt/pysandbox}
+VENV=$PREFIX/venv
+TEST_USER=${PYSANDBOX_TEST_USER:-pysbx}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: run as root (it installs system packages)" >&2
+    exit 2
+fi
+
+# Runtime: libseccomp and libcap-ng (loaded through ctypes), the Debian Python with venv
+# and the capng bindings, newuidmap/newgidmap for rootless multi-id maps, util-linux and
+# iproute2. Tests and benchmarks: gcc (escape probes), Docker and busybox (audit targets),
+# and the peers we compare with.
+PACKAGES="python3 python3-venv python3-cap-ng libseccomp2 libcap-ng0 uidmap util-linux iproute2 procps
+gcc libc6-dev docker.io busybox-static bubblewrap crun runc firejail"
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    mkdir -p "$PREFIX"
+    # Debian's /usr/bin/python3, not one under /root: unprivileged users must be able to run it.
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-warn-script-location ".[test]"
+chmod -R a+rX "$PREFIX"
+ln -sf "$VENV/bin/pysandbox" /usr/local/bin/pysandbox
+ln -sf "$VENV/bin/audit" /usr/local/bin/audit
+
+if [ "${1:-}" != "--test" ]; then
+    exit 0
+fi
+
+# Root run: the installed package is under test (the tests dir is not the package root).
+export PYSANDBOX_SHARED=${PYSANDBOX_SHARED:-$(cd .. && pwd)/shared}
+status=0
+"$VENV/bin/pytest" -q -p no:cacheprovider tests || status=$?
+
+# Unprivileged run of the same suites, minus what needs host root by nature (Docker,
+# host cgroup trees). The tests and the shared data are copied where that user can read.
+id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+work=$(mktemp -d /tmp/pysandbox-rootless.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+cp -r tests "$work/tests"
+[ -d "$PYSANDBOX_SHARED" ] && cp -r "$PYSANDBOX_SHARED" "$work/shared"
+chmod -R a+rX "$work"
+chmod 1777 "$work"
+runuser -u "$TEST_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="/home/$TEST_USER" \
+    CI="${CI:-}" PYSANDBOX_SHARED="$work/shared" \
+    "$VENV/bin/pytest" -q -p no:cacheprovider -m "not root_only" "$work/tests" || status=$?
+exit $status

@@ -1,0 +1,359 @@
+"""The runtime core on the real kernel: isolation seen from inside and from outside,
+exit statuses, cleanup. Runs as root and again as an unprivileged user."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from util import ROOT, py, require, run_cli, run_in, pysandbox_cmd
+
+NS_NAMES = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup", "time")
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """The strict profile; rootless without cgroup delegation it cannot get its required
+    limits (test_rootless_strict_needs_delegation covers that), so the isolation checks
+    use strict with limits made optional."""
+    if ROOT:
+        return "strict"
+    path = tmp_path_factory.mktemp("profiles") / "strict-nolimits.toml"
+    path.write_text('extends = "strict"\n[limits]\nrequired = false\n')
+    return str(path)
+
+
+def inside(profile, code, *extra, timeout=60):
+    proc, _ = run_in(profile, *py(code), extra=extra, timeout=timeout)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+PROBE = r"""
+import json, os, errno
+out = {}
+out["ns"] = {n: os.readlink("/proc/self/ns/" + n) for n in %r}
+out["uid_map"] = open("/proc/self/uid_map").read().split()
+out["gid_map"] = open("/proc/self/gid_map").read().split()
+out["hostname"] = os.uname().nodename
+out["netdevs"] = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:])
+out["dev"] = sorted(os.listdir("/dev"))
+out["fds"] = sorted(int(f) for f in os.listdir("/proc/self/fd"))
+out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+try:
+    out["root"] = sorted(os.listdir("/"))
+except PermissionError:  # strict's Landlock policy does not grant listing "/"
+    out["root"] = sorted(n for n in ("bin", "sbin", "lib", "lib64", "lib32", "libx32", "usr", "etc", "tmp",
+                                     "proc", "dev", "sys", "home", "root", "var") if os.path.lexists("/" + n))
+out["uid"] = os.getuid()
+stat = open("/proc/self/stat").read()
+fields = stat[stat.rfind(")") + 2:].split()
+out["sid_is_self"] = int(fields[3]) == os.getpid()
+out["tty_nr"] = int(fields[4])
+masked = {}
+for path in ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/interrupts"]:
+    try:
+        masked[path] = len(open(path, "rb").read(64))
+    except OSError as e:
+        masked[path] = errno.errorcode[e.errno]
+for path in ["/proc/acpi", "/proc/scsi", "/proc/asound"]:
+    masked[path] = os.listdir(path) if os.path.isdir(path) else "absent"
+out["masked"] = masked
+ro = {}
+for path in ["/proc/sys/kernel/hostname", "/proc/sysrq-trigger", "/proc/sys/kernel/core_pattern"]:
+    try:
+        os.close(os.open(path, os.O_WRONLY))
+        ro[path] = "writable"
+    except OSError as e:
+        ro[path] = errno.errorcode[e.errno]
+out["readonly"] = ro
+try:
+    os.close(os.open("/usr/pysandbox-probe", os.O_WRONLY | os.O_CREAT, 0o644))
+    out["usr"] = "writable"
+except OSError as e:
+    out["usr"] = errno.errorcode[e.errno]
+out["sys"] = os.path.exists("/sys/kernel")
+out["tmp"] = [l.split()[3] for l in open("/proc/self/mounts") if l.split()[1] == "/tmp"]
+print(json.dumps(out))
+""" % (NS_NAMES,)
+
+
+@pytest.fixture(scope="module")
+def strict_view(strict):
+    return inside(strict, PROBE)
+
+
+def test_every_namespace_is_new(strict_view):
+    for name in NS_NAMES:
+        host = os.readlink("/proc/self/ns/" + name)
+        assert strict_view["ns"][name] != host, name
+
+
+def test_uid_map_never_maps_host_root(strict_view):
+    for key in ("uid_map", "gid_map"):
+        numbers = [int(x) for x in strict_view[key]]
+        for i in range(0, len(numbers), 3):
+            _, host, count = numbers[i:i + 3]
+            assert not (host <= 0 < host + count), strict_view[key]
+    assert strict_view["uid"] == 0
+
+
+def test_only_loopback_and_hostname(strict_view):
+    assert strict_view["netdevs"] == ["lo"]
+    assert strict_view["hostname"] == "sandbox"
+    assert os.uname().nodename != "sandbox"
+
+
+def test_masked_and_readonly_proc(strict_view):
+    for path, value in strict_view["masked"].items():
+        assert value in (0, [], "absent", "ENOENT"), (path, value)
+    for path, value in strict_view["readonly"].items():
+        if not os.path.exists(path):  # this kernel may lack the file altogether (no CONFIG_MAGIC_SYSRQ)
+            assert value == "ENOENT"
+            continue
+        assert value in ("EROFS", "EACCES", "EPERM"), (path, value)
+
+
+def test_minimal_dev_no_fds_only_sandbox_processes(strict_view):
+    assert strict_view["dev"] == sorted(["null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm",
+                                         "fd", "stdin", "stdout", "stderr"])
+    # 0-2 plus the descriptor listdir itself holds open on /proc/self/fd
+    assert strict_view["fds"] == [0, 1, 2, 3]
+    assert strict_view["pids"] == [1, 2]
+
+
+def test_root_is_composed_readonly_and_sys_absent(strict_view):
+    assert set(strict_view["root"]) <= {"bin", "sbin", "lib", "lib64", "lib32", "libx32", "usr", "etc", "tmp",
+                                        "proc", "dev"}
+    assert strict_view["usr"] in ("EROFS", "EACCES")
+    assert strict_view["sys"] is False
+    assert strict_view["tmp"] and "size=" in strict_view["tmp"][0]
+
+
+def test_new_session_without_terminal(strict_view):
+    assert strict_view["sid_is_self"] and strict_view["tty_nr"] == 0
+
+
+def test_loopback_mode_brings_lo_up(strict):
+    code = "import json,subprocess;print(json.dumps(open('/proc/net/if_inet6').read()))"
+    # /proc/net/if_inet6 lists ::1 on lo only once lo is up
+    up = inside(strict, code, "--net", "loopback")
+    down = inside(strict, code)
+    assert "lo" in up and "lo" not in down
+
+
+def test_strict_refuses_host_network(strict):
+    proc, _ = run_in(strict, "/bin/true", extra=("--net", "host"))
+    assert proc.returncode == 3
+    assert "refuses the host's network" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_exit_statuses(strict, tmp_path):
+    assert run_in(strict, "/bin/sh", "-c", "exit 7")[0].returncode == 7
+    assert run_in(strict, "/bin/sh", "-c", "kill -TERM $$")[0].returncode == 128 + signal.SIGTERM
+    proc, verdict = run_in(strict, "/bin/sh", "-c", "kill -SEGV $$", result_file=tmp_path / "r.json")
+    assert proc.returncode == 128 + signal.SIGSEGV
+    assert verdict["reason"] == "signal" and verdict["signal"] == signal.SIGSEGV
+    proc = run_in(strict, "/no/such/program")[0]
+    assert proc.returncode == 127 and proc.stderr.startswith("pysandbox: /no/such/program:")
+    proc = run_in(strict, "/etc/hostname")[0]
+    assert proc.returncode == 126
+
+
+def test_result_file(strict, tmp_path):
+    proc, verdict = run_in(strict, *py("print('hello')"), result_file=tmp_path / "r.json")
+    assert proc.returncode == 0 and proc.stdout == "hello\n"
+    assert verdict["reason"] == "exit" and verdict["exit_code"] == 0 and verdict["signal"] is None
+    assert verdict["wall"] > 0 and verdict["cpu_user"] >= 0 and verdict["cpu_system"] >= 0
+
+
+def _marker_processes(marker):
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_timeout_kills_every_descendant(strict, tmp_path):
+    marker = "%d.%d" % (os.getpid(), time.monotonic_ns() % 100000)
+    proc, verdict = run_in(strict, "/bin/sh", "-c", "sleep 1%s & sleep 2%s & sleep 3%s" % (marker, marker, marker),
+                           extra=("--timeout", "1"), result_file=tmp_path / "r.json")
+    assert proc.returncode == 124 and verdict["reason"] == "timeout"
+    assert _marker_processes(marker) == []
+
+
+def test_supervisor_sigkill_leaves_nothing(strict):
+    marker = "9%d.%d" % (os.getpid(), time.monotonic_ns() % 100000)
+    sup = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", strict, "--name", "killme-%d" % os.getpid(), "--",
+                                              "/bin/sh", "-c", "sleep 1%s & sleep 2%s" % (marker, marker)])
+    deadline = time.monotonic() + 10
+    while len(_marker_processes(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_marker_processes(marker)) >= 2
+    sup.send_signal(signal.SIGKILL)
+    sup.wait()
+    deadline = time.monotonic() + 5
+    while _marker_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _marker_processes(marker) == []
+    gc = run_cli("gc")
+    assert gc.returncode == 0
+    from sandbox import state
+    assert state.find("killme-%d" % os.getpid()) is None
+
+
+def test_host_mounts_and_hostname_unchanged(strict):
+    before = open("/proc/self/mountinfo").read()
+    host = os.uname().nodename
+    inside(strict, "import json; print(json.dumps(1))")
+    assert open("/proc/self/mountinfo").read() == before
+    assert os.uname().nodename == host
+
+
+def test_host_sees_unprivileged_owner(strict):
+    sup = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", strict, "--name", "owner-%d" % os.getpid(), "--",
+                                              "/bin/sleep", "30"])
+    try:
+        from sandbox import state
+        deadline = time.monotonic() + 10
+        record = None
+        while record is None and time.monotonic() < deadline:
+            record = state.find("owner-%d" % os.getpid())
+            time.sleep(0.02)
+        assert record is not None
+        time.sleep(0.2)
+        with open("/proc/%d/status" % record["pid"]) as f:
+            uids = [l for l in f if l.startswith("Uid:")][0].split()[1:]
+        assert "0" not in uids
+        if ROOT:
+            assert int(uids[0]) >= 1_000_000_000
+        else:
+            assert int(uids[0]) == os.getuid()
+    finally:
+        sup.kill()
+        sup.wait()
+
+
+def test_bind_ro_bind_overlay_and_uid(strict, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from host")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(shared, 0o777)
+    code = ("import errno,os\n"
+            "print(open('/data/in.txt').read())\n"
+            "open('/rw/out.txt','w').write('from sandbox')\n"
+            "try:\n open('/data/x','w')\nexcept OSError as e: print(errno.errorcode[e.errno])\n")
+    proc, _ = run_in(strict, *py(code), extra=("--ro-bind", "%s:/data" % shared, "--bind", "%s:/rw" % shared))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["from", "host", "EROFS"]
+    assert (shared / "out.txt").read_text() == "from sandbox"
+    proc, _ = run_in(strict, "/bin/sh", "-c", "id -u; id -g", extra=("--uid", "1000", "--gid", "1000"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1000", "1000"]
+
+
+def make_rootfs(path):
+    """A tiny image root: busybox and the usual mount points, owned by the id the
+    sandbox's root maps to (as an unpacked rootless image would be)."""
+    busybox = "/bin/busybox"
+    require(os.path.exists(busybox), "busybox-static is not installed")
+    import shutil
+    for name in ("bin", "etc", "tmp", "proc", "dev", "data"):
+        (path / name).mkdir(parents=True)
+    (path / "etc" / "os-release").write_text("ID=tiny\n")
+    shutil.copy(busybox, path / "bin" / "busybox")
+    for applet in ("sh", "cat", "ls", "echo", "id"):
+        os.symlink("busybox", path / "bin" / applet)
+    owner = 1_000_000_000 if ROOT else os.getuid()
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+            os.lchown(name, owner, owner)
+    os.chmod(path.parent, 0o755)
+    return path
+
+
+def test_rootfs_directory(strict, tmp_path):
+    root = make_rootfs(tmp_path / "rootfs")
+    proc, _ = run_in(strict, "/bin/sh", "-c", "cat /etc/os-release; ls /bin /usr", extra=("--rootfs", str(root)))
+    assert "ID=tiny" in proc.stdout and "busybox" in proc.stdout
+    assert "/usr: No such file" in proc.stderr
+    # read-only by default (shown under default: strict's Landlock refuses the write first)
+    proc, _ = run_in("default", "/bin/sh", "-c", "echo x > /etc/new", extra=("--rootfs", str(root)))
+    assert proc.returncode != 0 and "Read-only" in proc.stderr
+
+
+def test_overlay_is_copy_on_write(tmp_path):
+    # Landlock (strict) would refuse writes outside /tmp whatever the overlay does; default
+    # shows the overlay itself.
+    root = make_rootfs(tmp_path / "rootfs")
+    proc, _ = run_in("default", "/bin/sh", "-c", "echo changed > /etc/os-release && echo new > /data/f && "
+                     "cat /etc/os-release /data/f", extra=("--rootfs", str(root), "--overlay"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["changed", "new"]
+    assert (root / "etc" / "os-release").read_text() == "ID=tiny\n"
+    assert not (root / "data" / "f").exists()
+
+
+def test_python_api(strict):
+    from sandbox import Sandbox, load_profile
+    result = Sandbox(load_profile(strict)).run(["python3", "-c", "print(6*7)"], timeout=10, capture_output=True)
+    assert result.reason == "exit" and result.exit_code == 0 and result.stdout == b"42\n"
+    data = result.to_dict()
+    for key in ("exit_code", "signal", "reason", "wall", "cpu_user", "cpu_system"):
+        assert key in data
+    timed = Sandbox(load_profile(strict)).run(["sleep", "10"], timeout=0.5)
+    assert timed.reason == "timeout" and timed.exit_code == 124
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["run", "--profile", "nope", "--", "true"], 3, "unknown profile 'nope'"),
+    (["run", "--profile", "strict"], 2, "no command given"),
+    (["run", "--bogus", "--", "true"], 2, "unknown option --bogus"),
+    (["run", "--ro-bind", "/does/not/exist", "--", "true"], 125, "bind source /does/not/exist does not exist"),
+    (["run", "--timeout", "soon", "--", "true"], 2, "--timeout expects a number"),
+    (["frobnicate"], 2, "unknown command"),
+])
+def test_bad_input_is_one_line(args, code, text):
+    proc = run_cli(*args)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.startswith("pysandbox: ") and text in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_malformed_profile_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "strict"\n[process]\nhostname = [\n')
+    proc = run_cli("run", "--profile", str(bad), "--", "true")
+    assert proc.returncode == 3 and str(bad) in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_profile_list_and_show():
+    listing = run_cli("profile", "list")
+    assert listing.returncode == 0 and "strict" in listing.stdout and "DELIBERATELY WEAK" in listing.stdout
+    shown = run_cli("profile", "show", "strict")
+    assert shown.returncode == 0
+    import tomllib
+    data = tomllib.loads(shown.stdout)
+    assert data["network"]["allow_host"] is False and data["namespaces"]["user"] is True
+    assert data["filesystem"]["ro_bind"] == ["/usr"]  # inherited from default
+
+
+def test_strict_limits_work_or_fail_closed():
+    proc = run_in("strict", "/bin/true")[0]
+    if ROOT:
+        assert proc.returncode == 0, proc.stderr
+    elif proc.returncode != 0:
+        # Rootless without cgroup delegation: strict's required limits cannot be had, and
+        # the run fails closed with a message that says how to get them.
+        assert proc.returncode == 125 and "delegat" in proc.stderr and proc.stderr.count("\n") == 1
