@@ -463,8 +463,6 @@ def compile_uncached(policy, caps=(), notify_kills=False):
         import pyseccomp
     except (ImportError, RuntimeError) as e:
         raise SetupError("seccomp", 0, "cannot compile the policy: pyseccomp/libseccomp missing (%s)" % e) from None
-    ops = {"eq": pyseccomp.EQ, "ne": pyseccomp.NE, "lt": pyseccomp.LT, "le": pyseccomp.LE,
-           "gt": pyseccomp.GT, "ge": pyseccomp.GE, "masked_eq": pyseccomp.MASKED_EQ}
     if policy.oci:
         from . import oci_seccomp
         default, arches, rules = oci_seccomp.resolve(policy.oci, caps)
@@ -478,30 +476,17 @@ def compile_uncached(policy, caps=(), notify_kills=False):
         guards = [r for r in policy.rules if r[2] and r[1][0] != "allow"]
         rules = [r for r in policy.rules if not (r[2] and r[1][0] != "allow")]
     default_ret = _ret(default, notify_kills)
-    program = pyseccomp.SyscallFilter(default_ret)
-    # A foreign ABI gets the default answer (or a kill without a listener: notifications carry a
-    # foreign arch the supervisor could still name, but a plain kill is the safer fallback).
-    program.set_attr(pyseccomp.Attr.ACT_BADARCH, default_ret if default_ret != RET_USER_NOTIF else RET_KILL_PROCESS)
-    program.set_attr(pyseccomp.Attr.CTL_NNP, 0)
-    program.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
-    for arch in extra_arches:
-        program.add_arch(arch)
-    for name, action, args in rules:
-        ret = _ret(action, notify_kills)
-        if ret == default_ret and not args:
-            continue  # libseccomp refuses rules that repeat the default (and they change nothing)
-        if policy.oci:
-            # OCI args are (index, op, value, valueTwo); MASKED_EQ's value is the mask.
-            conds = [pyseccomp.Arg(i, ops[op], a, b) for i, op, a, b in args]
-        else:
-            conds = [pyseccomp.Arg(i, ops[op], mask, value) if op == "masked_eq"
-                     else pyseccomp.Arg(i, ops[op], value) for i, op, value, mask in args]
-        # runc's rule for repeated indexes: each condition becomes its own rule (OR).
-        groups = [conds]
-        if len({c._arg for c in conds}) != len(conds):
-            groups = [[c] for c in conds]
-        for group in groups:
-            _add_rule(pyseccomp, program, ret, name, group, policy)
+    # The native ABI and the others are built as two filters and merged: libseccomp cannot translate
+    # a syscall newer than itself (by our number) to another ABI, and would refuse the whole rule.
+    program = _new_filter(pyseccomp, default_ret)
+    _add_rules(pyseccomp, program, rules, default_ret, notify_kills, policy, native=True)
+    if extra_arches:
+        foreign = _new_filter(pyseccomp, default_ret)
+        for arch in extra_arches:
+            foreign.add_arch(arch)
+        foreign.remove_arch(pyseccomp.system_arch())
+        _add_rules(pyseccomp, foreign, rules, default_ret, notify_kills, policy, native=False)
+        program.merge(foreign)
     fd = os.memfd_create("pysandbox-bpf", os.MFD_CLOEXEC)
     try:
         program.export_bpf(open(fd, "rb", closefd=False))
@@ -517,7 +502,38 @@ def compile_uncached(policy, caps=(), notify_kills=False):
     return bpf
 
 
-def _add_rule(pyseccomp, program, ret, name, conds, policy):
+def _new_filter(pyseccomp, default_ret):
+    program = pyseccomp.SyscallFilter(default_ret)
+    # A foreign ABI gets the default answer (a plain kill when kills are notifications: the
+    # supervisor names syscalls by the native table).
+    program.set_attr(pyseccomp.Attr.ACT_BADARCH, default_ret if default_ret != RET_USER_NOTIF else RET_KILL_PROCESS)
+    program.set_attr(pyseccomp.Attr.CTL_NNP, 0)
+    program.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    return program
+
+
+def _add_rules(pyseccomp, program, rules, default_ret, notify_kills, policy, native):
+    ops = {"eq": pyseccomp.EQ, "ne": pyseccomp.NE, "lt": pyseccomp.LT, "le": pyseccomp.LE,
+           "gt": pyseccomp.GT, "ge": pyseccomp.GE, "masked_eq": pyseccomp.MASKED_EQ}
+    for name, action, args in rules:
+        ret = _ret(action, notify_kills)
+        if ret == default_ret and not args:
+            continue  # libseccomp refuses rules that repeat the default (and they change nothing)
+        if policy.oci:
+            # OCI args are (index, op, value, valueTwo); MASKED_EQ's value is the mask.
+            conds = [pyseccomp.Arg(i, ops[op], a, b) for i, op, a, b in args]
+        else:
+            conds = [pyseccomp.Arg(i, ops[op], mask, value) if op == "masked_eq"
+                     else pyseccomp.Arg(i, ops[op], value) for i, op, value, mask in args]
+        # runc's rule for repeated indexes: each condition becomes its own rule (OR).
+        groups = [conds]
+        if len({c._arg for c in conds}) != len(conds):
+            groups = [[c] for c in conds]
+        for group in groups:
+            _add_rule(pyseccomp, program, ret, name, group, policy, native)
+
+
+def _add_rule(pyseccomp, program, ret, name, conds, policy, native):
     import ctypes
     number = SYSCALLS_X86_64.get(name)
     # By name where libseccomp knows it (so it can translate for x32/i386 in the same filter), by
@@ -528,8 +544,8 @@ def _add_rule(pyseccomp, program, ret, name, conds, policy):
     resolve.restype = ctypes.c_int
     target = resolve(name.encode())
     if target == -1:
-        if number is None:
-            return  # unknown to libseccomp and to us: another architecture's syscall
+        if number is None or not native:
+            return  # unknown to libseccomp (and to us, or on this ABI): nothing to translate
         target = number
     try:
         program.add_rule(ret, target, *conds)
@@ -539,11 +555,6 @@ def _add_rule(pyseccomp, program, ret, name, conds, policy):
             return  # same action as the default
         if e.errno == errno_mod.EEXIST and policy.oci:
             return  # OCI files repeat rules (containers-common lists socket `a2 != 9` twice)
-        if target == number and e.errno == errno_mod.EFAULT:
-            # Newer than libseccomp, in a filter with more than one ABI: libseccomp cannot translate
-            # the number, so the syscall stays at the default action (what runc does with it too).
-            stats.setdefault("untranslatable", set()).add(name)
-            return
         key = "import" if policy.oci else "rules"
         raise ProfileError("libseccomp refused the rule for %s: %s" % (name, os.strerror(e.errno)), key=key) from None
 

@@ -1,0 +1,377 @@
+"""Seccomp layer: real filters installed in forked children, judged by errno; validation; cache;
+the kill notification that names the syscall (as root and as an unprivileged user)."""
+import ctypes
+import errno
+import os
+import signal
+import socket
+import tomllib
+
+import pytest
+
+from sandbox import seccomp
+from sandbox.errors import ProfileError, SetupError
+from util import require
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+NR = seccomp.SYSCALLS_X86_64
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+PR_SET_NO_NEW_PRIVS = 38
+
+pyseccomp_missing = False
+try:
+    import pyseccomp  # noqa: F401
+except (ImportError, RuntimeError):
+    pyseccomp_missing = True
+
+
+@pytest.fixture(autouse=True)
+def _need_pyseccomp():
+    require(not pyseccomp_missing, "pyseccomp/libseccomp not installed")
+
+
+def profile_policy(name):
+    with open(os.path.join(REPO, "profiles", name + ".toml"), "rb") as f:
+        return seccomp.validate_section(tomllib.load(f).get("seccomp", {}))
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return str(tmp_path / "cache")
+
+
+def raw_syscall(nr, *args):
+    result = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a if a < 2**63 else a - 2**64) for a in args])
+    return ("ok" if result >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno())))
+
+
+def in_filtered_child(bpf, calls, uid=None, listener=False):
+    """Fork; in the child set no_new_privs, install `bpf`, run `calls` [(label, nr, args)], report
+    'label=ok|EPERM|...' per call. Returns (results dict, wait status)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            if uid is not None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            seccomp.install(bpf, listener=listener)
+            out = []
+            for label, nr, args in calls:
+                out.append("%s=%s" % (label, raw_syscall(nr, *args)))
+            os.write(write_end, " ".join(out).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    data = b""
+    while True:
+        chunk = os.read(read_end, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    return dict(item.split("=") for item in data.decode().split()), status
+
+
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+FAMILY_CALLS = [
+    ("getpid", NR["getpid"], ()),
+    ("unshare_user", NR["unshare"], (0x10000000,)),
+    ("setns", NR["setns"], (-1 & 0xFFFFFFFF, 0)),
+    ("clone_newuser", NR["clone"], (0x10000000 | signal.SIGCHLD, 0, 0, 0, 0)),
+    ("clone3", NR["clone3"], (0, 0)),
+    ("mount", NR["mount"], (0, 0, 0, 0, 0)),
+    ("fsopen", NR["fsopen"], (0, 0)),
+    ("open_tree", NR["open_tree"], (0, 0, 0)),
+    ("mount_setattr", NR["mount_setattr"], (0, 0, 0, 0, 0)),
+    ("keyctl", NR["keyctl"], (0,)),
+    ("bpf", NR["bpf"], (0, 0, 0)),
+    ("perf_event_open", NR["perf_event_open"], (0, 0, 0, 0, 0)),
+    ("userfaultfd", NR["userfaultfd"], (0,)),
+    ("io_uring_setup", NR["io_uring_setup"], (0, 0)),
+    ("open_by_handle_at", NR["open_by_handle_at"], (0, 0, 0)),
+    ("init_module", NR["init_module"], (0, 0, 0)),
+    ("kexec_load", NR["kexec_load"], (0, 0, 0, 0)),
+    ("reboot", NR["reboot"], (0, 0, 0, 0)),
+    ("swapon", NR["swapon"], (0, 0)),
+    ("settimeofday", NR["settimeofday"], (0, 0)),
+    ("iopl", NR["iopl"], (0,)),
+    ("acct", NR["acct"], (0,)),
+    ("syslog", NR["syslog"], (0, 0, 0)),
+    ("socket_alg", NR["socket"], (38, 5, 0)),
+    ("socket_alg_hi", NR["socket"], ((1 << 32) | 38, 5, 0)),
+    ("socket_vsock", NR["socket"], (40, 1, 0)),
+    ("socket_packet", NR["socket"], (17, 3, 0)),
+    ("socket_raw", NR["socket"], (2, 3, 1)),
+    ("socket_inet", NR["socket"], (2, socket.SOCK_STREAM | socket.SOCK_CLOEXEC, 0)),
+    ("socket_unix", NR["socket"], (1, 1, 0)),
+    ("tiocsti", NR["ioctl"], (0, TIOCSTI, 0)),
+    ("tiocsti_hi", NR["ioctl"], (0, (1 << 32) | TIOCSTI, 0)),
+    ("tioclinux", NR["ioctl"], (0, TIOCLINUX, 0)),
+    ("ioctl_fionread", NR["ioctl"], (0, 0x541B, 0)),
+    ("personality_query", NR["personality"], (0xFFFFFFFF,)),
+    ("personality_rie", NR["personality"], (0x0400000,)),
+    ("beyond_max", seccomp.MAX_NR + 1, ()),
+    ("far_beyond", 1000, ()),
+    ("hole", 400, ()),
+    ("x32_getpid", 0x40000000 | NR["getpid"], ()),
+]
+
+
+def check_strict_results(results):
+    refused = ["unshare_user", "setns", "clone_newuser", "mount", "fsopen", "open_tree", "mount_setattr",
+               "keyctl", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "open_by_handle_at",
+               "init_module", "kexec_load", "reboot", "swapon", "settimeofday", "iopl", "acct", "syslog",
+               "socket_alg", "socket_alg_hi", "socket_vsock", "socket_packet", "socket_raw", "tiocsti",
+               "tiocsti_hi", "tioclinux", "personality_rie", "x32_getpid"]
+    for label in refused:
+        assert results[label] == "EPERM", (label, results[label])
+    for label in ("clone3", "beyond_max", "far_beyond", "hole"):
+        assert results[label] == "ENOSYS", (label, results[label])
+    for label in ("getpid", "socket_inet", "socket_unix", "personality_query"):
+        assert results[label] == "ok", (label, results[label])
+    # fd 0 may not be a tty: allowed means "not refused by seccomp"
+    assert results["ioctl_fionread"] != "EPERM"
+
+
+def test_strict_refuses_each_family(cache_dir):
+    bpf = seccomp.compile_policy(profile_policy("strict"), cache_dir=cache_dir)
+    results, status = in_filtered_child(bpf, FAMILY_CALLS)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    check_strict_results(results)
+
+
+def test_strict_rootless(cache_dir):
+    """The same filter works for an unprivileged user (no_new_privs instead of CAP_SYS_ADMIN)."""
+    # as root: drop to nobody in the child; in the rootless run the suite is unprivileged already
+    bpf = seccomp.compile_policy(profile_policy("strict"), cache_dir=cache_dir)
+    results, status = in_filtered_child(bpf, FAMILY_CALLS, uid=65534 if os.geteuid() == 0 else None)
+    check_strict_results(results)
+
+
+def test_default_profile(cache_dir):
+    bpf = seccomp.compile_policy(profile_policy("default"), cache_dir=cache_dir)
+    results, _ = in_filtered_child(bpf, FAMILY_CALLS)
+    for label in ("unshare_user", "clone_newuser", "mount", "keyctl", "bpf", "io_uring_setup",
+                  "socket_alg", "socket_alg_hi", "socket_vsock", "tiocsti", "personality_rie", "x32_getpid"):
+        assert results[label] == "EPERM", (label, results[label])
+    assert results["clone3"] == "ENOSYS"
+    assert results["beyond_max"] == "ENOSYS"
+    assert results["socket_inet"] == "ok"
+    assert results["personality_query"] == "ok"
+
+
+def test_permissive_is_off():
+    assert profile_policy("permissive") is None
+
+
+def test_real_program_runs_under_strict(cache_dir):
+    """An ordinary dynamically linked program (python itself, with threads) runs under strict."""
+    bpf = seccomp.compile_policy(profile_policy("strict"), cache_dir=cache_dir)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            seccomp.install(bpf)
+            os.execv("/usr/bin/python3", ["python3", "-I", "-c",
+                     "import threading,socket,subprocess; t=threading.Thread(target=print); t.start(); t.join();"
+                     "socket.socket().close(); raise SystemExit(subprocess.call(['/bin/true']))"])
+        finally:
+            os._exit(99)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"allow": ["getpid", "no_such_call"]}, "allow"),
+    ({"allow": ["@no-such-group"]}, "allow"),
+    ({"default_action": "explode"}, "default_action"),
+    ({"default_errno": "EWHATEVER"}, "default_errno"),
+    ({"surprise": 1}, "surprise"),
+    ({"allow": "getpid", "deny": ["getpid"]}, "deny"),
+    ({"rules": [{"syscall": "socket", "action": "kill", "args": [{"index": 0, "op": "gt", "value": 3}]}]},
+     "rules[0].args"),
+    ({"rules": [{"syscall": "socket", "args": [{"index": 7, "op": "eq", "value": 3}]}]}, "rules[0].args"),
+    ({"rules": [{"syscall": "socket", "args": [{"index": 0, "op": "eq", "value": "AF_NOPE"}]}]},
+     "rules[0].args"),
+    ({"rules": [{"syscall": "socket", "action": "maybe"}]}, "rules[0].action"),
+    ({"errno": {"clone3": "ENOPE"}}, "errno"),
+    ({"abis": ["x86_64", "sparc"]}, "abis"),
+    ({"enabled": "yes"}, "enabled"),
+    ({"import": "/nonexistent/seccomp.json"}, "import"),
+])
+def test_validation_errors_name_the_key(raw, key):
+    with pytest.raises(ProfileError) as info:
+        seccomp.validate_section(raw)
+    assert info.value.key == key, str(info.value)
+
+
+def test_disabled_gives_none_and_policies_are_frozen_and_hashable():
+    assert seccomp.validate_section({"enabled": False, "allow": ["getpid"]}) is None
+    a = profile_policy("strict")
+    b = profile_policy("strict")
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    with pytest.raises(AttributeError):
+        a.rules = ()
+
+
+# ----------------------------------------------------------------------------------------------
+# cache
+
+
+def test_second_compile_is_a_cache_hit_and_corruption_is_recompiled(cache_dir):
+    policy = profile_policy("strict")
+    before = dict(seccomp.stats)
+    first = seccomp.compile_policy(policy, cache_dir=cache_dir)
+    assert seccomp.stats["compiles"] == before["compiles"] + 1
+    second = seccomp.compile_policy(policy, cache_dir=cache_dir)
+    assert second == first
+    assert seccomp.stats["cache_hits"] == before["cache_hits"] + 1
+    assert seccomp.stats["compiles"] == before["compiles"] + 1
+    [entry] = [os.path.join(cache_dir, f) for f in os.listdir(cache_dir)]
+    assert os.stat(entry).st_mode & 0o777 == 0o600
+    assert os.stat(cache_dir).st_mode & 0o777 == 0o700
+    # flip one byte inside the program: the stored hash no longer matches
+    with open(entry, "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-3, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    third = seccomp.compile_policy(policy, cache_dir=cache_dir)
+    assert third == first
+    assert seccomp.stats["cache_rejected"] == before["cache_rejected"] + 1
+    assert seccomp.stats["compiles"] == before["compiles"] + 2
+    # truncated to a length that is not a whole number of instructions
+    with open(entry, "r+b") as f:
+        f.truncate(os.path.getsize(entry) - 3)
+    assert seccomp.compile_policy(policy, cache_dir=cache_dir) == first
+    assert seccomp.stats["compiles"] == before["compiles"] + 3
+
+
+def test_warm_start_does_not_import_pyseccomp(cache_dir):
+    import subprocess
+    import sys
+    policy_code = ("import tomllib,sys; from sandbox import seccomp;"
+                   "p=seccomp.validate_section(tomllib.load(open(%r,'rb'))['seccomp']);"
+                   "seccomp.compile_policy(p, cache_dir=%r);"
+                   "print(seccomp.stats['cache_hits'], 'pyseccomp' in sys.modules)"
+                   % (os.path.join(REPO, "profiles", "strict.toml"), cache_dir))
+    env = dict(os.environ, PYTHONPATH=REPO)
+    subprocess.run([sys.executable, "-c", policy_code], check=True, env=env, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", policy_code], check=True, env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["1", "False"]
+
+
+# ----------------------------------------------------------------------------------------------
+# kill verdict: notify + listener handed to the supervisor
+
+
+def _kill_verdict_roundtrip(cache_dir, uid=None):
+    policy = seccomp.validate_section({"allow": ["@basic"], "kill": ["ptrace"],
+                                       "rules": [{"syscall": "ioctl"}]})
+    assert policy.has_kill_rules
+    bpf = seccomp.compile_policy(policy, cache_dir=cache_dir, notify_kills=True)
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            parent_sock.close()
+            if uid is not None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            seccomp.install(bpf, listener=True, handoff=child_sock.fileno())
+            raw_syscall(NR["ptrace"], 0, 0, 0, 0)  # blocks until the supervisor kills us
+        finally:
+            os._exit(42)
+    child_sock.close()
+    listener = seccomp.recv_listener(parent_sock.fileno())
+    parent_sock.close()
+    try:
+        got = seccomp.receive_kill(listener, timeout=20)
+        assert got is not None, "no notification"
+        notified_pid, name = got
+        assert notified_pid == pid
+        assert name == "ptrace"
+        assert seccomp.verdict(got) == {"reason": "seccomp", "syscall": "ptrace"}
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        # no task uses the filter any more: receive_kill reports that instead of blocking
+        assert seccomp.receive_kill(listener, timeout=5) is None
+    finally:
+        os.close(listener)
+
+
+def test_kill_rule_names_the_syscall(cache_dir):
+    _kill_verdict_roundtrip(cache_dir)
+
+
+def test_kill_rule_names_the_syscall_rootless(cache_dir):
+    _kill_verdict_roundtrip(cache_dir, uid=65534 if os.geteuid() == 0 else None)
+
+
+def test_kill_without_listener_kills_with_sigsys(cache_dir):
+    policy = seccomp.validate_section({"allow": ["@basic"], "kill": ["ptrace"]})
+    bpf = seccomp.compile_policy(policy, cache_dir=cache_dir)
+    _, status = in_filtered_child(bpf, [("ptrace", NR["ptrace"], (0, 0, 0, 0))])
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
+
+
+def test_install_errors_are_setup_errors():
+    with pytest.raises(SetupError) as info:
+        seccomp.install(b"\0" * 7)
+    assert info.value.stage == "seccomp"
+
+
+def test_guard_rule_and_log_flag(cache_dir):
+    """A user rule: errno on an int argument compared on its low 32 bits; log mode installs."""
+    policy = seccomp.validate_section({
+        "default_action": "allow", "log": True,
+        "rules": [{"syscall": "personality", "action": "errno", "errno": "EACCES",
+                   "args": [{"index": 0, "op": "masked_eq", "mask": "INT_MASK", "value": "READ_IMPLIES_EXEC"}]}]})
+    bpf = seccomp.compile_policy(policy, cache_dir=cache_dir)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            seccomp.install(bpf, log=policy.log)
+            os.write(write_end, ("%s %s" % (raw_syscall(NR["personality"], (1 << 40) | 0x400000),
+                                            raw_syscall(NR["personality"], 0xFFFFFFFF))).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    assert os.read(read_end, 100).decode() == "EACCES ok"
+    os.close(read_end)
+    os.waitpid(pid, 0)
+
+
+def test_syscall_name():
+    assert seccomp.syscall_name(39) == "getpid"
+    assert seccomp.syscall_name(469) == "file_setattr"
+    assert seccomp.syscall_name(0x40000000 | 39) == "x32:getpid"
+    assert seccomp.syscall_name(102, seccomp.AUDIT_ARCH_I386) == "socketcall"
+    assert seccomp.syscall_name(9999) == "syscall_9999"
+
+
+def test_describe_strict(cache_dir):
+    facts = seccomp.describe(profile_policy("strict"), cache_dir=cache_dir)
+    assert facts["unknown_syscalls_enosys"] is True
+    for key in ("allows_io_uring", "allows_userns_creation", "allows_x32", "allows_i386", "allows_tiocsti",
+                "allows_socketcall", "allows_open_by_handle_at"):
+        assert facts[key] is False, key
+    assert facts["default_action"] == "errno(1)"
+    assert "read" in facts["allowed"] and "mount" in facts["denied"]
+    assert "socket" in facts["conditional"]
