@@ -15,8 +15,13 @@ from .errors import SetupError
 _PERIOD_US = 100000
 
 
-def hierarchies():
-    """[(label, mountpoint)], primary first; labels name the controllers of that mount."""
+def hierarchies(want=None):
+    """[(label, mountpoint)], primary first; labels name the controllers of that mount.
+
+    With `want` (the requested limits) only the hierarchies this sandbox needs: pids,
+    memory and cpuacct always (counters and the verdict), cpu and blkio when a limit asks
+    for them, freezer only when the unified leaf offers no cgroup.kill. Each v1 memory
+    cgroup costs ~50 KiB of kernel memory, and every directory a mkdir and an rmdir."""
     by_mount = {}
     order = []
     for ctrl, point in cg.v1_hierarchies().items():
@@ -32,7 +37,32 @@ def hierarchies():
     unified = cg.v2_mount()
     if unified:
         out.append(("unified", unified))
-    return out
+    if want is None:
+        return out
+    needed = {"pids", "memory", "cpuacct", "unified"}
+    if "cpu" in want or "cpu_weight" in want:
+        needed.add("cpu")
+    if "io_weight" in want:
+        needed.add("blkio")
+    if not (unified and _unified_kill(unified)):
+        needed.add("freezer")
+    return [(label, point) for label, point in out if needed & set(label.split(","))]
+
+
+_kill_file = {}
+
+
+def _unified_kill(unified):
+    """Does a non-root cgroup of the unified mount have cgroup.kill (Linux >= 5.14)?
+    Known from our parent there (kernfs shows the same files in every non-root cgroup)."""
+    if unified not in _kill_file:
+        parent = os.path.join(unified, cg.PARENT)
+        try:
+            os.mkdir(parent, 0o755)
+        except OSError:
+            pass
+        _kill_file[unified] = os.path.exists(os.path.join(parent, "cgroup.kill"))
+    return _kill_file[unified]
 
 
 def _share(weight):
@@ -203,7 +233,7 @@ class V1Cgroup:
 
 
 def create(name, limits, want, uid=None):
-    hier = hierarchies()
+    hier = hierarchies(want)
     labels = ",".join(label for label, _p in hier).split(",")
     need = {"memory": "memory", "pids": "pids", "cpu": "cpu", "cpu_weight": "cpu",
             "io_weight": "blkio"}
@@ -294,18 +324,16 @@ def gc(full=False):
             pass
     removed = []
     for name in sorted(names):
-        dirs = [os.path.join(parent, name) for parent in parents]
-        dirs = [d for d in dirs if os.path.isdir(d)]
-        if not dirs:
-            continue
         primary = os.path.join(parents[0], name)
-        fd = None
-        if os.path.isdir(primary):
-            fd = cg.try_lock(primary)
-            if fd is None:
-                continue          # a live supervisor holds it (or it just vanished)
+        # the lock first: a live sandbox costs one open+flock, nothing else
+        fd = cg.try_lock(primary)
+        if fd is None and (not full or os.path.isdir(primary)):
+            continue              # held by a live supervisor (or already gone)
         try:
-            removed += cg.reap_orphan(dirs)
+            dirs = [os.path.join(parent, name) for parent in parents]
+            dirs = [d for d in dirs if os.path.isdir(d)]
+            if dirs:
+                removed += cg.reap_orphan(dirs)
         finally:
             if fd is not None:
                 os.close(fd)

@@ -323,8 +323,12 @@ def _settle(path, count, timeout=10):
 
 
 @pytest.mark.parametrize("teardown", ["cgroup.kill", "freezer"])
-def test_kill_kills_every_descendant(groups, children, teardown):
+def test_kill_kills_every_descendant(groups, children, teardown, monkeypatch):
     _need_v1_root()
+    if teardown == "freezer":
+        # as on a kernel without cgroup.kill: the freezer hierarchy joins the set
+        from sandbox import cgroup_v1
+        monkeypatch.setattr(cgroup_v1, "_kill_file", {cgroup.v2_mount(): False})
     group = groups("tree-" + teardown.replace(".", ""), Limits(pids=64))
     pid, go = children(_tree_code())
     group.attach(pid)
