@@ -76,6 +76,11 @@ def userns_create(snapshot):
             return fail(_probe_text(probe))
         return ok(_probe_text(probe))
     limit = snapshot.host.sysctls.get("user.max_user_namespaces")
+    if snapshot.root_link not in (None, "/"):
+        # create_user_ns() refuses a chrooted caller (current_chrooted()): a root that is a
+        # directory path as seen from the host, rather than a pivoted mount, is a chroot.
+        return ok("root is %s: the target is chrooted, and the kernel refuses CLONE_NEWUSER to "
+                  "chrooted processes" % snapshot.root_link)
     if limit == "0":
         return ok("user.max_user_namespaces = 0")
     if snapshot.seccomp_mode == 0:

@@ -1,0 +1,347 @@
+"""Fixtures for the audit tests: real targets built with util-linux, a private dockerd,
+pysandbox sandboxes. Under CI=true a missing tool or feature fails; elsewhere it skips
+with the reason."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+
+def require(condition, reason):
+    """Skip outside CI, fail in CI: a missing prerequisite must not pass silently there."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail("prerequisite missing under CI=true: " + reason)
+    pytest.skip(reason)
+
+
+def run_audit(*args, env=None, check_rc=None):
+    """Run the CLI as a real process, as a user would: python -m audit ARGS."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
+    if env:
+        full_env.update(env)
+    proc = subprocess.run([sys.executable, "-m", "audit", *args], capture_output=True, text=True,
+                          env=full_env, timeout=120, cwd=REPO)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc
+
+
+def audit_json(target, *extra, env=None):
+    proc = run_audit(str(target), "--format", "json", *extra, env=env)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    return json.loads(proc.stdout)
+
+
+def failing(report):
+    return {f["id"] for f in report["findings"] if f["status"] == "fail"}
+
+
+def passing(report):
+    return {f["id"] for f in report["findings"] if f["status"] == "pass"}
+
+
+def finding(report, cid):
+    return next(f for f in report["findings"] if f["id"] == cid)
+
+
+def escape_ids(report):
+    return {p["id"] for p in report["escape_paths"]}
+
+
+def root_only():
+    require(os.geteuid() == 0, "live targets need root")
+
+
+# ------------------------------------------------------------------ util-linux targets
+
+def _ldd(binary):
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        parts = line.split()
+        for p in parts:
+            if p.startswith("/"):
+                libs.append(p)
+    return libs
+
+
+@pytest.fixture(scope="session")
+def stage_dir(tmp_path_factory):
+    """A minimal root: static busybox (sleep, sh) and util-linux setpriv with its libraries,
+    so the target can drop capabilities after chroot without host binaries."""
+    for tool in ("unshare", "setpriv", "chroot", "mount", "ldd"):
+        require(shutil.which(tool), "util-linux tool %s not installed" % tool)
+    require(os.path.exists(BUSYBOX), "busybox-static not installed")
+    stage = tmp_path_factory.mktemp("audit-stage")
+    for d in ("bin", "usr/bin", "etc", "proc", "dev", "sys", "tmp", "run", "var/run", "host", "usr/lib"):
+        (stage / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, stage / "bin/busybox")
+    for applet in ("sh", "sleep", "cat", "ls"):
+        os.symlink("busybox", stage / "bin" / applet)
+    setpriv = shutil.which("setpriv")
+    shutil.copy2(setpriv, stage / "usr/bin/setpriv")
+    for lib in _ldd(setpriv):
+        dest = stage / lib.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(lib), dest)
+    (stage / "usr/lib/os-release").write_text('ID=audittest\nPRETTY_NAME="audit test root"\n')
+    os.symlink("../usr/lib/os-release", stage / "etc/os-release")
+    return stage
+
+
+# Masks and read-only binds of a runtime's default (runc's): the clean baseline.
+MASKS = r"""
+for p in kcore keys timer_list sched_debug latency_stats timer_stats; do
+  [ -e "$R/proc/$p" ] && mount --bind /dev/null "$R/proc/$p"
+done
+for d in acpi scsi asound; do
+  [ -d "$R/proc/$d" ] && mount -t tmpfs -o ro,size=0 tmpfs "$R/proc/$d"
+done
+for p in bus fs irq sys sysrq-trigger; do
+  if [ -e "$R/proc/$p" ]; then mount --bind "$R/proc/$p" "$R/proc/$p"; mount -o remount,bind,ro "$R/proc/$p"; fi
+done
+"""
+
+
+class Target:
+    def __init__(self, proc, pid):
+        self.proc = proc
+        self.pid = pid
+
+
+def _children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+@contextmanager
+def util_target(stage, tmp_path, *, pid_ns=True, bounding="-all", masks=True, gap="", pass_fds=(),
+                os_release_link=None):
+    """A sandbox built from unshare + chroot + setpriv with exactly one gap (shell lines).
+
+    Every namespace is private except those a test leaves out; root stays in the host's user
+    namespace (like Docker's default); no_new_privs on; rootfs read-only; no seccomp (util-linux
+    cannot install one), so seccomp-off and what follows from it belong to the baseline.
+    """
+    root_only()
+    rootdir = tmp_path / "root"
+    rootdir.mkdir(parents=True)
+    ns_flags = ["--mount", "--propagation", "private", "--ipc", "--uts", "--net", "--cgroup"]
+    if pid_ns:
+        ns_flags += ["--pid", "--fork"]
+    os_release = ""
+    if os_release_link:
+        os_release = 'rm -f "$R/etc/os-release"; ln -s %s "$R/etc/os-release"\n' % os_release_link
+    script = "\n".join([
+        "set -e",
+        'R="%s"' % rootdir,
+        'mount -t tmpfs -o mode=755,size=32m audit-root "$R"',
+        'cp -a "%s/." "$R/"' % stage,
+        os_release,
+        'mount -t proc proc "$R/proc"',
+        'mount -t tmpfs -o mode=755,size=1m dev "$R/dev"',
+        'mknod -m 666 "$R/dev/null" c 1 3; mknod -m 666 "$R/dev/zero" c 1 5',
+        MASKS if masks else "",
+        gap,
+        'mount -o remount,bind,ro "$R"',
+        'exec chroot "$R" /usr/bin/setpriv --bounding-set=%s --inh-caps=-all --no-new-privs -- /bin/sleep 3600' % bounding,
+    ])
+    proc = subprocess.Popen(["unshare", *ns_flags, "--", "/bin/sh", "-c", script], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds)
+    target = None
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError("target setup failed: %s" % proc.stderr.read().decode()[-2000:])
+            candidates = [proc.pid] + _children(proc.pid)
+            ready = [p for p in candidates if _comm(p) == "sleep"]
+            if ready:
+                target = ready[0]
+                break
+            time.sleep(0.01)
+        assert target, "target did not reach sleep"
+        yield Target(proc, target)
+    finally:
+        # End only what we started, by PID: the target (PID 1 of its namespace takes the
+        # rest with it) and the unshare parent.
+        for pid in ([target] if target else []) + [proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=10)
+        proc.stderr.close()
+
+
+@contextmanager
+def own_cgroups(pid, limits):
+    """Own cgroups pysandbox-audit-test-<pid>/target in the v1 memory, pids and cpu hierarchies.
+
+    Removed afterwards even on failure: the target is moved back to the test's own cgroup
+    first, because a cgroup with a member cannot be removed."""
+    created = []
+    try:
+        for controller, (filename, value) in limits.items():
+            base = "/sys/fs/cgroup/%s" % controller
+            require(os.path.isfile(os.path.join(base, "cgroup.procs")),
+                    "cgroup v1 %s hierarchy not mounted at %s" % (controller, base))
+            parent = os.path.join(base, "pysandbox-audit-test-%d" % os.getpid())
+            leaf = os.path.join(parent, "target")
+            for d in (parent, leaf):
+                os.mkdir(d)
+                created.append(d)
+            if value is not None:
+                with open(os.path.join(leaf, filename), "w") as f:
+                    f.write(value)
+            with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        yield
+    finally:
+        own = {}
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                hier, ctrls, path = line.rstrip("\n").split(":", 2)
+                for c in ctrls.split(","):
+                    own[c] = path
+        for d in reversed(created):
+            controller = d.split("/")[4]
+            if d.endswith("/target"):
+                try:
+                    with open(os.path.join(d, "cgroup.procs")) as f:
+                        members = f.read().split()
+                except OSError:
+                    members = []
+                home = "/sys/fs/cgroup/%s%s/cgroup.procs" % (controller, own.get(controller, "/"))
+                for member in members:
+                    try:
+                        with open(home, "w") as f:
+                            f.write(member)
+                    except OSError:
+                        pass
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ Docker
+
+class Docker:
+    def __init__(self, root, sock, pid):
+        self.root = root
+        self.sock = sock
+        self.pid = pid
+        self.env = dict(os.environ, DOCKER_HOST="unix://" + sock)
+        self.image = "audit-busybox:test"
+
+    def cli(self, *args, check=True, timeout=60):
+        proc = subprocess.run(["docker", *args], capture_output=True, text=True, env=self.env, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError("docker %s: %s" % (" ".join(args), proc.stderr.strip()))
+        return proc.stdout.strip()
+
+    def run(self, name, *opts, cmd=("sleep", "3600")):
+        self.cli("run", "-d", "--name", name, *opts, self.image, *cmd)
+        return int(self.cli("inspect", "-f", "{{.State.Pid}}", name))
+
+
+def _unmount_under(root):
+    with open("/proc/self/mountinfo") as f:
+        points = []
+        for line in f:
+            mp = line.split()[4].encode().decode("unicode_escape")
+            if mp == root or mp.startswith(root.rstrip("/") + "/"):
+                points.append(mp)
+    for mp in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def docker_daemon(stage_dir):
+    """A private dockerd (own socket, data and exec root, no bridge, no iptables) with an
+    image imported from a busybox-static root; stopped by its PID at the end."""
+    root_only()
+    for tool in ("dockerd", "docker", "runc"):
+        require(shutil.which(tool), "%s not installed (Debian package docker.io)" % tool)
+    root = tempfile.mkdtemp(prefix="audit-dockerd-", dir="/tmp")
+    sock = os.path.join(root, "docker.sock")
+    log = open(os.path.join(root, "dockerd.log"), "wb")
+    proc = subprocess.Popen(
+        ["dockerd", "-H", "unix://" + sock, "--data-root", os.path.join(root, "data"),
+         "--exec-root", os.path.join(root, "exec"), "--pidfile", os.path.join(root, "docker.pid"),
+         "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    docker = Docker(root, sock, proc.pid)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError("dockerd exited: %s" % open(os.path.join(root, "dockerd.log")).read()[-2000:])
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(sock)
+                s.close()
+                if docker.cli("version", "--format", "{{.Server.Version}}", check=False):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("dockerd did not answer within 60 s")
+            time.sleep(0.2)
+        image_root = os.path.join(root, "image")
+        shutil.copytree(stage_dir, image_root, symlinks=True)
+        for applet in ("mkdir", "id", "mount", "echo"):
+            os.symlink("busybox", os.path.join(image_root, "bin", applet))
+        tarball = os.path.join(root, "image.tar")
+        subprocess.run(["tar", "-C", image_root, "-cf", tarball, "."], check=True)
+        docker.cli("import", tarball, docker.image)
+        yield docker
+    finally:
+        ids = docker.cli("ps", "-aq", check=False).split()
+        if ids:
+            docker.cli("rm", "-f", *ids, check=False, timeout=120)
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        log.close()
+        _unmount_under(root)
+        shutil.rmtree(root, ignore_errors=True)
