@@ -1,5 +1,6 @@
 """Real targets built with util-linux (unshare, chroot, setpriv), one gap each, audited by
 the real CLI; each asserts exactly which checks fail."""
+import json
 import os
 import socket
 import stat
@@ -136,15 +137,10 @@ def test_planted_symlink_never_reads_host_file(stage_dir, tmp_path):
             for args in ((), ("--active",)):
                 proc = run_audit(str(t.pid), "--format", "json", *args, check_rc=0)
                 assert marker not in proc.stdout and marker not in proc.stderr
+                # the link dangles inside the root, so the os-release fallback inside it is used
+                assert json.loads(proc.stdout)["target"]["os"] == "audit test root"
                 proc = run_audit(str(t.pid), "-v", *args, check_rc=0)
                 assert marker not in proc.stdout
-    # the same path inside the root is read: the absolute link resolved within the target's root
-    assert audit_json_os(stage_dir, tmp_path / "inroot", str(host_file)) is None
-
-
-def audit_json_os(stage_dir, tmp_path, link):
-    with util_target(stage_dir, tmp_path, os_release_link=link) as t:
-        return audit_json(t.pid)["target"]["os"]
 
 
 def test_symlink_inside_root_is_followed_inside(stage_dir, tmp_path):
@@ -161,7 +157,6 @@ def test_formats_and_fail_on(stage_dir, tmp_path, fmt):
         proc_low = run_audit(str(t.pid), "--format", fmt, "--fail-on", "critical")
         assert proc_low.returncode == 0
     if fmt == "sarif":
-        import json
         doc = json.loads(proc.stdout)
         assert doc["version"] == "2.1.0"
         assert {r["ruleId"] for r in doc["runs"][0]["results"]} == BASELINE
