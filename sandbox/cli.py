@@ -170,7 +170,7 @@ def cmd_run(args):
     quiet = opts.get("--quiet")
     if not quiet:
         for warning in result.warnings or ():
-            err("warning: " + warning)
+            err(warning if warning.startswith("warning:") else "warning: " + warning)
     if result.reason == "setup-error":
         err(result.message or result.stage)
     elif result.reason == "timeout" and not quiet:

@@ -21,7 +21,7 @@ def strict(tmp_path_factory):
     if ROOT:
         return "strict"
     path = tmp_path_factory.mktemp("profiles") / "strict-nolimits.toml"
-    path.write_text('extends = "strict"\n[limits]\nrequired = false\n')
+    path.write_text('extends = "strict"\n[limits]\nrequired = false\nmemory = 0\npids = 0\ncpus = 0.0\n')
     return str(path)
 
 
