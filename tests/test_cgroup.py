@@ -539,3 +539,76 @@ def test_rootless_without_delegation(required):
         else:
             assert out.stdout.startswith("OK NoCgroup warning: running without resource limits")
             assert "limits.required = false" in out.stdout
+
+
+DELEGATED_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, %(repo)r)
+sys.stdin.readline()                  # root has moved us into the delegated cgroup
+from sandbox import cgroup
+class L:
+    memory = 0; memory_swap = 0; pids = 0; cpus = 0.0; cpu_weight = 0; io_weight = 0; required = False
+group = cgroup.create("inner", L(), layout="v2")
+print("PATH", group.paths[0], flush=True)
+pid = os.fork()
+if pid == 0:
+    for _ in range(3):
+        os.fork()
+    time.sleep(60)
+    os._exit(0)
+group.attach(pid)
+time.sleep(0.2)
+print("COUNT", len(cgroup.procs(group.paths[0])), flush=True)
+print("KILLED", group.kill(), flush=True)
+os.waitpid(pid, 0)
+group.destroy()
+print("GONE", not os.path.exists(group.paths[0] if group.paths else "/nonexistent"), flush=True)
+"""
+
+
+def test_v2_rootless_in_a_delegated_cgroup(groups):
+    """Delegation as systemd does it (chown of the directory, cgroup.procs,
+    cgroup.subtree_control, cgroup.threads), live on the unified mount: an unprivileged
+    supervisor finds its own delegated cgroup and makes its sandbox leaf under it."""
+    point = _unified()
+    user = _unprivileged_user()
+    import pwd
+    uid = pwd.getpwnam(user).pw_uid
+    parent = os.path.join(point, cgroup.PARENT)
+    os.makedirs(parent, exist_ok=True)
+    delegated = os.path.join(parent, PREFIX + "delegated")
+    os.mkdir(delegated)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = None
+    try:
+        for entry in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+            os.chown(os.path.join(delegated, entry), uid, -1)
+        proc = subprocess.Popen(["runuser", "-u", user, "--", PY, "-I", "-S", "-c",
+                                 DELEGATED_SCRIPT % {"repo": repo}],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # runuser forks the python; move the python (runuser's only child) in
+        deadline = time.monotonic() + 10
+        target = None
+        while target is None and time.monotonic() < deadline:
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        with open("/proc/%s/stat" % entry) as f:
+                            if int(f.read().rsplit(")", 1)[1].split()[1]) == proc.pid:
+                                target = int(entry)
+                    except (OSError, ValueError, IndexError):
+                        pass
+            time.sleep(0.01)
+        assert target, "runuser's child not found"
+        cgroup.write_file(os.path.join(delegated, "cgroup.procs"), str(target))
+        out, err = proc.communicate("go\n", timeout=30)
+        lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        assert lines.get("PATH") == os.path.join(delegated, cgroup.PARENT, "inner"), (out, err)
+        assert int(lines["COUNT"]) >= 8, (out, err)
+        assert lines["KILLED"] == "True" and lines["GONE"] == "True", (out, err)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _force_remove([os.path.join(delegated, cgroup.PARENT, "inner"), os.path.join(delegated, cgroup.PARENT),
+                       delegated])
