@@ -205,3 +205,22 @@ def test_seccomp_installed_counts_filters():
             return e.stage
         return "not caught"
     assert run(body) == "verify: seccomp"
+
+
+@pytest.mark.parametrize("profile, corrupt, layer", [
+    ("default", lambda e: e["caps"].__setitem__("CapEff", 0), "verify: capabilities"),
+    ("default", lambda e: e.__setitem__("no_new_privs", False), "verify: no_new_privs"),
+    ("permissive", lambda e: e.__setitem__("landlock", True), "verify: landlock"),
+])
+def test_runtime_exits_125_naming_the_layer(profile, corrupt, layer):
+    """Through the real runtime: a wrong expectation stops the command before exec."""
+    from sandbox import Sandbox, load_profile
+    box = Sandbox(load_profile(profile))
+    prepared = box._prepare()
+    require(prepared.get("verify") is not None, "the runtime does not run the verify stage")
+    corrupt(prepared["verify"])
+    result = box.run(["/bin/echo", "should not run"], capture_output=True)
+    assert result.exit_code == 125
+    assert result.stage == layer, (result.stage, result.message)
+    out = result.stdout or ""
+    assert "should not run" not in (out.decode() if isinstance(out, bytes) else out)
