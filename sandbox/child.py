@@ -96,12 +96,27 @@ def pid1_main(spec, go_r, msg_w):
                 if fd is not None and fd != target:
                     os.dup2(fd, target)
         stage = "fork"
+        pid1_end = None
+        if spec.seccomp_listener_wanted:
+            import socket
+            pid1_end, command_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            spec.handoff = command_end.detach()
         command = os.fork()
         if command == 0:
             command_main(spec, msg_w)
         # Nothing inside may read or ptrace PID 1's memory.
         k.prctl(k.PR_SET_DUMPABLE, 0, stage="dumpable")
-        status = init_loop(command, spec.seccomp_listener_wanted, msg_w)
+        listener = None
+        if pid1_end is not None:
+            os.close(spec.handoff)
+            stage = "seccomp-listener"
+            from . import seccomp
+            try:
+                listener = seccomp.recv_listener(pid1_end.fileno())
+            except SetupError:
+                listener = None  # the command failed before installing its filter
+            pid1_end.close()
+        status = init_loop(command, listener, msg_w)
         send(msg_w, "S", status)
         os._exit(0)
     except BaseException as error:  # noqa: B036 - every failure must reach the supervisor
@@ -109,8 +124,12 @@ def pid1_main(spec, go_r, msg_w):
         os._exit(125)
 
 
-def init_loop(command, watch_seccomp, msg_w):
-    """Reap every child; forward signals to the command; return the command's status."""
+def init_loop(command, listener, msg_w):
+    """Reap every child; forward signals to the command; return the command's status.
+
+    With a seccomp listener, PID 1 also waits for kill-rule notifications: the offending
+    thread stays blocked in the syscall (which never runs) while PID 1 names it to the
+    supervisor and kills the command."""
     def forward(sig, _frame):
         try:
             os.kill(command, sig)
@@ -118,20 +137,47 @@ def init_loop(command, watch_seccomp, msg_w):
             pass
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, forward)
-    listener = None
-    if watch_seccomp:
-        listener = _take_listener(command, msg_w)
+    if listener is None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return 0
+            if pid == command:
+                return status
+    import select
+    from . import seccomp
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    poller.register(listener, select.POLLIN)
     while True:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return 0
-        if pid == command:
-            return status
-
-
-def _take_listener(command, msg_w):
-    return None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return 0
+            if pid == 0:
+                break
+            if pid == command:
+                return status
+        for fd, event in poller.poll():
+            if fd == wake_r:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+            elif event & select.POLLIN:
+                caught = seccomp.receive_kill(listener, 0)
+                if caught is not None:
+                    send(msg_w, "X", caught[0], caught[1])
+                    os.kill(command, signal.SIGKILL)
+                    if caught[0] != command:
+                        os.kill(caught[0], signal.SIGKILL)
+            else:
+                poller.unregister(listener)
 
 
 def command_main(spec, msg_w):
@@ -157,8 +203,12 @@ def command_main(spec, msg_w):
             raise SetupError("chdir", e.errno, "cwd %s: %s" % (spec.cwd, e.strerror)) from None
         if spec.close_fds:
             stage = "close-fds"
-            os.closerange(3, msg_w)
-            os.closerange(msg_w + 1, 1 << 16)
+            keep = sorted(fd for fd in (msg_w, spec.handoff) if fd is not None)
+            low = 3
+            for fd in keep:
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, 1 << 16)
         if spec.caps is not None:
             stage = "capabilities"
             from . import caps
@@ -174,11 +224,12 @@ def command_main(spec, msg_w):
         if spec.verify is not None:
             stage = "verify"
             from . import verify
-            verify.check(dict(spec.verify, allowed_fds=[msg_w]))
+            verify.check(dict(spec.verify, allowed_fds=[fd for fd in (msg_w, spec.handoff) if fd is not None]))
         if spec.bpf is not None:
             stage = "seccomp"
             from . import seccomp
-            seccomp.install(spec.bpf, log=spec.seccomp_log)
+            seccomp.install(spec.bpf, log=spec.seccomp_log, listener=spec.handoff is not None,
+                            handoff=spec.handoff)
         stage = "exec"
         argv = spec.argv
         try:

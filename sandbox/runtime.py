@@ -49,7 +49,7 @@ class Spec:
     __slots__ = ("argv", "env", "cwd", "hostname", "net_mode", "mounts", "idmap", "rlimits", "new_session",
                  "close_fds", "caps", "caps_keep", "caps_ambient", "no_new_privs", "landlock", "landlock_ro",
                  "landlock_rw", "verify", "bpf", "seccomp_log", "seccomp_listener_wanted", "stdio",
-                 "unshare_after_attach", "source_fds")
+                 "unshare_after_attach", "source_fds", "handoff")
 
     def __init__(self, **kw):
         for key in self.__slots__:
@@ -124,17 +124,23 @@ class Sandbox:
             # top-level directories (it is mounted read-only anyway); writes stay limited
             # to /tmp and rw binds. "/" itself stays unlisted, as in the composed root, so
             # the verify stage can prove the ruleset is in force.
-            landlock_ro = ()
+            # Read-only binds get read and execute, like /usr.
+            landlock_ro = tuple(dst for _, dst, writable, _ in mounts.binds if not writable and dst != "/usr")
             if mounts.rootfs:
-                landlock_ro = tuple("/" + e for e in sorted(os.listdir(mounts.rootfs))
+                landlock_ro += tuple("/" + e for e in sorted(os.listdir(mounts.rootfs))
                                     if e not in ("tmp", "dev", "proc", "sys")
                                     and os.path.isdir(os.path.join(mounts.rootfs, e)))
         bpf = None
-        seccomp_log = False
+        seccomp_log = notify_kills = False
         if p.seccomp is not None:
             from . import seccomp
-            bpf = seccomp.compile_policy(p.seccomp, caps=caps_keep)
+            notify_kills = bool(p.seccomp.has_kill_rules)
+            bpf = seccomp.compile_policy(p.seccomp, caps=caps_keep, notify_kills=notify_kills)
             seccomp_log = bool(getattr(p.seccomp, "log", False))
+            if notify_kills:
+                # PID 1 receives the listener over a socketpair and reads notifications
+                # after pivot_root, where the host's stdlib may not be visible.
+                import socket, struct  # noqa: F401,E401
         verify_expect = None
         try:
             from . import verify  # noqa: F401
@@ -145,22 +151,17 @@ class Sandbox:
         self._prepared = dict(flags=flags, after=after, idmap=idmap, mounts=mounts, rlimits=limits,
                               caps=caps_module, caps_keep=caps_keep, caps_ambient=caps_ambient,
                               landlock=landlock_policy, landlock_rw=landlock_rw, landlock_ro=landlock_ro, bpf=bpf, seccomp_log=seccomp_log,
-                              verify=verify_expect)
+                              notify_kills=notify_kills, verify=verify_expect)
         return self._prepared
 
     def _expectations(self, caps_keep, caps_ambient, idmap, mounts, landlock_policy):
-        from .capnames import CAP_NUMBER
         p = self.profile
-        keep_mask = 0
-        for name in caps_keep:
-            keep_mask |= 1 << CAP_NUMBER[name]
-        amb_mask = 0
-        for name in caps_ambient:
-            amb_mask |= 1 << CAP_NUMBER[name]
         expect = {"no_new_privs": p.process.no_new_privs}
         if p.namespaces.user or os.geteuid() == 0:
-            expect["caps"] = {"CapBnd": keep_mask, "CapPrm": keep_mask, "CapEff": keep_mask,
-                              "CapInh": keep_mask, "CapAmb": amb_mask}
+            from . import caps
+            # A non-zero inside uid gets the kept set as ambient too (caps.apply), or exec
+            # would drop it.
+            expect["caps"] = caps.expected(caps_keep, caps_ambient, uid=idmap.inside_uid if idmap else p.idmap.uid)
         if idmap is not None:
             expect["uid_map_no_host_root"] = True
         if mounts.proc:
@@ -190,7 +191,7 @@ class Sandbox:
                     caps=prep["caps"], caps_keep=prep["caps_keep"], caps_ambient=prep["caps_ambient"],
                     no_new_privs=p.process.no_new_privs, landlock=prep["landlock"], landlock_ro=prep["landlock_ro"],
                     landlock_rw=prep["landlock_rw"], verify=prep["verify"], bpf=prep["bpf"],
-                    seccomp_log=prep["seccomp_log"], seccomp_listener_wanted=False,
+                    seccomp_log=prep["seccomp_log"], seccomp_listener_wanted=prep["notify_kills"],
                     stdio=(stdin, stdout, stderr) if (stdin, stdout, stderr) != (None, None, None) else None,
                     unshare_after_attach=prep["after"])
         return SandboxProcess(self, name, spec, prep, timeout if timeout is not None else (p.process.timeout or None))
