@@ -278,8 +278,22 @@ class Resolver:
         record = state.find(name)
         if not record:
             return None
-        return TargetInfo(pid=int(record["pid"]), runtime="pysandbox", container_id=None, name=record["name"],
-                          notes=("profile %s" % record.get("profile"),))
+        return self._pysandbox_info(record)
+
+    def _pysandbox_info(self, record):
+        """pysandbox's PID 1 is its own minimal init (it keeps the runtime's powers inside the
+        sandbox's user namespace and reaps); the workload is its command, PID 1's first child."""
+        init = int(record["pid"])
+        pid, notes = init, ["profile %s" % record.get("profile")]
+        try:
+            with open("/proc/%d/task/%d/children" % (init, init)) as f:
+                children = sorted(int(c) for c in f.read().split())
+        except OSError:
+            children = []
+        if children:
+            pid = children[0]
+            notes.append("auditing the command (pid %d), child of the sandbox's init (pid %d)" % (pid, init))
+        return TargetInfo(pid=pid, runtime="pysandbox", container_id=None, name=record["name"], notes=tuple(notes))
 
     def _podman_cli(self, spec):
         podman = shutil.which("podman")
@@ -328,8 +342,7 @@ class Resolver:
             from sandbox import state
             for record in state.running():
                 if int(record["pid"]) == pid:
-                    return TargetInfo(pid=pid, runtime="pysandbox", name=record["name"],
-                                      notes=("profile %s" % record.get("profile"),))
+                    return self._pysandbox_info(record)
         except ImportError:
             pass
         kind, cid = _runtime_from_cgroup(pid, self.proc)

@@ -29,10 +29,9 @@ def _cap_check(snapshot, name):
     if snapshot.host_caps >> bit & 1:
         return fail(_held_evidence(snapshot, bit), "held in the host's user namespace")
     if snapshot.attainable_caps >> bit & 1:
-        return fail(_held_evidence(snapshot, bit),
-                    "held only inside user namespace user:[%s]: it governs resources that namespace owns "
-                    "(its own mounts, network, processes), not the host's" % snapshot.namespaces.get("user"),
-                    severity="low")
+        return fail(_held_evidence(snapshot, bit), severity="low",
+                    note="held only inside user namespace user:[%s]: it governs resources that namespace owns "
+                         "(its own mounts, network, processes), not the host's" % snapshot.namespaces.get("user"))
     return ok("%s not held (CapEff %016x, CapBnd %016x)" % (cap_name(bit), snapshot.caps.effective,
                                                              snapshot.caps.bounding))
 
@@ -146,4 +145,4 @@ def caps_nondefault(snapshot):
     evidence = "beyond the default set: %s" % ", ".join(cap_list(extra))
     if snapshot.in_host_userns:
         return fail(evidence)
-    return fail(evidence, severity="low", note="held only inside a user namespace")
+    return fail(evidence, severity="low", note="held only inside a user namespace, not over host resources")

@@ -352,11 +352,15 @@ def runtime_socket(snapshot):
     return ok("no runtime socket found at mount points or well-known paths")
 
 
+# Sensitive whichever way they are mounted: secrets, other containers' data, kernel interfaces.
 SENSITIVE_HOST_PATHS = frozenset((
-    "/", "/etc", "/root", "/home", "/boot", "/var", "/var/lib", "/var/lib/docker", "/var/lib/containerd",
-    "/var/lib/kubelet", "/var/log", "/run", "/var/run", "/proc", "/sys", "/dev", "/usr", "/lib",
-    "/lib/modules", "/etc/kubernetes", "/run/containerd", "/var/lib/containers", "/sys/fs/cgroup",
+    "/", "/etc", "/root", "/home", "/var", "/var/lib", "/var/lib/docker", "/var/lib/containerd",
+    "/var/lib/kubelet", "/var/log", "/run", "/var/run", "/proc", "/sys", "/dev", "/etc/kubernetes",
+    "/run/containerd", "/var/lib/containers", "/sys/fs/cgroup",
 ))
+# Programs and libraries: reading them is what a sandbox built from the host's /usr does;
+# only writing them plants code the host will run.
+SENSITIVE_IF_WRITABLE = frozenset(("/usr", "/lib", "/lib64", "/bin", "/sbin", "/boot", "/lib/modules", "/opt"))
 
 
 def sensitive_mounts(snapshot):
@@ -365,7 +369,7 @@ def sensitive_mounts(snapshot):
         if m.fstype in ("proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue"):
             continue   # kernel filesystems are judged by their own checks
         host = snapshot.host_path_of(m)
-        if host in SENSITIVE_HOST_PATHS:
+        if host in SENSITIVE_HOST_PATHS or (host in SENSITIVE_IF_WRITABLE and not m.read_only):
             found.append((m, host))
     return found
 
