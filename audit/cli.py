@@ -166,10 +166,10 @@ def main(argv=None) -> int:
 
     from . import report
     if args.format == "json":
-        sys.stdout.write(report.dumps(reports if args.all else reports[0]) + "\n")
+        sys.stdout.write(report.dumps(reports if args.all else reports[0], sys.stdout.isatty()) + "\n")
     elif args.format == "sarif":
         from .checks import all_checks
-        sys.stdout.write(report.dumps(report.render_sarif(reports, all_checks())) + "\n")
+        sys.stdout.write(report.dumps(report.render_sarif(reports, all_checks()), sys.stdout.isatty()) + "\n")
     elif sys.stdout.isatty():
         report.render_rich(reports, sys.stdout, verbose=args.verbose)
     else:

@@ -1,0 +1,87 @@
+"""Wall time of the audit CLI, as a user runs it (a fresh `python -m audit` process).
+
+    sudo python3 benchmarks/audit.py [--containers N] [--runs R] [--docker]
+
+Prints the median wall time of a passive `audit PID` of one target and of `audit --all`
+over N targets. Targets are namespaced sleepers made with util-linux `unshare` (and, with
+--docker and DOCKER_HOST pointing at a running daemon, `audit NAME` of a Docker container
+too). Modules are byte-compiled first, as an installed package would be.
+"""
+import argparse
+import compileall
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def spawn(n):
+    procs = []
+    for _ in range(n):
+        procs.append(subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts",
+                                       "--propagation", "private", "sleep", "300"], stdin=subprocess.DEVNULL))
+    pids = []
+    for p in procs:
+        for _ in range(500):
+            try:
+                with open("/proc/%d/task/%d/children" % (p.pid, p.pid)) as f:
+                    kids = f.read().split()
+            except OSError:
+                kids = []
+            if kids:
+                pids.append(int(kids[0]))
+                break
+            time.sleep(0.01)
+    return procs, pids
+
+
+def timed(args, runs):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "audit", *args], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, cwd=REPO)
+        samples.append(time.perf_counter() - start)
+        if proc.returncode not in (0, 1):
+            raise SystemExit("audit %s failed: %s" % (" ".join(args), proc.stderr.decode()))
+    return statistics.median(samples) * 1000, min(samples) * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--containers", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--docker", default=None, help="name of a running Docker container to audit by name")
+    args = ap.parse_args()
+    compileall.compile_dir(os.path.join(REPO, "audit"), quiet=1)
+    procs, pids = spawn(args.containers)
+    try:
+        med, best = timed([str(pids[0]), "--format", "json"], args.runs)
+        print("passive audit PID (one namespaced process): median %.1f ms, min %.1f ms" % (med, best))
+        if args.docker:
+            med, best = timed([args.docker, "--format", "json"], args.runs)
+            print("passive audit NAME (Docker container, via its API): median %.1f ms, min %.1f ms" % (med, best))
+        med, best = timed(["--all", "--format", "json"], max(3, args.runs // 3))
+        print("audit --all over %d+ targets: median %.1f ms, min %.1f ms" % (len(pids), med, best))
+        med, best = timed([str(pids[0]), "--active", "--format", "json"], max(3, args.runs // 3))
+        print("active audit PID: median %.1f ms, min %.1f ms" % (med, best))
+    finally:
+        # The namespaced sleepers are PID 1 of their namespaces: killing them (by PID) ends
+        # the namespace; then their unshare parents.
+        for pid in pids + [p.pid for p in procs]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            p.wait()
+
+
+if __name__ == "__main__":
+    main()
