@@ -39,6 +39,20 @@ if [ ! -x "$VENV/bin/python" ]; then
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-warn-script-location ".[test]"
+# pip's generic console script imports re and runs site's .pth processing on every start;
+# the run path is measured in milliseconds, so the launcher runs Python isolated (-I -S)
+# with the package's own directories on sys.path instead.
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+for name in pysandbox audit; do
+    module=sandbox.cli; [ "$name" = audit ] && module=audit.cli
+    cat > "$VENV/bin/$name" <<LAUNCHER
+#!$VENV/bin/python3 -I -S
+import sys
+sys.path += ["$SITE", "/usr/lib/python3/dist-packages"]
+from $module import main
+sys.exit(main())
+LAUNCHER
+done
 chmod -R a+rX "$PREFIX"
 ln -sf "$VENV/bin/pysandbox" /usr/local/bin/pysandbox
 ln -sf "$VENV/bin/audit" /usr/local/bin/audit

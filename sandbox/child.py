@@ -230,6 +230,9 @@ def command_main(spec, msg_w):
             from . import seccomp
             seccomp.install(spec.bpf, log=spec.seccomp_log, listener=spec.handoff is not None,
                             handoff=spec.handoff)
+            if spec.verify is not None and "seccomp_filters_before" in spec.verify:
+                # open/read/close only: syscalls the command's own startup needs anyway
+                verify.seccomp_installed(spec.verify["seccomp_filters_before"])
         stage = "exec"
         argv = spec.argv
         try:

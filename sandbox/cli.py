@@ -151,6 +151,11 @@ def cmd_run(args):
         if not eq or not key:
             raise UsageError("--env expects KEY=VALUE, got %r" % item)
         env[key] = value
+    name = opts.get("--name")
+    if name is not None:
+        from .state import valid_name
+        if not valid_name(name):
+            raise UsageError("--name must be 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)")
     from .profile import load_profile
     profile = load_profile(opts.get("--profile", "default"))
     overrides = overrides_from(opts, profile)

@@ -282,11 +282,71 @@ def _read_toml(path):
         raise ProfileError("malformed TOML: " + msg.split(" (at line")[0], source=path, line=line) from None
 
 
+_CACHE_VERSION = 1
+
+
+def _cache_path(path):
+    from .cache import cache_dir
+    import zlib
+    return os.path.join(cache_dir(), "profile-%08x.marshal" % zlib.crc32(path.encode()))
+
+
+def _stamp(paths):
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append((p, st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+def _load_cached(path):
+    """The merged tables of a profile parsed before, if none of its files changed since.
+
+    Parsing TOML costs more than everything else on the run path together (tomllib pulls
+    in re and friends), so the merged, not yet validated, tables are kept in marshal form;
+    validation still runs on every load, so the frozen profile is always checked."""
+    import marshal
+    from .cache import read_trusted
+    data = read_trusted(_cache_path(path))
+    if data is None:
+        return None
+    try:
+        version, stamp, chain, merged, origin = marshal.loads(data)
+        if version != _CACHE_VERSION or chain[0] != path or _stamp(chain) != stamp:
+            return None
+    except (ValueError, TypeError, EOFError, OSError):
+        return None
+    return chain, merged, origin
+
+
 def load_profile(name_or_path="default"):
     """Load, merge (`extends`), validate and freeze a profile by built-in name or file path."""
+    path = resolve_path(name_or_path)
+    cached = _load_cached(path)
+    if cached is not None:
+        chain, merged, origin = cached
+        try:
+            return _build(_profile_name(chain[0]), tuple(chain), merged, origin)
+        except ProfileError:
+            pass  # report it with line numbers from a fresh parse
+    chain, merged, origin, texts = _parse_chain(path)
+    profile = _build(_profile_name(chain[0]), tuple(chain), merged, origin, texts)
+    try:
+        import marshal
+        from .cache import write_atomic
+        write_atomic(_cache_path(path), marshal.dumps((_CACHE_VERSION, _stamp(chain), tuple(chain), merged, origin)))
+    except (ValueError, OSError):
+        pass
+    return profile
+
+
+def _profile_name(path):
+    return os.path.basename(path)[:-5] if path.endswith(".toml") else path
+
+
+def _parse_chain(path):
     chain = []
     texts = {}
-    path = resolve_path(name_or_path)
     layers = []
     while True:
         if path in chain:
@@ -319,9 +379,8 @@ def load_profile(name_or_path="default"):
                 origin[(section, "")] = path
                 origin[("", section)] = path
         merged = _merge(merged, data)
-    name = os.path.basename(chain[0])[:-5] if chain[0].endswith(".toml") else chain[0]
     merged.pop("extends", None)
-    return _build(name, tuple(chain), merged, origin, texts)
+    return chain, merged, origin, texts
 
 
 def _check(kind, value):

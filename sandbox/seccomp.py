@@ -311,15 +311,8 @@ def _action_text(action):
 
 
 def default_cache_dir():
-    explicit = os.environ.get("PYSANDBOX_CACHE_DIR")
-    if explicit:
-        return explicit
-    if os.geteuid() == 0:
-        return "/var/cache/pysandbox"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return os.path.join(xdg, "pysandbox")
-    return os.path.join(os.path.expanduser("~"), ".cache", "pysandbox")
+    from .cache import cache_dir
+    return cache_dir()
 
 
 _libseccomp_version = None

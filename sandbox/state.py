@@ -7,8 +7,37 @@ The file is written after the sandbox's PID 1 exists and removed when the superv
 tears the sandbox down. A file whose supervisor is dead is stale (its PID 1 died with
 it through PDEATHSIG); `running()` skips such files and `gc` removes them.
 """
-import json
 import os
+
+# Names become file names here and cgroup directory names elsewhere.
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def valid_name(name):
+    return bool(name) and len(name) <= 64 and name[0] not in ".-" and set(name) <= NAME_CHARS
+
+
+def _dumps(value):
+    """JSON for the record's plain values (the json module is not imported on the run path)."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        out = ['"']
+        for ch in value:
+            if ch in '"\\':
+                out.append("\\" + ch)
+            elif ord(ch) < 0x20:
+                out.append("\\u%04x" % ord(ch))
+            else:
+                out.append(ch)
+        return "".join(out) + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_dumps(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(_dumps(str(k)) + ": " + _dumps(v) for k, v in value.items()) + "}"
+    return _dumps(str(value))
 
 
 def state_dir(uid=None):
@@ -41,7 +70,7 @@ def register(record):
     path = os.path.join(directory, record["name"] + ".json")
     tmp = path + ".%d.tmp" % os.getpid()
     with open(tmp, "w") as f:
-        json.dump(record, f)
+        f.write(_dumps(record))
     os.replace(tmp, path)
     return path
 
@@ -59,6 +88,7 @@ def exists(name):
 
 def records(directory=None):
     """Every state record, live or stale, as dicts (with "stale": bool added)."""
+    import json
     directory = directory or state_dir()
     out = []
     try:

@@ -11,7 +11,6 @@ The kernel's rules (user_namespaces(7)):
 Nothing here ever maps onto host id 0.
 """
 import os
-import shutil
 
 from .errors import SetupError
 
@@ -53,6 +52,7 @@ def plan(idmap, inside_uid, inside_gid):
         if base <= 0 or base + size > 0xFFFFFFFF:
             raise SetupError("idmap", 0, "root_host_base %d + size %d is not a valid host range" % (base, size))
         return IdMap(((0, base, size),), ((0, base, size),), "write", inside_uid, inside_gid, False, base)
+    import shutil
     if idmap.subuid and shutil.which("newuidmap") and shutil.which("newgidmap"):
         import pwd
         try:

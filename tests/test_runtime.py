@@ -377,3 +377,17 @@ def test_seccomp_kill_names_the_syscall(strict, tmp_path):
     from sandbox import Sandbox, load_profile
     result = Sandbox(load_profile(str(profile))).run(["/bin/true"])
     assert result.reason == "exit" and result.exit_code == 0  # the listener does not disturb a clean run
+
+
+def test_single_id_map_without_subuid(tmp_path):
+    """Without /etc/subuid ranges (or as root) the maps still never touch host root; rootless
+    with subuid disabled the caller is mapped alone, as inside uid 0."""
+    profile = tmp_path / "single.toml"
+    profile.write_text('extends = "default"\n[idmap]\nsubuid = false\n')
+    proc, _ = run_in(str(profile), "/bin/cat", "/proc/self/uid_map", "/proc/self/gid_map")
+    assert proc.returncode == 0, proc.stderr
+    lines = [l.split() for l in proc.stdout.splitlines()]
+    if ROOT:
+        assert lines == [["0", "1000000000", "65536"]] * 2
+    else:
+        assert lines == [["0", str(os.getuid()), "1"], ["0", str(os.getgid()), "1"]]

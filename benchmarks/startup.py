@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Startup time of `pysandbox run --profile strict -- /bin/true` next to bubblewrap, runc
+and crun (Debian's packages), measured in one run, medians and ratios.
+
+    sudo python3 benchmarks/startup.py [-n RUNS] [--pysandbox PATH]
+
+runc and crun run an OCI bundle whose root is a busybox-static tree; runc's default
+spec (`runc spec`: every namespace but user and cgroup, masked paths, no seccomp).
+crun refuses this host's hybrid cgroup layout (v1 controllers plus a cgroup2 mount that
+has none), so its runs happen inside a private mount namespace with the cgroup2 mount
+unmounted there (nothing changes on the host). Timings are wall-clock of the whole
+command as a caller sees it. No timing is asserted anywhere.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def timed(argv, runs, env=None):
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        samples.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise RuntimeError("%s failed (%d): %s" % (argv[0], done.returncode, done.stderr.decode()[-300:]))
+    return samples
+
+
+def make_bundle(directory):
+    rootfs = os.path.join(directory, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin", "busybox"))
+    os.symlink("busybox", os.path.join(rootfs, "bin", "true"))
+    subprocess.run(["runc", "spec"], cwd=directory, check=True)
+    with open(os.path.join(directory, "config.json")) as f:
+        config = json.load(f)
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/true"]
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    return directory
+
+
+CRUN_LOOP = r"""
+import subprocess, sys, time, json
+bundle, runs = sys.argv[1], int(sys.argv[2])
+out = []
+for i in range(runs):
+    start = time.perf_counter()
+    done = subprocess.run(["crun", "run", "-b", bundle, "bench-crun-%d-%d" % (i, time.monotonic_ns())],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out.append(time.perf_counter() - start)
+    if done.returncode:
+        sys.exit("crun failed: " + done.stderr.decode()[-300:])
+print(json.dumps(out))
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", "--runs", type=int, default=30)
+    parser.add_argument("--pysandbox", default=shutil.which("pysandbox") or "pysandbox")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("startup.py: run as root (runc and crun need it)")
+    results = {}
+    tmp = tempfile.mkdtemp(prefix="pysandbox-bench-")
+    try:
+        # warm every cache once (page cache, compiled seccomp filter, parsed profile)
+        subprocess.run([args.pysandbox, "run", "--profile", "strict", "--", "/bin/true"], check=True)
+        results["pysandbox strict"] = timed([args.pysandbox, "run", "--profile", "strict", "--", "/bin/true"],
+                                            args.runs)
+        results["pysandbox default"] = timed([args.pysandbox, "run", "--profile", "default", "--", "/bin/true"],
+                                             args.runs)
+        if shutil.which("bwrap"):
+            results["bubblewrap"] = timed(
+                ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr",
+                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"], args.runs)
+        if shutil.which("runc") and os.path.exists("/bin/busybox"):
+            bundle = make_bundle(os.path.join(tmp, "bundle"))
+            results["runc"] = timed(["runc", "run", "-b", bundle, "bench-runc"], args.runs)
+            if shutil.which("crun"):
+                loop = subprocess.run(
+                    ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                     "umount /sys/fs/cgroup/unified 2>/dev/null; exec %s -c '%s' %s %d" % (
+                         sys.executable, CRUN_LOOP.replace("'", "'\\''"), bundle, args.runs)],
+                    capture_output=True, text=True)
+                if loop.returncode == 0:
+                    results["crun"] = json.loads(loop.stdout)
+                else:
+                    print("crun: " + loop.stderr.strip()[-300:], file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    base = statistics.median(results["pysandbox strict"])
+    print("%-20s %10s %10s %12s" % ("runtime", "median ms", "p90 ms", "strict / it"))
+    for name, samples in results.items():
+        med = statistics.median(samples)
+        p90 = sorted(samples)[int(len(samples) * 0.9) - 1]
+        print("%-20s %10.1f %10.1f %12.2f" % (name, med * 1000, p90 * 1000, base / med))
+
+
+if __name__ == "__main__":
+    main()
