@@ -297,6 +297,10 @@ def docker_daemon(stage_dir):
     root_only()
     for tool in ("dockerd", "docker", "runc"):
         require(shutil.which(tool), "%s not installed (Debian package docker.io)" % tool)
+    # dockerd creates a `docker` parent cgroup in each hierarchy; remove those it made here.
+    cgroup_parents = [os.path.join("/sys/fs/cgroup", c, "docker") for c in
+                      (os.listdir("/sys/fs/cgroup") if os.path.isdir("/sys/fs/cgroup") else [])]
+    preexisting = {d for d in cgroup_parents if os.path.isdir(d)}
     root = tempfile.mkdtemp(prefix="audit-dockerd-", dir="/tmp")
     sock = os.path.join(root, "docker.sock")
     log = open(os.path.join(root, "dockerd.log"), "wb")
@@ -343,5 +347,11 @@ def docker_daemon(stage_dir):
         except ProcessLookupError:
             pass
         log.close()
+        for d in cgroup_parents:
+            if d not in preexisting:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
         _unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
