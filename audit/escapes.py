@@ -6,17 +6,10 @@ namespace) does not count: it cannot act on the host.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
-
-@dataclass(frozen=True)
-class EscapePath:
-    id: str
-    name: str
-    technique: str
-    severity: str
-    because: tuple   # finding ids
-    cve: tuple = ()
+# because: the finding ids the path rests on
+EscapePath = namedtuple("EscapePath", "id name technique severity because cve", defaults=((),))
 
 
 def _failing(findings):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from dataclasses import dataclass
+from collections import namedtuple
 
 # The kernel gives each initial namespace a fixed inode number (include/linux/proc_ns.h);
 # a process whose namespace inode equals one of these shares that namespace with the host.
@@ -56,19 +56,19 @@ def unescape_mount_field(field: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-@dataclass(frozen=True)
-class Mount:
-    mount_id: int
-    parent_id: int
-    major: int
-    minor: int
-    root: str          # path inside the mounted filesystem that is shown here
-    mountpoint: str    # relative to the reading process's root
-    options: tuple     # per-mount options (ro/rw, nosuid, ...)
-    optional: tuple    # shared:N, master:N, propagate_from:N, unbindable
-    fstype: str
-    source: str
-    super_options: tuple
+class Mount(namedtuple("Mount", "mount_id parent_id major minor root mountpoint options optional fstype source super_options")):
+    __slots__ = ()
+    # mount_id: int
+    # parent_id: int
+    # major: int
+    # minor: int
+    # root: str          # path inside the mounted filesystem that is shown here
+    # mountpoint: str    # relative to the reading process's root
+    # options: tuple     # per-mount options (ro/rw, nosuid, ...)
+    # optional: tuple    # shared:N, master:N, propagate_from:N, unbindable
+    # fstype: str
+    # source: str
+    # super_options: tuple
 
     @property
     def read_only(self) -> bool:
@@ -119,11 +119,11 @@ def parse_mountinfo(text: str) -> tuple:
     return tuple(mounts)
 
 
-@dataclass(frozen=True)
-class CgroupEntry:
-    hierarchy: int
-    controllers: tuple   # empty for the cgroup2 unified entry "0::"
-    path: str
+class CgroupEntry(namedtuple("CgroupEntry", "hierarchy controllers path")):
+    __slots__ = ()
+    # hierarchy: int
+    # controllers: tuple   # empty for the cgroup2 unified entry "0::"
+    # path: str
 
     @property
     def is_v2(self) -> bool:

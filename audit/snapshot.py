@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
+from collections import namedtuple
 from types import MappingProxyType
+
+_EMPTY = MappingProxyType({})
 
 from . import procfs, saferead
 from .procfs import INITIAL_NS_INODES, AccessDenied, NoSuchProcess, ProcFS
@@ -55,25 +57,25 @@ KERNEL_CONTROL_FILES = (
 )
 
 
-@dataclass(frozen=True)
-class Caps:
-    inheritable: int
-    permitted: int
-    effective: int
-    bounding: int
-    ambient: int
+class Caps(namedtuple("Caps", "inheritable permitted effective bounding ambient")):
+    __slots__ = ()
+    # inheritable: int
+    # permitted: int
+    # effective: int
+    # bounding: int
+    # ambient: int
 
 
-@dataclass(frozen=True)
-class HostFacts:
-    namespaces: MappingProxyType      # name -> inode the host uses
-    reference_pid: int | None         # host process whose net/mnt namespaces were read
-    cap_last_cap: int
-    caps: int                         # the host's own full set: PID 1's bounding set
-    mounts: tuple                     # host mount table (for mapping a bind mount to its host path)
-    auditor_mounts: tuple             # the auditor's own view (where cgroup files are read)
-    sysctls: MappingProxyType
-    kernel: str
+class HostFacts(namedtuple("HostFacts", "namespaces reference_pid cap_last_cap caps mounts auditor_mounts sysctls kernel cgroup_v1_controllers auditor_pid auditor_namespaces")):
+    __slots__ = ()
+    # namespaces: MappingProxyType      # name -> inode the host uses
+    # reference_pid: int | None         # host process whose net/mnt namespaces were read
+    # cap_last_cap: int
+    # caps: int                         # the host's own full set: PID 1's bounding set
+    # mounts: tuple                     # host mount table (for mapping a bind mount to its host path)
+    # auditor_mounts: tuple             # the auditor's own view (where cgroup files are read)
+    # sysctls: MappingProxyType
+    # kernel: str
     cgroup_v1_controllers: tuple      # controllers bound to a v1 hierarchy (release_agent exists)
     auditor_pid: int
     auditor_namespaces: MappingProxyType
@@ -91,64 +93,64 @@ class HostFacts:
         return self.auditor_namespaces.get("pid") == INITIAL_NS_INODES["pid"]
 
 
-@dataclass(frozen=True)
-class DevNode:
-    path: str
-    kind: str        # "block" or "char"
-    major: int
-    minor: int
+class DevNode(namedtuple("DevNode", "path kind major minor")):
+    __slots__ = ()
+    # path: str
+    # kind: str        # "block" or "char"
+    # major: int
+    # minor: int
 
 
-@dataclass(frozen=True)
-class OpenFile:
-    fd: int
-    target: str
-    mnt_id: int
-    mode: int
-    rdev: int
+class OpenFile(namedtuple("OpenFile", "fd target mnt_id mode rdev")):
+    __slots__ = ()
+    # fd: int
+    # target: str
+    # mnt_id: int
+    # mode: int
+    # rdev: int
 
 
-@dataclass(frozen=True)
-class TargetInfo:
-    pid: int
-    runtime: str                      # docker, podman, containerd, pysandbox, process, self
-    container_id: str | None = None
-    name: str | None = None
-    runtime_version: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
-    oci: MappingProxyType | None = None          # summary of the OCI config.json, when found
-    inspect: MappingProxyType | None = None      # the runtime's own view (docker inspect subset)
-    notes: tuple = ()
+class TargetInfo(namedtuple("TargetInfo", "pid runtime container_id name runtime_version oci inspect notes", defaults=(None, None, _EMPTY, None, None, ()))):
+    __slots__ = ()
+    # pid: int
+    # runtime: str                      # docker, podman, containerd, pysandbox, process, self
+    # container_id: str | None = None
+    # name: str | None = None
+    # runtime_version: MappingProxyType (component -> version)
+    # oci: MappingProxyType | None = None          # summary of the OCI config.json, when found
+    # inspect: MappingProxyType | None = None      # the runtime's own view (docker inspect subset)
+    # notes: tuple = ()
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    target: TargetInfo
-    host: HostFacts
-    status: MappingProxyType
-    uids: tuple                       # real, effective, saved, fs, as the auditor reads them
-    gids: tuple
-    caps: Caps
-    no_new_privs: bool
-    seccomp_mode: int                 # 0 off, 1 strict, 2 filter
-    seccomp_filters: int
-    namespaces: MappingProxyType
-    mounts: tuple
-    cgroups: tuple
-    uid_map: tuple
-    gid_map: tuple
-    lsm: str | None
-    cwd: str | None
-    root_link: str | None
-    fds: tuple
-    os_release: MappingProxyType
-    dev_nodes: tuple
-    visible_paths: frozenset          # kernel-control and masked paths that exist in the target
-    host_procfs_mounts: tuple         # procfs mounts inside the target that show the host's PIDs
-    runtime_sockets: tuple            # (path in target, host path or None) of runtime API sockets
-    cgroup_limits: MappingProxyType   # controller -> (value, file) or None
-    devices_list: str | None          # v1 devices.list of the target's cgroup
-    probes: MappingProxyType | None   # results of --active proofs, None when passive
-    errors: tuple                     # (fact, message) for facts that could not be read
+class Snapshot(namedtuple("Snapshot", "target host status uids gids caps no_new_privs seccomp_mode seccomp_filters namespaces mounts cgroups uid_map gid_map lsm cwd root_link fds os_release dev_nodes visible_paths host_procfs_mounts runtime_sockets cgroup_limits devices_list probes errors")):
+    __slots__ = ()
+    # target: TargetInfo
+    # host: HostFacts
+    # status: MappingProxyType
+    # uids: tuple                       # real, effective, saved, fs, as the auditor reads them
+    # gids: tuple
+    # caps: Caps
+    # no_new_privs: bool
+    # seccomp_mode: int                 # 0 off, 1 strict, 2 filter
+    # seccomp_filters: int
+    # namespaces: MappingProxyType
+    # mounts: tuple
+    # cgroups: tuple
+    # uid_map: tuple
+    # gid_map: tuple
+    # lsm: str | None
+    # cwd: str | None
+    # root_link: str | None
+    # fds: tuple
+    # os_release: MappingProxyType
+    # dev_nodes: tuple
+    # visible_paths: frozenset          # kernel-control and masked paths that exist in the target
+    # host_procfs_mounts: tuple         # procfs mounts inside the target that show the host's PIDs
+    # runtime_sockets: tuple            # (path in target, host path or None) of runtime API sockets
+    # cgroup_limits: MappingProxyType   # controller -> (value, file) or None
+    # devices_list: str | None          # v1 devices.list of the target's cgroup
+    # probes: MappingProxyType | None   # results of --active proofs, None when passive
+    # errors: tuple                     # (fact, message) for facts that could not be read
 
     # ---------------------------------------------------------- derived views
     def shares_host_ns(self, name):

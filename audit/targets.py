@@ -12,11 +12,7 @@ import glob
 import json
 import os
 import re
-import shutil
-import socket
-import subprocess
 from types import MappingProxyType
-from urllib.parse import quote
 
 from .procfs import INITIAL_NS_INODES, ProcFS, ProcError
 from .snapshot import TargetInfo
@@ -35,6 +31,7 @@ PODMAN_SOCKETS = ("/run/podman/podman.sock",)
 def _unix_connection(path, timeout):
     # http.client pulls in email and ssl (~30 ms): imported only when an API is asked.
     import http.client
+    import socket
 
     class UnixHTTPConnection(http.client.HTTPConnection):
         def connect(self):
@@ -75,6 +72,7 @@ class DockerAPI:
             return False
 
     def inspect(self, ref):
+        from urllib.parse import quote
         status, data = self.get("/containers/%s/json" % quote(ref, safe=""))
         if status == 200 and isinstance(data, dict):
             return data
@@ -296,6 +294,8 @@ class Resolver:
         return TargetInfo(pid=pid, runtime="pysandbox", container_id=None, name=record["name"], notes=tuple(notes))
 
     def _podman_cli(self, spec):
+        import shutil
+        import subprocess
         podman = shutil.which("podman")
         if not podman:
             return None

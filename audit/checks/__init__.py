@@ -6,32 +6,32 @@ stable order (by module, then definition order).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 SEVERITY_RANK = {name: rank for rank, name in enumerate(reversed(SEVERITIES))}  # info 0 .. critical 4
 STATUSES = ("fail", "pass", "skip", "error")
 
 
-@dataclass(frozen=True)
-class Check:
-    id: str
-    title: str
-    severity: str
-    description: str          # what the check looks at and why it matters
-    escape: str               # how an attacker uses the gap
-    remediation: str
-    references: dict          # cve: [...], mitre: [...], cis_docker: str, k8s_pss: str
-    fix: dict                 # docker / kubernetes / pysandbox
-    func: object = field(compare=False, repr=False)
+class Check(namedtuple("Check", "id title severity description escape remediation references fix func")):
+    __slots__ = ()
+    # id: str
+    # title: str
+    # severity: str
+    # description: str          # what the check looks at and why it matters
+    # escape: str               # how an attacker uses the gap
+    # remediation: str
+    # references: dict          # cve: [...], mitre: [...], cis_docker: str, k8s_pss: str
+    # fix: dict                 # docker / kubernetes / pysandbox
+    # func: the check function itself
 
 
-@dataclass(frozen=True)
-class Outcome:
-    status: str
-    evidence: tuple = ()
-    severity: str | None = None   # set when the finding is less (or more) serious than the check's default
-    note: str | None = None
+class Outcome(namedtuple("Outcome", "status evidence severity note", defaults=((), None, None))):
+    __slots__ = ()
+    # status: str
+    # evidence: tuple = ()
+    # severity: str | None = None   # set when the finding is less (or more) serious than the check's default
+    # note: str | None = None
 
 
 def fail(*evidence, severity=None, note=None):
@@ -83,13 +83,13 @@ def get(check_id):
     return _REGISTRY.get(check_id)
 
 
-@dataclass(frozen=True)
-class Finding:
-    check: Check
-    status: str
-    severity: str
-    evidence: tuple
-    note: str | None
+class Finding(namedtuple("Finding", "check status severity evidence note")):
+    __slots__ = ()
+    # check: Check
+    # status: str
+    # severity: str
+    # evidence: tuple
+    # note: str | None
 
     @property
     def id(self):
