@@ -69,13 +69,18 @@ status=0
 # Unprivileged run of the same suites, minus what needs host root by nature (Docker,
 # host cgroup trees). The tests and the shared data are copied where that user can read.
 id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+# The tree is copied whole (tests read profiles/ and audit/schema.json beside them); the
+# package under test is still the installed one.
 work=$(mktemp -d /tmp/pysandbox-rootless.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-cp -r tests "$work/tests"
+mkdir "$work/repo"
+tar --exclude=.git -cf - . | tar -xf - -C "$work/repo"
 [ -d "$PYSANDBOX_SHARED" ] && cp -r "$PYSANDBOX_SHARED" "$work/shared"
 chmod -R a+rX "$work"
 chmod 1777 "$work"
-runuser -u "$TEST_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="/home/$TEST_USER" \
+cd "$work"
+runuser -u "$TEST_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME="/home/$TEST_USER" \
     CI="${CI:-}" PYSANDBOX_SHARED="$work/shared" \
-    "$VENV/bin/pytest" -q -p no:cacheprovider -m "not root_only" "$work/tests" || status=$?
+    "$VENV/bin/pytest" -q -p no:cacheprovider -m "not root_only" "$work/repo/tests" || status=$?
+cd - >/dev/null
 exit $status

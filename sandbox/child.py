@@ -95,6 +95,10 @@ def pid1_main(spec, go_r, msg_w):
             for target, fd in enumerate(spec.stdio):
                 if fd is not None and fd != target:
                     os.dup2(fd, target)
+        # Whatever the supervisor held (bind sources, the cgroup lock, a caller's files) is
+        # a handle on the host's file tree; none of it may live on inside the sandbox.
+        os.closerange(3, msg_w)
+        os.closerange(msg_w + 1, 1 << 16)
         stage = "fork"
         pid1_end = None
         if spec.seccomp_listener_wanted:

@@ -162,7 +162,11 @@ def cmd_run(args):
     if overrides:
         profile = profile.with_overrides(overrides)
     from .runtime import Sandbox
+    from . import cgroup
     import signal
+    # What a SIGKILLed supervisor left behind is removed by the next run (only cgroups
+    # whose processes are all gone, and only ours).
+    cgroup.gc()
     box = Sandbox(profile, name=opts.get("--name"), ro_binds=opts["--ro-bind"], binds=opts["--bind"],
                   tmpfs=opts["--tmpfs"])
     proc = box.start(argv, env=env)

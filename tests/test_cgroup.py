@@ -550,13 +550,19 @@ class L:
     memory = 0; memory_swap = 0; pids = 0; cpus = 0.0; cpu_weight = 0; io_weight = 0; required = False
 group = cgroup.create("inner", L(), layout="v2")
 print("PATH", group.paths[0], flush=True)
+ready_r, ready_w = os.pipe()
 pid = os.fork()
 if pid == 0:
+    # fork only once attached: descendants forked before the move would stay outside
+    os.close(ready_w)
+    os.read(ready_r, 1)
     for _ in range(3):
         os.fork()
     time.sleep(60)
     os._exit(0)
+os.close(ready_r)
 group.attach(pid)
+os.write(ready_w, b"x")
 time.sleep(0.2)
 print("COUNT", len(cgroup.procs(group.paths[0])), flush=True)
 print("KILLED", group.kill(), flush=True)

@@ -391,3 +391,27 @@ def test_single_id_map_without_subuid(tmp_path):
         assert lines == [["0", "1000000000", "65536"]] * 2
     else:
         assert lines == [["0", str(os.getuid()), "1"], ["0", str(os.getgid()), "1"]]
+
+
+def test_pid1_holds_no_host_descriptors(strict):
+    """PID 1 stays in the sandbox for its whole life: no descriptor of the supervisor's
+    (bind sources, cgroup directories) may survive in it."""
+    sup = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", strict, "--name", "fds-%d" % os.getpid(),
+                                              "--ro-bind", "/etc:/hostetc", "--", "/bin/sleep", "30"])
+    try:
+        from sandbox import state
+        deadline = time.monotonic() + 10
+        record = None
+        while record is None and time.monotonic() < deadline:
+            record = state.find("fds-%d" % os.getpid())
+            time.sleep(0.02)
+        assert record is not None
+        time.sleep(0.3)
+        if ROOT:  # PID 1 is not dumpable: only host root may look at its descriptors
+            fds = sorted(int(fd) for fd in os.listdir("/proc/%d/fd" % record["pid"]))
+            assert fds[:3] == [0, 1, 2] and len(fds) <= 4, fds  # stdio and the message pipe
+            for fd in fds[3:]:
+                assert os.readlink("/proc/%d/fd/%d" % (record["pid"], fd)).startswith("pipe:")
+    finally:
+        sup.kill()
+        sup.wait()
