@@ -43,10 +43,13 @@ fi
 # the run path is measured in milliseconds, so the launcher runs Python isolated (-I -S)
 # with the package's own directories on sys.path instead.
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# The sandbox's PID 1 after setup: a small static C init (static, so it runs in any
+# --rootfs image too). Without it the runtime falls back to its Python init.
+gcc -static -Os -Wall -o "$SITE/sandbox/pysandbox-init" sandbox/init.c
 for name in pysandbox audit; do
     module=sandbox.cli; [ "$name" = audit ] && module=audit.cli
     cat > "$VENV/bin/$name" <<LAUNCHER
-#!$VENV/bin/python3 -I -S
+#!$VENV/bin/python3 -IS
 import sys
 sys.path += ["$SITE", "/usr/lib/python3/dist-packages"]
 from $module import main

@@ -97,8 +97,7 @@ def pid1_main(spec, go_r, msg_w):
                     os.dup2(fd, target)
         # Whatever the supervisor held (bind sources, the cgroup lock, a caller's files) is
         # a handle on the host's file tree; none of it may live on inside the sandbox.
-        os.closerange(3, msg_w)
-        os.closerange(msg_w + 1, 1 << 16)
+        _close_all_but(msg_w, spec.init_fd)
         stage = "fork"
         pid1_end = None
         if spec.seccomp_listener_wanted:
@@ -108,6 +107,9 @@ def pid1_main(spec, go_r, msg_w):
         command = os.fork()
         if command == 0:
             command_main(spec, msg_w)
+        if spec.init_fd is not None:
+            stage = "init"
+            _exec_init(spec, command, msg_w, pid1_end)
         # Nothing inside may read or ptrace PID 1's memory.
         k.prctl(k.PR_SET_DUMPABLE, 0, stage="dumpable")
         listener = None
@@ -126,6 +128,27 @@ def pid1_main(spec, go_r, msg_w):
     except BaseException as error:  # noqa: B036 - every failure must reach the supervisor
         report_failure(msg_w, stage, error)
         os._exit(125)
+
+
+def _close_all_but(*keep):
+    low = 3
+    for fd in sorted(fd for fd in keep if fd is not None):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+
+
+def _exec_init(spec, command, msg_w, pid1_end):
+    """Become the small C init (sandbox/init.c): the same duties as init_loop, without a
+    Python interpreter's memory kept alive for the sandbox's whole life."""
+    os.set_inheritable(msg_w, True)
+    argv = ["pysandbox-init", str(command), str(msg_w)]
+    if pid1_end is not None:
+        os.close(spec.handoff)
+        sock = pid1_end.detach()
+        os.set_inheritable(sock, True)
+        argv.append(str(sock))
+    os.execve(spec.init_fd, argv, {})
 
 
 def init_loop(command, listener, msg_w):
@@ -176,7 +199,7 @@ def init_loop(command, listener, msg_w):
             elif event & select.POLLIN:
                 caught = seccomp.receive_kill(listener, 0)
                 if caught is not None:
-                    send(msg_w, "X", caught[0], caught[1])
+                    send(msg_w, "X", caught[0], caught[1])  # pid, syscall name
                     os.kill(command, signal.SIGKILL)
                     if caught[0] != command:
                         os.kill(caught[0], signal.SIGKILL)

@@ -227,7 +227,7 @@ def cmd_gc(args):
     removed = []
     try:
         from . import cgroup
-        removed = cgroup.gc(verbose=True) or []
+        removed = cgroup.gc() or []
     except ImportError:
         pass
     for record in state.records():

@@ -49,7 +49,7 @@ class Spec:
     __slots__ = ("argv", "env", "cwd", "hostname", "net_mode", "mounts", "idmap", "rlimits", "new_session",
                  "close_fds", "caps", "caps_keep", "caps_ambient", "no_new_privs", "landlock", "landlock_ro",
                  "landlock_rw", "verify", "bpf", "seccomp_log", "seccomp_listener_wanted", "stdio",
-                 "unshare_after_attach", "source_fds", "handoff")
+                 "unshare_after_attach", "source_fds", "handoff", "init_fd")
 
     def __init__(self, **kw):
         for key in self.__slots__:
@@ -77,6 +77,7 @@ class Sandbox:
     def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=()):
         self.profile = profile
         self.name = name
+        self._init_fd = None
         self.extra_mounts = (tuple(ro_binds), tuple(binds), tuple(tmpfs))
         self._prepared = None
 
@@ -148,6 +149,11 @@ class Sandbox:
         except ImportError:
             pass
         from . import user, child, net  # noqa: F401 - the child cannot import after pivot_root
+        # The small C init replaces the Python PID 1 once the command runs (built by
+        # setup.sh next to the package); without it the Python init serves.
+        init_path = os.environ.get("PYSANDBOX_INIT", os.path.join(os.path.dirname(__file__), "pysandbox-init"))
+        if init_path and os.path.exists(init_path):
+            self._init_fd = os.open(init_path, os.O_PATH | os.O_CLOEXEC)
         self._prepared = dict(flags=flags, after=after, idmap=idmap, mounts=mounts, rlimits=limits,
                               caps=caps_module, caps_keep=caps_keep, caps_ambient=caps_ambient,
                               landlock=landlock_policy, landlock_rw=landlock_rw, landlock_ro=landlock_ro, bpf=bpf, seccomp_log=seccomp_log,
@@ -200,7 +206,7 @@ class Sandbox:
                     landlock_rw=prep["landlock_rw"], verify=prep["verify"], bpf=prep["bpf"],
                     seccomp_log=prep["seccomp_log"], seccomp_listener_wanted=prep["notify_kills"],
                     stdio=(stdin, stdout, stderr) if (stdin, stdout, stderr) != (None, None, None) else None,
-                    unshare_after_attach=prep["after"])
+                    unshare_after_attach=prep["after"], init_fd=self._init_fd)
         return SandboxProcess(self, name, spec, prep, timeout if timeout is not None else (p.process.timeout or None))
 
     def run(self, argv, timeout=None, env=None, cwd=None, input=None, capture_output=False):
@@ -443,7 +449,10 @@ class SandboxProcess:
                 cmd_status = int(fields[1])
             elif fields[0] == "W" and len(fields) >= 2:
                 warnings.append(fields[1])
-            elif fields[0] == "X" and len(fields) >= 3:
+            elif fields[0] == "X" and len(fields) >= 4:  # from the C init: pid, nr, audit arch
+                from .seccomp import syscall_name
+                syscall = syscall_name(int(fields[2]), int(fields[3]))
+            elif fields[0] == "X" and len(fields) >= 3:  # from the Python init: pid, name
                 syscall = fields[2]
         values = dict(name=self.name, wall=round(wall, 6), cpu_user=round(usage.ru_utime, 6),
                       cpu_system=round(usage.ru_stime, 6), warnings=warnings, profile=self.sandbox.profile.name,
