@@ -48,6 +48,21 @@ def make_bundle(directory):
     return directory
 
 
+API_LOOP = r"""
+import json, sys, time
+from sandbox import Sandbox, load_profile
+box = Sandbox(load_profile("strict"))
+box.run(["/bin/true"])
+out = []
+for _ in range(int(sys.argv[1])):
+    start = time.perf_counter()
+    result = box.run(["/bin/true"])
+    out.append(time.perf_counter() - start)
+    if result.exit_code != 0:
+        sys.exit("API run failed: %r" % result)
+print(json.dumps(out))
+"""
+
 CRUN_LOOP = r"""
 import subprocess, sys, time, json
 bundle, runs = sys.argv[1], int(sys.argv[2])
@@ -79,6 +94,14 @@ def main():
                                             args.runs)
         results["pysandbox default"] = timed([args.pysandbox, "run", "--profile", "default", "--", "/bin/true"],
                                              args.runs)
+        # The Python API with a prepared Sandbox: what a grader or service pays per run
+        # (no interpreter start, profile and filter already in memory).
+        api = subprocess.run([os.path.join(os.path.dirname(os.path.realpath(args.pysandbox)), "python3"), "-c",
+                              API_LOOP, str(args.runs)], capture_output=True, text=True)
+        if api.returncode == 0:
+            results["pysandbox API (warm)"] = json.loads(api.stdout)
+        else:
+            print("API: " + api.stderr.strip()[-300:], file=sys.stderr)
         if shutil.which("bwrap"):
             results["bubblewrap"] = timed(
                 ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr",
@@ -100,12 +123,14 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    base = statistics.median(results["pysandbox strict"])
-    print("%-20s %10s %10s %12s" % ("runtime", "median ms", "p90 ms", "strict / it"))
+    strict = statistics.median(results["pysandbox strict"])
+    runc = statistics.median(results["runc"]) if "runc" in results else None
+    print("%-22s %10s %10s %14s %12s" % ("runtime", "median ms", "p90 ms", "strict CLI / it", "it / runc"))
     for name, samples in results.items():
         med = statistics.median(samples)
         p90 = sorted(samples)[int(len(samples) * 0.9) - 1]
-        print("%-20s %10.1f %10.1f %12.2f" % (name, med * 1000, p90 * 1000, base / med))
+        print("%-22s %10.1f %10.1f %14.2f %12s" % (name, med * 1000, p90 * 1000, strict / med,
+                                                   "%.2f" % (med / runc) if runc else "-"))
 
 
 if __name__ == "__main__":

@@ -39,13 +39,20 @@ def hierarchies(want=None):
         out.append(("unified", unified))
     if want is None:
         return out
-    needed = {"pids", "memory", "cpuacct", "unified"}
+    # The sandbox joins its v1 cgroups itself, one thread ("0" into `tasks`), which the
+    # kernel does without taking the global threadgroup rwsem; moving a whole process
+    # (cgroup.procs, and any move into the unified hierarchy) takes it, and its first
+    # writer waits out an RCU grace period (~14 ms here) on every sandbox start. So the
+    # freezer, not the unified leaf's cgroup.kill, makes teardown atomic where it exists.
+    needed = {"pids", "memory", "cpuacct"}
     if "cpu" in want or "cpu_weight" in want:
         needed.add("cpu")
     if "io_weight" in want:
         needed.add("blkio")
-    if not (unified and _unified_kill(unified)):
+    if "freezer" in cg.v1_hierarchies():
         needed.add("freezer")
+    elif unified and _unified_kill(unified):
+        needed.add("unified")
     return [(label, point) for label, point in out if needed & set(label.split(","))]
 
 
@@ -126,6 +133,14 @@ class V1Cgroup:
             if ctrl in label.split(","):
                 return path
         return None
+
+    def task_files(self):
+        """Files the sandbox's first process writes "0" into to join every hierarchy by
+        itself (single thread, before it has forked): None when a hierarchy needs a whole-
+        process move (the unified leaf), so the supervisor must use attach()."""
+        if any(label == "unified" for label, _ in self.dirs):
+            return None
+        return [os.path.join(path, "tasks") for _label, path in self.dirs]
 
     def attach(self, pid):
         for _label, path in self.dirs:

@@ -23,7 +23,8 @@ Messages to the supervisor are tab-separated lines on a close-on-exec pipe:
   S status               PID 1: the command's wait status, just before PID 1 exits
 """
 import os
-import signal
+# _signal, not signal: the public module imports enum, milliseconds on every start.
+import _signal as signal
 
 from . import sys as k
 from .errors import SetupError
@@ -57,6 +58,16 @@ def pid1_main(spec, go_r, msg_w):
         k.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL, stage="pdeathsig")
         for sig in FORWARDED_SIGNALS + (signal.SIGPIPE,):
             signal.signal(sig, signal.SIG_DFL)
+        if spec.cgroup_tasks:
+            # Join our v1 cgroups before anything else (and before the cgroup namespace):
+            # still with the caller's host credentials, which the kernel checks here.
+            stage = "cgroup"
+            for path in spec.cgroup_tasks:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
         stage = "sync"
         # EOF here means the supervisor gave up (or died) before the maps were written.
         if os.read(go_r, 1) != b"G":

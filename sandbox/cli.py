@@ -163,7 +163,7 @@ def cmd_run(args):
         profile = profile.with_overrides(overrides)
     from .runtime import Sandbox
     from . import cgroup
-    import signal
+    import _signal as signal
     # What a SIGKILLed supervisor left behind is removed by the next run (only cgroups
     # whose processes are all gone, and only ours).
     cgroup.gc()

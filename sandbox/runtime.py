@@ -9,7 +9,8 @@ the deadline.
 """
 import os
 import select
-import signal
+# _signal, not signal: the public module imports enum, milliseconds on every start.
+import _signal as signal
 import time
 
 from . import sys as k
@@ -49,7 +50,7 @@ class Spec:
     __slots__ = ("argv", "env", "cwd", "hostname", "net_mode", "mounts", "idmap", "rlimits", "new_session",
                  "close_fds", "caps", "caps_keep", "caps_ambient", "no_new_privs", "landlock", "landlock_ro",
                  "landlock_rw", "verify", "bpf", "seccomp_log", "seccomp_listener_wanted", "stdio",
-                 "unshare_after_attach", "source_fds", "handoff", "init_fd")
+                 "unshare_after_attach", "source_fds", "handoff", "init_fd", "cgroup_tasks")
 
     def __init__(self, **kw):
         for key in self.__slots__:
@@ -251,6 +252,8 @@ class SandboxProcess:
             self._cgroup = cgroup.create(name, p.limits)
             if getattr(self._cgroup, "warning", None):
                 self.warnings.append(self._cgroup.warning)
+        if self._cgroup is not None and hasattr(self._cgroup, "task_files"):
+            spec.cgroup_tasks = self._cgroup.task_files()
         from .mnt import open_sources
         try:
             spec.source_fds = open_sources(spec.mounts)
@@ -283,7 +286,7 @@ class SandboxProcess:
             if prep["idmap"] is not None:
                 from .user import write_maps
                 write_maps(pid, prep["idmap"])
-            if self._cgroup is not None:
+            if self._cgroup is not None and not spec.cgroup_tasks:
                 self._cgroup.attach(pid)
             self._register(p)
             os.write(go_w, b"G")
@@ -470,7 +473,7 @@ class SandboxProcess:
                 values["cpu_user"] = round(max(values["cpu_user"], cg["cpu_user"]), 6)
                 values["cpu_system"] = round(max(values["cpu_system"], cg.get("cpu_system") or 0.0), 6)
         if timed_out:
-            values.update(reason="timeout", exit_code=EXIT_TIMEOUT, signal=signal.SIGKILL.value)
+            values.update(reason="timeout", exit_code=EXIT_TIMEOUT, signal=signal.SIGKILL)
         elif error is not None:
             stage, err, message = error
             code = EXIT_SETUP

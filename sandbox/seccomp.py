@@ -310,6 +310,16 @@ def _action_text(action):
 # compile and cache
 
 
+def _sha256():
+    # The builtin _sha256 loads in microseconds; hashlib pulls in OpenSSL (~5 ms), which
+    # every sandbox start would pay for its cache lookup.
+    try:
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
+    return sha256
+
+
 def default_cache_dir():
     from .cache import cache_dir
     return cache_dir()
@@ -350,7 +360,7 @@ def _compiler_stamp():
 
 
 def cache_key(policy, caps=(), notify_kills=False):
-    import hashlib
+    sha256 = _sha256()
     parts = [CACHE_FORMAT.decode(), policy.fingerprint(), libseccomp_version(), os.uname().machine,
              "notify" if notify_kills else "kill", _compiler_stamp()]
     if policy.oci:
@@ -359,7 +369,7 @@ def cache_key(policy, caps=(), notify_kills=False):
         parts.append("ALL" if have is None else ",".join(sorted(have)))
         if oci_seccomp.uses_kernel_version(policy.oci):
             parts.append("kernel=%d.%d" % oci_seccomp.kernel_version())
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return sha256("\0".join(parts).encode()).hexdigest()
 
 
 def _cache_path(cache_dir, key):
@@ -368,7 +378,7 @@ def _cache_path(cache_dir, key):
 
 def _cache_load(cache_dir, key):
     """The cached program, or None. Never trusts a file it did not verify: owner, mode, header, hash."""
-    import hashlib
+    sha256 = _sha256()
     try:
         fd = os.open(_cache_path(cache_dir, key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -386,20 +396,20 @@ def _cache_load(cache_dir, key):
     header = len(CACHE_FORMAT) + 32
     bpf = data[header:]
     if (data[:len(CACHE_FORMAT)] != CACHE_FORMAT or not bpf or len(bpf) % 8
-            or hashlib.sha256(key.encode() + bpf).digest() != data[len(CACHE_FORMAT):header]):
+            or sha256(key.encode() + bpf).digest() != data[len(CACHE_FORMAT):header]):
         stats["cache_rejected"] += 1
         return None
     return bpf
 
 
 def _cache_store(cache_dir, key, bpf):
-    import hashlib
+    sha256 = _sha256()
     try:
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
         tmp = _cache_path(cache_dir, "%s.%d.tmp" % (key, os.getpid()))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, CACHE_FORMAT + hashlib.sha256(key.encode() + bpf).digest() + bpf)
+            os.write(fd, CACHE_FORMAT + sha256(key.encode() + bpf).digest() + bpf)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -135,7 +135,7 @@ def clone_process(flags):
     own fork hooks run around it so the child's runtime state (locks, thread ids) is reset
     exactly as os.fork would reset it.
     """
-    import signal as _signal
+    import _signal
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
     pid = _syscall(SYS_clone, flags | int(_signal.SIGCHLD), 0, 0, 0, 0)

@@ -325,10 +325,15 @@ def _settle(path, count, timeout=10):
 @pytest.mark.parametrize("teardown", ["cgroup.kill", "freezer"])
 def test_kill_kills_every_descendant(groups, children, teardown, monkeypatch):
     _need_v1_root()
+    from sandbox import cgroup_v1
     if teardown == "freezer":
         # as on a kernel without cgroup.kill: the freezer hierarchy joins the set
-        from sandbox import cgroup_v1
         monkeypatch.setattr(cgroup_v1, "_kill_file", {cgroup.v2_mount(): False})
+    else:
+        # as on a host without a v1 freezer: the unified leaf's cgroup.kill tears down
+        hierarchies = cgroup.v1_hierarchies()
+        hierarchies.pop("freezer", None)
+        monkeypatch.setattr(cgroup, "v1_hierarchies", lambda *a: dict(hierarchies))
     group = groups("tree-" + teardown.replace(".", ""), Limits(pids=64))
     pid, go = children(_tree_code())
     group.attach(pid)
