@@ -86,9 +86,10 @@ def pid1_main(spec, go_r, msg_w):
             if watch.poll(0):
                 os._exit(125)
         if spec.unshare_after_attach:
-            # A cgroup namespace's root is the cgroup its creator is in at unshare time,
-            # so it is created only now that the supervisor has moved us into our leaf.
-            # A time namespace, like a pid namespace, applies to the children only.
+            # Mount, net, uts and ipc namespaces are made here rather than by clone (see
+            # Sandbox._prepare). A cgroup namespace's root is the cgroup its creator is in
+            # at unshare time, so it comes only now that we are in our cgroups. A time
+            # namespace, like a pid namespace, applies to the children only.
             stage = "unshare"
             k.unshare(spec.unshare_after_attach)
         if spec.hostname:

@@ -168,7 +168,7 @@ def cmd_run(args):
     # whose processes are all gone, and only ours).
     cgroup.gc()
     box = Sandbox(profile, name=opts.get("--name"), ro_binds=opts["--ro-bind"], binds=opts["--bind"],
-                  tmpfs=opts["--tmpfs"])
+                  tmpfs=opts["--tmpfs"], register=True)
     proc = box.start(argv, env=env)
 
     def forward(sig, _frame):

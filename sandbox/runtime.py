@@ -75,9 +75,12 @@ class Sandbox:
     `run`/`start` then makes a fresh set of namespaces, cgroups and processes.
     """
 
-    def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=()):
+    def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=(), register=None):
         self.profile = profile
         self.name = name
+        # A state file lets `audit NAME` and `pysandbox gc` find the sandbox; by default
+        # only named sandboxes (and every CLI run) get one.
+        self.register = bool(name) if register is None else register
         self._init_fd = None
         self.extra_mounts = (tuple(ro_binds), tuple(binds), tuple(tmpfs))
         self._prepared = None
@@ -88,11 +91,19 @@ class Sandbox:
             return self._prepared
         p = self.profile
         ns = p.namespaces
-        flags = 0
-        for nsname in ("user", "pid", "mount", "net", "uts", "ipc"):
+        # clone() creates only what must exist at birth: the user namespace (its maps are
+        # written from outside) and the pid namespace (the child is its PID 1). The child
+        # unshares the rest itself, so the costly ones (a network namespace takes ~1-2 ms
+        # of kernel work) are made in parallel with the supervisor's next sandbox; they
+        # are owned by the new user namespace either way. The cgroup namespace must wait
+        # until the child is in its cgroup; a time namespace applies to children only.
+        flags = after = 0
+        for nsname in ("user", "pid"):
             if getattr(ns, nsname):
                 flags |= k.NS_FLAGS[nsname]
-        after = (k.CLONE_NEWCGROUP if ns.cgroup else 0) | (k.CLONE_NEWTIME if ns.time else 0)
+        for nsname in ("mount", "net", "uts", "ipc", "cgroup", "time"):
+            if getattr(ns, nsname):
+                after |= k.NS_FLAGS[nsname]
         if not ns.user and os.geteuid() != 0:
             raise SetupError("userns", 1, "a sandbox without a user namespace needs host root")
         idmap = None
@@ -288,8 +299,9 @@ class SandboxProcess:
                 write_maps(pid, prep["idmap"])
             if self._cgroup is not None and not spec.cgroup_tasks:
                 self._cgroup.attach(pid)
-            self._register(p)
             os.write(go_w, b"G")
+            if self.sandbox.register:
+                self._register(p)
         except BaseException:
             os.close(go_w)
             self._abort()
