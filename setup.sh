@@ -72,6 +72,8 @@ status=0
 # Unprivileged run of the same suites, minus what needs host root by nature (Docker,
 # host cgroup trees). The tests and the shared data are copied where that user can read.
 id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+# Rootless strict needs cgroups of its own: delegate them for this run, take them back after.
+"$VENV/bin/pysandbox" delegate "$TEST_USER" >/dev/null
 # The tree is copied whole (tests read profiles/ and audit/schema.json beside them); the
 # package under test is still the installed one.
 work=$(mktemp -d /tmp/pysandbox-rootless.XXXXXX)
@@ -86,4 +88,6 @@ runuser -u "$TEST_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/s
     CI="${CI:-}" PYSANDBOX_SHARED="$work/shared" \
     "$VENV/bin/pytest" -q -p no:cacheprovider -m "not root_only" "$work/repo/tests" || status=$?
 cd - >/dev/null
+"$VENV/bin/pysandbox" delegate --remove "$TEST_USER" >/dev/null || status=$?
+"$VENV/bin/pysandbox" gc >/dev/null
 exit $status

@@ -32,8 +32,56 @@ from .errors import SetupError
 PARENT = "pysandbox"
 DELEGATION_HINT_V2 = ("rootless without cgroup delegation: run under "
                       "`systemd-run --user --scope -p Delegate=yes` or set limits.required = false")
-DELEGATION_HINT_V1 = ("cgroup v1 has no delegation for unprivileged users: run as root, "
+DELEGATION_HINT_V1 = ("no cgroups are delegated to this user: as root, run `pysandbox delegate %s`, "
                       "or set limits.required = false")
+# cgroup v1 has no delegation protocol of its own, but its permissions allow one: a
+# directory root creates and hands to a user (chown) lets that user create child
+# cgroups, whose files the kernel gives to their creator, and move its own tasks there.
+# `pysandbox delegate USER` makes <hierarchy>/pysandbox/user-<uid> for each controller.
+V1_USER_PREFIX = "user-"
+
+
+def v1_parent(point, uid=None):
+    """The directory a sandbox's v1 cgroups are made in: ours as root, the delegated one
+    of the user otherwise."""
+    uid = os.geteuid() if uid is None else uid
+    if uid == 0:
+        return os.path.join(point, PARENT)
+    return os.path.join(point, PARENT, V1_USER_PREFIX + str(uid))
+
+
+def delegation_hint():
+    import pwd
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    return DELEGATION_HINT_V1 % user
+
+
+def delegate_v1(user, remove=False):
+    """As root: create (or remove) the delegated parents of `user` in every v1 hierarchy
+    we use. Returns the directories touched."""
+    import pwd
+    entry = pwd.getpwnam(user) if not str(user).isdigit() else pwd.getpwuid(int(user))
+    if entry.pw_uid == 0:
+        raise SetupError("delegate", 22, "root needs no delegation")
+    touched = []
+    for point in sorted(set(v1_hierarchies().values())):
+        path = v1_parent(point, entry.pw_uid)
+        if remove:
+            if os.path.isdir(path):
+                try:
+                    os.rmdir(path)
+                except OSError as e:
+                    raise SetupError("delegate", e.errno, "%s: %s (sandboxes of %s still exist?)"
+                                     % (path, os.strerror(e.errno), entry.pw_name)) from None
+                touched.append(path)
+            continue
+        os.makedirs(path, 0o755, exist_ok=True)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+        touched.append(path)
+    return touched
 
 _V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "blkio", "freezer")
 _mounts_cache = None
@@ -117,7 +165,8 @@ def rmdir_quiet(path):
 
 
 def check_name(name):
-    if not name or "/" in name or name in (".", "..") or "\0" in name or len(name) > 200:
+    if not name or "/" in name or name in (".", "..") or "\0" in name or len(name) > 200 \
+            or name.startswith(V1_USER_PREFIX):
         raise SetupError("cgroup", 22, "invalid sandbox name for a cgroup: %r" % (name,))
 
 

@@ -284,13 +284,16 @@ def create(name, limits, want, uid=None):
 
 def _make_dirs(group, hier):
     """mkdir every leaf, primary first and locked at once. False: raced with gc, retry."""
+    root = os.geteuid() == 0
     for index, (label, point) in enumerate(hier):
-        parent = os.path.join(point, cg.PARENT)
+        parent = cg.v1_parent(point)
         leaf = os.path.join(parent, group.name)
         try:
             try:
                 os.mkdir(leaf, 0o755)
             except FileNotFoundError:
+                if not root:
+                    raise PermissionError(13, "not delegated")
                 try:
                     os.mkdir(parent, 0o755)
                 except FileExistsError:
@@ -303,7 +306,7 @@ def _make_dirs(group, hier):
                 if fd is None:
                     raise SetupError("cgroup", 17, "%s is in use by a running sandbox" % leaf)
                 try:
-                    stale = [os.path.join(p, cg.PARENT, group.name) for _l, p in hier]
+                    stale = [os.path.join(cg.v1_parent(p), group.name) for _l, p in hier]
                     if any(cg.procs(d) for d in stale):
                         raise SetupError("cgroup", 16, "%s still has processes" % leaf)
                     cg.reap_orphan(stale)
@@ -316,7 +319,7 @@ def _make_dirs(group, hier):
         except OSError as e:
             if label == "unified":
                 continue          # optional: only a faster kill
-            raise cg.setup_failure(e.errno, "mkdir " + leaf, cg.DELEGATION_HINT_V1)
+            raise cg.setup_failure(e.errno, "mkdir " + leaf, cg.delegation_hint())
         group.dirs.append((label, leaf))
         if index == 0:
             group._lock = cg.lock_new_leaf(leaf)
@@ -330,11 +333,12 @@ def gc(full=False):
     hier = hierarchies()
     if not hier:
         return []
-    parents = [os.path.join(point, cg.PARENT) for _l, point in hier]
+    parents = [cg.v1_parent(point) for _l, point in hier]
     names = set()
     for parent in (parents if full else parents[:1]):
         try:
-            names.update(os.listdir(parent))
+            # user-<uid>: a delegation root made by `pysandbox delegate`, not a sandbox
+            names.update(n for n in os.listdir(parent) if not n.startswith(cg.V1_USER_PREFIX))
         except OSError:
             pass
     removed = []
@@ -352,10 +356,12 @@ def gc(full=False):
         finally:
             if fd is not None:
                 os.close(fd)
-    if full:
+    if full and os.geteuid() == 0:
         for parent in parents:
             try:
-                if not os.listdir(parent):
+                # a cgroup directory always lists its control files; only child cgroups
+                # (directories) keep it in use; rmdir fails while a delegation lives in it
+                if not [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))]:
                     os.rmdir(parent)
             except OSError:
                 pass

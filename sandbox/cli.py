@@ -12,6 +12,7 @@ USAGE = """usage: pysandbox run [OPTIONS] -- CMD [ARG...]
        pysandbox profile list | show NAME | lint NAME
        pysandbox explain LAYER
        pysandbox gc
+       pysandbox delegate [--remove] USER   (root: cgroups for USER's rootless sandboxes)
        pysandbox audit TARGET [OPTIONS]
 
 run options:
@@ -227,7 +228,7 @@ def cmd_gc(args):
     removed = []
     try:
         from . import cgroup
-        removed = cgroup.gc() or []
+        removed = cgroup.gc(full=True) or []
     except ImportError:
         pass
     for record in state.records():
@@ -236,6 +237,26 @@ def cmd_gc(args):
             removed.append("state " + record["name"])
     for item in removed:
         print("removed", item)
+    return 0
+
+
+def cmd_delegate(args):
+    """`pysandbox delegate [--remove] USER`: give USER cgroups of its own for rootless limits."""
+    remove = "--remove" in args
+    users = [a for a in args if a != "--remove"]
+    if len(users) != 1 or users[0].startswith("-"):
+        raise UsageError("usage: pysandbox delegate [--remove] USER")
+    if os.geteuid() != 0:
+        raise UsageError("pysandbox delegate must run as root")
+    from . import cgroup
+    if cgroup.detect() != "v1":
+        raise UsageError("cgroup v2 delegation belongs to the service manager: "
+                         "run the user's sandboxes under `systemd-run --user --scope -p Delegate=yes`")
+    try:
+        for path in cgroup.delegate_v1(users[0], remove=remove):
+            print(("removed " if remove else "delegated ") + path)
+    except KeyError:
+        raise UsageError("no such user: %s" % users[0]) from None
     return 0
 
 
@@ -252,6 +273,8 @@ def main(argv=None):
             return cmd_profile(rest)
         if command == "gc":
             return cmd_gc(rest)
+        if command == "delegate":
+            return cmd_delegate(rest)
         if command == "explain":
             from .explain import main as explain_main
             return explain_main(rest)

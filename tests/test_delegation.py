@@ -1,0 +1,63 @@
+"""Rootless limits on cgroup v1 through `pysandbox delegate USER` (root-only setup, then
+the sandbox runs as the user, end to end through the CLI)."""
+import json
+import os
+import pwd
+import subprocess
+import sys
+
+import pytest
+
+from util import ROOT, require, run_cli
+
+pytestmark = pytest.mark.root_only
+USER = "pysbx"
+
+
+@pytest.fixture
+def delegated_user():
+    require(ROOT, "needs root to delegate cgroups and switch users")
+    from sandbox import cgroup
+    require(cgroup.detect() == "v1", "cgroup v1 host")
+    try:
+        entry = pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", USER], check=True, capture_output=True)
+        entry = pwd.getpwnam(USER)
+    point = cgroup.v1_hierarchies()["memory"]
+    existed = os.path.isdir(cgroup.v1_parent(point, entry.pw_uid))
+    proc = run_cli("delegate", USER)
+    assert proc.returncode == 0, proc.stderr
+    yield entry
+    if not existed:
+        proc = run_cli("delegate", "--remove", USER)
+        assert proc.returncode == 0, proc.stderr
+
+
+def run_as(entry, *args, tmp_path=None):
+    os.chmod(tmp_path, 0o777)
+    return subprocess.run(["runuser", "-u", entry.pw_name, "--", os.path.join(os.path.dirname(sys.executable),
+                                                                            "pysandbox")] + list(args),
+                          capture_output=True, text=True, timeout=60, cwd="/")
+
+
+def test_rootless_strict_with_delegation_gets_its_limits(delegated_user, tmp_path):
+    result = tmp_path / "r.json"
+    proc = run_as(delegated_user, "run", "--profile", "strict", "--memory", "48M", "--result", str(result), "--",
+                  "/usr/bin/python3", "-c", "x = bytearray(300 << 20)", tmp_path=tmp_path)
+    verdict = json.loads(result.read_text())
+    assert verdict["reason"] == "oom" and verdict["exit_code"] == 128 + 9, (verdict, proc.stderr)
+    assert verdict["memory_peak"] and verdict["memory_peak"] <= 48 << 20
+    # the user's sandbox cgroups are gone afterwards; the delegation root stays
+    from sandbox import cgroup
+    for point in set(cgroup.v1_hierarchies().values()):
+        parent = cgroup.v1_parent(point, delegated_user.pw_uid)
+        if os.path.isdir(parent):
+            assert [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))] == []
+
+
+def test_delegate_refuses_bad_input():
+    proc = run_cli("delegate", "no-such-user-xyz")
+    assert proc.returncode == 2 and "no such user" in proc.stderr
+    proc = run_cli("delegate")
+    assert proc.returncode == 2 and proc.stderr.startswith("pysandbox: usage")
