@@ -34,18 +34,30 @@ def delegated_user():
         assert proc.returncode == 0, proc.stderr
 
 
-def run_as(entry, *args, tmp_path=None):
-    os.chmod(tmp_path, 0o777)
+@pytest.fixture
+def shared_dir():
+    """A directory the test user can write its --result into (pytest's own tmp is root's)."""
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="pysandbox-delegation-")
+    os.chmod(path, 0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_as(entry, *args):
     return subprocess.run(["runuser", "-u", entry.pw_name, "--", os.path.join(os.path.dirname(sys.executable),
                                                                             "pysandbox")] + list(args),
                           capture_output=True, text=True, timeout=60, cwd="/")
 
 
-def test_rootless_strict_with_delegation_gets_its_limits(delegated_user, tmp_path):
-    result = tmp_path / "r.json"
-    proc = run_as(delegated_user, "run", "--profile", "strict", "--memory", "48M", "--result", str(result), "--",
-                  "/usr/bin/python3", "-c", "x = bytearray(300 << 20)", tmp_path=tmp_path)
-    verdict = json.loads(result.read_text())
+def test_rootless_strict_with_delegation_gets_its_limits(delegated_user, shared_dir):
+    result = os.path.join(shared_dir, "r.json")
+    proc = run_as(delegated_user, "run", "--profile", "strict", "--memory", "48M", "--result", result, "--",
+                  "/usr/bin/python3", "-c", "x = bytearray(300 << 20)")
+    assert os.path.exists(result), proc.stderr
+    with open(result) as f:
+        verdict = json.load(f)
     assert verdict["reason"] == "oom" and verdict["exit_code"] == 128 + 9, (verdict, proc.stderr)
     assert verdict["memory_peak"] and verdict["memory_peak"] <= 48 << 20
     # the user's sandbox cgroups are gone afterwards; the delegation root stays
