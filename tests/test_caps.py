@@ -152,6 +152,7 @@ def _need_root():
         pytest.skip("a multi-id map needs host root (rootless maps only one id)")
 
 
+@pytest.mark.root_only
 def test_nonzero_uid_keeps_caps_as_ambient():
     _need_root()
     r = in_userns(_setuid_body(True, ("NET_BIND_SERVICE",)), "0 1000000000 65536", "0 1000000000 65536")
@@ -163,6 +164,7 @@ def test_nonzero_uid_keeps_caps_as_ambient():
     assert r["value"]["exec"]["CapEff"] == want and r["value"]["exec"]["CapBnd"] == want
 
 
+@pytest.mark.root_only
 def test_nonzero_uid_strict_cuts_bounding():
     _need_root()
     r = in_userns(_setuid_body(True, ()), "0 1000000000 65536", "0 1000000000 65536")
@@ -170,6 +172,7 @@ def test_nonzero_uid_strict_cuts_bounding():
     assert set(r["value"]["exec"].values()) == {0}
 
 
+@pytest.mark.root_only
 def test_nonzero_uid_without_keepcaps_fails_closed():
     _need_root()
     r = in_userns(_setuid_body(False, ()), "0 1000000000 65536", "0 1000000000 65536")

@@ -105,6 +105,7 @@ def test_wrong_expectation_names_the_layer(wrong, layer):
         assert "missing SYS_ADMIN" in r["text"]
 
 
+@pytest.mark.root_only
 def test_host_root_mapping_is_caught():
     if not ROOT:
         pytest.skip("only host root can map host id 0")
