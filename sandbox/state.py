@@ -76,9 +76,14 @@ def register(record):
 
 
 def unregister(name):
+    directory = state_dir()
     try:
-        os.unlink(os.path.join(state_dir(), name + ".json"))
+        os.unlink(os.path.join(directory, name + ".json"))
     except FileNotFoundError:
+        pass
+    try:
+        os.rmdir(directory)  # only when it holds no other sandbox: a per-user dir in /tmp must not pile up
+    except OSError:
         pass
 
 

@@ -199,12 +199,14 @@ def test_supervisor_sigkill_leaves_nothing(strict):
     marker = "9%d.%d" % (os.getpid(), time.monotonic_ns() % 100000)
     sup = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", strict, "--name", "killme-%d" % os.getpid(), "--",
                                               "/bin/sh", "-c", "sleep 1%s & sleep 2%s" % (marker, marker)])
-    deadline = time.monotonic() + 10
-    while len(_marker_processes(marker)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert len(_marker_processes(marker)) >= 2
-    sup.send_signal(signal.SIGKILL)
-    sup.wait()
+    try:
+        deadline = time.monotonic() + 30
+        while len(_marker_processes(marker)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(_marker_processes(marker)) >= 2
+    finally:
+        sup.send_signal(signal.SIGKILL)
+        sup.wait()
     deadline = time.monotonic() + 5
     while _marker_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
