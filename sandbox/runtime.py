@@ -85,6 +85,19 @@ class Sandbox:
         self.extra_mounts = (tuple(ro_binds), tuple(binds), tuple(tmpfs))
         self._prepared = None
 
+    def close(self):
+        """Release what preparation holds open (the init binary's descriptor)."""
+        if self._init_fd is not None:
+            os.close(self._init_fd)
+            self._init_fd = None
+        self._prepared = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
     # -- preparation (parent, before any fork) ----------------------------------------
     def _prepare(self):
         if self._prepared is not None:

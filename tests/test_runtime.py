@@ -446,3 +446,28 @@ def test_signal_forwarding_to_the_command(strict):
     sup.send_signal(signal.SIGTERM)
     out, _ = sup.communicate(timeout=20)
     assert sup.returncode == 42 and "got-term" in out
+
+
+def test_rlimits_applied_inside(strict):
+    proc, _ = run_in(strict, "/bin/cat", "/proc/self/limits")
+    assert proc.returncode == 0, proc.stderr
+    limits = {}
+    for line in proc.stdout.splitlines()[1:]:
+        name = line[:26].strip()
+        soft, hard = line[26:].split()[:2]
+        limits[name] = (soft, hard)
+    assert limits["Max core file size"] == ("0", "0")
+    assert limits["Max open files"] == ("1024", "1024")
+    assert limits["Max file size"] == (str(1 << 30), str(1 << 30))
+
+
+def test_rlimit_above_host_hard_limit_is_a_clear_error(tmp_path):
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    require(hard != resource.RLIM_INFINITY, "the nofile hard limit is unlimited here")
+    profile = tmp_path / "greedy.toml"
+    profile.write_text('extends = "default"\n[rlimits]\nnofile = %d\n' % (hard + 1))
+    proc, _ = run_in(str(profile), "/bin/true")
+    assert proc.returncode == 125
+    assert proc.stderr == ("pysandbox: rlimits: rlimits.nofile = %d is above the host's hard limit %d "
+                           "(raising a hard limit needs CAP_SYS_RESOURCE)\n" % (hard + 1, hard))
