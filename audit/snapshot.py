@@ -18,14 +18,10 @@ _EMPTY = MappingProxyType({})
 from . import procfs, saferead
 from .procfs import INITIAL_NS_INODES, AccessDenied, NoSuchProcess, ProcFS
 
-CAP_NAMES = (
-    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
-    "setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw",
-    "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct",
-    "sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time", "sys_tty_config", "mknod",
-    "lease", "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog",
-    "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore",
-)
+# One table of capability names for the whole project (include/uapi/linux/capability.h).
+from sandbox.capnames import CAPABILITIES as _CAPABILITIES  # noqa: E402
+
+CAP_NAMES = tuple(name.lower() for name in _CAPABILITIES)
 CAP = {name: bit for bit, name in enumerate(CAP_NAMES)}
 
 

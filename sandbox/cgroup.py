@@ -367,6 +367,7 @@ def gc(verbose=False, full=None):
 
 
 def _gc_state(full):
+    from .state import alive as state_alive
     """Stale state files: supervisor dead. The run-path call parses state only when a
     file exists whose sandbox has no locked cgroup (i.e. maybe a dead supervisor)."""
     try:
@@ -383,7 +384,7 @@ def _gc_state(full):
     out = []
     for record in state.records(directory):
         supervisor = record.get("supervisor", 0)
-        if not record.get("stale") or (supervisor and _alive(supervisor)):
+        if not record.get("stale") or (supervisor and state_alive(supervisor)):
             continue
         path = os.path.join(directory, record["name"] + ".json")
         try:
@@ -394,14 +395,6 @@ def _gc_state(full):
     return out
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------- leaf locks and teardown

@@ -129,13 +129,18 @@ def make_readonly(path, stage="remount-ro"):
     k.mount(None, path, None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.mount_flags_of(path), None, stage)
 
 
-def _bind(src, dst, is_dir, readonly, stage="bind"):
+def _mount_point(path, is_dir):
+    """A directory or an empty file to mount onto, made if missing."""
     if is_dir:
-        _mkdirs(dst)
+        _mkdirs(path)
     else:
-        _mkdirs(os.path.dirname(dst))
-        if not os.path.lexists(dst):
-            _touch(dst)
+        _mkdirs(os.path.dirname(path))
+        if not os.path.lexists(path):
+            _touch(path)
+
+
+def _bind(src, dst, is_dir, readonly, stage="bind"):
+    _mount_point(dst, is_dir)
     k.mount(src, dst, None, k.MS_BIND | k.MS_REC, None, stage)
     if readonly:
         make_readonly(dst, stage)
@@ -185,12 +190,7 @@ def open_sources(mp):
 
 
 def _attach(fd, target, is_dir):
-    if is_dir:
-        _mkdirs(target)
-    else:
-        _mkdirs(os.path.dirname(target))
-        if not os.path.lexists(target):
-            _touch(target)
+    _mount_point(target, is_dir)
     if k._syscall(SYS_move_mount, fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
         import ctypes
         err = ctypes.get_errno()
@@ -225,9 +225,8 @@ def build(mp, source_fds):
                 if not os.path.isdir(NEW + name):
                     _mkdirs(NEW + name)
             for _, dst, _, is_dir in mp.binds:
-                if not is_dir and not os.path.lexists(NEW + dst):
-                    _mkdirs(os.path.dirname(NEW + dst))
-                    _touch(NEW + dst)
+                if not is_dir:
+                    _mount_point(NEW + dst, False)
             if mp.readonly_root:
                 make_readonly(NEW, "rootfs-ro")
     else:

@@ -54,7 +54,8 @@ def state_dir(uid=None):
     return "/tmp/pysandbox-%d" % uid
 
 
-def _alive(pid):
+def alive(pid):
+    """Does process `pid` exist (a zombie counts)? EPERM means it does, owned by another user."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -110,7 +111,7 @@ def records(directory=None):
             continue
         if not isinstance(record, dict) or "pid" not in record:
             continue
-        record["stale"] = not (_alive(record.get("supervisor", 0)) and _alive(record["pid"]))
+        record["stale"] = not (alive(record.get("supervisor", 0)) and alive(record["pid"]))
         out.append(record)
     return out
 

@@ -89,6 +89,23 @@ def strict_view(strict):
     return inside(strict, PROBE)
 
 
+def start_named(strict, name, *cmd, extra=()):
+    """Start `pysandbox run --name NAME` in the background; returns (Popen, state record)."""
+    from sandbox import state
+    sup = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", strict, "--name", name, *extra, "--", *cmd])
+    deadline = time.monotonic() + 30
+    record = None
+    while record is None and time.monotonic() < deadline:
+        record = state.find(name)
+        time.sleep(0.02)
+    if record is None:
+        sup.kill()
+        sup.wait()
+    assert record is not None, "sandbox %s did not come up" % name
+    time.sleep(0.2)  # past setup: PID 1 runs the init, the command runs
+    return sup, record
+
+
 def test_every_namespace_is_new(strict_view):
     for name in NS_NAMES:
         host = os.readlink("/proc/self/ns/" + name)
@@ -232,17 +249,8 @@ def test_host_mounts_and_hostname_unchanged(strict):
 
 
 def test_host_sees_unprivileged_owner(strict):
-    sup = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", strict, "--name", "owner-%d" % os.getpid(), "--",
-                                              "/bin/sleep", "30"])
+    sup, record = start_named(strict, "owner-%d" % os.getpid(), "/bin/sleep", "30")
     try:
-        from sandbox import state
-        deadline = time.monotonic() + 10
-        record = None
-        while record is None and time.monotonic() < deadline:
-            record = state.find("owner-%d" % os.getpid())
-            time.sleep(0.02)
-        assert record is not None
-        time.sleep(0.2)
         with open("/proc/%d/status" % record["pid"]) as f:
             uids = [l for l in f if l.startswith("Uid:")][0].split()[1:]
         assert "0" not in uids
@@ -401,17 +409,8 @@ def test_single_id_map_without_subuid(tmp_path):
 def test_pid1_holds_no_host_descriptors(strict):
     """PID 1 stays in the sandbox for its whole life: no descriptor of the supervisor's
     (bind sources, cgroup directories) may survive in it."""
-    sup = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", strict, "--name", "fds-%d" % os.getpid(),
-                                              "--ro-bind", "/etc:/hostetc", "--", "/bin/sleep", "30"])
+    sup, record = start_named(strict, "fds-%d" % os.getpid(), "/bin/sleep", "30", extra=("--ro-bind", "/etc:/hostetc"))
     try:
-        from sandbox import state
-        deadline = time.monotonic() + 10
-        record = None
-        while record is None and time.monotonic() < deadline:
-            record = state.find("fds-%d" % os.getpid())
-            time.sleep(0.02)
-        assert record is not None
-        time.sleep(0.3)
         if ROOT:  # PID 1 is not dumpable: only host root may look at its descriptors
             fds = sorted(int(fd) for fd in os.listdir("/proc/%d/fd" % record["pid"]))
             targets = [os.readlink("/proc/%d/fd/%d" % (record["pid"], fd)) for fd in fds if fd > 2]
