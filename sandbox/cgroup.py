@@ -367,9 +367,9 @@ def gc(verbose=False, full=None):
 
 
 def _gc_state(full):
-    from .state import alive as state_alive
     """Stale state files: supervisor dead. The run-path call parses state only when a
     file exists whose sandbox has no locked cgroup (i.e. maybe a dead supervisor)."""
+    from .state import alive as state_alive
     try:
         from . import state
     except ImportError:
@@ -386,12 +386,9 @@ def _gc_state(full):
         supervisor = record.get("supervisor", 0)
         if not record.get("stale") or (supervisor and state_alive(supervisor)):
             continue
-        path = os.path.join(directory, record["name"] + ".json")
-        try:
-            os.unlink(path)
-            out.append(path)
-        except OSError:
-            pass
+        # records() only yields names that are valid file names, matching their file
+        state.unregister(record["name"])
+        out.append(os.path.join(directory, record["name"] + ".json"))
     return out
 
 

@@ -147,7 +147,8 @@ def _close_all_but(*keep):
     for fd in sorted(fd for fd in keep if fd is not None):
         os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, 1 << 16)
+    # close_range(2) underneath: no upper bound to guess (nofile may exceed 65536)
+    os.closerange(low, 0x7FFFFFFF)
 
 
 def _exec_init(spec, command, msg_w, pid1_end):
@@ -242,12 +243,7 @@ def command_main(spec, msg_w):
             raise SetupError("chdir", e.errno, "cwd %s: %s" % (spec.cwd, e.strerror)) from None
         if spec.close_fds:
             stage = "close-fds"
-            keep = sorted(fd for fd in (msg_w, spec.handoff) if fd is not None)
-            low = 3
-            for fd in keep:
-                os.closerange(low, fd)
-                low = fd + 1
-            os.closerange(low, 1 << 16)
+            _close_all_but(msg_w, spec.handoff)
         if spec.caps is not None:
             stage = "capabilities"
             from . import caps

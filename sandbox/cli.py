@@ -91,6 +91,8 @@ def _number(opts, name, kind):
         number = kind(value)
     except ValueError:
         raise UsageError("%s expects a number, got %r" % (name, value)) from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise UsageError("%s expects a finite number, got %r" % (name, value))
     if number < 0 and not (name == "--memory-swap" and number == -1):
         raise UsageError("%s must not be negative" % name)
     return number
@@ -133,6 +135,7 @@ def overrides_from(opts, profile):
         value = _number(opts, flag, kind)
         if value is not None:
             put("limits", key, value)
+
     if "--seccomp" in opts:
         put("seccomp", "import", os.path.abspath(opts["--seccomp"]))
         put("seccomp", "enabled", True)
@@ -161,7 +164,20 @@ def cmd_run(args):
     profile = load_profile(opts.get("--profile", "default"))
     overrides = overrides_from(opts, profile)
     if overrides:
+        base = profile
         profile = profile.with_overrides(overrides)
+        for key in ("memory", "pids", "cpus"):
+            # 0 means "no limit": on a profile whose limits are required that drops a layer
+            if base.limits.required and getattr(base.limits, key) and not getattr(profile.limits, key):
+                raise UsageError("--%s 0 would remove a limit that profile %s requires" % (key, base.name))
+    result_file = None
+    if "--result" in opts:
+        # Opened before anything runs: a verdict that cannot be written must not be
+        # discovered only after the command ran.
+        try:
+            result_file = open(opts["--result"], "w")
+        except OSError as e:
+            raise UsageError("--result %s: %s" % (opts["--result"], e.strerror)) from None
     from .runtime import Sandbox
     from . import cgroup
     import _signal as signal
@@ -190,11 +206,14 @@ def cmd_run(args):
                   "pids": "hit the process limit",
                   "seccomp": "killed by seccomp%s" % (" (syscall %s)" % result.syscall if result.syscall else "")}
         err(detail[result.reason])
-    if "--result" in opts:
+    if result_file is not None:
         import json
-        with open(opts["--result"], "w") as f:
-            json.dump(result.to_dict(), f, indent=2)
-            f.write("\n")
+        try:
+            with result_file:
+                json.dump(result.to_dict(), result_file, indent=2)
+                result_file.write("\n")
+        except OSError as e:
+            err("--result %s: %s" % (opts["--result"], e.strerror))
     return result.exit_code
 
 

@@ -32,6 +32,8 @@ SYS_mount_setattr = 442
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
 
 
 def _split_bind(spec):
@@ -48,6 +50,17 @@ class MountPlan:
             setattr(self, key, kw[key])
 
 
+def _target(path, what, spec):
+    """A mount destination inside the sandbox: absolute, normalized (a leading // would
+    survive normpath), and never /, /proc or /dev, which the runtime itself builds."""
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise SetupError("bind", 22, "%s must be an absolute path without '..': %r" % (what, spec))
+    path = os.path.normpath("/" + path.lstrip("/"))
+    if path in ("/", "/proc", "/dev") or path.startswith(("/proc/", "/dev/")):
+        raise SetupError("bind", 22, "refusing to mount over %s" % path)
+    return path
+
+
 def plan(fs, ro_binds=(), binds=(), tmpfs=(), rootfs=None, overlay=None, hostname="sandbox", uid=0, gid=0):
     """Validate and freeze the mount operations for one sandbox (parent, before fork)."""
     rootfs = fs.rootfs if rootfs is None else rootfs
@@ -60,20 +73,20 @@ def plan(fs, ro_binds=(), binds=(), tmpfs=(), rootfs=None, overlay=None, hostnam
     for spec, writable in [(s, False) for s in profile_ro + tuple(ro_binds)] + \
                           [(s, True) for s in profile_rw + tuple(binds)]:
         src, dst = _split_bind(spec)
-        if not dst.startswith("/"):
-            raise ProfileError("bind destination must be absolute: %r" % spec, key="bind")
-        src = os.path.abspath(src)
+        if not src:
+            raise SetupError("bind", 22, "empty bind source in %r" % spec)
+        # The host path is resolved here, with the caller's view and rights; the sandbox
+        # then binds what it named, not what a symlink might point at later.
+        src = os.path.realpath(src)
         if not os.path.exists(src):
             raise SetupError("bind", 2, "bind source %s does not exist" % src)
-        dst = os.path.normpath(dst)
-        if dst in ("/", "/proc", "/dev") or dst.startswith(("/proc/", "/dev/")):
-            raise SetupError("bind", 22, "refusing to bind over %s" % dst)
+        dst = _target(dst, "bind destination", spec)
         if dst in seen_dst:
             entries = [e for e in entries if e[1] != dst]
         seen_dst.add(dst)
         entries.append((src, dst, writable, os.path.isdir(src)))
     if rootfs:
-        rootfs = os.path.abspath(rootfs)
+        rootfs = os.path.realpath(rootfs)
         if not os.path.isdir(rootfs):
             raise SetupError("rootfs", 20, "%s is not a directory" % rootfs)
     etc = []
@@ -82,7 +95,7 @@ def plan(fs, ro_binds=(), binds=(), tmpfs=(), rootfs=None, overlay=None, hostnam
             path = os.path.join("/etc", name)
             if os.path.lexists(path):
                 etc.append((name, os.path.islink(path), os.path.isdir(path)))
-    tmpfs_dsts = tuple(os.path.normpath(t) for t in fs.tmpfs + tuple(tmpfs))
+    tmpfs_dsts = tuple(_target(t, "tmpfs destination", t) for t in fs.tmpfs + tuple(tmpfs))
     passwd = "root:x:0:0:root:/root:/bin/sh\n" + (
         "sandbox:x:%d:%d:sandbox:/tmp:/bin/sh\n" % (uid, gid) if uid else "") + \
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -118,15 +131,23 @@ def _write_file(path, text, mode=0o644):
         os.close(fd)
 
 
-def make_readonly(path, stage="remount-ro"):
-    """Read-only, recursively. mount_setattr(AT_RECURSIVE) reaches submounts too and
-    changes only the read-only bit; the older bind remount must restate the flags the
-    kernel locked on mounts inherited from the host (nosuid, nodev, noexec...), or EPERM."""
+def restrict(path, readonly, stage="remount"):
+    """nosuid and nodev (and read-only when asked), recursively: nothing bound in from the
+    host or an image (a device node, a setuid binary) may act as one inside.
+    mount_setattr(AT_RECURSIVE) reaches submounts too and only sets these bits; the older
+    bind remount must restate the flags the kernel locked on mounts inherited from the
+    host (noexec, atime...), or EPERM."""
     import ctypes
-    attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    bits = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if readonly else 0)
+    attr = (ctypes.c_uint64 * 4)(bits, 0, 0, 0)
     if k._syscall(SYS_mount_setattr, AT_FDCWD, path.encode(), AT_RECURSIVE, ctypes.byref(attr), 32) == 0:
         return
-    k.mount(None, path, None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.mount_flags_of(path), None, stage)
+    k.mount(None, path, None, k.MS_BIND | k.MS_REMOUNT | k.MS_NOSUID | k.MS_NODEV | k.mount_flags_of(path)
+            | (k.MS_RDONLY if readonly else 0), None, stage)
+
+
+def make_readonly(path, stage="remount-ro"):
+    restrict(path, True, stage)
 
 
 def _mount_point(path, is_dir):
@@ -142,8 +163,7 @@ def _mount_point(path, is_dir):
 def _bind(src, dst, is_dir, readonly, stage="bind"):
     _mount_point(dst, is_dir)
     k.mount(src, dst, None, k.MS_BIND | k.MS_REC, None, stage)
-    if readonly:
-        make_readonly(dst, stage)
+    restrict(dst, readonly, stage)
 
 
 SYS_open_tree = 428
@@ -159,8 +179,8 @@ def open_sources(mp):
     A path bind in the child would resolve the source with the sandbox's remapped ids,
     which cannot traverse a directory private to the caller (and would follow a symlink
     swapped in after validation). As host root the supervisor clones the source trees
-    itself, with its own rights, and turns read-only binds read-only on the detached copy;
-    the child attaches them with move_mount. Rootless, the sandbox's root is the caller,
+    itself, with its own rights, and sets nosuid, nodev (and read-only where asked) on the
+    detached copy; the child attaches them with move_mount. Rootless, the sandbox's root is the caller,
     so the child binds by path (returns None)."""
     if os.geteuid() != 0:
         return None
@@ -177,11 +197,11 @@ def open_sources(mp):
                 err = ctypes.get_errno()
                 raise SetupError("bind", err, "bind source %s: %s" % (path, os.strerror(err)))
             fds.append(fd)
-            if not writable and not mp.overlay:
-                attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY, 0, 0, 0)
-                if k._syscall(SYS_mount_setattr, fd, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr), 32):
-                    err = ctypes.get_errno()
-                    raise SetupError("bind", err, "read-only %s: %s" % (path, os.strerror(err)))
+            bits = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (0 if writable or mp.overlay else MOUNT_ATTR_RDONLY)
+            attr = (ctypes.c_uint64 * 4)(bits, 0, 0, 0)
+            if k._syscall(SYS_mount_setattr, fd, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr), 32):
+                err = ctypes.get_errno()
+                raise SetupError("bind", err, "nosuid/nodev on %s: %s" % (path, os.strerror(err)))
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -219,6 +239,7 @@ def build(mp, source_fds):
                 _attach(src, NEW, True)
             else:
                 k.mount(src, NEW, None, k.MS_BIND | k.MS_REC, None, "rootfs")
+                restrict(NEW, False, "rootfs")
             # Mount points must exist before the rootfs turns read-only.
             for name in ("/tmp", "/proc", "/dev", "/sys") + tuple(d for _, d, _, is_dir in mp.binds if is_dir) \
                     + mp.tmpfs:

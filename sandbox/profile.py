@@ -398,6 +398,8 @@ def _check(kind, value):
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError("expected a number")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
         if value < 0:
             raise ValueError("must be >= 0")
         return float(value)
@@ -514,9 +516,14 @@ def _cross_checks(s, fail):
             src, _, dst = spec.partition(":")
             if not src or (dst and not dst.startswith("/")):
                 fail("expected SRC[:DST] with an absolute DST, got %r" % spec, "filesystem", key)
-    for dst in fs.tmpfs:
-        if not dst.startswith("/"):
-            fail("expected an absolute path, got %r" % dst, "filesystem", "tmpfs")
+    for key in ("tmpfs", "masked_paths", "readonly_paths"):
+        for path in fs.get(key):
+            if not path.startswith("/") or ".." in path.split("/"):
+                fail("expected an absolute path without '..', got %r" % path, "filesystem", key)
+    env = s["environment"]
+    for key in list(env.set) + list(env.get("pass")):
+        if not key or "=" in key or "\0" in key:
+            fail("invalid environment variable name %r" % key, "environment", "set" if key in env.set else "pass")
     if fs.rootfs and not fs.rootfs.startswith("/"):
         fail("must be an absolute path", "filesystem", "rootfs")
     proc = s["process"]

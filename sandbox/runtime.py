@@ -76,6 +76,10 @@ class Sandbox:
     """
 
     def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=(), register=None):
+        if name is not None:
+            from .state import valid_name
+            if not valid_name(name):
+                raise SandboxError("invalid sandbox name %r (1-64 of A-Z a-z 0-9 . _ -)" % (name,), 2)
         self.profile = profile
         self.name = name
         # A state file lets `audit NAME` and `pysandbox gc` find the sandbox; by default
@@ -153,9 +157,12 @@ class Sandbox:
             # Read-only binds get read and execute, like /usr.
             landlock_ro = tuple(dst for _, dst, writable, _ in mounts.binds if not writable and dst != "/usr")
             if mounts.rootfs:
+                import stat
+                # lstat: an image's top-level symlink (x -> /) resolves inside the sandbox,
+                # not on the host; the real directories it may point at are listed anyway.
                 landlock_ro += tuple("/" + e for e in sorted(os.listdir(mounts.rootfs))
-                                    if e not in ("tmp", "dev", "proc", "sys")
-                                    and os.path.isdir(os.path.join(mounts.rootfs, e)))
+                                     if e not in ("tmp", "dev", "proc", "sys")
+                                     and stat.S_ISDIR(os.lstat(os.path.join(mounts.rootfs, e)).st_mode))
         bpf = None
         seccomp_log = notify_kills = False
         if p.seccomp is not None:
@@ -176,8 +183,10 @@ class Sandbox:
         from . import user, child, net  # noqa: F401 - the child cannot import after pivot_root
         # The small C init replaces the Python PID 1 once the command runs (built by
         # setup.sh next to the package); without it the Python init serves.
-        init_path = os.environ.get("PYSANDBOX_INIT", os.path.join(os.path.dirname(__file__), "pysandbox-init"))
-        if init_path and os.path.exists(init_path):
+        # The environment may only turn the C init off (PYSANDBOX_INIT=""), never pick another
+        # binary to run as the sandbox's PID 1.
+        init_path = os.path.join(os.path.dirname(__file__), "pysandbox-init")
+        if os.environ.get("PYSANDBOX_INIT", "x") and os.path.exists(init_path):
             self._init_fd = os.open(init_path, os.O_PATH | os.O_CLOEXEC)
         self._prepared = dict(flags=flags, after=after, idmap=idmap, mounts=mounts, rlimits=limits,
                               caps=caps_module, caps_keep=caps_keep, caps_ambient=caps_ambient,
@@ -329,8 +338,9 @@ class SandboxProcess:
         try:
             state.register(record)
             self._registered = True
-        except OSError:
+        except (OSError, ValueError) as e:
             self._registered = False
+            self.warnings.append("the sandbox is not recorded for `audit %s`: %s" % (self.name, e))
 
     def _abort(self):
         try:
@@ -368,7 +378,11 @@ class SandboxProcess:
     def kill(self, sig=signal.SIGKILL):
         if self.result is None and self.pid:
             try:
-                os.kill(self.pid, sig)
+                # through the pidfd: once PID 1 is reaped its number may belong to anyone
+                if getattr(self, "_pidfd", None) is not None:
+                    signal.pidfd_send_signal(self._pidfd, sig)
+                else:
+                    os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
 

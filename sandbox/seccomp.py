@@ -507,9 +507,14 @@ def compile_uncached(policy, caps=(), notify_kills=False):
 
 def _new_filter(pyseccomp, default_ret):
     program = pyseccomp.SyscallFilter(default_ret)
-    # A foreign ABI gets the default answer (a plain kill when kills are notifications: the
-    # supervisor names syscalls by the native table).
-    program.set_attr(pyseccomp.Attr.ACT_BADARCH, default_ret if default_ret != RET_USER_NOTIF else RET_KILL_PROCESS)
+    # A foreign ABI (one the policy does not list) gets the default answer when that is a
+    # refusal; a plain kill when kills are notifications (the supervisor names syscalls by
+    # the native table) or when the default allows: an allow-by-default policy's rules are
+    # written for native numbers, and int 0x80 would walk around every one of them.
+    badarch = default_ret
+    if default_ret == RET_USER_NOTIF or (default_ret & 0xFFFF0000) in (RET_ALLOW, RET_LOG, RET_TRACE):
+        badarch = RET_KILL_PROCESS
+    program.set_attr(pyseccomp.Attr.ACT_BADARCH, badarch)
     program.set_attr(pyseccomp.Attr.CTL_NNP, 0)
     program.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
     return program

@@ -65,54 +65,99 @@ def alive(pid):
     return True
 
 
-def register(record):
+def _open_dir(create):
+    """A descriptor on the state directory, trusted only if it is a real directory of ours
+    that nobody else can write. Rootless without XDG_RUNTIME_DIR the directory sits in
+    /tmp under a predictable name, where another user could have made it first (and
+    planted symlinks in it)."""
     directory = state_dir()
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    path = os.path.join(directory, record["name"] + ".json")
-    tmp = path + ".%d.tmp" % os.getpid()
-    with open(tmp, "w") as f:
-        f.write(_dumps(record))
-    os.replace(tmp, path)
-    return path
+    if create:
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(directory), exist_ok=True)
+            os.mkdir(directory, 0o700)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise PermissionError(1, "state directory %s is not private to this user; refusing to use it" % directory)
+    return fd
+
+
+def register(record):
+    if not valid_name(record["name"]):
+        raise ValueError("invalid sandbox name %r" % record["name"])
+    dirfd = _open_dir(create=True)
+    try:
+        final = record["name"] + ".json"
+        tmp = "%s.%d.tmp" % (final, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+        try:
+            os.write(fd, _dumps(record).encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, final, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    finally:
+        os.close(dirfd)
+    return os.path.join(state_dir(), final)
 
 
 def unregister(name):
-    directory = state_dir()
+    if not valid_name(name):
+        return
     try:
-        os.unlink(os.path.join(directory, name + ".json"))
+        dirfd = _open_dir(create=False)
+    except OSError:
+        return
+    try:
+        os.unlink(name + ".json", dir_fd=dirfd)
     except FileNotFoundError:
         pass
+    finally:
+        os.close(dirfd)
     try:
-        os.rmdir(directory)  # only when it holds no other sandbox: a per-user dir in /tmp must not pile up
+        os.rmdir(state_dir())  # only when it holds no other sandbox: a per-user dir in /tmp must not pile up
     except OSError:
         pass
 
 
 def exists(name):
-    return os.path.exists(os.path.join(state_dir(), name + ".json"))
+    return valid_name(name) and os.path.exists(os.path.join(state_dir(), name + ".json"))
 
 
 def records(directory=None):
     """Every state record, live or stale, as dicts (with "stale": bool added)."""
     import json
-    directory = directory or state_dir()
     out = []
     try:
-        names = sorted(os.listdir(directory))
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        if directory is None:
+            dirfd = _open_dir(create=False)
+        else:
+            dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
         return out
-    for entry in names:
-        if not entry.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(directory, entry)) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(record, dict) or "pid" not in record:
-            continue
+    try:
+        names = sorted(os.listdir(dirfd))
+        for entry in names:
+            if not entry.endswith(".json") or not valid_name(entry[:-5]):
+                continue
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+                with os.fdopen(fd) as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(record, dict) or record.get("name") != entry[:-5] \
+                    or not isinstance(record.get("pid"), int):
+                continue
+            out.append(record)
+    finally:
+        os.close(dirfd)
+    for record in out:
         record["stale"] = not (alive(record.get("supervisor", 0)) and alive(record["pid"]))
-        out.append(record)
     return out
 
 
