@@ -263,11 +263,16 @@ def command_main(spec, msg_w):
         if spec.bpf is not None:
             stage = "seccomp"
             from . import seccomp
+            before = spec.verify.get("seccomp_filters_before", 0) if spec.verify is not None else 0
+            if spec.extra_bpf is not None:
+                # a filter stacked from the command line first; the profile's own stays last
+                seccomp.install(spec.extra_bpf)
+                before += 1
             seccomp.install(spec.bpf, log=spec.seccomp_log, listener=spec.handoff is not None,
                             handoff=spec.handoff)
             if spec.verify is not None and "seccomp_filters_before" in spec.verify:
                 # open/read/close only: syscalls the command's own startup needs anyway
-                verify.seccomp_installed(spec.verify["seccomp_filters_before"])
+                verify.seccomp_installed(before)
         stage = "exec"
         argv = spec.argv
         try:

@@ -136,9 +136,9 @@ def overrides_from(opts, profile):
         if value is not None:
             put("limits", key, value)
 
-    if "--seccomp" in opts:
-        put("seccomp", "import", os.path.abspath(opts["--seccomp"]))
-        put("seccomp", "enabled", True)
+    if "--seccomp" in opts and not (profile.seccomp is not None and profile.seccomp.locked):
+        # replaces the profile's own policy; a locked one gets it stacked instead (cmd_run)
+        o["seccomp"] = {"import": os.path.abspath(opts["--seccomp"]), "enabled": True}
     return o
 
 
@@ -184,8 +184,16 @@ def cmd_run(args):
     # What a SIGKILLed supervisor left behind is removed by the next run (only cgroups
     # whose processes are all gone, and only ours).
     cgroup.gc()
+    extra_seccomp = None
+    if "--seccomp" in opts and profile.seccomp is not None and profile.seccomp.locked:
+        from .layers import validate
+        from .errors import ProfileError
+        try:
+            extra_seccomp = validate("seccomp", {"import": os.path.abspath(opts["--seccomp"])})
+        except ProfileError as e:
+            raise ProfileError(str(e).split(": ", 1)[-1], source=opts["--seccomp"], key="seccomp") from None
     box = Sandbox(profile, name=opts.get("--name"), ro_binds=opts["--ro-bind"], binds=opts["--bind"],
-                  tmpfs=opts["--tmpfs"], register=True)
+                  tmpfs=opts["--tmpfs"], register=True, extra_seccomp=extra_seccomp)
     proc = box.start(argv, env=env)
 
     def forward(sig, _frame):

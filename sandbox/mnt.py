@@ -150,6 +150,37 @@ def make_readonly(path, stage="remount-ro"):
     restrict(path, True, stage)
 
 
+def _make_target_in_root(root, path, is_dir):
+    """Create `path` under `root` if missing, never following a symlink on the way."""
+    import stat
+    parts = [p for p in path.split("/") if p]
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                try:
+                    if last and not is_dir:
+                        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                         0o644, dir_fd=fd))
+                    else:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                except OSError as e:
+                    raise SetupError("mount-target", e.errno, "%s: %s" % (path, e.strerror)) from None
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise SetupError("mount-target", 40, "%s: the image has a symlink at /%s; refusing to mount "
+                                 "through it" % (path, "/".join(parts[:index + 1])))
+            if not last:
+                next_fd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+    finally:
+        os.close(fd)
+
+
 def _mount_point(path, is_dir):
     """A directory or an empty file to mount onto, made if missing."""
     if is_dir:
@@ -234,22 +265,21 @@ def build(mp, source_fds):
                 _attach(src, "/.lower-root", True)
                 src = "/.lower-root"
             _overlay(src, NEW, "root")
+        elif sources is not None:
+            _attach(src, NEW, True)
         else:
-            if sources is not None:
-                _attach(src, NEW, True)
-            else:
-                k.mount(src, NEW, None, k.MS_BIND | k.MS_REC, None, "rootfs")
-                restrict(NEW, False, "rootfs")
-            # Mount points must exist before the rootfs turns read-only.
-            for name in ("/tmp", "/proc", "/dev", "/sys") + tuple(d for _, d, _, is_dir in mp.binds if is_dir) \
-                    + mp.tmpfs:
-                if not os.path.isdir(NEW + name):
-                    _mkdirs(NEW + name)
-            for _, dst, _, is_dir in mp.binds:
-                if not is_dir:
-                    _mount_point(NEW + dst, False)
-            if mp.readonly_root:
-                make_readonly(NEW, "rootfs-ro")
+            k.mount(src, NEW, None, k.MS_BIND | k.MS_REC, None, "rootfs")
+            restrict(NEW, False, "rootfs")
+        # Every mount target must exist, and an image's symlinks must not steer one: until
+        # the pivot, an absolute link in the image (x -> /oldroot/tmp) resolves against the
+        # scratch root, i.e. onto the host. Targets are made (and checked) component by
+        # component without following links, before the rootfs turns read-only.
+        targets = [("/tmp", True), ("/proc", True), ("/dev", True)] + ([("/sys", True)] if mp.sys == "ro" else []) \
+            + [(dst, is_dir) for _, dst, _, is_dir in mp.binds] + [(dst, True) for dst in mp.tmpfs]
+        for path, is_dir in targets:
+            _make_target_in_root(NEW, path, is_dir)
+        if mp.readonly_root and not mp.overlay:
+            make_readonly(NEW, "rootfs-ro")
     else:
         k.mount("tmpfs", NEW, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=16m", "mount-root")
         for name in ROOT_LINKS:

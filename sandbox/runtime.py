@@ -50,7 +50,7 @@ class Spec:
     __slots__ = ("argv", "env", "cwd", "hostname", "net_mode", "mounts", "idmap", "rlimits", "new_session",
                  "close_fds", "caps", "caps_keep", "caps_ambient", "no_new_privs", "landlock", "landlock_ro",
                  "landlock_rw", "verify", "bpf", "seccomp_log", "seccomp_listener_wanted", "stdio",
-                 "unshare_after_attach", "source_fds", "handoff", "init_fd", "cgroup_tasks")
+                 "unshare_after_attach", "source_fds", "handoff", "init_fd", "cgroup_tasks", "extra_bpf")
 
     def __init__(self, **kw):
         for key in self.__slots__:
@@ -75,7 +75,7 @@ class Sandbox:
     `run`/`start` then makes a fresh set of namespaces, cgroups and processes.
     """
 
-    def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=(), register=None):
+    def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=(), register=None, extra_seccomp=None):
         if name is not None:
             from .state import valid_name
             if not valid_name(name):
@@ -87,6 +87,8 @@ class Sandbox:
         self.register = bool(name) if register is None else register
         self._init_fd = None
         self.extra_mounts = (tuple(ro_binds), tuple(binds), tuple(tmpfs))
+        # a second seccomp policy installed before the profile's own (both apply)
+        self.extra_seccomp = extra_seccomp
         self._prepared = None
 
     def close(self):
@@ -163,13 +165,15 @@ class Sandbox:
                 landlock_ro += tuple("/" + e for e in sorted(os.listdir(mounts.rootfs))
                                      if e not in ("tmp", "dev", "proc", "sys")
                                      and stat.S_ISDIR(os.lstat(os.path.join(mounts.rootfs, e)).st_mode))
-        bpf = None
+        bpf = extra_bpf = None
         seccomp_log = notify_kills = False
         if p.seccomp is not None:
             from . import seccomp
             notify_kills = bool(p.seccomp.has_kill_rules)
             bpf = seccomp.compile_policy(p.seccomp, caps=caps_keep, notify_kills=notify_kills)
             seccomp_log = bool(getattr(p.seccomp, "log", False))
+            if self.extra_seccomp is not None:
+                extra_bpf = seccomp.compile_policy(self.extra_seccomp, caps=caps_keep)
             if notify_kills:
                 # PID 1 receives the listener over a socketpair and reads notifications
                 # after pivot_root, where the host's stdlib may not be visible.
@@ -191,7 +195,7 @@ class Sandbox:
         self._prepared = dict(flags=flags, after=after, idmap=idmap, mounts=mounts, rlimits=limits,
                               caps=caps_module, caps_keep=caps_keep, caps_ambient=caps_ambient,
                               landlock=landlock_policy, landlock_rw=landlock_rw, landlock_ro=landlock_ro, bpf=bpf, seccomp_log=seccomp_log,
-                              notify_kills=notify_kills, verify=verify_expect)
+                              notify_kills=notify_kills, verify=verify_expect, extra_bpf=extra_bpf)
         return self._prepared
 
     def _expectations(self, caps_keep, caps_ambient, idmap, mounts, landlock_policy):
@@ -239,6 +243,7 @@ class Sandbox:
                     no_new_privs=p.process.no_new_privs, landlock=prep["landlock"], landlock_ro=prep["landlock_ro"],
                     landlock_rw=prep["landlock_rw"], verify=prep["verify"], bpf=prep["bpf"],
                     seccomp_log=prep["seccomp_log"], seccomp_listener_wanted=prep["notify_kills"],
+                    extra_bpf=prep["extra_bpf"],
                     stdio=(stdin, stdout, stderr) if (stdin, stdout, stderr) != (None, None, None) else None,
                     unshare_after_attach=prep["after"], init_fd=self._init_fd)
         return SandboxProcess(self, name, spec, prep, timeout if timeout is not None else (p.process.timeout or None))

@@ -47,7 +47,7 @@ OP_NAMES = {"eq": "eq", "==": "eq", "ne": "ne", "!=": "ne", "lt": "lt", "<": "lt
             "gt": "gt", ">": "gt", "ge": "ge", ">=": "ge", "masked_eq": "masked_eq", "&=": "masked_eq"}
 ABIS = ("x86_64", "x32", "i386")
 SECTION_KEYS = ("enabled", "import", "default_action", "default_errno", "allow", "deny", "errno", "kill",
-                "rules", "log", "unknown_syscalls", "abis")
+                "rules", "log", "unknown_syscalls", "abis", "locked")
 
 # Counters for tests and `--verbose`: a warm start shows cache_hits and no compiles.
 stats = {"compiles": 0, "cache_hits": 0, "cache_rejected": 0, "cache_write_errors": 0}
@@ -60,13 +60,15 @@ class SeccompPolicy:
     args = ((index, op, value, mask), ...). `oci` holds an imported profile (then `rules` is empty).
     """
 
-    __slots__ = ("default_action", "rules", "log", "unknown_enosys", "abis", "oci", "source")
+    # locked: a filter given on the command line (--seccomp) is stacked on top of this one
+    # instead of replacing it (the kernel then answers with the stricter of the two).
+    __slots__ = ("default_action", "rules", "log", "unknown_enosys", "abis", "oci", "source", "locked")
 
     def __init__(self, default_action, rules, log=False, unknown_enosys=True, abis=("x86_64",), oci=None,
-                 source=""):
+                 source="", locked=False):
         for name, value in (("default_action", default_action), ("rules", tuple(rules)), ("log", log),
                             ("unknown_enosys", unknown_enosys), ("abis", tuple(abis)), ("oci", oci),
-                            ("source", source)):
+                            ("source", source), ("locked", locked)):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):
@@ -214,6 +216,9 @@ def validate_section(raw):
     log = raw.get("log", False)
     if not isinstance(log, bool):
         raise ProfileError("expected true or false", key="log")
+    locked = raw.get("locked", False)
+    if not isinstance(locked, bool):
+        raise ProfileError("expected true or false", key="locked")
     unknown = raw.get("unknown_syscalls", "enosys")
     if unknown not in ("enosys", "default"):
         raise ProfileError("expected \"enosys\" or \"default\"", key="unknown_syscalls")
@@ -295,11 +300,12 @@ def validate_section(raw):
         # An import replaces the section's own rules (the section may be inherited from a base
         # profile, or the import may come from --seccomp): the imported file is the policy.
         # Imported profiles compile faithfully: no ENOSYS prefix, their own architectures.
-        return SeccompPolicy(oci[0], (), log=log, unknown_enosys=False, abis=("x86_64",), oci=oci, source=path)
+        return SeccompPolicy(oci[0], (), log=log, unknown_enosys=False, abis=("x86_64",), oci=oci, source=path,
+                             locked=locked)
     if not enabled:
         return None
     return SeccompPolicy(default_action, tuple(rules), log=log, unknown_enosys=unknown == "enosys",
-                         abis=tuple(abis))
+                         abis=tuple(abis), locked=locked)
 
 
 def _action_text(action):

@@ -141,3 +141,38 @@ def test_image_symlink_to_root_does_not_break_strict(tmp_path):
     proc, _ = run_in("strict", "/bin/ls", "/x/bin/busybox", extra=("--rootfs", str(root)))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "/x/bin/busybox"
+
+
+def test_image_symlink_cannot_steer_a_mount_onto_the_host(tmp_path):
+    """An image's absolute symlink resolved against the setup's scratch root would land
+    mount points (and their creation) on the host."""
+    root = _image(tmp_path)
+    os.symlink("/oldroot/tmp", root / "hostlink")
+    probe = tmp_path / "landed"
+    proc, _ = run_in("default", "/bin/true", extra=("--rootfs", str(root), "--ro-bind",
+                                                    "/etc/hostname:/hostlink/%s" % os.path.basename(str(probe))))
+    assert proc.returncode == 125 and "refusing to mount through it" in proc.stderr, proc.stderr
+    assert not os.path.exists("/tmp/%s" % os.path.basename(str(probe)))
+
+
+def test_seccomp_import_stacks_on_strict(int80_probe, tmp_path):
+    """--seccomp on strict adds a filter; it cannot take strict's place (strict's own policy
+    is `locked`): both apply, the stricter answer wins."""
+    policy = tmp_path / "allow.json"
+    policy.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}))
+    os.chmod(tmp_path, 0o755)
+    code = ("import ctypes, os\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "r = libc.syscall(110)\n"                       # getppid: refused by the imported file
+            "print('getppid', r, ctypes.get_errno())\n"
+            "r = libc.syscall(272, 0x10000000)\n"           # unshare(CLONE_NEWUSER): refused by strict
+            "print('unshare', r, ctypes.get_errno())\n")
+    proc, _ = run_in("strict", *py(code), extra=("--seccomp", str(policy)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["getppid -1 13", "unshare -1 1"]
+    proc, _ = run_in("strict", "/p/int80", extra=("--seccomp", str(policy), "--ro-bind", int80_probe + ":/p"))
+    # the i386 ABI stays closed whatever was imported (the kernel takes the stricter answer:
+    # here the imported file's kill for a foreign ABI beats strict's EPERM)
+    assert "int80 getpid=" not in proc.stdout or "int80 getpid=-1" in proc.stdout
+    assert proc.returncode in (0, 128 + 31)
