@@ -18,16 +18,18 @@ def int80_probe(tmp_path_factory):
     gcc = shutil.which("gcc")
     require(bool(gcc), "gcc is needed to build the int 0x80 probe")
     directory = tempfile.mkdtemp(prefix="pysandbox-int80-")
-    source = os.path.join(directory, "int80.c")
-    with open(source, "w") as f:
-        f.write("#include <stdio.h>\n"
-                "int main(void) { long r; __asm__ volatile(\"int $0x80\" : \"=a\"(r) : \"a\"(20L));\n"
-                "  printf(\"int80 getpid=%ld\\n\", r); return 0; }\n")
-    binary = os.path.join(directory, "int80")
-    subprocess.run([gcc, "-static", "-O1", "-o", binary, source], check=True, capture_output=True)
-    os.chmod(directory, 0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        source = os.path.join(directory, "int80.c")
+        with open(source, "w") as f:
+            f.write("#include <stdio.h>\n"
+                    "int main(void) { long r; __asm__ volatile(\"int $0x80\" : \"=a\"(r) : \"a\"(20L));\n"
+                    "  printf(\"int80 getpid=%ld\\n\", r); return 0; }\n")
+        binary = os.path.join(directory, "int80")
+        subprocess.run([gcc, "-static", "-O1", "-o", binary, source], check=True, capture_output=True)
+        os.chmod(directory, 0o755)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_allow_default_import_kills_foreign_abi(int80_probe, tmp_path):
