@@ -158,7 +158,13 @@ class Snapshot(namedtuple("Snapshot", "target host status uids gids caps no_new_
 
     @property
     def in_host_userns(self) -> bool:
-        return self.namespaces.get("user") == INITIAL_NS_INODES["user"]
+        inode = self.namespaces.get("user")
+        if inode is not None:
+            return inode == INITIAL_NS_INODES["user"]
+        # The ns link is unreadable (e.g. PID 1, without ptrace access): uid_map is readable
+        # by anyone, and only the initial user namespace maps the whole id range onto itself.
+        # Unknown must never count as "not the host": that would downgrade every capability.
+        return not self.uid_map or list(self.uid_map) == [(0, 0, 4294967295)]
 
     @property
     def euid(self) -> int:

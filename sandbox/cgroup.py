@@ -369,11 +369,7 @@ def gc(verbose=False, full=None):
 def _gc_state(full):
     """Stale state files: supervisor dead. The run-path call parses state only when a
     file exists whose sandbox has no locked cgroup (i.e. maybe a dead supervisor)."""
-    from .state import alive as state_alive
-    try:
-        from . import state
-    except ImportError:
-        return []
+    from . import state
     directory = state.state_dir()
     try:
         entries = [e for e in os.listdir(directory) if e.endswith(".json")]
@@ -384,7 +380,7 @@ def _gc_state(full):
     out = []
     for record in state.records(directory):
         supervisor = record.get("supervisor", 0)
-        if not record.get("stale") or (supervisor and state_alive(supervisor)):
+        if not record.get("stale") or (supervisor and state.alive(supervisor)):
             continue
         # records() only yields names that are valid file names, matching their file
         state.unregister(record["name"])

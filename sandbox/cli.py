@@ -9,8 +9,8 @@ import sys
 from .errors import SandboxError, UsageError, EXIT_USAGE
 
 USAGE = """usage: pysandbox run [OPTIONS] -- CMD [ARG...]
-       pysandbox profile list | show NAME | lint NAME
-       pysandbox explain LAYER
+       pysandbox profile list | show NAME|PATH | lint NAME|PATH
+       pysandbox explain LAYER [--profile NAME]
        pysandbox gc
        pysandbox delegate [--remove] USER   (root: cgroups for USER's rootless sandboxes)
        pysandbox audit TARGET [OPTIONS]
@@ -91,8 +91,8 @@ def _number(opts, name, kind):
         number = kind(value)
     except ValueError:
         raise UsageError("%s expects a number, got %r" % (name, value)) from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise UsageError("%s expects a finite number, got %r" % (name, value))
+    if number != number or number in (float("inf"), float("-inf")) or abs(number) > 1e9:
+        raise UsageError("%s expects a finite number (at most 1e9), got %r" % (name, value))
     if number < 0 and not (name == "--memory-swap" and number == -1):
         raise UsageError("%s must not be negative" % name)
     return number
@@ -168,8 +168,9 @@ def cmd_run(args):
         profile = profile.with_overrides(overrides)
         for key in ("memory", "pids", "cpus"):
             # 0 means "no limit": on a profile whose limits are required that drops a layer
-            if base.limits.required and getattr(base.limits, key) and not getattr(profile.limits, key):
-                raise UsageError("--%s 0 would remove a limit that profile %s requires" % (key, base.name))
+            if base.limits.required and getattr(base.limits, key) > 0 and not getattr(profile.limits, key) > 0:
+                raise UsageError("--%s %s would remove a limit that profile %s requires"
+                                 % (key, opts.get("--" + key), base.name))
     result_file = None
     if "--result" in opts:
         # Opened before anything runs: a verdict that cannot be written must not be
@@ -251,18 +252,11 @@ def cmd_profile(args):
 
 
 def cmd_gc(args):
-    from . import state
-    removed = []
-    try:
-        from . import cgroup
-        removed = cgroup.gc(full=True) or []
-    except ImportError:
-        pass
-    for record in state.records():
-        if record["stale"]:
-            state.unregister(record["name"])
-            removed.append("state " + record["name"])
-    for item in removed:
+    if args:
+        raise UsageError("usage: pysandbox gc")
+    from . import cgroup
+    # cgroups first, then state files; both only where the supervisor is dead and no task is left
+    for item in cgroup.gc(full=True):
         print("removed", item)
     return 0
 
@@ -316,6 +310,9 @@ def main(argv=None):
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug of ours: still one line, and the setup-failure code
+        err("internal error: %s: %s" % (type(e).__name__, e))
+        return 125
 
 
 if __name__ == "__main__":

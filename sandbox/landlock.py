@@ -189,8 +189,6 @@ def validate_section(raw):
             if not isinstance(raw[key], bool):
                 raise ProfileError("expected true or false", key=key)
             values[key] = raw[key]
-    if not values.get("enabled", bool(raw)):
-        return None
     for key in ("read_only", "read_write", "execute"):
         paths = raw.get(key, [])
         if not isinstance(paths, (list, tuple)):
@@ -212,9 +210,11 @@ def validate_section(raw):
             values[key] = list(ports)
     if "scope" in raw:
         scope = raw["scope"]
-        if not isinstance(scope, (list, tuple)) or any(s not in SCOPES for s in scope):
+        if not isinstance(scope, (list, tuple)) or any(not isinstance(s, str) or s not in SCOPES for s in scope):
             raise ProfileError("expected a list of %s" % " / ".join(sorted(SCOPES)), key="scope")
         values["scope"] = list(scope)
+    if not values.get("enabled", bool(raw)):
+        return None  # checked all the same: a typo must not wait until the layer is turned on
     return LandlockPolicy(**values)
 
 

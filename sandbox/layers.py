@@ -8,14 +8,14 @@ from .errors import ProfileError
 
 
 def validate(section, raw):
+    # A disabled section with other keys is still checked: a typo must not hide behind
+    # `enabled = false` until someone turns the layer on.
+    if not raw or (raw.get("enabled") is False and len(raw) == 1):
+        return None
     if section == "seccomp":
-        if not raw or raw.get("enabled") is False and len(raw) == 1:
-            return None
         from . import seccomp
         return seccomp.validate_section(raw)
     if section == "landlock":
-        if not raw or raw.get("enabled") is False:
-            return None
         from . import landlock
         return landlock.validate_section(raw)
     raise ProfileError("no validator for section", key=section)

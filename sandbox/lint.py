@@ -102,9 +102,9 @@ def rule_limits(profile, facts):
     if lim.memory and lim.memory_swap == -1:
         yield Finding("medium", "memory-swap-unlimited", "a memory limit with unlimited swap: the limit can be "
                       "exceeded into swap")
-    if not lim.pids:
+    if not lim.pids > 0:
         yield Finding("medium", "pids-missing", "no pids limit: a fork bomb exhausts the host's process table")
-    if not lim.memory:
+    if not lim.memory > 0:
         yield Finding("low", "memory-missing", "no memory limit")
 
 

@@ -18,7 +18,7 @@ namespaces. The order is the kernel's:
 import os
 
 from . import sys as k
-from .errors import SetupError, ProfileError
+from .errors import SetupError, UsageError
 
 BASE = "/tmp"
 NEW = "/newroot"
@@ -54,10 +54,10 @@ def _target(path, what, spec):
     """A mount destination inside the sandbox: absolute, normalized (a leading // would
     survive normpath), and never /, /proc or /dev, which the runtime itself builds."""
     if not path.startswith("/") or ".." in path.split("/"):
-        raise SetupError("bind", 22, "%s must be an absolute path without '..': %r" % (what, spec))
+        raise UsageError("%s must be an absolute path without '..': %r" % (what, spec))
     path = os.path.normpath("/" + path.lstrip("/"))
     if path in ("/", "/proc", "/dev") or path.startswith(("/proc/", "/dev/")):
-        raise SetupError("bind", 22, "refusing to mount over %s" % path)
+        raise UsageError("refusing to mount over %s (the runtime builds it)" % path)
     return path
 
 
@@ -74,7 +74,7 @@ def plan(fs, ro_binds=(), binds=(), tmpfs=(), rootfs=None, overlay=None, hostnam
                           [(s, True) for s in profile_rw + tuple(binds)]:
         src, dst = _split_bind(spec)
         if not src:
-            raise SetupError("bind", 22, "empty bind source in %r" % spec)
+            raise UsageError("empty bind source in %r" % spec)
         # The host path is resolved here, with the caller's view and rights; the sandbox
         # then binds what it named, not what a symlink might point at later.
         src = os.path.realpath(src)

@@ -60,8 +60,9 @@ def load(path):
         where = "syscalls[%d]" % number
         if not isinstance(call, dict):
             _fail(where + ": expected an object")
-        names = call.get("names") or ([call["name"]] if call.get("name") else [])
-        if not names or not all(isinstance(n, str) for n in names):
+        names = call.get("names") or ([call["name"]] if isinstance(call.get("name"), str) else [])
+        # a string here would be iterated character by character and the rule lost
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             _fail(where + ": expected `names`, a list of syscall names")
         action = _action(call.get("action"), call.get("errnoRet"), where + ".action")
         args = []
@@ -101,6 +102,9 @@ def _condition(raw, where):
         return ((), (), "")
     if not isinstance(raw, dict):
         _fail(where + ": expected an object")
+    for key in ("caps", "arches"):
+        if not isinstance(raw.get(key) or [], list) or not all(isinstance(c, str) for c in raw.get(key) or []):
+            _fail("%s.%s: expected a list of names" % (where, key))
     caps = tuple(sorted(c.upper() if c.upper().startswith("CAP_") else "CAP_" + c.upper()
                         for c in raw.get("caps") or ()))
     arches = tuple(raw.get("arches") or ())

@@ -398,8 +398,8 @@ def _check(kind, value):
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError("expected a number")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError("expected a finite number")
+        if value != value or value in (float("inf"), float("-inf")) or abs(value) > 1e9:
+            raise ValueError("expected a finite number (at most 1e9)")
         if value < 0:
             raise ValueError("must be >= 0")
         return float(value)
@@ -544,6 +544,13 @@ def _cross_checks(s, fail):
     if lim.io_weight and not (1 <= lim.io_weight <= 10000):
         fail("must be within 1..10000", "limits", "io_weight")
     caps = s["capabilities"]
+    from .capnames import normalize
+    for key in ("keep", "ambient"):
+        for cap in caps.get(key):
+            try:
+                normalize(cap)
+            except ValueError as e:
+                fail(str(e), "capabilities", key)
     for cap in caps.ambient:
         if cap not in caps.keep:
             fail("ambient capability %s must also be in capabilities.keep" % cap, "capabilities", "ambient")

@@ -418,7 +418,8 @@ class SandboxProcess:
         while not exited:
             wait_ms = None
             if deadline is not None:
-                wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                # poll takes a C int of milliseconds: wake up at least every ~24 days
+                wait_ms = min(max(0, int((deadline - time.monotonic()) * 1000)), 0x7FFFFFFF)
             events = poller.poll(wait_ms)
             if not events and deadline is not None and time.monotonic() >= deadline:
                 timed_out = True

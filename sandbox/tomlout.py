@@ -26,11 +26,14 @@ def dumps(profile):
     lines = ["# profile %s (resolved from: %s)" % (profile.name, ", ".join(profile.sources)),
              "description = %s" % _value(data.pop("description")), ""]
     data.pop("name", None)
+    from .profile import thaw
     for section, values in data.items():
-        if values is None:
-            values = {"enabled": False}
-        elif not isinstance(values, dict):
-            values = values.as_dict() if hasattr(values, "as_dict") else {"value": str(values)}
+        if section in ("seccomp", "landlock"):
+            # these layers keep their own compiled form; show the resolved tables they came
+            # from, so the output loads back as the same profile
+            values = thaw(profile.raw.get(section, {})) or {"enabled": False}
+            if data[section] is None:
+                values["enabled"] = False
         lines.append("[%s]" % section)
         for key, value in values.items():
             if value is None:
