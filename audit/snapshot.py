@@ -222,6 +222,11 @@ class Snapshot(namedtuple("Snapshot", "target host status uids gids caps no_new_
 
     def host_path_of(self, mount):
         """The host path a target's mount shows (bind mounts), or None if not on a host mount."""
+        if not self.host.mounts:
+            # No view of the host's table (audit from inside): a disk-backed filesystem is the
+            # host's (containers get no disks of their own), and its root field is the path
+            # within it; virtual filesystems (device major 0) were made for the container.
+            return mount.root if mount.major != 0 else None
         return _host_path(self.host.mounts, mount)
 
     def probe(self, name):
@@ -294,9 +299,12 @@ def collect_host(proc: ProcFS | None = None) -> HostFacts:
         host_caps = (1 << (cap_last + 1)) - 1
     host_caps &= (1 << (cap_last + 1)) - 1
     host_mounts = ()
-    for pid in (reference, me):
-        if pid is None:
-            continue
+    # Only a process in the host's namespaces shows the host's mount table. From inside a
+    # container (no reference), our own table would map every mount onto itself and call a
+    # fresh tmpfs root "the host's /": the host's table is then unknown.
+    candidates = (reference,) if reference is not None else \
+        ((me,) if auditor_ns.get("pid") == INITIAL_NS_INODES["pid"] else ())
+    for pid in candidates:
         try:
             host_mounts = proc.mountinfo(pid)
             break

@@ -15,3 +15,26 @@ def test_host_init_capabilities_are_not_downgraded():
     assert findings["cap-sys-admin"]["status"] == "fail"
     assert findings["cap-sys-admin"]["severity"] == "critical"
     assert report["escape_paths"], report["summary"]
+
+
+def _audit_self(*binds):
+    venv = sys.prefix
+    argv = [os.path.join(os.path.dirname(sys.executable), "pysandbox"), "run", "--profile", "default",
+            "--ro-bind", "%s:%s" % (venv, venv)]
+    for bind in binds:
+        argv += ["--ro-bind", bind]
+    argv += ["--", os.path.join(venv, "bin", "audit"), "self", "--format", "json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (0, 1), proc.stderr
+    return {f["id"]: f for f in json.loads(proc.stdout)["findings"]}
+
+
+def test_audit_self_from_inside_a_sandbox():
+    """From inside there is no view of the host's mount table: the sandbox's own tmpfs root
+    is not "the host's /", while a bind of the host's disk still shows as the host path."""
+    clean = _audit_self()
+    assert clean["sensitive-mount"]["status"] == "pass", clean["sensitive-mount"]
+    assert clean["ns-user-host"]["status"] == "pass" and clean["seccomp-off"]["status"] == "pass"
+    leaky = _audit_self("/etc:/hostetc")
+    assert leaky["sensitive-mount"]["status"] == "fail"
+    assert any("/hostetc -> host /etc" in line for line in leaky["sensitive-mount"]["evidence"])
