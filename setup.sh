@@ -47,13 +47,13 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 # --rootfs image too). Without it the runtime falls back to its Python init.
 gcc -static -Os -Wall -o "$SITE/sandbox/pysandbox-init" sandbox/init.c
 for name in pysandbox audit; do
-    module=sandbox.cli; [ "$name" = audit ] && module=audit.cli
+    if [ "$name" = pysandbox ]; then call="from sandbox.cli import entry; entry()"
+    else call="from audit.cli import main; sys.exit(main())"; fi
     cat > "$VENV/bin/$name" <<LAUNCHER
 #!$VENV/bin/python3 -IS
 import sys
 sys.path += ["$SITE", "/usr/lib/python3/dist-packages"]
-from $module import main
-sys.exit(main())
+$call
 LAUNCHER
 done
 chmod -R a+rX "$PREFIX"

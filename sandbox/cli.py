@@ -315,5 +315,17 @@ def main(argv=None):
         return 125
 
 
+def entry():
+    """Console-script entry: exit without the interpreter's finalization (tearing down every
+    module costs ~4 ms on each sandbox start); everything we wrote is flushed or closed."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
