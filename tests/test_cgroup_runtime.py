@@ -182,3 +182,22 @@ def test_sandbox_dies_with_its_supervisor(state_dir):
         assert _wait_empty(leaves, 5), "sandbox outlived its supervisor"
     finally:
         _clean(supervisor, prefix)
+
+
+def test_200_runs_with_kills_leave_no_cgroup():
+    """Back to back through the runtime: start, kill, wait; every sandbox's cgroups go."""
+    _need_limits()
+    from sandbox import Sandbox, load_profile
+    box = Sandbox(load_profile("strict"))
+    for _ in range(200):
+        proc = box.start(["/bin/sleep", "30"])
+        proc.kill()
+        result = proc.wait()
+        assert result.reason in ("signal", "setup-error"), result
+    leftovers = []
+    for point in set(cgroup.v1_hierarchies().values()):
+        parent = cgroup.v1_parent(point)
+        if os.path.isdir(parent):
+            leftovers += [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))
+                          and n.startswith("sbx-%d-" % os.getpid())]
+    assert leftovers == []
