@@ -1,4 +1,4 @@
-"""Wall time of the audit CLI, as a user runs it (a fresh `python -m audit` process).
+"""Wall time of the audit CLI, as a user runs it (the installed `audit` command, a fresh process each time).
 
     sudo python3 benchmarks/audit.py [--containers N] [--runs R] [--docker]
 
@@ -39,13 +39,23 @@ def spawn(n):
     return procs, pids
 
 
-def timed(args, runs):
+def audit_command():
+    """The installed `audit` (setup.sh's launcher: what a user runs), else this tree's module."""
+    import shutil
+    installed = shutil.which("audit")
+    if installed:
+        return [installed], dict(os.environ)
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return [sys.executable, "-m", "audit"], env
+
+
+def timed(args, runs):
+    command, env = audit_command()
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "audit", *args], env=env, stdout=subprocess.DEVNULL,
+        proc = subprocess.run(command + list(args), env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, cwd=REPO)
         samples.append(time.perf_counter() - start)
         if proc.returncode not in (0, 1):
@@ -60,6 +70,7 @@ def main():
     ap.add_argument("--docker", default=None, help="name of a running Docker container to audit by name")
     args = ap.parse_args()
     compileall.compile_dir(os.path.join(REPO, "audit"), quiet=1)
+    print("audit command: %s" % " ".join(audit_command()[0]))
     procs, pids = spawn(args.containers)
     try:
         med, best = timed([str(pids[0]), "--format", "json"], args.runs)
