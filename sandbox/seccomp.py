@@ -228,7 +228,11 @@ def validate_section(raw):
     if "x86_64" not in abis:
         raise ProfileError("the native ABI x86_64 must be listed", key="abis")
     default_errno = _errno(raw.get("default_errno", "EPERM"), "default_errno")
-    default_action = _action(raw.get("default_action", "errno"), default_errno, "default_action")
+    # Without an explicit default: a section with an allow list is an allowlist (refuse the
+    # rest), one with only refusals is a denylist (allow the rest). Refusing everything by
+    # default for `deny = [...]` alone would kill the program at its first syscall.
+    implicit = "errno" if raw.get("allow") else "allow"
+    default_action = _action(raw.get("default_action", implicit), default_errno, "default_action")
 
     # Every key is validated even when an import overrides the rules: a typo is an error either way.
     rules = []

@@ -183,3 +183,16 @@ def test_seccomp_import_stacks_on_strict(int80_probe, tmp_path):
     # the i386 ABI stays closed whatever was imported; the kernel takes the stricter of the
     # two answers, here the imported file's kill for a foreign ABI over strict's EPERM
     assert proc.stdout == "" and proc.returncode == 128 + 31
+
+
+def test_a_deny_list_alone_allows_the_rest():
+    """`deny = [...]` without an allow list is a denylist: everything else stays allowed
+    (refusing everything by default would kill the program at its first syscall)."""
+    from sandbox import seccomp
+    policy = seccomp.validate_section({"deny": ["getppid"]})
+    assert policy.default_action[0] == "allow"
+    bpf = seccomp.compile_policy(policy)
+    nr = seccomp.SYSCALLS_X86_64
+    assert seccomp.allowed(seccomp.emulate(bpf, nr["getpid"])[0])
+    assert not seccomp.allowed(seccomp.emulate(bpf, nr["getppid"])[0])
+    assert seccomp.validate_section({"allow": ["read"]}).default_action[0] == "errno"
