@@ -83,7 +83,7 @@ def delegate_v1(user, remove=False):
         touched.append(path)
     return touched
 
-_V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "blkio", "freezer")
+_V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "blkio", "freezer", "devices")
 _mounts_cache = None
 
 

@@ -30,7 +30,7 @@ def hierarchies(want=None):
             order.append(point)
         by_mount[point].append(ctrl)
     out = []
-    for ctrl in ("pids", "memory", "cpu", "cpuacct", "blkio", "freezer"):
+    for ctrl in ("pids", "memory", "cpu", "cpuacct", "blkio", "freezer", "devices"):
         for point in order:
             if ctrl in by_mount[point] and (",".join(by_mount[point]), point) not in out:
                 out.append((",".join(by_mount[point]), point))
@@ -53,6 +53,11 @@ def hierarchies(want=None):
         needed.add("freezer")
     elif unified and _unified_kill(unified):
         needed.add("unified")
+    if os.geteuid() == 0 and "devices" in cg.v1_hierarchies():
+        # Only host root may write a devices cgroup's lists (CAP_SYS_ADMIN in the initial
+        # namespace); a delegated user's sandbox relies on its user namespace (no mknod)
+        # and the minimal /dev instead.
+        needed.add("devices")
     return [(label, point) for label, point in out if needed & set(label.split(","))]
 
 
@@ -77,6 +82,11 @@ def _share(weight):
     return max(2, min(262144, weight * 1024 // 100))
 
 
+# null, zero, full, random, urandom, tty, ptmx and the devpts instance's ptys
+DEVICE_ALLOW = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm",
+                "c 136:* rwm")
+
+
 def limit_writes(limits, have):
     """The (controller, file, value) writes for these limits, in the order the kernel
     accepts them; `have(controller, file)` says whether the kernel offers a file.
@@ -97,6 +107,12 @@ def limit_writes(limits, have):
             writes.append(("memory", "memory.swappiness", "0"))
     if limits.pids and limits.pids > 0:
         writes.append(("pids", "pids.max", str(limits.pids)))
+    if have("devices", "devices.deny"):
+        # Deny every device, then allow exactly what the minimal /dev holds: a node that
+        # reaches the sandbox some other way (an image, a bind) still cannot be opened.
+        writes.append(("devices", "devices.deny", "a"))
+        for rule in DEVICE_ALLOW:
+            writes.append(("devices", "devices.allow", rule))
     if limits.cpus and limits.cpus > 0:
         writes.append(("cpu", "cpu.cfs_period_us", str(_PERIOD_US)))
         writes.append(("cpu", "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * _PERIOD_US)))))

@@ -187,7 +187,7 @@ def test_detect_live():
 
 def test_v1_limit_writes():
     from sandbox import cgroup_v1
-    every = lambda c, f: True  # noqa: E731
+    every = lambda c, f: c != "devices"  # noqa: E731
     writes, missing = cgroup_v1.limit_writes(Limits(memory=64 << 20, pids=10, cpus=0.5,
                                                     cpu_weight=200, io_weight=300), every)
     assert writes == [
@@ -207,6 +207,11 @@ def test_v1_limit_writes():
     assert [f for _c, f, _v in writes] == ["memory.limit_in_bytes"]
     _, missing = cgroup_v1.limit_writes(Limits(io_weight=100), lambda c, f: False)
     assert missing and "io_weight" in missing[0]
+    # with a devices hierarchy (root): deny everything, then allow the minimal /dev's nodes
+    writes, _ = cgroup_v1.limit_writes(Limits(pids=10), lambda c, f: True)
+    devices = [(f, v) for c, f, v in writes if c == "devices"]
+    assert devices[0] == ("devices.deny", "a")
+    assert [v for f, v in devices[1:]] == list(cgroup_v1.DEVICE_ALLOW)
 
 
 def test_v2_limit_writes():

@@ -201,3 +201,29 @@ def test_200_runs_with_kills_leave_no_cgroup():
             leftovers += [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))
                           and n.startswith("sbx-%d-" % os.getpid())]
     assert leftovers == []
+
+
+def test_strict_sandbox_gets_a_device_allowlist():
+    """As root, strict's sandbox sits in a devices cgroup that allows only the minimal /dev."""
+    _need_limits()
+    from sandbox import Sandbox, load_profile, cgroup_v1
+    require("devices" in cgroup.v1_hierarchies(), "no v1 devices controller")
+    proc = Sandbox(load_profile("strict")).start(["/bin/sleep", "5"])
+    try:
+        devices = [p for p in proc._cgroup.paths if "/devices/" in p]
+        assert len(devices) == 1
+        with open(os.path.join(devices[0], "devices.list")) as f:
+            assert f.read().split("\n")[:-1] == list(cgroup_v1.DEVICE_ALLOW)
+        # the sandbox joins its cgroups itself, first thing after it is born
+        deadline = time.monotonic() + 5
+        while True:
+            with open("/proc/%d/cgroup" % proc.pid) as f:
+                joined = any(":devices:" in line and line.rstrip().endswith("/" + os.path.basename(devices[0]))
+                             for line in f)
+            if joined or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert joined
+    finally:
+        proc.kill()
+        proc.wait()
