@@ -87,6 +87,38 @@ DEVICE_ALLOW = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                 "c 136:* rwm")
 
 
+def devices_parent(parent):
+    """Our `pysandbox` cgroup in the v1 devices hierarchy, holding the allowlist: deny every
+    device, then allow exactly what the minimal /dev holds, so that a node reaching a
+    sandbox some other way (an image, a bind) still cannot be opened. The list is written
+    only while no task is in the cgroup (a rewrite starts with "deny all", which would
+    briefly cut off running sandboxes); a list that differs while tasks run is an error."""
+    import time
+    try:
+        os.mkdir(parent, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise cg.setup_failure(e.errno, "mkdir " + parent, cg.delegation_hint())
+    listing = os.path.join(parent, "devices.list")
+    deadline = time.monotonic() + 1.0
+    while True:
+        current = (cg.read_file(listing) or "").split("\n")[:-1]
+        if current == list(DEVICE_ALLOW):
+            return parent
+        if not cg.procs(parent):
+            try:
+                cg.write_file(os.path.join(parent, "devices.deny"), "a")
+                for rule in DEVICE_ALLOW:
+                    cg.write_file(os.path.join(parent, "devices.allow"), rule)
+            except OSError as e:
+                raise SetupError("cgroup", e.errno, "devices allowlist in %s: %s" % (parent, os.strerror(e.errno)))
+            continue
+        if time.monotonic() > deadline:
+            raise SetupError("cgroup", 16, "%s holds tasks under another device list" % parent)
+        time.sleep(0.005)  # another supervisor is writing it
+
+
 def limit_writes(limits, have):
     """The (controller, file, value) writes for these limits, in the order the kernel
     accepts them; `have(controller, file)` says whether the kernel offers a file.
@@ -107,12 +139,6 @@ def limit_writes(limits, have):
             writes.append(("memory", "memory.swappiness", "0"))
     if limits.pids and limits.pids > 0:
         writes.append(("pids", "pids.max", str(limits.pids)))
-    if have("devices", "devices.deny"):
-        # Deny every device, then allow exactly what the minimal /dev holds: a node that
-        # reaches the sandbox some other way (an image, a bind) still cannot be opened.
-        writes.append(("devices", "devices.deny", "a"))
-        for rule in DEVICE_ALLOW:
-            writes.append(("devices", "devices.allow", rule))
     if limits.cpus and limits.cpus > 0:
         writes.append(("cpu", "cpu.cfs_period_us", str(_PERIOD_US)))
         writes.append(("cpu", "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * _PERIOD_US)))))
@@ -255,8 +281,9 @@ class V1Cgroup:
         if self.dirs:
             self.kill()
             # primary last: it carries the lock gc relies on
-            for _label, path in list(self.dirs[1:]) + list(self.dirs[:1]):
-                cg.rmdir_quiet(path)
+            for label, path in list(self.dirs[1:]) + list(self.dirs[:1]):
+                if label != "devices":  # shared by every sandbox; gc removes it when empty
+                    cg.rmdir_quiet(path)
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -303,6 +330,11 @@ def _make_dirs(group, hier):
     root = os.geteuid() == 0
     for index, (label, point) in enumerate(hier):
         parent = cg.v1_parent(point)
+        if label == "devices":
+            # One devices cgroup serves every sandbox: the allowlist is the same for all,
+            # and a per-sandbox directory cost a mkdir, nine writes and an rmdir each.
+            group.dirs.append((label, devices_parent(parent)))
+            continue
         leaf = os.path.join(parent, group.name)
         try:
             try:
@@ -372,7 +404,14 @@ def gc(full=False):
         finally:
             if fd is not None:
                 os.close(fd)
-    if full and os.geteuid() == 0:
+    def children(parent):
+        try:
+            return [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))]
+        except OSError:
+            return []
+    # The parents go only when no sandbox (live or orphaned) and no delegation is left:
+    # the devices parent is shared by every sandbox and has no children of its own.
+    if full and os.geteuid() == 0 and not children(parents[0]):
         for parent in parents:
             try:
                 # a cgroup directory always lists its control files; only child cgroups

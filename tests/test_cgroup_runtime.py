@@ -204,13 +204,15 @@ def test_200_runs_with_kills_leave_no_cgroup():
 
 
 def test_strict_sandbox_gets_a_device_allowlist():
-    """As root, strict's sandbox sits in a devices cgroup that allows only the minimal /dev."""
+    """As root, strict's sandbox sits in the shared devices cgroup that allows only the
+    minimal /dev, which stays (for the next sandbox) when this one's other cgroups go."""
     _need_limits()
     from sandbox import Sandbox, load_profile, cgroup_v1
     require("devices" in cgroup.v1_hierarchies(), "no v1 devices controller")
     proc = Sandbox(load_profile("strict")).start(["/bin/sleep", "5"])
+    paths = list(proc._cgroup.paths)
     try:
-        devices = [p for p in proc._cgroup.paths if "/devices/" in p]
+        devices = [p for p in paths if "/devices/" in p]
         assert len(devices) == 1
         with open(os.path.join(devices[0], "devices.list")) as f:
             assert f.read().split("\n")[:-1] == list(cgroup_v1.DEVICE_ALLOW)
@@ -227,3 +229,5 @@ def test_strict_sandbox_gets_a_device_allowlist():
     finally:
         proc.kill()
         proc.wait()
+    assert os.path.isdir(devices[0])
+    assert [p for p in paths if p != devices[0] and os.path.exists(p)] == []
