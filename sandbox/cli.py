@@ -160,6 +160,9 @@ def cmd_run(args):
         from .state import valid_name
         if not valid_name(name):
             raise UsageError("--name must be 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)")
+        from .state import find
+        if find(name) is not None:
+            raise UsageError("a sandbox named %s is already running" % name)
     from .profile import load_profile
     profile = load_profile(opts.get("--profile", "default"))
     overrides = overrides_from(opts, profile)

@@ -484,3 +484,14 @@ def test_rlimit_above_host_hard_limit_is_a_clear_error(tmp_path):
     assert proc.returncode == 125
     assert proc.stderr == ("pysandbox: rlimits: rlimits.nofile = %d is above the host's hard limit %d "
                            "(raising a hard limit needs CAP_SYS_RESOURCE)\n" % (hard + 1, hard))
+
+
+def test_names_are_unique_among_running_sandboxes(strict):
+    name = "dup-%d" % os.getpid()
+    sup, record = start_named(strict, name, "/bin/sleep", "30")
+    try:
+        proc = run_cli("run", "--profile", strict, "--name", name, "--", "/bin/true")
+        assert proc.returncode == 2 and proc.stderr == "pysandbox: a sandbox named %s is already running\n" % name
+    finally:
+        sup.kill()
+        sup.wait()
