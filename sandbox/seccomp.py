@@ -356,6 +356,20 @@ def libseccomp_version():
     return _libseccomp_version
 
 
+def _libseccomp_stamp():
+    """Identifies the installed libseccomp for the cache key without loading it (a dlopen
+    costs a warm start about a millisecond): its file's size and mtime; the version
+    through ctypes only where the library is not in a standard directory."""
+    for directory in ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib",
+                      "/lib"):
+        try:
+            st = os.stat(os.path.join(directory, "libseccomp.so.2"))
+        except OSError:
+            continue
+        return "%s:%d:%d" % (directory, st.st_size, st.st_mtime_ns)
+    return libseccomp_version()
+
+
 def _compiler_stamp():
     """Size and mtime of the compiler's own sources: an edited compiler never reads old programs."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -371,7 +385,7 @@ def _compiler_stamp():
 
 def cache_key(policy, caps=(), notify_kills=False):
     sha256 = _sha256()
-    parts = [CACHE_FORMAT.decode(), policy.fingerprint(), libseccomp_version(), os.uname().machine,
+    parts = [CACHE_FORMAT.decode(), policy.fingerprint(), _libseccomp_stamp(), os.uname().machine,
              "notify" if notify_kills else "kill", _compiler_stamp()]
     if policy.oci:
         from . import oci_seccomp
