@@ -161,6 +161,8 @@ def main():
                          "" if rounds[-1]["ok"] else "  (NOT ALL RUNNING)"), flush=True)
             results[(runtime, n)] = {k: statistics.median(x[k] for x in rounds)
                                      for k in ("start", "mem", "slab", "teardown")}
+    from sandbox import cgroup
+    cgroup.gc(full=True)  # our empty parent cgroups go too
     print()
     print("%-6s %-10s %10s %14s %12s %12s" % ("N", "runtime", "start s", "mem KiB/sbx", "slab KiB", "teardown s"))
     for n in sizes:

@@ -122,6 +122,7 @@ def main():
                     print("crun: " + loop.stderr.strip()[-300:], file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([args.pysandbox, "gc"], stdout=subprocess.DEVNULL)  # our empty parent cgroups
 
     strict = statistics.median(results["pysandbox strict"])
     runc = statistics.median(results["runc"]) if "runc" in results else None

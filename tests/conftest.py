@@ -25,3 +25,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if os.path.basename(str(item.fspath)) in ROOT_ONLY_FILES:
             item.add_marker(pytest.mark.root_only)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_empty_cgroup_parents():
+    """Sandboxes leave their `pysandbox` parent cgroups in place for the next run; a test
+    session removes them at its end (only when no sandbox and no delegation is left)."""
+    yield
+    try:
+        from sandbox import cgroup
+        cgroup.gc(full=True)
+    except Exception:
+        pass
