@@ -377,6 +377,20 @@ def _make_dirs(group, hier):
     return True
 
 
+def _rmdir_settling(path):
+    """rmdir, retried briefly: children removed a moment ago may still be going offline."""
+    import errno
+    import time
+    for _ in range(40):
+        try:
+            os.rmdir(path)
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.005)
+
+
 def gc(full=False):
     hier = hierarchies()
     if not hier:
@@ -417,7 +431,7 @@ def gc(full=False):
                 # a cgroup directory always lists its control files; only child cgroups
                 # (directories) keep it in use; rmdir fails while a delegation lives in it
                 if not [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))]:
-                    os.rmdir(parent)
+                    _rmdir_settling(parent)
             except OSError:
                 pass
     return removed

@@ -99,7 +99,7 @@ def start_named(strict, name, *cmd, extra=()):
         record = state.find(name)
         time.sleep(0.02)
     if record is None:
-        sup.kill()
+        sup.terminate()  # the supervisor forwards it and tears the sandbox down
         sup.wait()
     assert record is not None, "sandbox %s did not come up" % name
     time.sleep(0.2)  # past setup: PID 1 runs the init, the command runs
@@ -259,7 +259,7 @@ def test_host_sees_unprivileged_owner(strict):
         else:
             assert int(uids[0]) == os.getuid()
     finally:
-        sup.kill()
+        sup.terminate()  # the supervisor forwards it and tears the sandbox down
         sup.wait()
 
 
@@ -431,7 +431,7 @@ def test_pid1_holds_no_host_descriptors(strict):
             # the message pipe and the init's signalfd; nothing that names a file or directory
             assert len(targets) <= 2 and all(t.startswith(("pipe:", "anon_inode:")) for t in targets), targets
     finally:
-        sup.kill()
+        sup.terminate()  # the supervisor forwards it and tears the sandbox down
         sup.wait()
 
 
@@ -493,5 +493,5 @@ def test_names_are_unique_among_running_sandboxes(strict):
         proc = run_cli("run", "--profile", strict, "--name", name, "--", "/bin/true")
         assert proc.returncode == 2 and proc.stderr == "pysandbox: a sandbox named %s is already running\n" % name
     finally:
-        sup.kill()
+        sup.terminate()  # the supervisor forwards it and tears the sandbox down
         sup.wait()
