@@ -27,7 +27,7 @@ import os
 import _signal as signal
 
 from . import sys as k
-from .errors import SetupError
+from .errors import SetupError, EXIT_NOEXEC, EXIT_NOTFOUND
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                      signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
@@ -278,7 +278,7 @@ def command_main(spec, msg_w):
         try:
             os.execvpe(argv[0], argv, spec.env)
         except OSError as e:
-            code = 127 if e.errno in (2, 20) else 126
+            code = EXIT_NOTFOUND if e.errno in (2, 20) else EXIT_NOEXEC
             send(msg_w, "E", "exec", e.errno, "%s: %s" % (argv[0], e.strerror))
             os._exit(code)
     except BaseException as error:  # noqa: B036

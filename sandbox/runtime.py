@@ -14,7 +14,7 @@ import _signal as signal
 import time
 
 from . import sys as k
-from .errors import SetupError, SandboxError, EXIT_SETUP, EXIT_TIMEOUT
+from .errors import SetupError, SandboxError, EXIT_SETUP, EXIT_TIMEOUT, EXIT_NOEXEC, EXIT_NOTFOUND
 
 _counter = [0]
 
@@ -523,7 +523,7 @@ class SandboxProcess:
             stage, err, message = error
             code = EXIT_SETUP
             if stage == "exec":
-                code = 127 if err in (2, 20) else 126
+                code = EXIT_NOTFOUND if err in (2, 20) else EXIT_NOEXEC
             values.update(reason="setup-error", exit_code=code, stage=stage, message=message)
         else:
             wait_status = cmd_status if cmd_status is not None else status

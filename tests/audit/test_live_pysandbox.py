@@ -28,7 +28,9 @@ def sandbox(tmp_path):
 
     def start(profile):
         name = "audit-%s-%d" % (profile, os.getpid())
-        proc = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--profile", profile, "--name", name,
+        # the installed command, as a user runs it (with the C init setup.sh builds)
+        from util import pysandbox_cmd
+        proc = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", profile, "--name", name,
                                  "--quiet", "--", "/bin/sleep", "60"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
         started.append(proc)
