@@ -22,7 +22,7 @@ fi
 # iproute2. Tests and benchmarks: gcc (escape probes), Docker and busybox (audit targets),
 # and the peers we compare with.
 PACKAGES="python3 python3-venv python3-cap-ng libseccomp2 libcap-ng0 uidmap util-linux iproute2 procps
-gcc libc6-dev docker.io busybox-static bubblewrap crun runc firejail"
+gcc libc6-dev docker.io podman busybox-static bubblewrap crun runc firejail"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
