@@ -111,16 +111,12 @@ def expected(keep, ambient=(), uid=None):
 def current():
     """{'CapInh': int, 'CapPrm': ..., 'CapEff': ..., 'CapBnd': ..., 'CapAmb': ...} of this process,
     from /proc/self/status; from capget()/prctl() when /proc is not mounted."""
+    from .sys import proc_status
     try:
-        with open("/proc/self/status", "rb") as f:
-            data = f.read()
+        fields = proc_status()
     except OSError:
         return _current_from_syscalls()
-    sets = {}
-    for line in data.split(b"\n"):
-        if line.startswith(b"Cap"):
-            key, _, value = line.partition(b":")
-            sets[key.decode()] = int(value.strip(), 16)
+    sets = {key: int(fields[key], 16) for key in SETS if key in fields}
     if len(sets) < len(SETS):
         return _current_from_syscalls()
     return sets

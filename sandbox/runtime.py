@@ -216,10 +216,9 @@ class Sandbox:
         if p.seccomp is not None:
             # The command inherits the supervisor's own filters (e.g. when pysandbox itself
             # runs in a container); ours must come on top of exactly those.
-            with open("/proc/self/status") as f:
-                fields = dict(line.split(":", 1) for line in f if line.startswith("Seccomp"))
-            expect["seccomp_mode"] = int(fields.get("Seccomp", "0").strip())
-            expect["seccomp_filters_before"] = int(fields.get("Seccomp_filters", "0").strip())
+            fields = k.proc_status()
+            expect["seccomp_mode"] = int(fields.get("Seccomp", "0"))
+            expect["seccomp_filters_before"] = int(fields.get("Seccomp_filters", "0"))
         if p.process.close_fds:
             expect["no_fds_above_2"] = True
         return expect

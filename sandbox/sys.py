@@ -149,6 +149,26 @@ def clone_process(flags):
     return pid
 
 
+def proc_status(pid="self"):
+    """/proc/PID/status as {field: text} (one read; raises OSError without /proc)."""
+    fd = os.open("/proc/%s/status" % pid, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 8192)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    fields = {}
+    for line in b"".join(chunks).decode("ascii", "replace").split("\n"):
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key] = value.strip()
+    return fields
+
+
 def mount_flags_of(path):
     """The MS_* flags a bind of `path` inherits and must keep on remount."""
     st = os.statvfs(path)

@@ -32,7 +32,6 @@ import os
 
 from .errors import SetupError
 
-_CAP_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 
 def _fail(layer, detail):
@@ -41,22 +40,8 @@ def _fail(layer, detail):
 
 def status():
     """/proc/self/status as {field: text}."""
-    fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 8192)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    fields = {}
-    for line in b"".join(chunks).decode("ascii", "replace").split("\n"):
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key] = value.strip()
-    return fields
+    from .sys import proc_status
+    return proc_status()
 
 
 def check(expect):
