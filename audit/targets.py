@@ -299,6 +299,12 @@ class Resolver:
         podman = shutil.which("podman")
         if not podman:
             return None
+        if not _podman_in_use():
+            # The first run of podman creates its storage (as root it also bind-mounts the
+            # overlay directory onto itself; rootless it leaves a pause process behind):
+            # the audit only observes, so it asks only a podman that is already in use.
+            # Without its storage there is no podman container to find anyway.
+            return None
         try:
             out = subprocess.run([podman, "inspect", "--type", "container", spec], capture_output=True,
                                  timeout=10, check=False)
@@ -394,3 +400,12 @@ class Resolver:
         if mine.get("pid") == INITIAL_NS_INODES["pid"]:
             return mine.get("pid"), mine.get("mnt")
         return INITIAL_NS_INODES["pid"], None
+
+
+def _podman_in_use():
+    if os.environ.get("CONTAINERS_STORAGE_CONF"):
+        return True  # the caller points podman at storage of its own
+    if os.geteuid() == 0:
+        return os.path.isdir("/var/lib/containers/storage")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.isdir(os.path.join(data, "containers", "storage"))

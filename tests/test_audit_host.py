@@ -38,3 +38,21 @@ def test_audit_self_from_inside_a_sandbox():
     leaky = _audit_self("/etc:/hostetc")
     assert leaky["sensitive-mount"]["status"] == "fail"
     assert any("/hostetc -> host /etc" in line for line in leaky["sensitive-mount"]["evidence"])
+
+
+def test_looking_up_a_name_does_not_initialise_podman():
+    """The audit only observes: asking an unused podman about a name would create its storage
+    (as root with a bind mount of it; rootless with a pause process left running)."""
+    if os.geteuid() == 0:
+        storage = "/var/lib/containers/storage"
+    else:
+        storage = os.path.join(os.path.expanduser("~"), ".local", "share", "containers", "storage")
+    existed = os.path.isdir(storage)
+    mounts_before = open("/proc/self/mountinfo").read().count("/var/lib/containers")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERS_")}
+    audit = os.path.join(os.path.dirname(sys.executable), "audit")
+    proc = subprocess.run([audit, "no-such-container-%d" % os.getpid()], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith("audit: ")
+    assert os.path.isdir(storage) == existed
+    assert open("/proc/self/mountinfo").read().count("/var/lib/containers") == mounts_before
