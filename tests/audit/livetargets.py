@@ -338,6 +338,16 @@ def docker_daemon(stage_dir):
         ids = docker.cli("ps", "-aq", check=False).split()
         if ids:
             docker.cli("rm", "-f", *ids, check=False, timeout=120)
+        # containerd dumps its goroutine stacks to /tmp when dockerd stops it: ours go too
+        children = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open("/proc/%s/stat" % entry) as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == proc.pid:
+                            children.append(int(entry))
+                except (OSError, ValueError, IndexError):
+                    pass
         try:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
@@ -355,3 +365,8 @@ def docker_daemon(stage_dir):
                     pass
         _unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
+        for child in children:
+            try:
+                os.unlink("/tmp/containerd.%d.stacks.log" % child)
+            except OSError:
+                pass

@@ -42,8 +42,11 @@ def podman_container():
     with open(os.path.join(work, "storage.conf"), "w") as f:
         f.write('[storage]\ndriver = "overlay"\ngraphroot = "%s/storage"\nrunroot = "%s/run"\n' % (work, work))
     with open(os.path.join(work, "containers.conf"), "w") as f:
+        # every state directory inside the temp dir: nothing of Podman's stays in /run
         f.write('[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n'
-                '[containers]\nnetns = "none"\n')
+                'tmp_dir = "%s/tmp"\nstatic_dir = "%s/static"\nvolume_path = "%s/volumes"\n'
+                'events_logfile_path = "%s/events.log"\n'
+                '[containers]\nnetns = "none"\n' % (work, work, work, work))
     env["CONTAINERS_STORAGE_CONF"] = os.path.join(work, "storage.conf")
     env["CONTAINERS_CONF"] = os.path.join(work, "containers.conf")
 
