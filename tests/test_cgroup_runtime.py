@@ -26,6 +26,18 @@ def _need_limits():
     require(cgroup.detect() is not None, "no cgroup filesystem")
 
 
+def _remove_leaves(prefix):
+    """Kill what is left in our leaves of this test process, then remove them."""
+    for path in _our_leaves(prefix):
+        for pid in cgroup.procs(path):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        cgroup.wait_empty(path, 2)
+        cgroup.rmdir_quiet(path)
+
+
 def _our_leaves(prefix):
     out = []
     for _fstype, point, _root, _opts in cgroup.mounts():
@@ -55,14 +67,7 @@ def strict():
         return Sandbox(profile)
     yield make
     prefix = "sbx-%d-" % os.getpid()
-    for path in _our_leaves(prefix):
-        for pid in cgroup.procs(path):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        cgroup.wait_empty(path, 2)
-        cgroup.rmdir_quiet(path)
+    _remove_leaves(prefix)
 
 
 def test_oom_verdict(strict, state_dir):
@@ -136,14 +141,7 @@ def _clean(supervisor, prefix):
     if supervisor.poll() is None:
         supervisor.kill()
         supervisor.wait()
-    for path in _our_leaves(prefix):
-        for pid in cgroup.procs(path):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        cgroup.wait_empty(path, 2)
-        cgroup.rmdir_quiet(path)
+    _remove_leaves(prefix)
 
 
 def test_killed_supervisor_orphan_removed_by_next_gc(state_dir):

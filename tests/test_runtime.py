@@ -420,16 +420,16 @@ def test_single_id_map_without_subuid(tmp_path):
         assert lines == [["0", str(os.getuid()), "1"], ["0", str(os.getgid()), "1"]]
 
 
+@pytest.mark.root_only  # PID 1 is not dumpable: only host root may look at its descriptors
 def test_pid1_holds_no_host_descriptors(strict):
     """PID 1 stays in the sandbox for its whole life: no descriptor of the supervisor's
     (bind sources, cgroup directories) may survive in it."""
     sup, record = start_named(strict, "fds-%d" % os.getpid(), "/bin/sleep", "30", extra=("--ro-bind", "/etc:/hostetc"))
     try:
-        if ROOT:  # PID 1 is not dumpable: only host root may look at its descriptors
-            fds = sorted(int(fd) for fd in os.listdir("/proc/%d/fd" % record["pid"]))
-            targets = [os.readlink("/proc/%d/fd/%d" % (record["pid"], fd)) for fd in fds if fd > 2]
-            # the message pipe and the init's signalfd; nothing that names a file or directory
-            assert len(targets) <= 2 and all(t.startswith(("pipe:", "anon_inode:")) for t in targets), targets
+        fds = sorted(int(fd) for fd in os.listdir("/proc/%d/fd" % record["pid"]))
+        targets = [os.readlink("/proc/%d/fd/%d" % (record["pid"], fd)) for fd in fds if fd > 2]
+        # the message pipe and the init's signalfd; nothing that names a file or directory
+        assert len(targets) <= 2 and all(t.startswith(("pipe:", "anon_inode:")) for t in targets), targets
     finally:
         sup.terminate()  # the supervisor forwards it and tears the sandbox down
         sup.wait()
