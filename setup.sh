@@ -59,8 +59,12 @@ $call
 LAUNCHER
 done
 chmod -R a+rX "$PREFIX"
-ln -sf "$VENV/bin/pysandbox" /usr/local/bin/pysandbox
-ln -sf "$VENV/bin/audit" /usr/local/bin/audit
+# A private prefix (PYSANDBOX_LINK=0) leaves the commands in /usr/local/bin alone, so
+# several checkouts can be installed side by side for development.
+if [ "${PYSANDBOX_LINK:-1}" != 0 ]; then
+    ln -sf "$VENV/bin/pysandbox" /usr/local/bin/pysandbox
+    ln -sf "$VENV/bin/audit" /usr/local/bin/audit
+fi
 
 if [ "${1:-}" != "--test" ]; then
     exit 0

@@ -27,7 +27,7 @@ import os
 import select
 import signal
 
-from .procfs import ProcFS, cap_mask, parse_id_map, parse_mountinfo
+from pysandbox_common.procfs import ProcFS, cap_mask, parse_id_map, parse_mountinfo
 
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24

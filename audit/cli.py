@@ -62,7 +62,7 @@ def audit_target(info, active=False, proc=None):
 
 def _audit_all(resolver, args):
     from concurrent.futures import ThreadPoolExecutor
-    from .procfs import ProcError
+    from pysandbox_common.procfs import ProcError
     targets = resolver.all_targets()
     reports, vanished = [], []
     progress = None
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     if args.jobs is not None and args.jobs < 1:
         return _fail("--jobs must be at least 1")
 
-    from .procfs import ProcError
+    from pysandbox_common.procfs import ProcError
     from .targets import Resolver, TargetError
     try:
         resolver = Resolver(args.docker_socket)

@@ -15,11 +15,12 @@ from types import MappingProxyType
 
 _EMPTY = MappingProxyType({})
 
-from . import procfs, saferead
-from .procfs import INITIAL_NS_INODES, AccessDenied, NoSuchProcess, ProcFS
+from pysandbox_common import procfs
+from . import saferead
+from pysandbox_common.procfs import INITIAL_NS_INODES, AccessDenied, NoSuchProcess, ProcFS
 
 # One table of capability names for the whole project (include/uapi/linux/capability.h).
-from sandbox.capnames import CAPABILITIES as _CAPABILITIES  # noqa: E402
+from pysandbox_common.capnames import CAPABILITIES as _CAPABILITIES  # noqa: E402
 
 CAP_NAMES = tuple(name.lower() for name in _CAPABILITIES)
 CAP = {name: bit for bit, name in enumerate(CAP_NAMES)}

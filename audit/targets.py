@@ -14,7 +14,7 @@ import os
 import re
 from types import MappingProxyType
 
-from .procfs import INITIAL_NS_INODES, ProcFS, ProcError
+from pysandbox_common.procfs import INITIAL_NS_INODES, ProcFS, ProcError
 from .snapshot import TargetInfo
 
 
@@ -270,7 +270,7 @@ class Resolver:
 
     def _pysandbox(self, name):
         try:
-            from sandbox import state
+            from pysandbox_common import registry as state
         except ImportError:
             return None
         record = state.find(name)
@@ -345,7 +345,7 @@ class Resolver:
     def describe_pid(self, pid, runtime_hint=None):
         """Label a PID: pysandbox record, container runtime (cgroup + API), or a bare process."""
         try:
-            from sandbox import state
+            from pysandbox_common import registry as state
             for record in state.running():
                 if int(record["pid"]) == pid:
                     return self._pysandbox_info(record)

@@ -38,7 +38,7 @@ the run path's python3 -I -S). PYSANDBOX_CAPNG=module|ctypes forces one.
 """
 import os
 
-from .capnames import CAPABILITIES, CAP_NUMBER, last_cap, normalize
+from pysandbox_common.capnames import CAPABILITIES, CAP_NUMBER, last_cap, normalize
 from .errors import SetupError
 
 # include/uapi/linux/prctl.h

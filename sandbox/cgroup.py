@@ -369,7 +369,7 @@ def gc(verbose=False, full=None):
 def _gc_state(full):
     """Stale state files: supervisor dead. The run-path call parses state only when a
     file exists whose sandbox has no locked cgroup (i.e. maybe a dead supervisor)."""
-    from . import state
+    from pysandbox_common import registry as state
     directory = state.state_dir()
     try:
         entries = [e for e in os.listdir(directory) if e.endswith(".json")]

@@ -157,10 +157,10 @@ def cmd_run(args):
         env[key] = value
     name = opts.get("--name")
     if name is not None:
-        from .state import valid_name
+        from pysandbox_common.registry import valid_name
         if not valid_name(name):
             raise UsageError("--name must be 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)")
-        from .state import find
+        from pysandbox_common.registry import find
         if find(name) is not None:
             raise UsageError("a sandbox named %s is already running" % name)
     from .profile import load_profile

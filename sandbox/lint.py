@@ -40,7 +40,7 @@ class Finding:
 
 
 def _caps(profile):
-    from .capnames import normalize, CAPABILITIES
+    from pysandbox_common.capnames import normalize, CAPABILITIES
     names = [normalize(c) for c in profile.capabilities.keep]
     if "ALL" in names:
         return list(CAPABILITIES)

@@ -544,7 +544,7 @@ def _cross_checks(s, fail):
     if lim.io_weight and not (1 <= lim.io_weight <= 10000):
         fail("must be within 1..10000", "limits", "io_weight")
     caps = s["capabilities"]
-    from .capnames import normalize
+    from pysandbox_common.capnames import normalize
     for key in ("keep", "ambient"):
         for cap in caps.get(key):
             try:

@@ -77,7 +77,7 @@ class Sandbox:
 
     def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=(), register=None, extra_seccomp=None):
         if name is not None:
-            from .state import valid_name
+            from pysandbox_common.registry import valid_name
             if not valid_name(name):
                 raise SandboxError("invalid sandbox name %r (1-64 of A-Z a-z 0-9 . _ -)" % (name,), 2)
         self.profile = profile
@@ -138,7 +138,7 @@ class Sandbox:
         caps_keep = caps_ambient = ()
         caps_module = None
         if ns.user or os.geteuid() == 0:
-            from . import capnames
+            from pysandbox_common import capnames
             keep = tuple(capnames.normalize(c) for c in p.capabilities.keep)
             if "ALL" in keep:
                 keep = capnames.CAPABILITIES[: capnames.last_cap() + 1]
@@ -335,7 +335,7 @@ class SandboxProcess:
         os.close(go_w)
 
     def _register(self, profile):
-        from . import state
+        from pysandbox_common import registry as state
         record = {"name": self.name, "pid": self.pid, "supervisor": os.getpid(), "profile": profile.name,
                   "started": time.time(), "cgroups": list(getattr(self._cgroup, "paths", []) or []),
                   "uid": os.geteuid()}
@@ -375,7 +375,7 @@ class SandboxProcess:
                 setattr(self, attr, None)
         self._destroy_cgroup()
         if getattr(self, "_registered", False):
-            from . import state
+            from pysandbox_common import registry as state
             state.unregister(self.name)
             self._registered = False
 

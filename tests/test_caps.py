@@ -9,7 +9,7 @@ import traceback
 import pytest
 
 from sandbox import caps
-from sandbox.capnames import last_cap
+from pysandbox_common.capnames import last_cap
 from sandbox.errors import SetupError
 
 CLONE_NEWUSER = 0x10000000

@@ -64,7 +64,7 @@ def test_state_directory_planted_by_another_user_is_refused(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "not recorded" in proc.stderr and "not private" in proc.stderr
     assert victim.read_text() == "precious"
-    from sandbox import state
+    from pysandbox_common import registry as state
     assert state.records(str(hostile)) == []
 
 
@@ -72,7 +72,7 @@ def test_state_records_with_hostile_names_are_ignored(tmp_path):
     directory = tmp_path / "s"
     directory.mkdir(mode=0o700)
     (directory / "evil.json").write_text(json.dumps({"name": "../../etc/passwd", "pid": 1, "supervisor": 1}))
-    from sandbox import state
+    from pysandbox_common import registry as state
     assert state.records(str(directory)) == []
 
 

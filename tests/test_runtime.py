@@ -91,7 +91,7 @@ def strict_view(strict):
 
 def start_named(strict, name, *cmd, extra=()):
     """Start `pysandbox run --name NAME` in the background; returns (Popen, state record)."""
-    from sandbox import state
+    from pysandbox_common import registry as state
     sup = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", strict, "--name", name, *extra, "--", *cmd])
     deadline = time.monotonic() + 30
     record = None
@@ -230,7 +230,7 @@ def test_supervisor_sigkill_leaves_nothing(strict):
     assert _marker_processes(marker) == []
     gc = run_cli("gc")
     assert gc.returncode == 0
-    from sandbox import state
+    from pysandbox_common import registry as state
     assert state.find("killme-%d" % os.getpid()) is None
 
 

@@ -18,7 +18,7 @@ SEVERE = {"critical", "high"}
 def sandbox(tmp_path):
     root_only()
     try:
-        import sandbox.state as state  # noqa: F401
+        import pysandbox_common.registry as state  # noqa: F401
         import sandbox.cli  # noqa: F401
     except ImportError as exc:
         require(False, "pysandbox runtime not importable: %s" % exc)
@@ -34,7 +34,7 @@ def sandbox(tmp_path):
                                  "--quiet", "--", "/bin/sleep", "60"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
         started.append(proc)
-        from sandbox import state
+        from pysandbox_common import registry as state
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             record = state.find(name, directory=env["PYSANDBOX_STATE_DIR"])

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from audit import procfs
-from audit.procfs import NoSuchProcess, ProcFS
+from pysandbox_common import procfs
+from pysandbox_common.procfs import NoSuchProcess, ProcFS
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "proc")
 

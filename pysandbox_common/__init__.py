@@ -1,0 +1,8 @@
+"""What both halves of pysandbox use: the runtime (`sandbox`) and the auditor (`audit`).
+
+Dependencies run one way: `sandbox` and `audit` import from here; nothing here imports
+either of them.
+  capnames   capability names and numbers, the kernel's last capability
+  registry   the state files of running sandboxes (found by `audit NAME`, removed by gc)
+  procfs     /proc readers and parsers with an injectable procfs root
+"""
