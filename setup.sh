@@ -20,9 +20,11 @@ fi
 # Runtime: libseccomp and libcap-ng (loaded through ctypes), the Debian Python with venv
 # and the capng bindings, newuidmap/newgidmap for rootless multi-id maps, util-linux and
 # iproute2. Tests and benchmarks: gcc (escape probes), Docker and busybox (audit targets),
-# and the peers we compare with.
+# and the peers we compare with; Docker's and Podman's default seccomp profiles (test data).
+# Docker's: golang-github-docker-docker-dev (matches docker.io), Podman's: golang-github-containers-common (/usr/share/containers/seccomp.json).
 PACKAGES="python3 python3-venv python3-cap-ng libseccomp2 libcap-ng0 uidmap util-linux iproute2 procps
-gcc libc6-dev docker.io podman busybox-static bubblewrap crun runc firejail"
+gcc libc6-dev docker.io podman busybox-static bubblewrap crun runc firejail
+golang-github-docker-docker-dev golang-github-containers-common"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

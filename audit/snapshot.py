@@ -38,14 +38,9 @@ def cap_list(mask: int) -> list:
 # checkpoint_restore_ns_capable()), kept for programs written before they were split off.
 SUBSUMED_BY_SYS_ADMIN = (1 << CAP["bpf"]) | (1 << CAP["perfmon"]) | (1 << CAP["checkpoint_restore"])
 
-# Paths Docker/runc mask or make read-only by default (moby oci/defaults.go); the yardstick
-# for "masks missing". Only those that exist on this kernel count.
-DEFAULT_MASKED_PATHS = (
-    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/devices/virtual/powercap",
-)
-DEFAULT_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+# The yardstick for "masks missing": what Docker/runc mask by default (one list with the runtime).
+from pysandbox_common.containers import OCI_MASKED_PATHS as DEFAULT_MASKED_PATHS  # noqa: E402
+from pysandbox_common.containers import OCI_READONLY_PATHS as DEFAULT_READONLY_PATHS  # noqa: E402
 
 # Files whose write gives the writer control over the host kernel or its helpers.
 KERNEL_CONTROL_FILES = (
@@ -461,15 +456,7 @@ def _host_procfs(rootfd, mounts, host, namespaces):
     return tuple(found)
 
 
-RUNTIME_SOCKET_NAMES = frozenset((
-    "docker.sock", "containerd.sock", "podman.sock", "crio.sock", "cri-dockerd.sock", "dockershim.sock",
-    "buildkitd.sock", "containerd.sock.ttrpc", "frakti.sock", "rktlet.sock",
-))
-WELL_KNOWN_SOCKETS = (
-    "/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock", "/run/podman/podman.sock",
-    "/var/run/crio/crio.sock", "/run/crio/crio.sock", "/var/run/cri-dockerd.sock", "/run/buildkit/buildkitd.sock",
-    "/run/k3s/containerd/containerd.sock",
-)
+from pysandbox_common.containers import RUNTIME_SOCKET_NAMES, RUNTIME_SOCKET_PATHS as WELL_KNOWN_SOCKETS  # noqa: E402
 
 
 def _runtime_sockets(rootfd, mounts, host_path_of):

@@ -6,12 +6,9 @@ off the profile's text, so an imported OCI profile is judged by what it really d
 """
 import sys
 
-SEVERITIES = ("critical", "high", "medium", "low", "info")
+from pysandbox_common.containers import SEVERITIES, RUNTIME_SOCKET_PATHS as RUNTIME_SOCKETS
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
-RUNTIME_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock",
-                   "/run/podman/podman.sock", "/var/run/crio/crio.sock", "/run/crio/crio.sock",
-                   "/var/run/containerd/containerd.sock", "/run/buildkit/buildkitd.sock")
 
 # capability -> (severity inside a user namespace, severity without one, why)
 DANGEROUS_CAPS = {

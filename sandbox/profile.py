@@ -11,13 +11,7 @@ from .errors import ProfileError
 
 NAMESPACES = ("user", "pid", "mount", "net", "uts", "ipc", "cgroup", "time")
 
-# OCI runtime-spec defaults (runc/crun use the same lists).
-OCI_MASKED_PATHS = (
-    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
-    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-    "/proc/scsi", "/sys/firmware",
-)
-OCI_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+from pysandbox_common.containers import RUNTIME_MASKED_PATHS, OCI_READONLY_PATHS  # noqa: E402,F401
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -73,7 +67,7 @@ SCHEMA = {
         "proc": ("bool", True),
         "sys": ("enum:none|ro", "none"),
         "dev": ("enum:minimal|host", "minimal"),
-        "masked_paths": ("strlist", OCI_MASKED_PATHS),
+        "masked_paths": ("strlist", RUNTIME_MASKED_PATHS),
         "readonly_paths": ("strlist", OCI_READONLY_PATHS),
         "readonly_root": ("bool", True),
         "cwd": ("str", "/"),

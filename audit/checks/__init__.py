@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-SEVERITIES = ("critical", "high", "medium", "low", "info")
+from pysandbox_common.containers import SEVERITIES
 SEVERITY_RANK = {name: rank for rank, name in enumerate(reversed(SEVERITIES))}  # info 0 .. critical 4
 STATUSES = ("fail", "pass", "skip", "error")
 
