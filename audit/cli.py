@@ -1,7 +1,9 @@
 """`audit TARGET | --all | explain ID`: find a running container's isolation gaps.
 
-Exit codes: 0 done (and nothing at or above --fail-on), 1 a failing finding at or above
---fail-on, 2 usage error or a target that does not exist or vanished mid-audit.
+Exit codes: 0 done (and nothing unsuppressed at or above --fail-on), 1 a failing finding or
+escape path at or above --fail-on, 2 usage error, a bad ignore file, or a target that does
+not exist, is not a container or vanished mid-audit; 141 the reader closed the pipe (as a
+command killed by SIGPIPE), quietly.
 Heavy modules (rich, concurrent.futures) are imported only where they are used so a
 passive audit of one PID stays well under 100 ms.
 """
@@ -14,6 +16,8 @@ import sys
 from .checks import SEVERITIES, SEVERITY_RANK
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13     # what a shell reports for a command killed by SIGPIPE
+DEFAULT_IGNORE_FILE = ".auditignore"
 
 
 class _UsageError(Exception):
@@ -25,24 +29,121 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def _parser():
-    p = _Parser(prog="audit", description="Audit a running container's isolation and report its escape paths.")
-    p.add_argument("target", nargs="*", help="PID, container id/name, pysandbox sandbox, `self`; or `explain ID`")
-    p.add_argument("--all", action="store_true", help="audit every container on the host")
-    p.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+class _VersionAction(argparse.Action):
+    """--version, with the version read only when asked (importlib.metadata is not free)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .report import package_version
+        parser.exit(message="audit (pysandbox) %s\n" % package_version())
+
+
+EXIT_CODES = """exit codes:
+  0    done; nothing unsuppressed at or above --fail-on
+  1    a failing finding or escape path at or above --fail-on
+  2    usage error, bad ignore file, or a target that does not exist, is not a container
+       (kernel thread, zombie) or vanished during the audit
+  141  the reader closed the pipe (e.g. `audit --all | head -1`); nothing is printed
+"""
+
+EPILOG = EXIT_CODES + """
+statuses: fail, pass, unknown (the evidence could not be read: -v says why and what would
+let the audit see, e.g. run as root or --active), skip (not applicable), error (the check broke).
+
+ignore file (--ignore-file, default ./.auditignore when present), one entry a line:
+  lsm-off reason="no LSM on this kernel" expires=2027-06-30
+  cap-net-raw target="docker/ping-*" reason="ping needs raw sockets"
+  escape/runtime-socket target=docker/ci-runner reason="CI builds images"
+an expired entry warns and no longer suppresses.
+
+examples:
+  audit web                              a Docker/Podman/containerd container by name or id
+  audit 4242 -v                          a PID, with passes and unknowns listed
+  audit --all                            one row per container, then a summary by runtime
+  audit --all --format sarif -o audit.sarif --fail-on high
+  audit explain release-agent            what a check means and how to fix it
+"""
+
+
+def build_parser():
+    """The `audit` command's parser: every option (help, man page, completion).
+
+    `audit explain ID` is a command word handled before this parser (see
+    build_explain_parser): TARGET is positional, so argparse subcommands cannot sit beside it.
+    """
+    p = _Parser(prog="audit",
+                usage="audit [OPTIONS] TARGET | audit [OPTIONS] --all | audit explain CHECK_ID",
+                description="Audit a running container's isolation: which checks fail, which could not be "
+                            "judged, and which escape paths the gaps add up to.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", nargs="?", metavar="TARGET",
+                   help="a PID, a container id (unique prefix) or name (Docker, Podman, containerd, ...), "
+                        "a pysandbox sandbox name, or `self`")
+    p.add_argument("--all", action="store_true", help="audit every container on the host: one row each")
+    p.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+                   help="text (rich on a terminal), json (schema pysandbox.audit/1; "
+                        "pysandbox.audit-fleet/1 with --all) or sarif (SARIF 2.1.0); default text")
+    p.add_argument("-o", "--output", metavar="FILE", default=None,
+                   help="write the report to FILE instead of standard output (text is plain)")
     p.add_argument("--fail-on", choices=SEVERITIES, default=None, metavar="SEVERITY",
-                   help="exit 1 when a failing finding is at or above SEVERITY")
+                   help="exit 1 when an unsuppressed failing finding or escape path is at or above "
+                        "SEVERITY (%s)" % ", ".join(SEVERITIES))
+    p.add_argument("--severity", choices=SEVERITIES, default=None, metavar="LEVEL",
+                   help="show only findings at or above LEVEL (%s); counts and --fail-on still "
+                        "see every finding" % ", ".join(SEVERITIES))
+    p.add_argument("--checks", metavar="ID,...", default=None,
+                   help="report only these checks (and escape paths resting on them); ids as in "
+                        "`audit explain`, escape paths as escape/ID")
+    p.add_argument("--skip", metavar="ID", action="append", default=[],
+                   help="leave out a check or escape/ID (repeatable, or comma-separated)")
+    p.add_argument("--ignore-file", metavar="FILE", default=None,
+                   help="suppress accepted findings listed in FILE (default: ./%s when present)" % DEFAULT_IGNORE_FILE)
     p.add_argument("--active", action="store_true",
-                   help="add harmless proofs run inside the target's namespaces (open-for-write, unshare, probe syscalls)")
-    p.add_argument("--docker-socket", default=None, help="Docker API socket (default: DOCKER_HOST or /var/run/docker.sock)")
-    p.add_argument("--jobs", type=int, default=None, help="parallel audits with --all (default: CPUs x 2)")
-    p.add_argument("-v", "--verbose", action="store_true", help="also list passing and skipped checks")
+                   help="add harmless proofs run inside the target's namespaces (open-for-write, "
+                        "unshare, probe syscalls)")
+    p.add_argument("--docker-socket", metavar="PATH", default=None,
+                   help="Docker API socket (default: DOCKER_HOST=unix://..., else /var/run/docker.sock)")
+    p.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                   help="parallel audits with --all (default: 2 x CPUs, at most 16)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also list checks that could not be judged, skipped, passed and suppressed")
+    p.add_argument("--version", action=_VersionAction, help="print `audit (pysandbox) VERSION` and exit")
     return p
 
 
+def build_explain_parser():
+    p = _Parser(prog="audit explain", usage="audit explain CHECK_ID",
+                description="Explain a check: what it looks at, how the escape works, how to fix it "
+                            "(Docker, Kubernetes, pysandbox) and its references (CVE, MITRE ATT&CK, "
+                            "CIS Docker Benchmark, Kubernetes Pod Security Standards).",
+                epilog="exit codes:\n  0  explained\n  2  unknown check id\n\nexample:\n"
+                       "  audit explain cap-sys-admin\n\nthe ids: every report names them; docs/audit.md lists them.",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("check_id", metavar="CHECK_ID", help="a check id, e.g. release-agent")
+    return p
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 (got %d)" % value)
+    return value
+
+
 def _fail(message):
-    sys.stderr.write("audit: error: %s\n" % message.replace("\n", " "))
+    from .report import printable
+    sys.stderr.write("audit: error: %s\n" % printable(str(message).replace("\n", " ")))
     return EXIT_USAGE
+
+
+def _warn(message):
+    from .report import printable
+    sys.stderr.write("audit: warning: %s\n" % printable(message))
 
 
 def audit_target(info, active=False, proc=None):
@@ -63,8 +164,9 @@ def audit_target(info, active=False, proc=None):
 def _audit_all(resolver, args):
     from concurrent.futures import ThreadPoolExecutor
     from pysandbox_common.procfs import ProcError
+    from .targets import TargetError
     targets = resolver.all_targets()
-    reports, vanished = [], []
+    vanished = []
     progress = None
     if sys.stderr.isatty() and len(targets) > 3 and args.format == "text":
         from rich.progress import Progress
@@ -72,10 +174,10 @@ def _audit_all(resolver, args):
         progress.start()
         task = progress.add_task("auditing %d containers" % len(targets), total=len(targets))
 
-    def one(info):
+    def one(info, active=False):
         try:
-            return audit_target(info)
-        except ProcError:
+            return audit_target(info, active=active)
+        except (ProcError, TargetError):
             vanished.append(info.pid)
             return None
         finally:
@@ -85,12 +187,7 @@ def _audit_all(resolver, args):
     try:
         # Active probes fork helpers that setns(): they run one at a time, in this thread.
         if args.active:
-            results = []
-            for info in targets:
-                try:
-                    results.append(audit_target(info, active=True))
-                except ProcError:
-                    vanished.append(info.pid)
+            results = [one(info, active=True) for info in targets]
         else:
             jobs = args.jobs or min(16, 2 * (os.cpu_count() or 1))
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -98,17 +195,22 @@ def _audit_all(resolver, args):
     finally:
         if progress:
             progress.stop()
-    reports = [r for r in results if r is not None]
     for pid in vanished:
         sys.stderr.write("audit: note: pid %d exited during the audit\n" % pid)
-    return reports
+    return [r for r in results if r is not None]
 
 
-def _explain(check_id):
+def _explain(argv):
     from .checks import all_checks, get
-    chk = get(check_id)
+    try:
+        args = build_explain_parser().parse_args(argv)
+    except _UsageError as exc:
+        return _fail("explain: %s" % exc)
+    except SystemExit as exc:          # --help
+        return int(exc.code or 0)
+    chk = get(args.check_id)
     if chk is None:
-        return _fail("unknown check id %r (known: %s)" % (check_id, ", ".join(c.id for c in all_checks())))
+        return _fail("unknown check id %r (known: %s)" % (args.check_id, ", ".join(c.id for c in all_checks())))
     r = chk.references
     out = [
         "%s — %s  [%s]" % (chk.id, chk.title, chk.severity),
@@ -124,29 +226,134 @@ def _explain(check_id):
         "  MITRE ATT&CK: " + ", ".join(r["mitre"]),
         "  CIS Docker Benchmark: " + (r["cis_docker"] or "-"),
         "  Kubernetes Pod Security Standards: " + (r["k8s_pss"] or "-"),
+        "  docs: docs/audit.md#%s" % chk.id,
     ]
-    sys.stdout.write("\n".join(out) + "\n")
+    return _emit(lambda out_stream: out_stream.write("\n".join(out) + "\n"))
+
+
+def _known_rules():
+    """Check ids and escape/<id> of the escape paths this build can report."""
+    from .checks import all_checks
+    known = {c.id for c in all_checks()}
+    try:
+        from . import escapes
+        ids = getattr(escapes, "ESCAPE_IDS", None)
+    except ImportError:
+        ids = None
+    if ids is None:
+        ids = ESCAPE_PATH_IDS
+    return known | {"escape/" + i for i in ids}
+
+
+# The escape paths of audit/escapes.py, for validating --skip/--checks/ignore entries
+# (escapes.ESCAPE_IDS replaces this list when the module provides one).
+ESCAPE_PATH_IDS = ("release-agent", "process-injection", "shocker", "host-file-write", "runtime-socket",
+                   "core-pattern-writable", "modprobe-writable", "uevent-helper-writable",
+                   "binfmt-misc-writable", "host-procfs", "host-mount-namespace", "block-device",
+                   "physical-memory", "kernel-module", "leaked-fd", "privileged")
+
+
+def _id_list(values):
+    out = []
+    for value in values:
+        out += [v.strip() for v in value.split(",") if v.strip()]
+    return out
+
+
+def _policy(args):
+    """--checks, --skip, the ignore file and --severity -> report.Policy (or a usage error)."""
+    from .report import IgnoreFileError, Policy, parse_ignore_file
+    known = _known_rules()
+    checks = _id_list([args.checks]) if args.checks is not None else None
+    if checks is not None and not checks:
+        raise _UsageError("--checks needs at least one id")
+    skip = _id_list(args.skip)
+    for option, ids in (("--checks", checks or ()), ("--skip", skip)):
+        for rule in ids:
+            if rule not in known:
+                raise _UsageError("%s: unknown check id %r (see `audit explain ID`, docs/audit.md)" % (option, rule))
+    path = args.ignore_file
+    if path is None and os.path.isfile(DEFAULT_IGNORE_FILE):
+        path = DEFAULT_IGNORE_FILE
+    ignore = []
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                text = f.read(1 << 20).decode("utf-8", "replace")
+        except OSError as exc:
+            raise _UsageError("--ignore-file %s: %s" % (path, exc.strerror or exc))
+        try:
+            ignore, warnings = parse_ignore_file(text, path, known)
+        except IgnoreFileError as exc:
+            raise _UsageError(str(exc))
+        for w in warnings:
+            _warn(w)
+    return Policy(checks=checks, skip=skip, ignore=ignore, min_severity=args.severity)
+
+
+def _check_options(args):
+    if args.target == "explain":
+        raise _UsageError("usage: audit explain CHECK_ID")
+    if args.all == bool(args.target):
+        raise _UsageError("give exactly one TARGET, or --all")
+    if args.docker_socket is not None:
+        import stat
+        path = args.docker_socket
+        if "://" in path and not path.startswith("unix://"):
+            raise _UsageError("--docker-socket %s: only unix sockets (unix:///path or a path)" % path)
+        path = path[len("unix://"):] if path.startswith("unix://") else path
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise _UsageError("--docker-socket %s: %s" % (path, exc.strerror or exc))
+        if not stat.S_ISSOCK(st.st_mode):
+            raise _UsageError("--docker-socket %s: not a socket" % path)
+    if args.output is not None:
+        parent = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output):
+            raise _UsageError("-o %s: is a directory" % args.output)
+        if not os.path.isdir(parent):
+            raise _UsageError("-o %s: no such directory %s" % (args.output, parent))
+        if not os.access(parent, os.W_OK) and not os.access(args.output, os.W_OK):
+            raise _UsageError("-o %s: not writable" % args.output)
+
+
+def _emit(write, output=None):
+    """Run write(stream) on stdout or -o FILE; a reader that closed the pipe ends us quietly."""
+    if output is not None:
+        try:
+            with open(output, "w", encoding="utf-8", errors="surrogateescape") as f:
+                write(f)
+        except OSError as exc:
+            return _fail("-o %s: %s" % (output, exc.strerror or exc))
+        return EXIT_OK
+    try:
+        write(sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point fd 1 at /dev/null so the interpreter's own flush at exit cannot complain again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_BROKEN_PIPE
     return EXIT_OK
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "explain":
+        return _explain(argv[1:])
     try:
-        args = _parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
+        _check_options(args)
+        policy = _policy(args)
     except _UsageError as exc:
         return _fail(str(exc))
-    except SystemExit as exc:          # --help
+    except SystemExit as exc:          # --help, --version
         return int(exc.code or 0)
-    if args.target and args.target[0] == "explain":
-        if len(args.target) != 2:
-            return _fail("usage: audit explain CHECK_ID")
-        return _explain(args.target[1])
-    if args.all == bool(args.target):
-        return _fail("give exactly one TARGET, or --all")
-    if len(args.target) > 1:
-        return _fail("give exactly one TARGET (got %d)" % len(args.target))
-    if args.jobs is not None and args.jobs < 1:
-        return _fail("--jobs must be at least 1")
 
     from pysandbox_common.procfs import ProcError
     from .targets import Resolver, TargetError
@@ -155,7 +362,7 @@ def main(argv=None) -> int:
         if args.all:
             reports = _audit_all(resolver, args)
         else:
-            info = resolver.resolve(args.target[0])
+            info = resolver.resolve(args.target)
             reports = [audit_target(info, active=args.active)]
     except TargetError as exc:
         return _fail(str(exc))
@@ -165,17 +372,30 @@ def main(argv=None) -> int:
         return _fail("interrupted")
 
     from . import report
-    if args.format == "json":
-        sys.stdout.write(report.dumps(reports if args.all else reports[0], sys.stdout.isatty()) + "\n")
-    elif args.format == "sarif":
-        from .checks import all_checks
-        sys.stdout.write(report.dumps(report.render_sarif(reports, all_checks()), sys.stdout.isatty()) + "\n")
-    elif sys.stdout.isatty():
-        report.render_rich(reports, sys.stdout, verbose=args.verbose)
-    else:
-        sys.stdout.write(report.render_text(reports, verbose=args.verbose))
-    sys.stdout.flush()
+    reports = [policy.apply(r) for r in reports]
+    to_terminal = args.output is None and sys.stdout.isatty()
 
+    def write(stream):
+        if args.format == "json":
+            shown = [report.for_output(r, policy) for r in reports]
+            doc = report.fleet(shown) if args.all else shown[0]
+            stream.write(report.dumps(doc, to_terminal) + "\n")
+        elif args.format == "sarif":
+            from .checks import all_checks
+            stream.write(report.dumps(report.render_sarif(reports, all_checks(), policy), to_terminal) + "\n")
+        elif to_terminal:
+            if args.all:
+                report.render_fleet_rich(reports, stream, verbose=args.verbose, policy=policy)
+            else:
+                report.render_rich(reports, stream, verbose=args.verbose, policy=policy)
+        elif args.all:
+            stream.write(report.render_fleet_text(reports, verbose=args.verbose, policy=policy))
+        else:
+            stream.write(report.render_text(reports, verbose=args.verbose, policy=policy))
+
+    rc = _emit(write, args.output)
+    if rc != EXIT_OK:
+        return rc
     if args.fail_on:
         threshold = SEVERITY_RANK[args.fail_on]
         if any(report.worst_failing_rank(r) >= threshold for r in reports):
