@@ -37,7 +37,8 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         from .report import package_version
-        parser.exit(message="audit (pysandbox) %s\n" % package_version())
+        sys.stdout.write("audit (pysandbox) %s\n" % package_version())
+        parser.exit()
 
 
 EXIT_CODES = """exit codes:
