@@ -602,7 +602,7 @@ def _fleet_rows(reports):
     rows = []
     for r in reports:
         t, s = r["target"], r["summary"]
-        label = t["name"] or (t["container_id"] or "")[:12] or "pid %d" % t["pid"]
+        label = t["name"] or (t["container_id"] or "")[:12] or t.get("identity") or "-"
         paths = ", ".join(p["name"] for p in _active(r["escape_paths"])) or "-"
         rows.append([printable(x) for x in (label, t["runtime"], str(t["pid"]), t.get("image") or "-",
                                             s["worst"] or "none", str(s["failed"]), str(s["unknown"]), paths)])
