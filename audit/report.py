@@ -504,8 +504,8 @@ def view(report, verbose=False, policy=None):
             continue
         if group:
             sections.append((severity.upper(), severity, [_finding_item(f, verbose) for f in group]))
-    errors = [f for f in active if f["status"] == "error"]
-    if errors:   # a broken check is always shown: it may hide a gap
+    errors = [f for f in active if f["status"] not in ("fail", "pass", "unknown", "skip")]
+    if errors:   # a broken check (or a status this build does not know) is always shown: it may hide a gap
         sections.append(("CHECK ERRORS", "error", [_finding_item(f, verbose) for f in errors]))
     if verbose:
         for status, heading in (("unknown", "COULD NOT BE JUDGED"), ("skip", "SKIPPED"), ("pass", "PASSED")):
@@ -547,7 +547,7 @@ def render_text(reports, verbose=False, policy=None):
         for heading, _kind, items in v["sections"]:
             lines.append("%s:" % heading)
             for item in items:
-                label = _TEXT_LABEL[item.status]
+                label = _TEXT_LABEL.get(item.status, item.status.upper())
                 if item.status == "escape":
                     label += " [%s]" % item.severity
                 lines.append("  %-7s %-26s %s" % (label, item.id, item.title))
@@ -586,7 +586,7 @@ def render_rich(reports, stream, verbose=False, policy=None, console=None):
             table.add_column("id", style="bold", no_wrap=True)
             table.add_column("finding")
             for item in items:
-                label = _TEXT_LABEL[item.status] + (" [%s]" % item.severity if item.status == "escape" else "")
+                label = _TEXT_LABEL.get(item.status, item.status.upper()) + (" [%s]" % item.severity if item.status == "escape" else "")
                 body = Text(item.title)
                 for d in item.details:
                     body.append("\n" + d, style="dim" if not d.startswith("fix:") else "")

@@ -176,8 +176,9 @@ def test_resolve_by_id_prefix_and_pid(fleet):
 def test_all_audits_every_container(fleet):
     docker, names, pids = fleet
     proc = run_audit("--all", "--format", "json", env=docker.env, check_rc=0)
-    reports = json.loads(proc.stdout)
-    assert isinstance(reports, list)
+    envelope = json.loads(proc.stdout)
+    assert envelope["schema"] == "pysandbox.audit-fleet/1"
+    reports = envelope["targets"]
     seen = {r["target"]["pid"]: r for r in reports}
     for key, pid in pids.items():
         assert pid in seen, key

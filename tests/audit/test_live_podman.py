@@ -111,6 +111,6 @@ def test_podman_container_by_name_id_and_pid(podman_container):
 def test_podman_container_in_audit_all(podman_container):
     proc = _audit("--all", "--format", "json", env=podman_container["env"])
     assert proc.returncode in (0, 1), proc.stderr
-    reports = json.loads(proc.stdout)
+    reports = json.loads(proc.stdout)["targets"]       # the fleet envelope pysandbox.audit-fleet/1
     assert any(r["target"]["container_id"] == podman_container["id"] and r["target"]["runtime"] == "podman"
                for r in reports)

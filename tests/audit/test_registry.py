@@ -45,6 +45,6 @@ def test_schema_file_lists_every_status_and_severity():
     with open(os.path.join(here, "audit", "schema.json")) as f:
         schema = json.load(f)
     finding = schema["$defs"]["finding"]["properties"]
-    assert finding["status"]["enum"] == ["fail", "pass", "skip", "error"]
+    assert finding["status"]["enum"] == ["fail", "pass", "unknown", "skip", "error"]
     assert finding["severity"]["enum"] == list(SEVERITIES)
     assert schema["properties"]["schema"]["const"] == "pysandbox.audit/1"

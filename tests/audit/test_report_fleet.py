@@ -6,17 +6,10 @@ import os
 import subprocess
 import sys
 
-import jsonschema
-
 from audit import report
 from livetargets import REPO
-from test_report_render import FINDINGS, PATHS, _finding, snap  # noqa: F401  (snap is a fixture)
+from test_report_render import FINDINGS, PATHS, _finding, schema_validators, snap  # noqa: F401  (snap is a fixture)
 from test_report_sarif import _plain_target
-
-
-def _schema():
-    with open(os.path.join(os.path.dirname(report.__file__), "schema.json")) as f:
-        return json.load(f)
 
 
 def _variant(r, runtime, name, image, paths=True, unknown=True):
@@ -37,7 +30,7 @@ def test_fleet_summary_counts_by_runtime_and_worst_severity(snap):
                _variant(base, "docker", "db", None, paths=False, unknown=False),
                _variant(clean, "containerd", "k8s.io/job", "busybox")]
     doc = report.fleet(reports)
-    jsonschema.validate(doc, _schema())
+    schema_validators()[1].validate(doc)
     s = doc["summary"]
     assert s["targets"] == 3 and s["with_escape_paths"] == 1 and s["escape_paths"] == 1 and s["unknown"] == 2
     assert s["worst"] == {"critical": 2, "high": 0, "medium": 0, "low": 0, "info": 0, "none": 1}
@@ -84,7 +77,7 @@ def test_all_lists_real_targets_in_the_envelope_and_the_table():
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr + text.stderr
     doc = json.loads(proc.stdout)
-    jsonschema.validate(doc, _schema())
+    schema_validators()[1].validate(doc)
     assert doc["schema"] == "pysandbox.audit-fleet/1"
     pids = [t["target"]["pid"] for t in doc["targets"]]
     assert len(pids) == len(set(pids)) and doc["summary"]["targets"] == len(pids)

@@ -187,19 +187,28 @@ def test_json_keeps_the_raw_value_escaped_by_json(snap):
     assert json.loads(text)["findings"][0]["evidence"] == ["fd 7 -> /tmp/\x1b]0;x\x07"]
 
 
+def schema_validators():
+    """Validators of audit/schema.json: the report (its root) and the fleet envelope (#/$defs/fleet)."""
+    import jsonschema
+    with open(os.path.join(os.path.dirname(report.__file__), "schema.json")) as f:
+        schema = json.load(f)
+    root = jsonschema.Draft202012Validator(schema)
+    return root, root.evolve(schema=schema["$defs"]["fleet"])
+
+
 def test_report_validates_against_the_schema(snap):
     import jsonschema
-    schema_path = os.path.join(os.path.dirname(report.__file__), "schema.json")
-    with open(schema_path) as f:
-        schema = json.load(f)
+    report_v, fleet_v = schema_validators()
     r = _report(snap)
-    jsonschema.validate(r, schema)
-    jsonschema.validate(report.fleet([r, r]), schema)
+    report_v.validate(r)
+    fleet_v.validate(report.fleet([r, r]))
+    with pytest.raises(jsonschema.ValidationError):
+        fleet_v.validate(report.fleet([dict(r, schema="pysandbox.audit/2")]))
     bad = dict(r, summary=dict(r["summary"]))
     del bad["summary"]["unknown"]
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, schema)
+        report_v.validate(bad)
     bad = json.loads(json.dumps(r))
     bad["findings"][0]["status"] = "maybe"
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, schema)
+        report_v.validate(bad)
