@@ -76,8 +76,9 @@ def build_parser():
     """
     p = _Parser(prog="audit",
                 usage="audit [OPTIONS] TARGET | audit [OPTIONS] --all | audit explain CHECK_ID",
-                description="Audit a running container's isolation: which checks fail, which could not be "
-                            "judged, and which escape paths the gaps add up to.",
+                description="Audit a running container's isolation: which checks fail, which could not be\n"
+                            "judged, and which escape paths the gaps add up to. Passive by default: it only\n"
+                            "reads /proc and the target's files. `pysandbox audit ...` is the same command.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", nargs="?", metavar="TARGET",
                    help="a PID, a container id (unique prefix) or name (Docker, Podman, containerd, ...), "
@@ -116,8 +117,8 @@ def build_parser():
 
 def build_explain_parser():
     p = _Parser(prog="audit explain", usage="audit explain CHECK_ID",
-                description="Explain a check: what it looks at, how the escape works, how to fix it "
-                            "(Docker, Kubernetes, pysandbox) and its references (CVE, MITRE ATT&CK, "
+                description="Explain a check: what it looks at, how the escape works, how to fix it\n"
+                            "(Docker, Kubernetes, pysandbox) and its references (CVE, MITRE ATT&CK,\n"
                             "CIS Docker Benchmark, Kubernetes Pod Security Standards).",
                 epilog="exit codes:\n  0  explained\n  2  unknown check id\n\nexample:\n"
                        "  audit explain cap-sys-admin\n\nthe ids: every report names them; docs/audit.md lists them.",

@@ -138,3 +138,21 @@ def test_docs_have_an_anchor_for_every_rule():
     for pid in ESCAPE_PATH_IDS:
         assert "escape-" + pid in anchors, pid
         assert report.help_uri("escape/" + pid).endswith("#escape-" + pid)
+
+
+def test_all_as_sarif_is_valid_and_names_every_target_by_identity(sarif_validator):
+    with _plain_target() as pid:
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.run([sys.executable, "-m", "audit", "--all", "--format", "sarif"], capture_output=True,
+                              text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    _validate(sarif_validator, doc)
+    results = doc["runs"][0]["results"]
+    mine = [res for res in results if res["properties"]["pid"] == pid]
+    uris = {res["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for res in mine}
+    assert mine and len(uris) == 1
+    uri = uris.pop()     # a bare process is named by its program (process/<exe>), never by its PID
+    assert uri.startswith("container://") and uri.endswith("/usr/bin/sleep") and str(pid) not in uri
+    rule_ids = {rule["id"] for rule in doc["runs"][0]["tool"]["driver"]["rules"]}
+    assert {res["ruleId"] for res in results} <= rule_ids
