@@ -138,3 +138,9 @@ def test_all_into_head_prints_one_line_and_no_traceback():
                           text=True, env=env, cwd=REPO, timeout=120)
     assert proc.returncode == 0 and proc.stdout.count("\n") == 1, proc
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_error_messages_escape_what_the_user_or_target_gave():
+    proc = run_audit("no-such\x1b]0;title\x07container", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    _one_line_error(proc)
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr

@@ -91,3 +91,12 @@ def test_all_lists_real_targets_in_the_envelope_and_the_table():
     assert "summary (targets by worst severity):" in text.stdout
     total = next(line for line in text.stdout.splitlines() if line.startswith("total"))
     assert total.split()[1] == str(len(pids))
+
+
+def test_fleet_rows_escape_target_text(snap):
+    base = report.build(snap, [_finding("ns-pid-host", "fail")], [])
+    hostile = _variant(base, "docker", "web\x1b]0;t\x07\u202e", "img\x1b[2J")
+    for out in (report.render_fleet_text([hostile]), report.render_text([hostile])):
+        assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
+        assert "web\\x1b]0;t\\x07\\u202e" in out
+    assert "img\\x1b[2J" in report.render_fleet_text([hostile])
