@@ -176,10 +176,14 @@ def strict_sandbox(tmp_path):
         while True:
             record = registry.find(name, directory=str(state))
             if record:
+                # the command once it runs sleep: seccomp goes on last, just before its execve
                 try:
                     with open("/proc/%d/task/%d/children" % (record["pid"], record["pid"])) as f:
-                        if f.read().split():
-                            break
+                        children = f.read().split()
+                    if children:
+                        with open("/proc/%s/comm" % children[0]) as f:
+                            if f.read().strip() == "sleep":
+                                break
                 except OSError:
                     pass
             if proc.poll() is not None:
