@@ -14,6 +14,7 @@ import subprocess
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.dist import Distribution
 
 try:  # setuptools >= 70 carries bdist_wheel itself; before that it lives in `wheel`
     from setuptools.command.bdist_wheel import bdist_wheel
@@ -57,4 +58,12 @@ class PlatformWheel(bdist_wheel):
         return "py3", "none", platform
 
 
-setup(cmdclass={"build_py": BuildWithInit, "bdist_wheel": PlatformWheel})
+class MachineDistribution(Distribution):
+    """Has machine code: built into the platform directories (build/lib.<platform>, the
+    wheel's root is platlib), like a distribution with C extensions."""
+
+    def has_ext_modules(self):
+        return True
+
+
+setup(cmdclass={"build_py": BuildWithInit, "bdist_wheel": PlatformWheel}, distclass=MachineDistribution)

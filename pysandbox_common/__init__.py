@@ -8,5 +8,5 @@ either of them.
 """
 
 # The release, shared by `pysandbox --version` and `audit --version`; pyproject.toml's
-# [project] version is kept equal (tests/test_cli.py checks).
+# [project] version is kept equal (tests/test_pysandbox_cli.py checks).
 VERSION = "0.2.0"

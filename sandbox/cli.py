@@ -467,9 +467,14 @@ def describe(error):
 
 
 def internal_message(e):
-    text = "%s: %s" % (type(e).__name__, e)
-    hint = missing_library_hint(text) if isinstance(e, (OSError, RuntimeError, ImportError)) else None
-    return hint or "internal error: " + text
+    """One line for an exception that is not a SandboxError: a system library that cannot
+    be loaded (dlopen's OSError through a binding) names its Debian package; anything
+    else is a bug of ours and says so."""
+    if isinstance(e, (OSError, RuntimeError, ImportError)):
+        hint = missing_library_hint("cannot load a system library: %s" % e)
+        if hint:
+            return hint
+    return "internal error: %s: %s" % (type(e).__name__, e)
 
 
 # ---------------------------------------------------------------- argparse: help, man, completion
@@ -524,7 +529,7 @@ def build_parser():
                  "offers (user, pid, mount, net, uts, ipc, cgroup, time), with cgroup limits, no capabilities, "
                  "no_new_privs, Landlock and seccomp; and audit running containers for isolation gaps.",
                  epilog=USAGE.split("\n\n", 1)[1])
-    top.add_argument("--version", action="version", version="pysandbox " + version())
+    top.add_argument("-V", "--version", action="version", version="pysandbox " + version())
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser(
