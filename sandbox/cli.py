@@ -631,7 +631,7 @@ examples:
                        ("bench", "measure start time, density and overhead against other runtimes")):
         module = _lazy_module(name)
         parser = sub.add_parser(name, formatter_class=raw, help=text, description=text[0].upper() + text[1:] + ".",
-                                epilog=OTHER_EXIT_CODES + "\n\nexample:\n  pysandbox %s --help" % name)
+                                epilog=OTHER_EXIT_CODES + "\n\nexample:\n  pysandbox %s" % name)
         if module is not None and hasattr(module, "add_arguments"):
             module.add_arguments(parser)
         else:
@@ -765,11 +765,24 @@ def cmd_explain(ns):
 
 
 def cmd_external(name, rest):
-    """`pysandbox lab|bench ...`: the module's own main(argv) -> int, imported only now."""
+    """`pysandbox lab|bench ...`: the module's own main(argv) -> int, imported only now.
+    Its options are checked (and --help answered, with the exit codes and an example)
+    by build_parser() first, from the module's add_arguments(parser), so a mistake is
+    pysandbox's usage error (125) like everywhere else."""
     module = _lazy_module(name)
     if module is None or not hasattr(module, "main"):
+        if rest[:1] in (["-h"], ["--help"]):
+            return help_for([name])
         raise UsageError("`pysandbox %s` is not part of this installation (sandbox/%s.py is missing)" % (name, name))
-    return module.main(list(rest))
+    try:
+        build_parser().parse_args([name] + list(rest))
+    except SystemExit as e:    # --help
+        return int(e.code or 0)
+    try:
+        return module.main(list(rest))
+    except SystemExit as e:    # the module's own argparse: its usage code 2 is our 125
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_SETUP)
+        return EXIT_SETUP if code == 2 else code
 
 
 COMMANDS = ("run", "profile", "explain", "gc", "delegate", "audit", "lab", "bench")
@@ -793,8 +806,6 @@ def main(argv=None):
             from audit.cli import main as audit_main
             return audit_main(rest)
         if command in ("lab", "bench"):
-            if rest[:1] in (["-h"], ["--help"]) and _lazy_module(command) is None:
-                return help_for([command])
             return cmd_external(command, rest)
         if command not in COMMANDS:
             raise UsageError("unknown command %r (commands: %s; see `pysandbox --help`)" % (command, ", ".join(COMMANDS)))

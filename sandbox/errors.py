@@ -86,6 +86,8 @@ def missing_library_hint(text):
     if not any(word in lowered for word in _LOAD_FAILURES):
         return None
     for library, package in LIBRARY_PACKAGES:
+        if package in text:    # the message names the package already (sandbox.native does)
+            return None
         if library in lowered:
             return "%s (%s is missing or unusable: install the Debian package %s)" % (text, library, package)
     return None
