@@ -18,8 +18,9 @@ RESULT_SCHEMA = "pysandbox.result/1"
 HOSTNAME_MAX = 64          # the kernel's __NEW_UTS_LEN: sethostname refuses more with EINVAL
 WEIGHT_RANGE = (1, 10000)  # cgroup v2 cpu.weight / io.weight (v1 values are mapped from it)
 
-# (option, metavar, kind, help). kind: "value" (the last one wins), "list" (repeatable),
-# "mount" (repeatable, kept in argv order with the other mounts), "flag".
+# (option, metavar, kind, help). option: "--name", or a tuple ("--name", "-n") whose first
+# is the name the options are kept under. kind: "value" (the last one wins), "list"
+# (repeatable), "mount" (repeatable, kept in argv order with the other mounts), "flag".
 RUN_OPTIONS = (
     ("--profile", "NAME|PATH", "value", "profile to start from: strict, default, permissive or a TOML file "
      "(default: default; `pysandbox profile list`)"),
@@ -50,7 +51,12 @@ RUN_OPTIONS = (
      "for setup and usage errors too" % RESULT_SCHEMA),
     ("--quiet", None, "flag", "no warnings or notes on stderr"),
 )
-_KIND = {name: kind for name, _, kind, _ in RUN_OPTIONS}
+_KIND, _CANONICAL = {}, {}
+for _names, _, _kind, _ in RUN_OPTIONS:
+    for _name in ((_names,) if isinstance(_names, str) else _names):
+        _KIND[_name] = _kind
+        _CANONICAL[_name] = _names if isinstance(_names, str) else _names[0]
+del _names, _name, _kind
 _MOUNT_KIND = {"--ro-bind": "ro-bind", "--bind": "bind", "--tmpfs": "tmpfs"}
 # Limits asked for on the command line are applied or the run fails (never dropped).
 _LIMIT_OPTIONS = ("--memory", "--memory-swap", "--pids", "--cpus", "--cpu-weight", "--io-weight")
@@ -136,6 +142,7 @@ def parse_run(args):
             parsed.error = parsed.error or UsageError("unknown option %s (see `pysandbox run --help`)" % name)
             i += 1
             continue
+        name = _CANONICAL[name]
         if kind == "flag":
             if eq:
                 parsed.error = parsed.error or UsageError("option %s takes no value" % name)
@@ -547,8 +554,10 @@ syscall, wall, cpu_user, cpu_system, cpu, memory_peak, limits, warnings, profile
 
 examples:
 """ % RESULT_SCHEMA + RUN_EXAMPLES)
-    for option, metavar, kind, text in RUN_OPTIONS:
-        kwargs = {"help": text}
+    for names, metavar, kind, text in RUN_OPTIONS:
+        names = (names,) if isinstance(names, str) else names
+        option = names[0]
+        kwargs = {"help": text, "dest": option[2:].replace("-", "_")}
         if kind == "flag":
             kwargs["action"] = "store_true"
         else:
@@ -560,7 +569,7 @@ examples:
                 kwargs["metavar"] = None
             if option in ("--ro-bind", "--bind", "--rootfs", "--cwd"):
                 kwargs["metavar"] = metavar
-        action = run.add_argument(option, **kwargs)
+        action = run.add_argument(*names, **kwargs)
         if option in ("--ro-bind", "--bind", "--rootfs", "--seccomp", "--result"):
             action.complete = {"bash": "_shtab_compgen_files", "zsh": "_files"} \
                 if option not in ("--ro-bind", "--bind", "--rootfs") else {"bash": "_shtab_compgen_dirs",

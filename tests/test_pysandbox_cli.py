@@ -386,7 +386,7 @@ def test_hand_parser_and_argparse_agree():
     """`run` is parsed by hand (no argparse before exec); build_parser() describes the same
     options with the same arities, and both read a command line alike."""
     import argparse
-    from sandbox.cli import build_parser, parse_run, RUN_OPTIONS, _KIND
+    from sandbox.cli import build_parser, parse_run, RUN_OPTIONS, _KIND, _CANONICAL
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     run = sub.choices["run"]
@@ -395,9 +395,10 @@ def test_hand_parser_and_argparse_agree():
         for option in action.option_strings:
             described[option] = action
     assert set(described) - {"-h", "--help"} == set(_KIND)
-    assert len(RUN_OPTIONS) == len(_KIND)
+    assert len(RUN_OPTIONS) == len(set(_CANONICAL.values()))
     for option, kind in _KIND.items():
         action = described[option]
+        assert action is described[_CANONICAL[option]], option   # an alias is the same option
         if kind == "flag":
             assert isinstance(action, argparse._StoreTrueAction), option
         elif kind in ("list", "mount"):
@@ -411,7 +412,8 @@ def test_hand_parser_and_argparse_agree():
     parsed = vars(parser.parse_args(["run"] + argv))
     assert hand.error is None
     assert hand.argv == ["sh", "-c", "x"] == [a for a in parsed["cmd"] if a != "--"]
-    for option, kind in _KIND.items():
+    for option in set(_CANONICAL.values()):
+        kind = _KIND[option]
         key = option[2:].replace("-", "_")
         if kind == "mount":
             assert [spec for k, spec in hand.mounts if k == option[2:]] == (parsed[key] or []), option
