@@ -351,6 +351,13 @@ def test_help_on_every_command_teaches(path):
             assert option in text
 
 
+def test_top_level_help_lists_every_command():
+    from sandbox.cli import COMMANDS
+    text = run_cli("--help").stdout
+    for command in COMMANDS:
+        assert re.search(r"^\s+%s\s" % command, text, re.M), command
+
+
 def test_help_command_and_audit_help():
     assert run_cli("help", "run").stdout == run_cli("run", "--help").stdout
     proc = run_cli("audit", "--help")
@@ -455,6 +462,19 @@ def test_man_page_renders(name):
             assert text in proc.stdout, text
     else:
         assert "--format" in proc.stdout
+
+
+def test_man_finds_the_linked_pages():
+    """With the default setup (PYSANDBOX_LINK=1) `man pysandbox` and `man audit` work from
+    the system's man path; a private prefix (PYSANDBOX_LINK=0) links nothing."""
+    for name in ("pysandbox", "audit"):
+        link = "/usr/local/share/man/man1/%s.1" % name
+        ours = os.path.join(_share(), "man", "man1", name + ".1")
+        if not (os.path.islink(link) and os.path.realpath(link) == os.path.realpath(ours)):
+            pytest.skip("this install did not link its man pages (PYSANDBOX_LINK=0)")
+        proc = subprocess.run(["man", "-P", "cat", name], capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, MANWIDTH="100", LC_ALL="C.UTF-8"))
+        assert proc.returncode == 0 and name.upper() + "(1)" in proc.stdout, proc.stderr
 
 
 def _bash_complete(script, words):
