@@ -22,9 +22,11 @@ fi
 # iproute2. Tests and benchmarks: gcc (escape probes), Docker and busybox (audit targets),
 # and the peers we compare with; Docker's and Podman's default seccomp profiles (test data).
 # Docker's: golang-github-docker-docker-dev (matches docker.io), Podman's: golang-github-containers-common (/usr/share/containers/seccomp.json).
+# The man pages and completions are checked with man-db/groff, bash-completion and zsh.
 PACKAGES="python3 python3-venv python3-cap-ng libseccomp2 libcap-ng0 uidmap util-linux iproute2 procps
 gcc libc6-dev docker.io podman busybox-static bubblewrap crun runc firejail
-golang-github-docker-docker-dev golang-github-containers-common"
+golang-github-docker-docker-dev golang-github-containers-common
+man-db groff-base bash-completion zsh"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -40,7 +42,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     # Debian's /usr/bin/python3, not one under /root: unprivileged users must be able to run it.
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-"$VENV/bin/pip" install -q --disable-pip-version-check --no-warn-script-location ".[test]"
+# The package's build step (setup.py) compiles sandbox/init.c into it as sandbox/pysandbox-init.
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-warn-script-location ".[test,docs]"
 # pip's generic console script imports re and runs site's .pth processing on every start;
 # the run path is measured in milliseconds, so the launcher runs Python isolated (-I -S)
 # with the package's own directories on sys.path instead, and takes the interpreter's
@@ -48,8 +51,9 @@ fi
 # a shebang's options over as one argument, hence the single cluster).
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # The sandbox's PID 1 after setup: a small static C init (static, so it runs in any
-# --rootfs image too). Without it the runtime falls back to its Python init.
-gcc -static -Os -Wall -o "$SITE/sandbox/pysandbox-init" sandbox/init.c
+# --rootfs image too), built by pip through setup.py. Without it the runtime falls back
+# to its Python init; a pip too old to run the build step gets it compiled here.
+[ -x "$SITE/sandbox/pysandbox-init" ] || gcc -static -Os -Wall -o "$SITE/sandbox/pysandbox-init" sandbox/init.c
 for name in pysandbox audit; do
     if [ "$name" = pysandbox ]; then call="from sandbox.cli import entry; entry()"
     else call="from audit.cli import main; sys.exit(main())"; fi
@@ -60,13 +64,28 @@ sys.path += ["$SITE", "/usr/lib/python3/dist-packages"]
 $call
 LAUNCHER
 done
+# Man pages and bash/zsh completions of both commands, generated from their parsers into
+# $PREFIX/share (and linked into the system's search paths below).
+"$VENV/bin/python" -I -c 'import sys; from sandbox.cli import write_shell_docs; write_shell_docs(sys.argv[1])' \
+    "$PREFIX/share" >/dev/null
 chmod -R a+rX "$PREFIX"
 # A private prefix (PYSANDBOX_LINK=0) leaves the commands in /usr/local/bin alone, so
 # several checkouts can be installed side by side for development.
 if [ "${PYSANDBOX_LINK:-1}" != 0 ]; then
     ln -sf "$VENV/bin/pysandbox" /usr/local/bin/pysandbox
     ln -sf "$VENV/bin/audit" /usr/local/bin/audit
+    mkdir -p /usr/local/share/man/man1 /usr/share/bash-completion/completions /usr/local/share/zsh/site-functions
+    for name in pysandbox audit; do
+        ln -sf "$PREFIX/share/man/man1/$name.1" /usr/local/share/man/man1/$name.1
+        ln -sf "$PREFIX/share/bash-completion/completions/$name" /usr/share/bash-completion/completions/$name
+        ln -sf "$PREFIX/share/zsh/site-functions/_$name" /usr/local/share/zsh/site-functions/_$name
+    done
 fi
+# A second unprivileged user WITHOUT cgroup delegation: the tests prove that a limit asked
+# for on the command line is refused (exit 125, naming the fix) rather than dropped when
+# the caller has no cgroups of its own. It never gets a delegation or a login shell.
+NODELEG_USER=${PYSANDBOX_NODELEG_USER:-pysbx2}
+id "$NODELEG_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$NODELEG_USER"
 
 if [ "${1:-}" != "--test" ]; then
     exit 0

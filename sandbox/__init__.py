@@ -7,7 +7,7 @@
 Imports are lazy: `import sandbox` costs nothing until a name is used.
 """
 __all__ = ["Sandbox", "SandboxProcess", "Result", "load_profile", "SandboxError", "ProfileError", "SetupError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # = pysandbox_common.VERSION (tests/test_pysandbox_cli.py)
 
 
 def __getattr__(name):

@@ -70,6 +70,6 @@ def test_rootless_strict_with_delegation_gets_its_limits(delegated_user, shared_
 
 def test_delegate_refuses_bad_input():
     proc = run_cli("delegate", "no-such-user-xyz")
-    assert proc.returncode == 2 and "no such user" in proc.stderr
+    assert proc.returncode == 125 and "no such user" in proc.stderr
     proc = run_cli("delegate")
-    assert proc.returncode == 2 and proc.stderr.startswith("pysandbox: usage")
+    assert proc.returncode == 125 and proc.stderr.startswith("pysandbox: delegate: ") and "USER" in proc.stderr

@@ -77,20 +77,20 @@ def test_state_records_with_hostile_names_are_ignored(tmp_path):
 
 
 @pytest.mark.parametrize("args, code, text", [
-    (["--timeout", "nan"], 2, "--timeout expects a finite number"),
-    (["--timeout", "inf"], 2, "--timeout expects a finite number"),
-    (["--result", "/nonexistent/dir/r.json"], 2, "--result /nonexistent/dir/r.json: No such file or directory"),
-    (["--bind", ":/x"], 2, "empty bind source"),
-    (["--bind", "/etc://proc"], 2, "refusing to mount over /proc"),
-    (["--ro-bind", "/etc:relative"], 2, "must be an absolute path"),
-    (["--tmpfs", "relative"], 2, "must be an absolute path"),
-    (["--tmpfs", "/dev/x"], 2, "refusing to mount over /dev/x"),
-    (["--memory", "0"], 2, "--memory 0 would remove a limit that profile strict requires"),
-    (["--pids", "0"], 2, "--pids 0 would remove a limit that profile strict requires"),
-    (["--memory", "-1"], 2, "--memory -1 would remove a limit that profile strict requires"),
-    (["--memory", "unlimited"], 2, "--memory unlimited would remove a limit"),
-    (["--timeout", "1e300"], 2, "--timeout expects a finite number"),
-    (["--cpus", "nan"], 2, "--cpus expects a finite number"),
+    (["--timeout", "nan"], 125, "--timeout expects a finite number"),
+    (["--timeout", "inf"], 125, "--timeout expects a finite number"),
+    (["--result", "/nonexistent/dir/r.json"], 125, "--result /nonexistent/dir/r.json: No such file or directory"),
+    (["--bind", ":/x"], 125, "empty bind source"),
+    (["--bind", "/etc://proc"], 125, "refusing to mount over /proc"),
+    (["--ro-bind", "/etc:relative"], 125, "must be an absolute path"),
+    (["--tmpfs", "relative"], 125, "must be an absolute path"),
+    (["--tmpfs", "/dev/x"], 125, "refusing to mount over /dev/x"),
+    (["--memory", "0"], 125, "--memory 0 would remove a limit that profile strict requires"),
+    (["--pids", "0"], 125, "--pids 0 would remove a limit that profile strict requires"),
+    (["--memory", "-1"], 125, "--memory -1 would remove a limit that profile strict requires"),
+    (["--memory", "unlimited"], 125, "--memory unlimited would remove a limit"),
+    (["--timeout", "1e300"], 125, "--timeout expects a finite number"),
+    (["--cpus", "nan"], 125, "--cpus expects a finite number"),
 ])
 def test_bad_run_options_fail_before_anything_runs(args, code, text, tmp_path):
     marker = tmp_path / "ran"
@@ -114,7 +114,7 @@ def test_bad_profile_values(tmp_path, toml, key):
     profile = tmp_path / "p.toml"
     profile.write_text('extends = "default"\n' + toml)
     proc = run_cli("run", "--profile", str(profile), "--", "/bin/true")
-    assert proc.returncode == 3 and (": %s: " % key) in proc.stderr, proc.stderr
+    assert proc.returncode == 125 and (": %s: " % key) in proc.stderr, proc.stderr
 
 
 def _image(tmp_path):

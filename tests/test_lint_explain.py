@@ -54,4 +54,4 @@ def test_explain_every_layer(layer):
 
 def test_explain_unknown_layer():
     proc = run_cli("explain", "magic")
-    assert proc.returncode == 2 and proc.stderr.startswith("pysandbox: unknown layer 'magic'")
+    assert proc.returncode == 125 and proc.stderr.startswith("pysandbox: unknown layer 'magic'")

@@ -167,7 +167,7 @@ def test_loopback_mode_brings_lo_up(strict):
 
 def test_strict_refuses_host_network(strict):
     proc, _ = run_in(strict, "/bin/true", extra=("--net", "host"))
-    assert proc.returncode == 3
+    assert proc.returncode == 125
     assert "refuses the host's network" in proc.stderr and proc.stderr.count("\n") == 1
 
 
@@ -336,12 +336,12 @@ def test_python_api(strict):
 
 
 @pytest.mark.parametrize("args, code, text", [
-    (["run", "--profile", "nope", "--", "true"], 3, "unknown profile 'nope'"),
-    (["run", "--profile", "strict"], 2, "no command given"),
-    (["run", "--bogus", "--", "true"], 2, "unknown option --bogus"),
+    (["run", "--profile", "nope", "--", "true"], 125, "unknown profile 'nope'"),
+    (["run", "--profile", "strict"], 125, "no command given"),
+    (["run", "--bogus", "--", "true"], 125, "unknown option --bogus"),
     (["run", "--ro-bind", "/does/not/exist", "--", "true"], 125, "bind source /does/not/exist does not exist"),
-    (["run", "--timeout", "soon", "--", "true"], 2, "--timeout expects a number"),
-    (["frobnicate"], 2, "unknown command"),
+    (["run", "--timeout", "soon", "--", "true"], 125, "--timeout expects a number"),
+    (["frobnicate"], 125, "unknown command"),
 ])
 def test_bad_input_is_one_line(args, code, text):
     proc = run_cli(*args)
@@ -354,7 +354,7 @@ def test_malformed_profile_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('extends = "strict"\n[process]\nhostname = [\n')
     proc = run_cli("run", "--profile", str(bad), "--", "true")
-    assert proc.returncode == 3 and str(bad) in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.returncode == 125 and str(bad) in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_profile_list_and_show(tmp_path):
@@ -491,7 +491,7 @@ def test_names_are_unique_among_running_sandboxes(strict):
     sup, record = start_named(strict, name, "/bin/sleep", "30")
     try:
         proc = run_cli("run", "--profile", strict, "--name", name, "--", "/bin/true")
-        assert proc.returncode == 2 and proc.stderr == "pysandbox: a sandbox named %s is already running\n" % name
+        assert proc.returncode == 125 and proc.stderr == "pysandbox: a sandbox named %s is already running\n" % name
     finally:
         sup.terminate()  # the supervisor forwards it and tears the sandbox down
         sup.wait()
