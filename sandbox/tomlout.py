@@ -64,7 +64,15 @@ def dumps(profile):
     lines = ["# profile %s, resolved from: %s" % (profile.name, ", ".join(profile.sources))]
     for source, key in profile.replaced:
         lines.append("# %s replaces the inherited %s" % (source, key))
-    lines += ["description = %s" % _value(profile.description), ""]
+    lines.append("description = %s" % _value(profile.description))
+    # A list adds to its default (masked_paths to the OCI set): sections with such lists are
+    # given whole, so what is printed is exactly what loads.
+    from .profile import SCHEMA, Key
+    whole = [s for s, spec in SCHEMA.items() if s and not isinstance(spec, Key)
+             and any(k.combine != "replace" and k.default for k in spec.values())]
+    if whole:
+        lines.append("replace = %s" % _value(whole))
+    lines.append("")
     for section in profile.sections():
         value = getattr(profile, section)
         lines.append("[%s]" % section)

@@ -125,7 +125,7 @@ def test_every_attempt_to_change_a_profile_raises(tmp_path):
         lambda: p.filesystem.mounts[-1].options.__setitem__("size", 1),
         lambda: p.raw["filesystem"].__setitem__("cwd", "/"),
         lambda: setattr(p.seccomp, "default_action", ("allow",)),
-        lambda: p._state[1]["environment"].__setitem__("set", {}),
+        lambda: setattr(p, "_state", b""),
     ]
     for number, attempt in enumerate(attempts):
         with pytest.raises((AttributeError, TypeError)):
@@ -299,6 +299,24 @@ def test_show_prints_the_resolved_profile_that_loads_back(tmp_path):
         for section in p.sections():
             assert getattr(again, section) == getattr(p, section), section
         assert again.filesystem.mounts == p.filesystem.mounts
+    for name in builtin_names():
+        p = load_profile(name)
+        again = load_profile(write(tmp_path, dumps(p), "shown.toml"))
+        for section in p.sections():
+            if section == "seccomp" and p.seccomp is not None:
+                assert again.seccomp.fingerprint() == p.seccomp.fingerprint(), name
+            else:
+                assert getattr(again, section) == getattr(p, section), (name, section)
+
+
+def test_defaults_are_the_bottom_layer(tmp_path):
+    from sandbox.profile import RUNTIME_MASKED_PATHS
+    p = load_profile(write(tmp_path, '[filesystem]\nmasked_paths = ["/proc/cpuinfo"]\n'))
+    assert p.filesystem.masked_paths == tuple(RUNTIME_MASKED_PATHS) + ("/proc/cpuinfo",)
+    p = load_profile(write(tmp_path, '[filesystem]\nreplace = ["masked_paths"]\nmasked_paths = []\n', "b.toml"))
+    assert p.filesystem.masked_paths == ()
+    p = load_profile(write(tmp_path, 'replace = ["filesystem"]\n[filesystem]\ncwd = "/srv"\n', "c.toml"))
+    assert p.filesystem.masked_paths == () and p.filesystem.cwd == "/srv" and p.filesystem.tmp_size == 64 << 20
 
 
 # ---- the cache never serves a stale or mutable profile -------------------------------------

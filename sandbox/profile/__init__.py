@@ -32,7 +32,7 @@ class Profile:
     it was resolved from, derived first, then "command line" entries) say where it came from;
     `replaced` lists (source, "section.key") for every explicit `replace`."""
 
-    __slots__ = ("name", "sources", "description", "replaced", "raw", "_state") + tuple(
+    __slots__ = ("name", "sources", "description", "replaced", "_state") + tuple(
         s for s in SCHEMA if s)
 
     def __init__(self, name, sources, description, sections, state):
@@ -41,9 +41,11 @@ class Profile:
         set_(self, "sources", tuple(sources))
         set_(self, "description", description)
         set_(self, "replaced", tuple((src, key) for src, key in state.replaced))
-        # the merged tables as written (frozen): what `profile show` prints for the layer sections
-        set_(self, "raw", freeze(dict(state.raw, **{s: t for s, t in state.tables.items()})))
-        set_(self, "_state", freeze(state.dump()))
+        # The combined tables, mounts and origins, kept as marshal bytes (immutable, and cheaper
+        # than freezing a few thousand seccomp values on every load): with_overrides and `raw`
+        # start from them.
+        import marshal
+        set_(self, "_state", marshal.dumps(state.dump()))
         for section, value in sections.items():
             set_(self, section, value)
 
@@ -54,6 +56,13 @@ class Profile:
 
     def __repr__(self):
         return "Profile(%r, sources=%r)" % (self.name, self.sources)
+
+    @property
+    def raw(self):
+        """The combined tables as written (frozen): what `profile show` prints for the layer sections."""
+        import marshal
+        dumped = marshal.loads(self._state)
+        return freeze(dict(dumped[2], **dumped[1]))
 
     def sections(self):
         return tuple(s for s in SCHEMA if s)
@@ -69,20 +78,14 @@ class Profile:
         """A new profile: `overrides` ({section: {key: value}}) laid over this one by the same
         rules as `extends` (lists append: filesystem.mounts entries come after the profile's own,
         in the order given; scalars replace). Errors name the option when source is the command line."""
-        state = _state_from(self._state)
+        import marshal
+        state = _state_from(marshal.loads(self._state))
         fail = _failer(state, {}, self.sources)
-        apply_layer(state, source, _plain(overrides), fail)
+        apply_layer(state, source, _plain(overrides), fail)  # a copy: the caller's dicts stay theirs
         return _build(self.name, self.sources + (source,), state, {})
 
 
-def _plain(value):
-    if isinstance(value, (dict, FrozenMap)):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, MountEntry):
-        return value.as_table()
-    return value
+from .rules import _deep_copy as _plain  # noqa: E402  (plain, unshared dicts and lists)
 
 
 def _state_from(dumped):
@@ -91,7 +94,7 @@ def _state_from(dumped):
     state.top = dict(top)
     state.tables = {s: {k: (dict(v) if isinstance(v, (dict, FrozenMap)) else (tuple(v) if isinstance(v, list) else v))
                         for k, v in t.items()} for s, t in tables.items()}
-    state.raw = {s: _plain(t) for s, t in raw.items()}
+    state.raw = raw
     state.mounts = [(parse_mount_table(table, True, src), key) for table, src, key in mounts]
     state.origin = {tuple(k): v for k, v in origin}
     state.replaced = [tuple(r) for r in replaced]
@@ -239,13 +242,18 @@ def _load_cached(path):
     return layers
 
 
-def _store_cached(path, layers):
+def _cache_entry(layers):
+    import marshal
     try:
-        import marshal
-        from ..cache import write_atomic
-        write_atomic(_cache_path(path), marshal.dumps((_CACHE_VERSION, _stamp([p for p, _ in layers]), layers)))
+        return marshal.dumps((_CACHE_VERSION, _stamp([p for p, _ in layers]), layers))
     except (ValueError, OSError):
-        pass
+        return None
+
+
+def _store_cached(path, entry):
+    if entry is not None:
+        from ..cache import write_atomic
+        write_atomic(_cache_path(path), entry)
 
 
 def _parse_chain(path):
@@ -281,8 +289,9 @@ def load_profile(name_or_path="default"):
         except ProfileError:
             pass  # report it with line numbers from a fresh parse
     layers, texts = _parse_chain(path)
+    entry = _cache_entry(layers)  # before combining: the layers' tables are combined in place
     profile = _from_layers(layers, texts)
-    _store_cached(path, layers)
+    _store_cached(path, entry)
     return profile
 
 
@@ -344,7 +353,7 @@ def _build(name, sources, state, texts):
     # imported only when the section asks for something).
     from .. import layers
     for section in ("seccomp", "landlock"):
-        raw = _plain(state.raw[section])
+        raw = state.raw[section]  # the layer validators only read it
         try:
             sections[section] = layers.validate(section, raw)
         except ProfileError as e:

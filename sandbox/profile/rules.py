@@ -9,7 +9,7 @@ layers, base first. Lists append (exact duplicates dropped), tables merge (the d
 profile's entry wins), everything else replaces. A `replace = ["key", ...]` list inside a
 section makes the named keys this file's value alone (a replaced list or table the file does
 not set is empty; a scalar takes its default); a top-level `replace = ["section", ...]` makes
-whole sections this file's alone (keys it does not set take their defaults). In [seccomp], a
+whole sections this file's alone, as if their `replace` listed every key. In [seccomp], a
 syscall a derived profile names in allow/deny/kill/errno takes that action: the inherited
 plain-name entries and argument rules for it are dropped, so `deny = ["ptrace"]` works on a
 profile that allows ptrace.
@@ -274,17 +274,6 @@ class MergeState:
         self.origin = {}      # (section, key) -> source of the last layer that set it
         self.replaced = []    # [(source, "section.key")]
 
-    def copy(self):
-        new = MergeState()
-        new.top = dict(self.top)
-        new.tables = {s: {k: (dict(v) if isinstance(v, dict) else v) for k, v in t.items()}
-                      for s, t in self.tables.items()}
-        new.raw = {s: _deep_copy(t) for s, t in self.raw.items()}
-        new.mounts = list(self.mounts)
-        new.origin = dict(self.origin)
-        new.replaced = list(self.replaced)
-        return new
-
     def dump(self):
         """A marshal-able form (for the profile cache and with_overrides)."""
         return (self.top, self.tables, self.raw,
@@ -293,10 +282,14 @@ class MergeState:
 
 
 def _deep_copy(value):
-    if isinstance(value, (dict, FrozenMap)):
+    """Plain dicts and lists (what TOML gives), copied so no layer's tables are shared."""
+    kind = type(value)
+    if kind is dict or kind is FrozenMap:
         return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if kind is list or kind is tuple:
         return [_deep_copy(v) for v in value]
+    if kind is MountEntry:
+        return value.as_table()
     return value
 
 
@@ -310,7 +303,8 @@ def _append(old, new):
 
 def apply_layer(state, source, data, fail):
     """Lay one file's tables (or the command line's overrides) over `state`.
-    fail(message, section, key, source) raises the ProfileError."""
+    fail(message, section, key, source) raises the ProfileError. `data` becomes part of the
+    state (its tables are combined in place): pass a copy of anything still in use."""
     command_line = source == COMMAND_LINE
     top_spec = SCHEMA[""]
     for name, value in data.items():
@@ -347,10 +341,13 @@ def apply_layer(state, source, data, fail):
 
 
 def _replace_section(state, section, source):
+    """The whole section is this file's: as if its `replace` listed every key (lists and
+    tables start empty, not from their defaults; scalars from their defaults)."""
     if section in state.raw:
         state.raw[section] = {}
     else:
-        state.tables[section] = {}
+        state.tables[section] = {name: (() if key.combine == "append" else {})
+                                 for name, key in SCHEMA[section].items() if key.combine != "replace"}
         if section == "filesystem":
             state.mounts = []
     state.origin = {k: v for k, v in state.origin.items() if k[0] != section}
@@ -452,12 +449,12 @@ def _apply_raw(state, section, table, source, fail):
         if name == "replace":
             continue
         old = current.get(name)
-        if isinstance(value, (list, tuple)) and isinstance(old, list):
-            current[name] = _append(old, _deep_copy(value))
-        elif isinstance(value, (dict, FrozenMap)) and isinstance(old, dict):
-            old.update(_deep_copy(value))
+        if type(value) is list and type(old) is list:
+            current[name] = _append(old, value)
+        elif type(value) is dict and type(old) is dict:
+            old.update(value)
         else:
-            current[name] = _deep_copy(value)
+            current[name] = value
         state.origin[(section, name)] = source
 
 

@@ -213,7 +213,7 @@ class FrozenMap(Mapping):
     __slots__ = ("_data",)
 
     def __init__(self, items=()):
-        object.__setattr__(self, "_data", dict(items))
+        object.__setattr__(self, "_data", items if type(items) is dict else dict(items))
 
     def __getitem__(self, key):
         return self._data[key]
@@ -240,10 +240,13 @@ class FrozenMap(Mapping):
 
 
 def freeze(value):
-    if isinstance(value, (dict, FrozenMap)):
-        return FrozenMap((k, freeze(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
+    # exact type tests: isinstance against a Mapping subclass goes through ABCMeta, and a
+    # profile's seccomp rules make this run a few thousand times per load
+    kind = type(value)
+    if kind is dict or kind is FrozenMap:
+        return FrozenMap({k: freeze(v) for k, v in value.items()})
+    if kind is list or kind is tuple:
+        return tuple([freeze(v) for v in value])
     return value
 
 
