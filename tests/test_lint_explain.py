@@ -109,3 +109,9 @@ def test_explain_every_layer(layer):
 def test_explain_unknown_layer():
     proc = run_cli("explain", "magic")
     assert proc.returncode == 2 and proc.stderr.startswith("pysandbox: unknown layer 'magic'")
+
+
+def test_a_directory_profile_says_so(tmp_path):
+    for command in (("profile", "show"), ("profile", "lint"), ("run", "--profile")):
+        proc = run_cli(*command, str(tmp_path), *(("--", "/bin/true") if command[0] == "run" else ()))
+        assert proc.returncode != 0 and "is a directory" in proc.stderr and "no such" not in proc.stderr, proc.stderr

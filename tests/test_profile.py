@@ -357,3 +357,34 @@ def test_every_key_has_a_description_and_a_place_in_the_docs():
         assert "`%s`" % key in text, key
     assert describe_key("filesystem.nope") is None and describe_key("nope.x") is None
     assert describe_key("limits.cpu_weight").startswith("cgroup CPU weight 1..10000")
+
+
+def test_every_key_has_an_example_that_checks():
+    import tomllib
+    from sandbox.profile import schema_keys, example_of, SCHEMA, Key
+    from sandbox.profile.rules import check_value
+    for name in schema_keys():
+        section, _, key = name.rpartition(".")
+        parsed = tomllib.loads(example_of(name))
+        assert list(parsed) == [key], name
+        spec = SCHEMA[section]
+        if not isinstance(spec, Key) and key not in ("ro_bind", "bind", "tmpfs", "mounts"):
+            check_value(spec[key], parsed[key], section, key)
+
+
+def test_documented_layer_keys_are_the_layers_keys():
+    from sandbox import seccomp, landlock
+    from sandbox.profile import RAW_KEYS
+    assert set(RAW_KEYS["seccomp"]) == set(seccomp.SECTION_KEYS)
+    assert set(RAW_KEYS["landlock"]) == set(landlock._KEYS)
+
+
+def test_frozen_parts_copy_and_pickle():
+    import copy
+    import pickle
+    p = load_profile("strict")
+    for value in (p.filesystem, p.limits, p.filesystem.mounts, p.environment.set):
+        assert copy.deepcopy(value) == value and pickle.loads(pickle.dumps(value)) == value
+    clone = copy.deepcopy(p.filesystem)
+    with pytest.raises(AttributeError):
+        clone.cwd = "/"

@@ -18,7 +18,7 @@ import os
 
 from ..errors import ProfileError
 from .schema import (SCHEMA, RAW_KEYS, NAMESPACES, Key, MountEntry, FrozenMap, Section, freeze, thaw,  # noqa: F401
-                     describe_key, schema_keys, section_class, LEGACY_MOUNT_KEYS, RUNTIME_MASKED_PATHS,
+                     describe_key, example_of, schema_keys, section_class, LEGACY_MOUNT_KEYS, RUNTIME_MASKED_PATHS,
                      OCI_READONLY_PATHS)
 from .rules import (parse_size, MergeState, apply_layer, cross_checks, check_mount_order, Invalid,  # noqa: F401
                     host_problems, parse_bind, parse_tmpfs, parse_mount_table, check_target, COMMAND_LINE,

@@ -171,6 +171,85 @@ RAW_KEYS = {
 }
 
 
+# One TOML line per key, for the docs and `explain`; keys not listed get one made from their kind.
+EXAMPLES = {
+    "description": 'description = "Course grader"',
+    "extends": 'extends = "strict"',
+    "replace": 'replace = ["seccomp"]',
+    "idmap.uid": "uid = 1000",
+    "idmap.gid": "gid = 1000",
+    "idmap.root_host_base": "root_host_base = 2000000000",
+    "idmap.size": "size = 65536",
+    "filesystem.rootfs": 'rootfs = "/srv/images/alpine"',
+    "filesystem.ro_bind": 'ro_bind = ["/srv/data:/data", "/opt/tool"]',
+    "filesystem.bind": 'bind = ["/srv/out:/out"]',
+    "filesystem.tmpfs": 'tmpfs = ["/scratch"]',
+    "filesystem.mounts": 'mounts = [{ kind = "tmpfs", target = "/data", size = "16M", mode = 0o700 }]',
+    "filesystem.etc": 'etc = ["ssl", "resolv.conf"]',
+    "filesystem.tmp_size": 'tmp_size = "256M"',
+    "filesystem.sys": 'sys = "ro"',
+    "filesystem.dev": 'dev = "minimal"',
+    "filesystem.masked_paths": 'masked_paths = ["/proc/cpuinfo"]',
+    "filesystem.readonly_paths": 'readonly_paths = ["/proc/driver"]',
+    "filesystem.cwd": 'cwd = "/work"',
+    "environment.set": 'set = { PATH = "/usr/bin:/bin", LANG = "C.UTF-8" }',
+    "environment.pass": 'pass = ["TERM", "TZ"]',
+    "network.mode": 'mode = "loopback"',
+    "process.hostname": 'hostname = "grader"',
+    "process.timeout": "timeout = 10.0",
+    "capabilities.keep": 'keep = ["NET_BIND_SERVICE"]',
+    "capabilities.ambient": 'ambient = ["NET_BIND_SERVICE"]',
+    "rlimits.nofile": "nofile = 1024",
+    "rlimits.nproc": "nproc = 512",
+    "rlimits.core": "core = 0",
+    "rlimits.fsize": 'fsize = "1G"',
+    "rlimits.stack": 'stack = "8M"',
+    "rlimits.as": 'as = "4G"',
+    "rlimits.cpu": "cpu = 60",
+    "limits.memory": 'memory = "512M"',
+    "limits.memory_swap": 'memory_swap = "1G"',
+    "limits.pids": "pids = 256",
+    "limits.cpus": "cpus = 1.5",
+    "limits.cpu_weight": "cpu_weight = 50",
+    "limits.io_weight": "io_weight = 50",
+    "seccomp.enabled": "enabled = true",
+    "seccomp.import": 'import = "/usr/share/containers/seccomp.json"',
+    "seccomp.default_action": 'default_action = "errno"',
+    "seccomp.default_errno": 'default_errno = "EPERM"',
+    "seccomp.allow": 'allow = ["@basic", "ptrace"]',
+    "seccomp.deny": 'deny = ["socket"]',
+    "seccomp.kill": 'kill = ["ptrace"]',
+    "seccomp.errno": 'errno = { clone3 = "ENOSYS" }',
+    "seccomp.rules": 'rules = [{ syscall = "socket", args = [{ index = 0, op = "eq", value = "AF_UNIX" }] }]',
+    "seccomp.log": "log = true",
+    "seccomp.unknown_syscalls": 'unknown_syscalls = "enosys"',
+    "seccomp.abis": 'abis = ["x86_64"]',
+    "seccomp.locked": "locked = true",
+    "landlock.enabled": "enabled = true",
+    "landlock.best_effort": "best_effort = true",
+    "landlock.read_only": 'read_only = ["/usr", "/etc"]',
+    "landlock.read_write": 'read_write = ["/tmp"]',
+    "landlock.execute": 'execute = ["/usr/bin"]',
+    "landlock.tcp_bind": "tcp_bind = [8080]",
+    "landlock.tcp_connect": "tcp_connect = [443]",
+    "landlock.scope": 'scope = ["abstract_unix_socket", "signal"]',
+}
+
+
+def example_of(name):
+    """One TOML line setting "section.key" (for the docs and `explain`), None if unknown."""
+    if name in EXAMPLES:
+        return EXAMPLES[name]
+    section, _, key = name.partition(".")
+    spec = SCHEMA.get(section)
+    if not key or isinstance(spec, Key) or spec is None or key not in spec:
+        return None
+    k = spec[key]
+    if k.kind == "bool":
+        return "%s = %s" % (key, "false" if k.default else "true")
+    return None
+
+
 def schema_keys():
     """Every documented key as "section.key" ("key" for the top level), in schema order."""
     out = []
@@ -302,6 +381,9 @@ class MountEntry:
             return self.target
         return self.source + ":" + self.target
 
+    def __reduce__(self):  # copy and pickle build a new one instead of setting frozen slots
+        return (MountEntry, (self.kind, self.source, self.target, dict(self.options), self.origin))
+
     def as_table(self):
         table = {"kind": self.kind}
         if self.source is not None:
@@ -327,6 +409,9 @@ class Section:
     def get(self, name, default=None):
         return getattr(self, name, default) if name in self._keys else default
 
+    def __reduce__(self):  # copy and pickle build a new one instead of setting frozen slots
+        return (_make_section, (self._section, {k: getattr(self, k) for k in self._keys}))
+
     def as_dict(self):
         return {k: thaw(getattr(self, k)) for k in self._keys}
 
@@ -348,6 +433,11 @@ def section_class(section):
     if cls is None:
         keys = tuple(SCHEMA[section])
         # `pass` cannot be a slot name reached by attribute syntax, but a slot it can be
-        cls = type(section.capitalize() + "Section", (Section,), {"__slots__": keys, "_keys": keys})
+        cls = type(section.capitalize() + "Section", (Section,), {"__slots__": keys, "_keys": keys,
+                                                                  "_section": section})
         _SECTION_CLASSES[section] = cls
     return cls
+
+
+def _make_section(section, values):
+    return section_class(section)(values)
