@@ -158,12 +158,33 @@ def _covered(path, mounts):
     return any(path == e.target or path.startswith(e.target.rstrip("/") + "/") for e in mounts)
 
 
+# What the runtime builds in a composed root: whose content comes from the host (anything below
+# may exist) and what starts empty (only the directory itself exists).
+_HOST_TREES = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc", "/proc", "/dev", "/sys")
+_EMPTY_DIRS = ("/", "/tmp")
+
+
+def _cwd_exists(cwd, mounts):
+    if cwd in _EMPTY_DIRS or any(cwd == t or cwd.startswith(t + "/") for t in _HOST_TREES):
+        return True
+    for entry in mounts:
+        if cwd == entry.target or entry.target.startswith(cwd.rstrip("/") + "/"):
+            return True   # the mount point, or a directory made on the way to one
+        if entry.kind != "tmpfs" and cwd.startswith(entry.target + "/"):
+            return True   # inside a bind: up to the host's directory
+    return False
+
+
 def rule_needs(profile, facts):
     """What programs need, lost (typically by a derived profile's `replace`)."""
     fs = profile.filesystem
     if not fs.rootfs and not _covered("/usr", [e for e in fs.mounts if e.kind != "tmpfs"]):
         yield Finding("medium", "no-usr", "nothing is bound at /usr and there is no rootfs: programs and their "
                       "libraries are missing (keep default's ro_bind = [\"/usr\"])")
+    cwd = fs.cwd
+    if not fs.rootfs and not _cwd_exists(cwd, fs.mounts):
+        yield Finding("medium", "cwd-missing", "filesystem.cwd %s is nowhere in the composed root (a fresh /tmp "
+                      "is empty): the command cannot start there; bind a directory at it" % cwd)
     env = profile.environment
     if env.clear and "PATH" not in env.set and "PATH" not in env.get("pass"):
         yield Finding("low", "no-path", "the environment is cleared and sets no PATH: commands given by "

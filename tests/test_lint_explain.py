@@ -115,3 +115,12 @@ def test_a_directory_profile_says_so(tmp_path):
     for command in (("profile", "show"), ("profile", "lint"), ("run", "--profile")):
         proc = run_cli(*command, str(tmp_path), *(("--", "/bin/true") if command[0] == "run" else ()))
         assert proc.returncode != 0 and "is a directory" in proc.stderr and "no such" not in proc.stderr, proc.stderr
+
+
+def test_lint_warns_when_cwd_is_nowhere(tmp_path):
+    proc = _lint(tmp_path, 'extends = "strict"\n[filesystem]\ncwd = "/work"\n')
+    assert "MEDIUM   cwd-missing" in proc.stdout, proc.stdout + proc.stderr
+    proc = _lint(tmp_path, 'extends = "strict"\n[filesystem]\ncwd = "/work/src"\nro_bind = ["%s:/work"]\n' % tmp_path)
+    assert "cwd-missing" not in proc.stdout, proc.stdout
+    proc = _lint(tmp_path, 'extends = "strict"\n[filesystem]\ncwd = "/tmp/proj"\n')   # /tmp starts empty
+    assert "cwd-missing" in proc.stdout, proc.stdout

@@ -174,6 +174,7 @@ def test_every_attempt_to_change_a_profile_raises(tmp_path):
     ('[limits]\nio_weight = 10001\n', "limits.io_weight", 2, "within 1..10000"),
     ('[limits]\npids = 5000000\n', "limits.pids", 2, "within 0..4194304"),
     ('[limits]\ncpus = 0.001\n', "limits.cpus", 2, "at least 0.01"),
+    ('[limits]\ncpus = 1e8\n', "limits.cpus", 2, "at most 1000000"),
     ('[idmap]\nroot_host_base = 4294967000\n', "idmap.root_host_base", 2, "past the last host id"),
     ('[idmap]\nuid = -1\n', "idmap.uid", 2, "must be within 0..4294967294, got -1"),
     ('[environment]\nset = { A = "x\\u0000y" }\n', "environment.set", 2, "NUL"),
@@ -226,6 +227,12 @@ def test_overrides_append_mounts_in_order(tmp_path, monkeypatch):
     assert p.filesystem.mounts[2].origin == "command line" and p.filesystem.mounts[1].origin.endswith("p.toml")
     assert p.filesystem.ro_bind == ("/usr", str(tmp_path / "in") + ":/data/in")
     assert base.filesystem.mounts == (p.filesystem.mounts[0], p.filesystem.mounts[1])
+    # the MountEntry shape is accepted as given (target None: the source's path; options nested)
+    shaped = base.with_overrides({"filesystem": {"mounts": [
+        {"kind": "bind", "source": "/etc", "target": None},
+        {"kind": "tmpfs", "source": None, "target": "/data/t", "options": {"size": 4096, "mode": 0o755}}]}})
+    assert [m.describe() for m in shaped.filesystem.mounts[2:]] == ["bind /etc", "tmpfs /data/t"]
+    assert dict(shaped.filesystem.mounts[3].options) == {"size": 4096, "mode": 0o755}
     # overrides of overrides keep appending; a repeat of an inherited mount is dropped, not doubled
     again = p.with_overrides({"filesystem": {"ro_bind": ["/usr"]}})
     assert again.filesystem.mounts == p.filesystem.mounts

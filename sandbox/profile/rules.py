@@ -192,7 +192,7 @@ def parse_tmpfs(path, command_line=False, origin=None):
     return MountEntry("tmpfs", None, check_target(path, "tmpfs destination"), (), origin)
 
 
-_TABLE_KEYS = ("kind", "source", "target", "size", "mode")
+_TABLE_KEYS = ("kind", "source", "target", "size", "mode", "options")
 
 
 def parse_mount_table(table, command_line=False, origin=None):
@@ -204,6 +204,17 @@ def parse_mount_table(table, command_line=False, origin=None):
     for k in table:
         if k not in _TABLE_KEYS:
             raise ValueError("unknown mount key %r (known: %s)" % (k, ", ".join(_TABLE_KEYS)))
+    options_table = table.get("options")
+    if options_table is not None:
+        # the MountEntry shape, as programs hand it over: { kind, source, target, options = { size, mode } }
+        if not isinstance(options_table, (dict, FrozenMap)) or any(k not in ("size", "mode") for k in options_table):
+            raise ValueError("mount options must be a table of size and mode, got %r" % (options_table,))
+        table = dict(table)
+        del table["options"]
+        for k, v in options_table.items():
+            if k in table:
+                raise ValueError("%s given twice" % k)
+            table[k] = v
     kind = table.get("kind")
     if kind not in MOUNT_KINDS:
         raise ValueError("mount kind must be one of %s, got %r" % (", ".join(MOUNT_KINDS), kind))
@@ -232,7 +243,8 @@ def parse_mount_table(table, command_line=False, origin=None):
         if k in table:
             raise ValueError("%s applies to a tmpfs, not a %s" % (k, kind))
     source = check_source(table.get("source"), command_line)
-    target = check_target(table.get("target", source), "bind destination")
+    target = table.get("target")
+    target = check_target(source if target is None else target, "bind destination")
     return MountEntry(kind, source, target, (), origin)
 
 
@@ -543,6 +555,8 @@ def cross_checks(s, fail, geteuid=os.geteuid):
     if 0 < lim.cpus < 0.01:
         fail("must be 0 (no limit) or at least 0.01 (the kernel's smallest quota is 1 ms a period)",
              "limits", "cpus")
+    if lim.cpus > 1_000_000:
+        fail("at most 1000000 CPUs (the kernel refuses a larger quota)", "limits", "cpus")
     caps = s["capabilities"]
     from pysandbox_common.capnames import normalize
     for key in ("keep", "ambient"):
