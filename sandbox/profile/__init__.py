@@ -360,6 +360,17 @@ def _build(name, sources, state, texts):
             if e.source:
                 raise
             message = str(e.args[0]) if not e.key else str(e).split(": ", 1)[-1]
+            # The section is combined from several files: an error between keys of different
+            # files (an allow here, a rule inherited) names the key's file and says which others
+            # the section came from.
+            setters = []
+            for (sec, _), src in state.origin.items():
+                if sec == section and src not in setters:
+                    setters.append(src)
+            where = state.origin.get((section, e.key or ""))
+            others = [src for src in setters if src != where]
+            if others:
+                message += " (this [%s] also takes keys from %s)" % (section, ", ".join(others))
             fail(message, section, e.key or "")
         except ValueError as e:
             fail(str(e), section, "")

@@ -11,8 +11,8 @@ section makes the named keys this file's value alone (a replaced list or table t
 not set is empty; a scalar takes its default); a top-level `replace = ["section", ...]` makes
 whole sections this file's alone, as if their `replace` listed every key. In [seccomp], a
 syscall a derived profile names in allow/deny/kill/errno takes that action: the inherited
-plain-name entries and argument rules for it are dropped, so `deny = ["ptrace"]` works on a
-profile that allows ptrace.
+plain-name entries for it are dropped (and, for a refusal, its argument rules), so
+`deny = ["ptrace"]` works on a profile that allows ptrace.
 """
 import os
 
@@ -470,20 +470,28 @@ def _apply_raw(state, section, table, source, fail):
         state.origin[(section, name)] = source
 
 
+def _plain_names(value):
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return set()
+    return {v for v in value if isinstance(v, str) and not v.startswith("@")}
+
+
 def _seccomp_overrides(inherited, table):
-    """Syscalls the new layer names by plain name in allow/deny/kill/errno lose their inherited
-    plain-name entries and argument rules: the derived profile's action is the one that counts."""
-    named = set()
-    for key in _SECCOMP_ACTION_KEYS:
-        value = table.get(key)
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, (list, tuple)):
-            named.update(v for v in value if isinstance(v, str) and not v.startswith("@"))
+    """A syscall the new layer names by plain name in allow/deny/kill/errno loses its inherited
+    plain-name entries: the derived profile's action is the one that counts. A refusal also
+    drops the inherited argument rules for it (refusing outright is never looser); an allow
+    does not, so `allow = ["clone"]` on strict is refused by the layer ("the condition would be
+    ignored") instead of silently dropping strict's namespace-flag check: replacing `rules`
+    is explicit."""
+    allowed = _plain_names(table.get("allow"))
+    refused = _plain_names(table.get("deny")) | _plain_names(table.get("kill"))
     errno = table.get("errno")
     if isinstance(errno, (dict, FrozenMap)):
         for names in errno:
-            named.update(n.strip() for n in str(names).split(",") if n.strip() and not n.strip().startswith("@"))
+            refused.update(n.strip() for n in str(names).split(",") if n.strip() and not n.strip().startswith("@"))
+    named = allowed | refused
     if not named:
         return
     for key in _SECCOMP_ACTION_KEYS:
@@ -492,9 +500,9 @@ def _seccomp_overrides(inherited, table):
             inherited[key] = [v for v in value if v not in named]
     if isinstance(inherited.get("errno"), dict):
         inherited["errno"] = {k: v for k, v in inherited["errno"].items() if k not in named}
-    if isinstance(inherited.get("rules"), list):
+    if refused and isinstance(inherited.get("rules"), list):
         inherited["rules"] = [r for r in inherited["rules"]
-                              if not (isinstance(r, dict) and r.get("syscall") in named)]
+                              if not (isinstance(r, dict) and r.get("syscall") in refused)]
 
 
 # ---- rules across keys ---------------------------------------------------------------------
