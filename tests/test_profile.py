@@ -404,3 +404,17 @@ def test_frozen_parts_copy_and_pickle():
     clone = copy.deepcopy(p.filesystem)
     with pytest.raises(AttributeError):
         clone.cwd = "/"
+
+
+def test_mount_table_for_run_options(tmp_path, monkeypatch):
+    from sandbox.profile import mount_table
+    monkeypatch.chdir(tmp_path)
+    assert mount_table("ro-bind", "/srv:/data") == {"kind": "ro-bind", "source": "/srv", "target": "/data"}
+    assert mount_table("bind", "out") == {"kind": "bind", "source": str(tmp_path / "out"),
+                                          "target": str(tmp_path / "out")}
+    assert mount_table("tmpfs", "/scratch") == {"kind": "tmpfs", "target": "/scratch"}
+    for kind, spec, message in (("ro-bind", "/etc:/a:b", "more than one ':'"), ("bind", ":/x", "empty bind source"),
+                                ("tmpfs", "/proc/sys", "refusing to mount over /proc/sys"),
+                                ("ro-bind", "/etc:relative", "absolute path")):
+        with pytest.raises(ValueError, match=message):
+            mount_table(kind, spec)

@@ -21,7 +21,7 @@ from .schema import (SCHEMA, RAW_KEYS, NAMESPACES, Key, MountEntry, FrozenMap, S
                      describe_key, example_of, schema_keys, section_class, LEGACY_MOUNT_KEYS, RUNTIME_MASKED_PATHS,
                      OCI_READONLY_PATHS)
 from .rules import (parse_size, MergeState, apply_layer, cross_checks, check_mount_order, Invalid,  # noqa: F401
-                    host_problems, parse_bind, parse_tmpfs, parse_mount_table, check_target, COMMAND_LINE,
+                    host_problems, parse_bind, parse_tmpfs, parse_mount_table, mount_table, check_target, COMMAND_LINE,
                     OPTION_OF, OPTION_OF_KIND)
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sandbox/

@@ -192,6 +192,19 @@ def parse_tmpfs(path, command_line=False, origin=None):
     return MountEntry("tmpfs", None, check_target(path, "tmpfs destination"), (), origin)
 
 
+def mount_table(kind, spec):
+    """A run option's value as the mount table with_overrides takes: ("ro-bind", "/srv:/data")
+    -> {"kind": "ro-bind", "source": "/srv", "target": "/data"}; relative sources are the
+    current directory's; ValueError names what is wrong (more than one ':', /proc, ...)."""
+    if kind == "tmpfs":
+        entry = parse_tmpfs(spec, True)
+    elif kind in ("ro-bind", "bind"):
+        entry = parse_bind(spec, kind, True)
+    else:
+        raise ValueError("mount kind must be one of %s, got %r" % (", ".join(MOUNT_KINDS), kind))
+    return entry.as_table()
+
+
 _TABLE_KEYS = ("kind", "source", "target", "size", "mode", "options")
 
 
