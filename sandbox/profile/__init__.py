@@ -14,6 +14,7 @@ $PYSANDBOX_PROFILE_PATH (':'-separated), ~/.config/pysandbox/profiles, /etc/pysa
 then the built-in profiles shipped with the package. A NAME containing '/' or ending in .toml
 is a file path.
 """
+import marshal
 import os
 
 from ..errors import ProfileError
@@ -23,6 +24,7 @@ from .schema import (SCHEMA, RAW_KEYS, NAMESPACES, Key, MountEntry, FrozenMap, S
 from .rules import (parse_size, MergeState, apply_layer, cross_checks, check_mount_order, Invalid,  # noqa: F401
                     host_problems, parse_bind, parse_tmpfs, parse_mount_table, mount_table, check_target, COMMAND_LINE,
                     OPTION_OF, OPTION_OF_KIND)
+from .rules import _deep_copy as _plain  # plain, unshared dicts and lists
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sandbox/
 
@@ -44,7 +46,6 @@ class Profile:
         # The combined tables, mounts and origins, kept as marshal bytes (immutable, and cheaper
         # than freezing a few thousand seccomp values on every load): with_overrides and `raw`
         # start from them.
-        import marshal
         set_(self, "_state", marshal.dumps(state.dump()))
         for section, value in sections.items():
             set_(self, section, value)
@@ -60,7 +61,6 @@ class Profile:
     @property
     def raw(self):
         """The combined tables as written (frozen): what `profile show` prints for the layer sections."""
-        import marshal
         dumped = marshal.loads(self._state)
         return freeze(dict(dumped[2], **dumped[1]))
 
@@ -78,14 +78,10 @@ class Profile:
         """A new profile: `overrides` ({section: {key: value}}) laid over this one by the same
         rules as `extends` (lists append: filesystem.mounts entries come after the profile's own,
         in the order given; scalars replace). Errors name the option when source is the command line."""
-        import marshal
         state = _state_from(marshal.loads(self._state))
         fail = _failer(state, {}, self.sources)
         apply_layer(state, source, _plain(overrides), fail)  # a copy: the caller's dicts stay theirs
         return _build(self.name, self.sources + (source,), state, {})
-
-
-from .rules import _deep_copy as _plain  # noqa: E402  (plain, unshared dicts and lists)
 
 
 def _state_from(dumped):
@@ -225,7 +221,6 @@ def _resolve_extends(path, parent):
 
 
 def _load_cached(path):
-    import marshal
     from ..cache import read_trusted
     data = read_trusted(_cache_path(path))
     if data is None:
@@ -243,7 +238,6 @@ def _load_cached(path):
 
 
 def _cache_entry(layers):
-    import marshal
     try:
         return marshal.dumps((_CACHE_VERSION, _stamp([p for p, _ in layers]), layers))
     except (ValueError, OSError):
