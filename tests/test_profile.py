@@ -418,3 +418,18 @@ def test_mount_table_for_run_options(tmp_path, monkeypatch):
                                 ("ro-bind", "/etc:relative", "absolute path")):
         with pytest.raises(ValueError, match=message):
             mount_table(kind, spec)
+
+
+def test_a_profile_extending_its_own_name_builds_on_the_next_one(tmp_path, monkeypatch):
+    search = tmp_path / "search"
+    search.mkdir()
+    monkeypatch.setenv("PYSANDBOX_PROFILE_PATH", str(search))
+    monkeypatch.setenv("PYSANDBOX_CACHE_DIR", str(tmp_path / "cache"))
+    write(search, 'extends = "strict"\n[process]\nhostname = "site"\n', "strict.toml")
+    for _ in range(2):  # parsed, then from the cache
+        p = load_profile("strict")
+        assert p.sources[0] == str(search / "strict.toml") and p.sources[1].endswith("profiles/strict.toml")
+        assert p.process.hostname == "site" and p.seccomp.locked  # the built-in strict underneath
+    write(search, 'extends = "nosuch"\n', "nosuch.toml")
+    with pytest.raises(ProfileError, match="no profile 'nosuch' further down the search path"):
+        load_profile("nosuch")

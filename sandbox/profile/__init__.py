@@ -125,7 +125,10 @@ def builtin_names():
     return sorted(names)
 
 
-def resolve_path(name_or_path):
+def resolve_path(name_or_path, below=None):
+    """The file a profile name or path means. `below`: a profile file that names itself in
+    `extends` (~/.config/pysandbox/profiles/strict.toml with extends = "strict") means the
+    next file of that name further down the search path, not itself."""
     if "/" in name_or_path or name_or_path.endswith(".toml"):
         if os.path.isdir(name_or_path):
             raise ProfileError("is a directory, not a profile file (a profile is one .toml file)",
@@ -133,10 +136,17 @@ def resolve_path(name_or_path):
         if not os.path.isfile(name_or_path):
             raise ProfileError("no such profile file", source=name_or_path)
         return os.path.abspath(name_or_path)
+    skipping = below is not None
     for directory in profile_dirs():
         candidate = os.path.join(directory, name_or_path + ".toml")
+        if skipping:
+            if os.path.abspath(candidate) == below:
+                skipping = False
+            continue
         if os.path.isfile(candidate):
             return candidate
+    if below is not None and not skipping:
+        raise ProfileError("no profile %r further down the search path than this one" % name_or_path)
     raise ProfileError("unknown profile %r (known: %s; searched %s)" % (
         name_or_path, ", ".join(builtin_names()) or "none", ", ".join(profile_dirs())))
 
@@ -217,7 +227,12 @@ def _resolve_extends(path, parent):
     if "/" in parent or parent.endswith(".toml"):
         # A file named by `extends` is relative to the profile that names it.
         parent = os.path.join(os.path.dirname(path), parent)
-    return resolve_path(parent)
+        return resolve_path(parent)
+    found = resolve_path(parent)
+    if os.path.abspath(found) == os.path.abspath(path):
+        # a profile extending its own name builds on the next one of that name
+        return resolve_path(parent, below=os.path.abspath(path))
+    return found
 
 
 def _load_cached(path):
