@@ -3,6 +3,13 @@
 Each rule is a small function returning findings (severity, id, reason). Seccomp facts
 are read off the compiled filter itself (seccomp.describe emulates the BPF program), not
 off the profile's text, so an imported OCI profile is judged by what it really does.
+
+Besides dangers, lint warns when a profile loses what programs need (no /usr, a seccomp
+allowlist without the basic syscalls, no PATH), which a derived profile can do by an
+explicit `replace`; it names every replace it sees. What the profile package refuses was
+refused when the profile loaded; what only this machine refuses (a bind source that does
+not exist, an rlimit above the hard limit) lint reports as ERROR and exits with the
+profile-error code, as `run` would.
 """
 import sys
 
@@ -85,8 +92,10 @@ def rule_filesystem(profile, facts):
         yield Finding("medium", "proc-masks-missing", "not masked: " + ", ".join(missing))
     if fs.sys == "ro" and "/sys/firmware" not in fs.masked_paths:
         yield Finding("low", "sys-firmware", "/sys is mounted and /sys/firmware is not masked")
-    for spec in fs.bind + fs.ro_bind:
-        src = spec.partition(":")[0]
+    for entry in fs.mounts:
+        src = entry.source
+        if src is None:
+            continue
         if src in RUNTIME_SOCKETS or src.endswith((".sock", "docker.sock")) and "docker" in src:
             yield Finding("critical", "runtime-socket", "%s is bound into the sandbox: whoever talks to a container "
                           "runtime's socket controls the host" % src)
@@ -138,7 +147,58 @@ def rule_landlock(profile, facts):
         yield Finding("info", "landlock-off", "no Landlock ruleset (file access is limited by the mount layout only)")
 
 
-RULES = (rule_namespaces, rule_capabilities, rule_process, rule_filesystem, rule_limits, rule_seccomp, rule_landlock)
+# What nearly every dynamically linked program calls before main(): without these it dies at
+# start (python: SIGSEGV, no message).
+ESSENTIAL_SYSCALLS = ("execve", "exit_group", "exit", "brk", "mmap", "munmap", "mprotect", "read", "write",
+                      "close", "openat", "newfstatat", "rt_sigreturn", "rt_sigaction", "rt_sigprocmask",
+                      "futex", "arch_prctl", "set_tid_address")
+
+
+def _covered(path, mounts):
+    return any(path == e.target or path.startswith(e.target.rstrip("/") + "/") for e in mounts)
+
+
+# What the runtime builds in a composed root: whose content comes from the host (anything below
+# may exist) and what starts empty (only the directory itself exists).
+_HOST_TREES = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc", "/proc", "/dev", "/sys")
+_EMPTY_DIRS = ("/", "/tmp")
+
+
+def _cwd_exists(cwd, mounts):
+    if cwd in _EMPTY_DIRS or any(cwd == t or cwd.startswith(t + "/") for t in _HOST_TREES):
+        return True
+    for entry in mounts:
+        if cwd == entry.target or entry.target.startswith(cwd.rstrip("/") + "/"):
+            return True   # the mount point, or a directory made on the way to one
+        if entry.kind != "tmpfs" and cwd.startswith(entry.target + "/"):
+            return True   # inside a bind: up to the host's directory
+    return False
+
+
+def rule_needs(profile, facts):
+    """What programs need, lost (typically by a derived profile's `replace`)."""
+    fs = profile.filesystem
+    if not fs.rootfs and not _covered("/usr", [e for e in fs.mounts if e.kind != "tmpfs"]):
+        yield Finding("medium", "no-usr", "nothing is bound at /usr and there is no rootfs: programs and their "
+                      "libraries are missing (keep default's ro_bind = [\"/usr\"])")
+    cwd = fs.cwd
+    if not fs.rootfs and not _cwd_exists(cwd, fs.mounts):
+        yield Finding("medium", "cwd-missing", "filesystem.cwd %s is nowhere in the composed root (a fresh /tmp "
+                      "is empty): the command cannot start there; bind a directory at it" % cwd)
+    env = profile.environment
+    if env.clear and "PATH" not in env.set and "PATH" not in env.get("pass"):
+        yield Finding("low", "no-path", "the environment is cleared and sets no PATH: commands given by "
+                      "name are not found")
+    sc = facts.get("seccomp") or {}
+    if sc.get("enabled"):
+        denied = set(sc.get("denied") or ())
+        missing = [n for n in ESSENTIAL_SYSCALLS if n in denied]
+        if missing:
+            yield Finding("medium", "seccomp-basic-missing", "the seccomp filter refuses %s: most programs die "
+                          "at start (allow \"@basic\")" % ", ".join(missing))
+
+
+RULES = (rule_needs, rule_namespaces, rule_capabilities, rule_process, rule_filesystem, rule_limits, rule_seccomp, rule_landlock)
 
 
 def lint(profile):
@@ -151,16 +211,26 @@ def lint(profile):
         facts["seccomp"] = {"enabled": False}
     findings = [f for rule in RULES for f in rule(profile, facts)]
     findings.sort(key=lambda f: (RANK[f.severity], f.id))
+    from .profile import host_problems
+    facts["host_problems"] = host_problems(profile)
     return findings, facts
 
 
 def main(profile, fail_on="high", out=None):
     out = out or sys.stdout
-    findings, _ = lint(profile)
+    findings, facts = lint(profile)
     out.write("profile %s (%s)\n" % (profile.name, ", ".join(profile.sources)))
-    if not findings:
+    for source, key in profile.replaced:
+        out.write("note: %s replaces the inherited %s\n" % (source, key))
+    problems = facts["host_problems"]
+    for message, section, key, source in problems:
+        out.write("ERROR    %-22s %s%s\n" % ("%s.%s" % (section, key), (source + ": ") if source else "", message))
+    if not findings and not problems:
         out.write("clean: no dangerous settings found\n")
     for f in findings:
         out.write("%-8s %-22s %s\n" % (f.severity.upper(), f.id, f.reason))
+    if problems:
+        from .errors import ProfileError
+        return ProfileError.exit_code
     worst = min((RANK[f.severity] for f in findings), default=len(SEVERITIES))
     return 1 if worst <= RANK[fail_on] else 0
