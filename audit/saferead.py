@@ -137,6 +137,31 @@ def lstat_in_root(rootfd: int, path: str, use_openat2=None) -> os.stat_result:
         os.close(fd)
 
 
+def lstat_many_in_root(rootfd: int, paths, use_openat2=None) -> dict:
+    """path -> os.stat_result or the OSError, opening each parent directory once."""
+    by_parent = {}
+    for path in paths:
+        parent, _, name = path.rstrip("/").rpartition("/")
+        by_parent.setdefault(parent or "/", []).append((path, name))
+    out = {}
+    for parent, entries in by_parent.items():
+        try:
+            fd = open_in_root(rootfd, parent, os.O_PATH | os.O_DIRECTORY, use_openat2)
+        except OSError as exc:
+            for path, _name in entries:
+                out[path] = exc
+            continue
+        try:
+            for path, name in entries:
+                try:
+                    out[path] = os.stat(name, dir_fd=fd, follow_symlinks=False) if name else os.fstat(fd)
+                except OSError as exc:
+                    out[path] = exc
+        finally:
+            os.close(fd)
+    return out
+
+
 def listdir_in_root(rootfd: int, path: str, use_openat2=None) -> list:
     fd = open_in_root(rootfd, path, os.O_RDONLY | os.O_DIRECTORY, use_openat2)
     try:

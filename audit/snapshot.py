@@ -93,18 +93,19 @@ def visible_mounts(mounts):
         seen.discard(m.mount_id)
         return seen
 
-    hidden = set()
+    hidden = {}        # mount id -> id of the mount that hides it
     for m in sorted(mounts, key=lambda m: m.mountpoint.count("/") if m.mountpoint != "/" else 0):
         anc = ancestors(m)
-        if m.parent_id in hidden:
-            hidden.add(m.mount_id)
+        if m.parent_id in hidden and hidden[m.parent_id] != m.mount_id:
+            # the parent is covered by something else than m stacked on it
+            hidden[m.mount_id] = hidden[m.parent_id]
             continue
         point = m.mountpoint
         while True:
             for other in children_at.get(point, ()):
                 if other.mount_id != m.mount_id and other.mount_id not in anc and other.mount_id not in hidden \
                         and (point != m.mountpoint or m.mount_id in ancestors(other)):
-                    hidden.add(m.mount_id)
+                    hidden[m.mount_id] = other.mount_id
                     break
             if m.mount_id in hidden or point == "/":
                 break
@@ -542,15 +543,21 @@ def collect_host(proc: ProcFS | None = None) -> HostFacts:
     # fresh tmpfs root "the host's /": the host's table is then unknown.
     candidates = (reference,) if reference is not None else \
         ((me,) if auditor_ns.get("pid") == INITIAL_NS_INODES["pid"] else ())
+    try:
+        auditor_mounts = proc.mountinfo(me)
+    except procfs.ProcError:
+        auditor_mounts = None
+    if auditor_mounts is not None and reference is not None and auditor_ns.get("mnt") == namespaces.get("mnt"):
+        # The auditor is in the host's mount namespace: its table is the host's (read once).
+        candidates = ()
+        host_mounts = auditor_mounts
     for pid in candidates:
         try:
             host_mounts = proc.mountinfo(pid)
             break
         except procfs.ProcError:
             continue
-    try:
-        auditor_mounts = proc.mountinfo(me)
-    except procfs.ProcError:
+    if auditor_mounts is None:
         auditor_mounts = host_mounts
     sysctls = {}
     for name in ("kernel.kptr_restrict", "kernel.dmesg_restrict", "user.max_user_namespaces", "kernel.yama.ptrace_scope",
@@ -873,18 +880,16 @@ def collect(target: TargetInfo, proc: ProcFS | None = None, probes=None) -> Snap
                 except OSError:
                     continue
             dev_nodes, dev_incomplete = _dev_nodes(rootfd, mounts)
-            for n, path in enumerate(locations):
-                if n >= MAX_KERNEL_LOCATIONS:
-                    path_errors[path] = "more than %d kernel-file locations: not examined" % MAX_KERNEL_LOCATIONS
+            for path in locations[MAX_KERNEL_LOCATIONS:]:
+                path_errors[path] = "more than %d kernel-file locations: not examined" % MAX_KERNEL_LOCATIONS
+            for path, result in saferead.lstat_many_in_root(rootfd, locations[:MAX_KERNEL_LOCATIONS]).items():
+                if isinstance(result, (FileNotFoundError, NotADirectoryError)):
                     continue
-                try:
-                    saferead.lstat_in_root(rootfd, path)
-                    visible.add(path)
-                except (FileNotFoundError, NotADirectoryError):
-                    pass
-                except OSError as exc:
+                if isinstance(result, OSError):
                     # EACCES on a parent directory hides the file from us, not from the target.
-                    path_errors[path] = exc.strerror or str(exc)
+                    path_errors[path] = result.strerror or str(result)
+                else:
+                    visible.add(path)
             host_procfs = _host_procfs(rootfd, mounts, host, namespaces)
             sockets = _runtime_sockets(rootfd, mounts, lambda m: _host_path(host.mounts, m))
         finally:
