@@ -700,6 +700,7 @@ def _dev_nodes(rootfd, mounts, budget=DEV_SCAN_BUDGET):
     dirs = ["/dev"] + [m.mountpoint for m in mounts if m.fstype == "devtmpfs" and m.mountpoint != "/dev"
                        and not m.mountpoint.startswith("/dev/")]
     nodes, incomplete, seen = [], [], 0
+    mountpoints = {m.mountpoint for m in mounts}
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     for top in dict.fromkeys(dirs):
         try:
@@ -719,18 +720,27 @@ def _dev_nodes(rootfd, mounts, budget=DEV_SCAN_BUDGET):
                         if not seen & 255 and time.monotonic() > deadline:
                             raise TimeoutError
                         # d_type answers dir/file/symlink without a syscall; only the rest
-                        # (devices, fifos, sockets, unknown d_type) needs fstatat.
+                        # (devices, fifos, sockets, unknown d_type) needs fstatat. A mount
+                        # point's d_type is the covered entry's (a node bound over an empty
+                        # file reads as a file), so mount points are always stat'ed.
                         try:
-                            if entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                            covered = (dpath + "/" + entry.name) in mountpoints
+                            if not covered and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
                                 continue
-                            if entry.is_dir(follow_symlinks=False):
+                            if covered:
+                                st = entry.stat(follow_symlinks=False)
+                                is_dir = stat.S_ISDIR(st.st_mode)
+                            else:
+                                is_dir = entry.is_dir(follow_symlinks=False)
+                            if is_dir:
                                 if depth + 1 >= DEV_SCAN_DEPTH:
                                     incomplete.append("%s/%s: deeper than %d levels" % (dpath, entry.name, DEV_SCAN_DEPTH))
                                     continue
                                 sub = os.open(entry.name, flags, dir_fd=dfd)
                                 stack.append((sub, dpath + "/" + entry.name, depth + 1))
                                 continue
-                            st = entry.stat(follow_symlinks=False)
+                            if not covered:
+                                st = entry.stat(follow_symlinks=False)
                         except PermissionError as exc:
                             incomplete.append("%s/%s: %s" % (dpath, entry.name, exc.strerror))
                             continue

@@ -47,7 +47,8 @@ def _kernel_file_check(snapshot, path, fstype, sysctl=True):
             evidence.append("%s: masked by %s mount %s" % (view.location, view.mount.fstype, view.mount.mountpoint))
             continue
         if view.exists is False:
-            evidence.append("%s does not exist in the target" % view.location)
+            evidence.append("%s does not exist %s" % (
+                view.location, "on this kernel" if path not in snapshot.host.kernel_files else "in the target"))
             continue
         if view.state == "ro":
             evidence.append(_where(view) + ": read-only")
