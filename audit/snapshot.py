@@ -764,7 +764,7 @@ def _dev_nodes(rootfd, mounts, budget=DEV_SCAN_BUDGET):
     return tuple(nodes), ("; ".join(incomplete[:4]) if incomplete else None)
 
 
-def _host_procfs(rootfd, mounts, host, namespaces):
+def _host_procfs(rootfd, mounts, host, namespaces, denied):
     """procfs mounts whose PID view is the host's: readlink of their `self` names our own PID.
 
     A procfs instance answers `self` only for a reader inside its PID namespace, so a
@@ -778,6 +778,9 @@ def _host_procfs(rootfd, mounts, host, namespaces):
             continue
         try:
             link = saferead.readlink_in_root(rootfd, m.mountpoint.rstrip("/") + "/self")
+        except PermissionError as exc:
+            denied.append("%s/self: %s" % (m.mountpoint.rstrip("/"), exc.strerror))
+            continue
         except OSError:
             continue
         if link == str(host.auditor_pid):
@@ -788,7 +791,7 @@ def _host_procfs(rootfd, mounts, host, namespaces):
 from pysandbox_common.containers import RUNTIME_SOCKET_NAMES, RUNTIME_SOCKET_PATHS as WELL_KNOWN_SOCKETS  # noqa: E402
 
 
-def _runtime_sockets(rootfd, mounts, host_path_of):
+def _runtime_sockets(rootfd, mounts, host_path_of, denied):
     """Runtime API sockets inside the target: at bind-mount points, at well-known paths, and
     inside bind mounts of the host's /run or /var/run."""
     candidates = {}
@@ -802,11 +805,13 @@ def _runtime_sockets(rootfd, mounts, host_path_of):
     for path in WELL_KNOWN_SOCKETS:
         candidates.setdefault(path, None)
     found = []
-    for path, host in candidates.items():
-        try:
-            st = saferead.lstat_in_root(rootfd, path)
-        except OSError:
+    for path, result in saferead.lstat_many_in_root(rootfd, list(candidates)).items():
+        if isinstance(result, PermissionError):
+            denied.append("%s: %s" % (path, result.strerror))
             continue
+        if isinstance(result, OSError):
+            continue
+        st, host = result, candidates[path]
         if stat.S_ISSOCK(st.st_mode):
             found.append((path, host))
     return tuple(found)
@@ -900,8 +905,14 @@ def collect(target: TargetInfo, proc: ProcFS | None = None, probes=None) -> Snap
                     path_errors[path] = result.strerror or str(result)
                 else:
                     visible.add(path)
-            host_procfs = _host_procfs(rootfd, mounts, host, namespaces)
-            sockets = _runtime_sockets(rootfd, mounts, lambda m: _host_path(host.mounts, m))
+            denied = []
+            host_procfs = _host_procfs(rootfd, reachable, host, namespaces, denied)
+            if denied:
+                errors.append(("procfs-self", "; ".join(denied[:4])))
+            denied = []
+            sockets = _runtime_sockets(rootfd, reachable, lambda m: _host_path(host.mounts, m), denied)
+            if denied:
+                errors.append(("sockets", "; ".join(denied[:4])))
         finally:
             os.close(rootfd)
     else:

@@ -265,7 +265,7 @@ def host_procfs(snapshot):
     if missing:
         return unknown(missing)
     if procs and snapshot.host.auditor_in_host_pidns and snapshot.namespaces.get("pid") != 0xEFFFFFFC:
-        missing = snapshot.unreadable("root")
+        missing = snapshot.unreadable("root", "procfs-self")
         if missing:
             return unknown(missing, "procfs mounts: %s" % ", ".join(procs))
     # A target in the host PID namespace sees host PIDs in any procfs: ns-pid-host reports that.
@@ -455,7 +455,7 @@ def runtime_socket(snapshot):
     if snapshot.runtime_sockets:
         return fail(*("socket %s in the target%s" % (path, " (host %s)" % host if host else "")
                       for path, host in snapshot.runtime_sockets))
-    missing = snapshot.unreadable("root", "mountinfo")
+    missing = snapshot.unreadable("root", "mountinfo", "sockets")
     if missing:
         return unknown(missing)
     return ok("no runtime socket found at mount points or well-known paths")
@@ -516,6 +516,9 @@ def mount_propagation_shared(snapshot):
     missing = _mounts_unknown(snapshot)
     if missing:
         return unknown(missing)
+    if not snapshot.host.mounts:
+        return unknown("the host's mount table is not visible from here (the auditor is not in the host's "
+                       "PID namespace, or PID 1's mountinfo is unreadable): run the audit on the host as root")
     host_groups = {m.peer_group(): m.mountpoint for m in snapshot.host.mounts if m.peer_group()}
     shared = []
     for m in snapshot.mounts:
