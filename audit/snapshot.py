@@ -168,7 +168,7 @@ class Caps(namedtuple("Caps", "inheritable permitted effective bounding ambient"
     # ambient: int
 
 
-class HostFacts(namedtuple("HostFacts", "namespaces reference_pid cap_last_cap caps mounts auditor_mounts sysctls kernel cgroup_v1_controllers auditor_pid auditor_namespaces auditor_euid auditor_caps block_devices mem_devices modules kernel_files")):
+class HostFacts(namedtuple("HostFacts", "namespaces reference_pid cap_last_cap caps mounts auditor_mounts sysctls kernel cgroup_v1_controllers auditor_pid auditor_namespaces auditor_euid auditor_caps block_devices mem_devices modules kernel_files cgroup_v1_mountable")):
     __slots__ = ()
     # namespaces: MappingProxyType      # name -> inode the host uses
     # reference_pid: int | None         # host process whose net/mnt namespaces were read
@@ -187,6 +187,7 @@ class HostFacts(namedtuple("HostFacts", "namespaces reference_pid cap_last_cap c
     # mem_devices: MappingProxyType     # (major, minor) -> name of mem, kmem, port
     # modules: tuple                    # (True/False/None, evidence): can this kernel load modules?
     # kernel_files: frozenset           # kernel control, masked and read-only paths this kernel has
+    # cgroup_v1_mountable: bool | None  # can a (named) v1 hierarchy be mounted: "cgroup" registered
 
     @property
     def all_caps(self) -> int:
@@ -402,12 +403,20 @@ def execve_attainable(uids, caps, no_new_privs):
     return held, "not uid 0: execve keeps permitted and ambient (file capabilities and setuid binaries: see nnp-off)"
 
 
+_by_device = {}
+
+
 def _host_path(host_mounts, mount):
     """Map (device, root in fs) of a mount onto the host mount of the same filesystem."""
+    index = _by_device.get(id(host_mounts))
+    if index is None or index[0] is not host_mounts:
+        # one index per host table (the table lives as long as its cached HostFacts)
+        table = {}
+        for hm in host_mounts:
+            table.setdefault((hm.major, hm.minor), []).append(hm)
+        index = _by_device[id(host_mounts)] = (host_mounts, table)
     best = None
-    for hm in host_mounts:
-        if (hm.major, hm.minor) != (mount.major, mount.minor):
-            continue
+    for hm in index[1].get((mount.major, mount.minor), ()):
         if mount.root == hm.root or mount.root.startswith(hm.root.rstrip("/") + "/") or hm.root == "/":
             if best is None or len(hm.root) > len(best.root):
                 best = hm
@@ -484,6 +493,27 @@ def _host_mem_devices(proc_root):
     except OSError:
         pass
     return MappingProxyType({(major, minor): name for minor, name in _MEM_MINORS.items()})
+
+
+def _cgroup_v1_mountable(proc_root):
+    """A v1 hierarchy (a named one needs no free controller) can be mounted when the kernel
+    registers the "cgroup" filesystem and the command line does not forbid named ones."""
+    try:
+        with open(os.path.join(proc_root, "filesystems")) as f:
+            registered = any(line.split()[-1:] == ["cgroup"] for line in f.read(65536).splitlines())
+    except OSError:
+        return None
+    if not registered:
+        return False
+    try:
+        with open(os.path.join(proc_root, "cmdline")) as f:
+            cmdline = f.read(65536).split()
+    except OSError:
+        return None
+    for arg in cmdline:
+        if arg.startswith("cgroup_no_v1=") and "named" in arg.split("=", 1)[1].split(","):
+            return False
+    return True
 
 
 def _modules_loadable(proc_root):
@@ -589,6 +619,7 @@ def collect_host(proc: ProcFS | None = None) -> HostFacts:
         auditor_euid=os.geteuid(), auditor_caps=auditor_caps,
         block_devices=_host_block_devices(proc.root), mem_devices=_host_mem_devices(proc.root),
         modules=_modules_loadable(proc.root),
+        cgroup_v1_mountable=_cgroup_v1_mountable(proc.root),
         kernel_files=frozenset(p for p in KERNEL_CONTROL_FILES + DEFAULT_MASKED_PATHS + DEFAULT_READONLY_PATHS
                                if _kernel_has(p, proc.root)))
     _host_cache[key] = facts
@@ -703,6 +734,9 @@ def _dev_nodes(rootfd, mounts, budget=DEV_SCAN_BUDGET):
     mountpoints = {m.mountpoint for m in mounts}
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     for top in dict.fromkeys(dirs):
+        if any(text.startswith("scan stopped") for text in incomplete):
+            incomplete.append("%s: not scanned (out of time)" % top)
+            continue
         try:
             fd = saferead.open_in_root(rootfd, top, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, NotADirectoryError):
@@ -759,8 +793,6 @@ def _dev_nodes(rootfd, mounts, budget=DEV_SCAN_BUDGET):
                 incomplete.append("%s: %s" % (dpath, exc.strerror))
             finally:
                 os.close(dfd)
-        if time.monotonic() > deadline and not incomplete:
-            incomplete.append("scan stopped after %d entries (%.0f ms budget)" % (seen, budget * 1000))
     return tuple(nodes), ("; ".join(incomplete[:4]) if incomplete else None)
 
 

@@ -326,12 +326,25 @@ def release_agent(snapshot):
                 return fail(proved[1])
     if not snapshot.has_host_cap("sys_admin"):
         return ok("CAP_SYS_ADMIN not held in the host's user namespace (the kernel requires it to set release_agent)")
+    # release_agent exists only in the root cgroup of a v1 hierarchy: reachable through a rw
+    # v1 mount of a hierarchy's root, or by mounting one (CAP_SYS_ADMIN over the host allows
+    # the mount; a hierarchy of a bound controller, or a named one, which needs none).
     v1 = snapshot.host.cgroup_v1_controllers
-    if not v1 and not rw_v1:
-        return ok("CAP_SYS_ADMIN held, but the host has no cgroup v1 hierarchy (no release_agent)")
-    evidence = ["CAP_SYS_ADMIN held in the host's user namespace",
-                "host cgroup v1 controllers: %s" % ", ".join(v1)]
-    evidence += ["rw cgroup v1 mount at %s (%s)" % (m.mountpoint, ",".join(m.super_options)) for m in rw_v1]
+    mountable = snapshot.host.cgroup_v1_mountable
+    roots = [m for m in rw_v1 if m.root == "/"]
+    if not roots and not v1 and mountable is False:
+        return ok("CAP_SYS_ADMIN held, but the host has no cgroup v1 hierarchy and this kernel cannot mount one "
+                  "(no release_agent)")
+    evidence = ["CAP_SYS_ADMIN held in the host's user namespace"]
+    if v1:
+        evidence.append("host cgroup v1 controllers: %s" % ", ".join(v1))
+    elif mountable:
+        evidence.append("no v1 controller bound, but this kernel mounts named v1 hierarchies (-o none,name=x)")
+    evidence += ["rw cgroup v1 mount at %s (root %s, %s)" % (m.mountpoint, m.root, ",".join(m.super_options))
+                 for m in rw_v1]
+    if not roots and not v1 and mountable is None:
+        return unknown("whether this kernel can mount a cgroup v1 hierarchy could not be read (/proc/filesystems)",
+                       *evidence)
     if snapshot.seccomp_mode:
         evidence.append("a seccomp filter is installed; Docker's default allows mount(2) once CAP_SYS_ADMIN is added")
     return fail(*evidence)

@@ -27,7 +27,7 @@ def host(**overrides):
         auditor_pid=1234, auditor_namespaces=MappingProxyType(HOST_NS), auditor_euid=0, auditor_caps=(1 << 41) - 1,
         block_devices=frozenset({(254, 0), (7, 0)}),
         mem_devices=MappingProxyType({(1, 1): "/dev/mem", (1, 2): "/dev/kmem", (1, 4): "/dev/port"}),
-        modules=(True, "/proc/modules present, kernel.modules_disabled = 0"),
+        modules=(True, "/proc/modules present, kernel.modules_disabled = 0"), cgroup_v1_mountable=True,
         kernel_files=frozenset(S.KERNEL_CONTROL_FILES + S.DEFAULT_MASKED_PATHS + S.DEFAULT_READONLY_PATHS))
     facts.update(overrides)
     return S.HostFacts(**facts)

@@ -126,11 +126,36 @@ def test_release_agent_path_needs_every_precondition():
     confined = snap._replace(lsm="docker-default (enforce)")
     assert "release-agent" not in {p.id for p in find_escape_paths(confined, run_checks(confined))}
     # no v1 hierarchy on the host and none mounted: nothing to set release_agent in
-    v2only = snap._replace(host=host(cgroup_v1_controllers=()))
+    v2only = snap._replace(host=host(cgroup_v1_controllers=(), cgroup_v1_mountable=False))
     assert "release-agent" not in {p.id for p in find_escape_paths(v2only, run_checks(v2only))}
+    # a pure v2 host whose kernel still mounts named v1 hierarchies: the path holds
+    named = snap._replace(host=host(cgroup_v1_controllers=(), cgroup_v1_mountable=True))
+    assert outcome("release-agent", named).status == "fail"
     # a seccomp filter: whether mount(2) is reachable is unknown without --active
     filtered = snap._replace(seccomp_mode=2)
     paths = {p.id: p for p in find_escape_paths(filtered, run_checks(filtered))}
     assert paths["release-agent"].status == "possible"
     blocked = filtered._replace(probes={"syscall:mount": {"verdict": "blocked"}})
     assert "release-agent" not in {p.id for p in find_escape_paths(blocked, run_checks(blocked))}
+
+
+def test_dev_scan_is_bounded_by_time_not_count(tmp_path):
+    """Every entry is seen when time allows (a node after thousands of others); out of
+    time, the scan says so instead of pretending to be complete."""
+    import os
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for i in range(5000):
+        (dev / ("e%05d" % i)).touch()
+    sub = dev / "deep" / "er"
+    sub.mkdir(parents=True)
+    os.mkfifo(sub / "zzzz-fifo")
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        nodes, incomplete = S._dev_nodes(fd, ())
+        assert incomplete is None and nodes == ()
+        # a zero budget stops at the first time check (every 256 entries)
+        nodes, incomplete = S._dev_nodes(fd, (), budget=0.0)
+        assert incomplete and incomplete.startswith("scan stopped after 256 entries")
+    finally:
+        os.close(fd)
