@@ -357,16 +357,6 @@ class Snapshot(namedtuple("Snapshot", "target host status uids gids caps no_new_
             views.append(KernelView(loc, m, state, exists))
         return views
 
-    def kernel_file(self, path, expected_fstype):
-        """(visible, mount, masked, read_only) for the standard location of a /proc or /sys file."""
-        if path not in self.visible_paths:
-            return False, None, False, True
-        m = self.mount_for(path)
-        if m is None:
-            return False, None, False, True
-        masked = m.fstype != expected_fstype
-        return True, m, masked, m.read_only
-
     def host_path_of(self, mount):
         """The host path a target's mount shows (bind mounts), or None if not on a host mount."""
         if not self.host.mounts:

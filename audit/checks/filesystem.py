@@ -293,9 +293,10 @@ def kernel_leaks(snapshot):
                          % (kptr, paranoid, syslog))
     if sysctl.get("kernel.dmesg_restrict") == "0" or syslog:
         leaks.append("kernel log readable (dmesg_restrict=%s, CAP_SYSLOG held=%s)" % (sysctl.get("kernel.dmesg_restrict"), syslog))
-    visible, mount, masked, _ro = snapshot.kernel_file("/proc/kcore", "proc")
-    if visible and not masked and snapshot.has_host_cap("sys_rawio"):
-        leaks.append("/proc/kcore unmasked and CAP_SYS_RAWIO held")
+    if snapshot.has_host_cap("sys_rawio"):
+        for view in snapshot.kernel_views("/proc/kcore"):
+            if view.state in ("rw", "ro") and view.exists is not False:
+                leaks.append("%s unmasked and CAP_SYS_RAWIO held" % view.location)
     for m in snapshot.reachable_mounts:
         if m.fstype in ("debugfs", "tracefs"):
             leaks.append("%s mounted at %s" % (m.fstype, m.mountpoint))
