@@ -73,43 +73,52 @@ def fs_relative(path):
 
 
 def visible_mounts(mounts):
-    """The mounts a path walk can reach: a mount is hidden when another mount sits on its
-    mountpoint or on a directory above it without being one of its ancestors (mounted
-    later over the same place), or when its parent is hidden. mountinfo lists hidden
-    mounts too, so judging "the mount that serves /proc/sys" needs this."""
+    """The mounts a path walk can reach. mountinfo lists hidden mounts too, so judging "the
+    mount that serves /proc/sys" needs this. A mount is hidden when another is stacked on
+    it (same mountpoint, its parent is this one), when a mount on a directory above it is
+    not one of its ancestors (mounted later over the place it lives in), or when its parent
+    is hidden by something other than itself. Linear in the table for stacks and deep
+    trees: a hostile target with thousands of mounts must not make the audit slow."""
     by_id = {m.mount_id: m for m in mounts}
-    children_at = {}
+    at = {}
+    stacked_on = {}            # mount id -> id of the mount stacked on it at the same point
     for m in mounts:
-        children_at.setdefault(m.mountpoint, []).append(m)
+        at.setdefault(m.mountpoint, []).append(m)
+        parent = by_id.get(m.parent_id)
+        if parent is not None and parent is not m and parent.mountpoint == m.mountpoint:
+            stacked_on[parent.mount_id] = m.mount_id
+    limit = len(by_id)
 
-    def ancestors(m):
-        seen, cur = set(), m
-        while cur is not None and cur.mount_id not in seen:
-            seen.add(cur.mount_id)
-            parent = by_id.get(cur.parent_id)
-            if parent is None or parent is cur:
-                break
-            cur = parent
-        seen.discard(m.mount_id)
-        return seen
+    def is_ancestor(candidate, m):
+        cur, steps = by_id.get(m.parent_id), 0
+        while cur is not None and steps <= limit:
+            if cur is candidate:
+                return True
+            if len(cur.mountpoint) < len(candidate.mountpoint):
+                return False     # ancestors' mountpoints only get shorter
+            nxt = by_id.get(cur.parent_id)
+            if nxt is cur:
+                return False
+            cur, steps = nxt, steps + 1
+        return False
 
-    hidden = {}        # mount id -> id of the mount that hides it
-    for m in sorted(mounts, key=lambda m: m.mountpoint.count("/") if m.mountpoint != "/" else 0):
-        anc = ancestors(m)
+    hidden = {}                # mount id -> id of the mount that hides it
+    for m in sorted(mounts, key=lambda m: 0 if m.mountpoint == "/" else m.mountpoint.count("/")):
         if m.parent_id in hidden and hidden[m.parent_id] != m.mount_id:
-            # the parent is covered by something else than m stacked on it
             hidden[m.mount_id] = hidden[m.parent_id]
             continue
+        if m.mount_id in stacked_on:
+            hidden[m.mount_id] = stacked_on[m.mount_id]
+            continue
         point = m.mountpoint
-        while True:
-            for other in children_at.get(point, ()):
-                if other.mount_id != m.mount_id and other.mount_id not in anc and other.mount_id not in hidden \
-                        and (point != m.mountpoint or m.mount_id in ancestors(other)):
+        while point != "/":
+            point = point.rsplit("/", 1)[0] or "/"
+            for other in at.get(point, ()):
+                if other.mount_id != m.mount_id and other.mount_id not in hidden and not is_ancestor(other, m):
                     hidden[m.mount_id] = other.mount_id
                     break
-            if m.mount_id in hidden or point == "/":
+            if m.mount_id in hidden:
                 break
-            point = point.rsplit("/", 1)[0] or "/"
     return tuple(m for m in mounts if m.mount_id not in hidden)
 
 

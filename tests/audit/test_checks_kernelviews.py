@@ -159,3 +159,19 @@ def test_dev_scan_is_bounded_by_time_not_count(tmp_path):
         assert incomplete and incomplete.startswith("scan stopped after 256 entries")
     finally:
         os.close(fd)
+
+
+def test_visible_mounts_on_a_hostile_stack():
+    """Thousands of mounts stacked on one point: only the top of the stack and its own
+    children are reachable (a child of a covered mount is hidden with it)."""
+    from pysandbox_common.procfs import Mount
+    root = Mount(1, 0, 0, 1, "/", "/", ("rw",), (), "tmpfs", "root", ("rw",))
+    mounts = [root]
+    parent = 1
+    for i in range(2, 6000):
+        mounts.append(Mount(i, parent, 0, i, "/", "/x", ("rw",), (), "tmpfs", "t", ("rw",)))
+        parent = i
+    mounts.append(Mount(7000, parent, 0, 9, "/", "/x/top-child", ("rw",), (), "proc", "proc", ("rw",)))
+    mounts.append(Mount(7001, 2, 0, 9, "/", "/x/old-child", ("rw",), (), "proc", "proc", ("rw",)))
+    reachable = {m.mount_id for m in S.visible_mounts(mounts)}
+    assert reachable == {1, 5999, 7000}
