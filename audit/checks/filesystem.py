@@ -574,7 +574,12 @@ def kernelfs_rw(snapshot):
     missing = _mounts_unknown(snapshot)
     if missing:
         return unknown(missing)
-    found = [m for m in snapshot.reachable_mounts if m.fstype in _OTHER_KERNEL_FS]
+    # debugfs, tracefs and securityfs have one superblock for the whole kernel: any mount
+    # of them is the host's. Each bpf mount is a new instance, empty and harmless, unless
+    # its device is a host mount's (a bind of the host's /sys/fs/bpf and its pins).
+    host_devices = {(m.major, m.minor) for m in snapshot.host.mounts if m.fstype == "bpf"}
+    found = [m for m in snapshot.reachable_mounts if m.fstype in _OTHER_KERNEL_FS and
+             (m.fstype != "bpf" or not snapshot.host.mounts or (m.major, m.minor) in host_devices)]
     rw = [m for m in found if not m.read_only]
     if not rw:
         return ok("%s" % (", ".join("%s at %s (ro)" % (m.fstype, m.mountpoint) for m in found)

@@ -172,3 +172,20 @@ def test_uid0_no_new_privs_empty_permitted_is_not_privileged():
     assert "no_new_privs" in " ".join(finding(report, "cap-sys-admin")["evidence"])
     assert not escape_ids(report) & {"privileged", "kernel-module", "release-agent", "shocker",
                                      "process-injection", "physical-memory"}
+
+
+@pytest.mark.root_only
+def test_securityfs_and_tracefs_at_odd_paths(stage_dir, tmp_path):
+    with open("/proc/filesystems") as f:
+        registered = {line.split()[-1] for line in f if line.strip()}
+    require({"securityfs", "tracefs", "bpf"} <= registered, "securityfs, tracefs and bpf filesystems registered")
+    gap = ('mkdir -p "$R/srv/sec" "$R/srv/trace" "$R/srv/bpf"; mount -t securityfs securityfs "$R/srv/sec"; '
+           'mount -t tracefs tracefs "$R/srv/trace"; mount -t bpf bpf "$R/srv/bpf"')
+    with util_target(stage_dir, tmp_path, gap=gap) as t:
+        report = audit_json(t.pid)
+    # tracefs is also a kernel leak; a fresh bpf instance is no host interface
+    assert failing(report) == BASELINE | {"kernelfs-rw", "kernel-leaks"}
+    assert statuses(report).get("unknown", set()) == set()
+    evidence = " ".join(finding(report, "kernelfs-rw")["evidence"])
+    assert "securityfs at /srv/sec" in evidence and "tracefs at /srv/trace" in evidence
+    assert "/srv/bpf" not in evidence
