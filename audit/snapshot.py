@@ -8,7 +8,6 @@ that "host" is always judged by this machine, never by a literal.
 """
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import time

@@ -1,6 +1,15 @@
-"""Hand-built snapshots for the pure-logic tests of checks (no /proc read): a recorded
-status file and mountinfo text become a Snapshot with every other fact neutral."""
+"""Targets for the checks' tests: hand-built snapshots for the pure logic (a recorded
+status file and mountinfo text become a Snapshot with every other fact neutral, no /proc
+read), and live targets built here (a user + mount namespace of the unprivileged user,
+uid 0 without permitted capabilities) next to livetargets.util_target."""
+import json as _json
 import os
+import pwd as _pwd
+import signal as _signal
+import subprocess as _subprocess
+import sys as _sys
+import time as _time
+from contextlib import contextmanager as _contextmanager
 from types import MappingProxyType
 
 from audit import snapshot as S
@@ -64,14 +73,6 @@ def outcome(check_id, snap):
 # ------------------------------------------------------------------ live target builders
 # (the util-linux builder itself is livetargets.util_target, shared with the audit-targets
 # helper; what is specific to the checks' tests lives here)
-
-import json as _json
-import pwd as _pwd
-import signal as _signal
-import subprocess as _subprocess
-import sys as _sys
-import time as _time
-from contextlib import contextmanager as _contextmanager
 
 UNPRIVILEGED_USER = "pysbx"
 

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from livetargets import BUSYBOX, audit_json, escape_ids, failing, finding, util_target  # noqa: F401
+from livetargets import audit_json, escape_ids, failing, finding, util_target
 from targets_checks import (audit_as, root_without_caps, statuses, unprivileged_ids, userns_target)
 from util import require
 
