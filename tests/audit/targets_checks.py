@@ -106,7 +106,7 @@ def statuses(report):
     return out
 
 
-def _wait_for_comm(proc, comm, timeout=10.0):
+def _wait_for_comm(proc, comm, timeout=30.0):
     deadline = _time.monotonic() + timeout
     while _time.monotonic() < deadline:
         if proc.poll() is not None:
