@@ -27,7 +27,7 @@ import os
 import select
 import signal
 
-from pysandbox_common.procfs import ProcFS, cap_mask, parse_id_map, parse_mountinfo
+from pysandbox_common.procfs import ProcError, ProcFS, cap_mask, parse_id_map, parse_mountinfo
 
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
@@ -166,7 +166,13 @@ def _helper(libc, pid, plan):
         if not plan["caps"]["bounding"] >> cap & 1:
             libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     _check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "PR_SET_KEEPCAPS")
-    os.setgroups(groups)
+    if plan.get("setgroups") == "deny" and joined_userns:
+        # A user namespace made with setgroups=deny (unprivileged unshare -r does so) refuses
+        # setgroups(2) to everyone: the helper keeps its groups, which only matter for
+        # group-writable files; kernel control files are root-owned 0644/0200.
+        results["groups"] = "kept: setgroups is denied in the target's user namespace"
+    else:
+        os.setgroups(groups)
     os.setresgid(gids[0], gids[1], gids[2])
     os.setresuid(uids[0], uids[1], uids[2])
     header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
@@ -240,7 +246,15 @@ def _plan(pid, proc):
         "filters_count": int(status.get("Seccomp_filters", "0") or 0) if status.get("Seccomp") == "2" else 0,
         "cap_last_cap": cap_last,
         "write_paths": list(dict.fromkeys(write_paths)),
+        "setgroups": _setgroups_state(proc, pid),
     }
+
+
+def _setgroups_state(proc, pid):
+    try:
+        return proc.read(pid, "setgroups", limit=64).strip()
+    except (OSError, ProcError):
+        return None
 
 
 def run_probes(pid, timeout=20.0, proc=None):

@@ -107,7 +107,12 @@ def test_host_proc_sys_at_odd_path_in_a_user_namespace():
     require(unprivileged_ids() is not None, "the unprivileged test user pysbx exists")
     with userns_target(odd=True) as (pid, scratch):
         report = audit_json(pid)
+        active = audit_json(pid, "--active")
     odd = os.path.join(scratch, "odd")
+    # --active opens it for writing (never writes) with the target's credentials: refused
+    proved = finding(active, "core-pattern-writable")
+    assert proved["status"] == "pass"
+    assert "active probe: open(%s/kernel/core_pattern, O_WRONLY) -> EACCES" % odd in proved["evidence"]
     proc_sys = finding(report, "proc-sys-rw")
     assert proc_sys["status"] == "fail" and proc_sys["severity"] == "low"
     assert any(odd in e for e in proc_sys["evidence"])
