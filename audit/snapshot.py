@@ -949,6 +949,10 @@ def collect(target: TargetInfo, proc: ProcFS | None = None, probes=None) -> Snap
         dev_incomplete = "the target's root could not be opened"
     if dev_incomplete:
         errors.append(("dev", dev_incomplete))
+    if probes is not None and isinstance(probes.get("helper"), dict) and probes["helper"].get("error"):
+        # --active was asked for but its helper could not run: the checks fall back to what
+        # the passive reads show, and the report says the proofs are missing.
+        errors.append(("active", "the --active helper failed: %s" % probes["helper"]["error"]))
     if path_errors:
         errors.append(("kernel-files", "; ".join("%s: %s" % kv for kv in list(path_errors.items())[:4])))
     if not proc.exists(pid):

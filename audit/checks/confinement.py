@@ -6,6 +6,11 @@ import stat
 from . import check, fail, fixes, ok, ref, skip, unknown
 
 
+def _active_failed(snapshot):
+    why = [message for fact, message in snapshot.errors if fact == "active"]
+    return " (%s)" % why[0] if why else ""
+
+
 def _probe_text(p):
     return "active probe: %s" % ", ".join("%s=%s" % kv for kv in sorted(p.items()))
 
@@ -94,7 +99,7 @@ def userns_create(snapshot):
     if snapshot.seccomp_mode == 0:
         return fail("no seccomp filter; user.max_user_namespaces = %s" % limit)
     return unknown("a seccomp filter is installed: whether it blocks CLONE_NEWUSER is read only by running it; "
-                   "prove it with --active", "Seccomp_filters: %d" % snapshot.seccomp_filters)
+                   "prove it with --active" + _active_failed(snapshot), "Seccomp_filters: %d" % snapshot.seccomp_filters)
 
 
 @check("keyring", "Kernel keyring reachable", "low",
@@ -115,7 +120,7 @@ def keyring(snapshot):
     if snapshot.seccomp_mode == 0:
         return fail("no seccomp filter: keyctl(2) is reachable")
     return unknown("a seccomp filter is installed: whether it blocks keyctl is read only by running it; "
-                   "prove it with --active", "Seccomp_filters: %d" % snapshot.seccomp_filters)
+                   "prove it with --active" + _active_failed(snapshot), "Seccomp_filters: %d" % snapshot.seccomp_filters)
 
 
 _HARMLESS_CHAR_MAJORS = {1, 4, 5, 136}   # mem (null/zero/random...), tty, tty/ptmx, pts
