@@ -27,7 +27,7 @@ import os
 import select
 import signal
 
-from pysandbox_common.procfs import ProcFS, cap_mask, parse_id_map, parse_mountinfo
+from pysandbox_common.procfs import ProcError, ProcFS, cap_mask, parse_id_map, parse_mountinfo
 
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
@@ -45,7 +45,7 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # x86_64 numbers of the probed calls (the project targets x86_64; see docs/audit.md)
 SYSCALLS = {"keyctl": 250, "open_by_handle_at": 304, "unshare": 272, "userfaultfd": 323, "bpf": 321,
-            "perf_event_open": 298, "init_module": 175, "kexec_load": 246}
+            "perf_event_open": 298, "init_module": 175, "kexec_load": 246, "mount": 165, "ptrace": 101}
 # Arguments the kernel rejects before doing anything: the answer tells who refused.
 PROBE_ARGS = {
     "keyctl": (0x7FFF, 0, 0, 0, 0),             # unknown operation -> EOPNOTSUPP
@@ -56,6 +56,8 @@ PROBE_ARGS = {
     "perf_event_open": (0, 0, 0, 0, 0),         # NULL attr -> EFAULT
     "init_module": (0, 0, 0, 0, 0),             # NULL image -> EFAULT (EPERM without CAP_SYS_MODULE)
     "kexec_load": (0, 0x7FFFFFFF, 0, 0x7FFFFFFF, 0),  # too many segments -> EINVAL (EPERM without CAP_SYS_BOOT)
+    "mount": (0, 0, 0, 0, 0),                   # NULL target: the path lookup fails first -> EFAULT
+    "ptrace": (0x7FFF, 0, 0, 0, 0),             # unknown request on PID 0 -> ESRCH
 }
 
 
@@ -164,7 +166,13 @@ def _helper(libc, pid, plan):
         if not plan["caps"]["bounding"] >> cap & 1:
             libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     _check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "PR_SET_KEEPCAPS")
-    os.setgroups(groups)
+    if plan.get("setgroups") == "deny" and joined_userns:
+        # A user namespace made with setgroups=deny (unprivileged unshare -r does so) refuses
+        # setgroups(2) to everyone: the helper keeps its groups, which only matter for
+        # group-writable files; kernel control files are root-owned 0644/0200.
+        results["groups"] = "kept: setgroups is denied in the target's user namespace"
+    else:
+        os.setgroups(groups)
     os.setresgid(gids[0], gids[1], gids[2])
     os.setresuid(uids[0], uids[1], uids[2])
     header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
@@ -216,8 +224,11 @@ def _helper(libc, pid, plan):
 def _plan(pid, proc):
     status = proc.status(pid)
     mounts = parse_mountinfo(proc.read(pid, "mountinfo"))
-    write_paths = ["/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/sys/kernel/uevent_helper",
-                   "/proc/sysrq-trigger", "/proc/sys/fs/binfmt_misc/register"]
+    # Every place a kernel control file shows: its standard path and any proc/sysfs mount
+    # whose root contains it (a host /proc/sys bound at an odd path).
+    from .snapshot import KERNEL_CONTROL_FILES, kernel_locations, visible_mounts
+    reachable = visible_mounts(mounts)
+    write_paths = [loc for path in KERNEL_CONTROL_FILES for loc in kernel_locations(reachable, path)]
     write_paths += [m.mountpoint.rstrip("/") + "/release_agent" for m in mounts if m.fstype == "cgroup"]
     write_paths += [m.mountpoint.rstrip("/") + "/register" for m in mounts if m.fstype == "binfmt_misc"]
     try:
@@ -235,7 +246,15 @@ def _plan(pid, proc):
         "filters_count": int(status.get("Seccomp_filters", "0") or 0) if status.get("Seccomp") == "2" else 0,
         "cap_last_cap": cap_last,
         "write_paths": list(dict.fromkeys(write_paths)),
+        "setgroups": _setgroups_state(proc, pid),
     }
+
+
+def _setgroups_state(proc, pid):
+    try:
+        return proc.read(pid, "setgroups", limit=64).strip()
+    except (OSError, ProcError):
+        return None
 
 
 def run_probes(pid, timeout=20.0, proc=None):

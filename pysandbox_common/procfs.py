@@ -257,7 +257,10 @@ class ProcFS:
     def id_map(self, pid, name) -> tuple:
         return parse_id_map(self.read(pid, name))
 
-    def namespaces(self, pid) -> dict:
+    def namespaces(self, pid, denied=None) -> dict:
+        """name -> inode; None when the kernel has no such namespace (ENOENT) or refuses the
+        link (ptrace access check): the names refused are appended to `denied`, because a
+        refused link says nothing about sharing and must not be read as "absent"."""
         out = {}
         for name in NAMESPACES:
             try:
@@ -266,6 +269,8 @@ class ProcFS:
                 out[name] = None
             except AccessDenied:
                 out[name] = None
+                if denied is not None:
+                    denied.append(name)
         return out
 
     def lsm_label(self, pid):
@@ -304,6 +309,10 @@ class ProcFS:
                 target = os.readlink(os.path.join(base, name))
                 st = os.stat(os.path.join(base, name))
                 info = parse_status(self.read(pid, "fdinfo", name, limit=65536))
+            except (PermissionError, AccessDenied):
+                # The fd directory listed but its links are refused (ptrace access check):
+                # a partial list would read as "no leaked fd".
+                raise AccessDenied(pid, os.path.join(base, name)) from None
             except (OSError, ProcError):
                 continue   # closed between listdir and readlink
             mnt_id = int(info.get("mnt_id", "-1") or -1)

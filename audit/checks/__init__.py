@@ -10,7 +10,7 @@ from collections import namedtuple
 
 from pysandbox_common.containers import SEVERITIES
 SEVERITY_RANK = {name: rank for rank, name in enumerate(reversed(SEVERITIES))}  # info 0 .. critical 4
-STATUSES = ("fail", "pass", "skip", "error")
+STATUSES = ("fail", "pass", "unknown", "skip", "error")
 
 
 class Check(namedtuple("Check", "id title severity description escape remediation references fix func")):
@@ -44,6 +44,12 @@ def ok(*evidence, note=None):
 
 def skip(reason, *evidence):
     return Outcome("skip", tuple(evidence), None, reason)
+
+
+def unknown(reason, *evidence):
+    """The evidence could not be read: never a pass. `reason` says why and what would let
+    the auditor see (run as root, --active)."""
+    return Outcome("unknown", tuple(evidence), None, reason)
 
 
 _REGISTRY: dict = {}

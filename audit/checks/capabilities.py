@@ -8,12 +8,16 @@ is reported at low severity with that explained.
 "Held" means effective, permitted or ambient, plus the bounding set when the process
 is root in its namespace (execve by uid 0 refills the permitted set from the bounding set).
 """
-from ..snapshot import CAP, SUBSUMED_BY_SYS_ADMIN, cap_list, cap_name
+from ..snapshot import CAP, SUBSUMED_BY_SYS_ADMIN, cap_list, cap_name, execve_attainable
 from . import check, fail, fixes, ok, ref
 
 DOCKER_DEFAULT_CAPS = sum(1 << CAP[n] for n in (
     "chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
     "net_bind_service", "net_raw", "sys_chroot", "mknod", "audit_write", "setfcap"))
+
+
+def _attainable_reason(snapshot):
+    return "attainable set: %s" % execve_attainable(snapshot.uids, snapshot.caps, snapshot.no_new_privs)[1]
 
 
 def _held_evidence(snapshot, bit):
@@ -27,13 +31,22 @@ def _held_evidence(snapshot, bit):
 def _cap_check(snapshot, name):
     bit = CAP[name]
     if snapshot.host_caps >> bit & 1:
-        return fail(_held_evidence(snapshot, bit), "held in the host's user namespace")
+        if name == "sys_module":
+            loadable, why = snapshot.host.modules
+            if loadable is False:
+                # CAP_SYS_MODULE gates only module loading and unloading: on a kernel that
+                # cannot load modules it opens nothing.
+                return fail(_held_evidence(snapshot, bit), why, severity="low",
+                            note="this kernel cannot load modules: the capability opens nothing today")
+        return fail(_held_evidence(snapshot, bit), "held in the host's user namespace",
+                    _attainable_reason(snapshot))
     if snapshot.attainable_caps >> bit & 1:
         return fail(_held_evidence(snapshot, bit), severity="low",
                     note="held only inside user namespace user:[%s]: it governs resources that namespace owns "
                          "(its own mounts, network, processes), not the host's" % snapshot.namespaces.get("user"))
-    return ok("%s not held (CapEff %016x, CapBnd %016x)" % (cap_name(bit), snapshot.caps.effective,
-                                                             snapshot.caps.bounding))
+    return ok("%s not held (CapEff %016x, CapPrm %016x, CapBnd %016x)" % (
+        cap_name(bit), snapshot.caps.effective, snapshot.caps.permitted, snapshot.caps.bounding),
+        _attainable_reason(snapshot))
 
 
 CAP_CHECKS = (
@@ -81,7 +94,7 @@ def _register(name, severity, what, escape, cves):
            ref(cve=cves, cis="5.3", pss="spec.containers[*].securityContext.capabilities.add"),
            fixes("--cap-drop %s (and do not --cap-add it)" % name.upper(),
                  "securityContext.capabilities: {drop: [ALL]} without adding %s" % name.upper(),
-                 "leave %s out of the profile's `capabilities` list" % name))
+                 "leave %s out of `capabilities.keep`" % name))
     def capability_check(snapshot):
         return _cap_check(snapshot, name)
     return capability_check
@@ -107,7 +120,7 @@ def privileged(snapshot):
         held |= SUBSUMED_BY_SYS_ADMIN
     missing = snapshot.host.caps & ~held
     evidence = ["host capability set (PID 1 CapBnd, cap_last_cap=%d): %016x" % (snapshot.host.cap_last_cap, snapshot.host.caps),
-                "target held in host user namespace: %016x" % snapshot.host_caps,
+                "target held in host user namespace: %016x" % snapshot.host_caps, _attainable_reason(snapshot),
                 "Seccomp: %d" % snapshot.seccomp_mode]
     if not missing and snapshot.seccomp_mode == 0:
         return fail(*evidence)
@@ -122,7 +135,7 @@ def privileged(snapshot):
        "Clear the ambient set; give capabilities to the one binary that needs them with file capabilities.",
        ref(cis="5.3", pss="spec.containers[*].securityContext.capabilities.add"),
        fixes("do not pass ambient capabilities (docker never sets them)", "do not add capabilities",
-             "profiles keep `ambient_capabilities` empty"))
+             "keep `capabilities.ambient` empty"))
 def caps_ambient(snapshot):
     amb = snapshot.caps.ambient
     if amb:
@@ -137,7 +150,7 @@ def caps_ambient(snapshot):
        "Drop everything and add back only what the workload needs.",
        ref(cis="5.3", pss="spec.containers[*].securityContext.capabilities.add"),
        fixes("--cap-drop ALL --cap-add <needed>", "capabilities: {drop: [ALL], add: [<needed>]}",
-             "list only the needed capabilities in the profile"))
+             "list only the needed capabilities in `capabilities.keep`"))
 def caps_nondefault(snapshot):
     extra = snapshot.attainable_caps & ~DOCKER_DEFAULT_CAPS
     if not extra:

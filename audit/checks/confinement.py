@@ -3,7 +3,12 @@ leaked file descriptors and the runtime's version."""
 import re
 import stat
 
-from . import check, fail, fixes, ok, ref, skip
+from . import check, fail, fixes, ok, ref, skip, unknown
+
+
+def _active_failed(snapshot):
+    why = [message for fact, message in snapshot.errors if fact == "active"]
+    return " (%s)" % why[0] if why else ""
 
 
 def _probe_text(p):
@@ -16,7 +21,7 @@ def _probe_text(p):
        "from the bounding set, undoing a non-root user.",
        "Set no_new_privs.",
        ref(cis="5.25", pss="spec.containers[*].securityContext.allowPrivilegeEscalation"),
-       fixes("--security-opt no-new-privileges", "allowPrivilegeEscalation: false", "profiles set `no_new_privs = true`"))
+       fixes("--security-opt no-new-privileges", "allowPrivilegeEscalation: false", "profiles set `process.no_new_privs` = true"))
 def nnp_off(snapshot):
     evidence = "status NoNewPrivs: %d" % snapshot.no_new_privs
     return ok(evidence) if snapshot.no_new_privs else fail(evidence)
@@ -53,6 +58,9 @@ def seccomp_off(snapshot):
              "pysandbox confines with Landlock instead (not visible in /proc); keep it on"))
 def lsm_off(snapshot):
     label = snapshot.lsm
+    missing = snapshot.unreadable("attr/current")
+    if label is None and missing:
+        return unknown(missing)
     if label is None:
         return fail("attr/current: no LSM answers on this kernel (no AppArmor/SELinux label)")
     if label in ("unconfined", "kernel") or label.endswith(":unconfined_t:s0") or label.startswith("unconfined"):
@@ -68,7 +76,7 @@ def lsm_off(snapshot):
        "Block unshare/clone with CLONE_NEWUSER in seccomp, or set user.max_user_namespaces=0 in the target's namespace.",
        ref(cve=("CVE-2022-0185", "CVE-2023-32233"), cis="5.21", pss="spec.containers[*].securityContext.seccompProfile.type"),
        fixes("keep Docker's default seccomp profile (it blocks unshare without CAP_SYS_ADMIN)",
-             "seccompProfile: {type: RuntimeDefault}", "profiles deny `unshare`/CLONE_NEWUSER in seccomp"))
+             "seccompProfile: {type: RuntimeDefault}", "profiles deny unshare/CLONE_NEWUSER in their `seccomp` policy"))
 def userns_create(snapshot):
     probe = snapshot.probe("unshare-user")
     if probe is not None:
@@ -83,10 +91,15 @@ def userns_create(snapshot):
                   "chrooted processes" % snapshot.root_link)
     if limit == "0":
         return ok("user.max_user_namespaces = 0")
+    missing = snapshot.unreadable("root")
+    if snapshot.root_link is None and missing:
+        # Without the root link a chrooted target (which the kernel refuses) cannot be told
+        # from a pivoted one (which it allows).
+        return unknown(missing + "; or prove it with --active")
     if snapshot.seccomp_mode == 0:
         return fail("no seccomp filter; user.max_user_namespaces = %s" % limit)
-    return skip("a seccomp filter is installed; whether it blocks CLONE_NEWUSER is proven with --active",
-                "Seccomp_filters: %d" % snapshot.seccomp_filters)
+    return unknown("a seccomp filter is installed: whether it blocks CLONE_NEWUSER is read only by running it; "
+                   "prove it with --active" + _active_failed(snapshot), "Seccomp_filters: %d" % snapshot.seccomp_filters)
 
 
 @check("keyring", "Kernel keyring reachable", "low",
@@ -106,8 +119,8 @@ def keyring(snapshot):
         return ok(_probe_text(probe))
     if snapshot.seccomp_mode == 0:
         return fail("no seccomp filter: keyctl(2) is reachable")
-    return skip("a seccomp filter is installed; whether it blocks keyctl is proven with --active",
-                "Seccomp_filters: %d" % snapshot.seccomp_filters)
+    return unknown("a seccomp filter is installed: whether it blocks keyctl is read only by running it; "
+                   "prove it with --active" + _active_failed(snapshot), "Seccomp_filters: %d" % snapshot.seccomp_filters)
 
 
 _HARMLESS_CHAR_MAJORS = {1, 4, 5, 136}   # mem (null/zero/random...), tty, tty/ptmx, pts
@@ -121,11 +134,14 @@ _HARMLESS_CHAR_MAJORS = {1, 4, 5, 136}   # mem (null/zero/random...), tty, tty/p
        "Close or mark close-on-exec every fd above 2 before exec; update the runtime.",
        ref(cve=("CVE-2024-21626",), cis="5.31"),
        fixes("update runc to >= 1.1.12", "update the node's container runtime",
-             "pysandbox closes every fd above 2 before exec (keep `close_fds`)"))
+             "pysandbox closes every fd above 2 before exec (keep `process.close_fds` = true)"))
 def leaked_fd(snapshot):
     own = {m.mount_id for m in snapshot.mounts}
+    missing = snapshot.unreadable("mountinfo", "fd")
+    if missing:
+        return unknown(missing)
     if not own:
-        return skip("the target's mount table could not be read")
+        return unknown("the target's mount table is empty")
     leaked, inherited = [], []
     for f in snapshot.fds:
         if not f.target.startswith("/") or f.target.startswith("/memfd:") or f.mnt_id < 0:

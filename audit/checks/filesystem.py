@@ -2,8 +2,8 @@
 runtime sockets and host mounts, all judged from the target's own mount table."""
 import os
 
-from ..snapshot import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
-from . import check, fail, fixes, ok, ref
+from ..snapshot import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, KERNEL_FSTYPES
+from . import check, fail, fixes, ok, ref, unknown
 
 
 def _write_probe(snapshot, path):
@@ -14,25 +14,64 @@ def _write_probe(snapshot, path):
     return p.get("result") == "writable", text
 
 
+def _mounts_unknown(snapshot):
+    return snapshot.unreadable("mountinfo")
+
+
+def _where(view):
+    m = view.mount
+    return "%s (%s mount %s, root %s, %s)" % (view.location, m.fstype, m.mountpoint, m.root, ",".join(m.options))
+
+
 def _kernel_file_check(snapshot, path, fstype, sysctl=True):
-    """A kernel control file is writable when visible, unmasked, on a rw mount, and the
-    writer passes the kernel's permission test: sysctl files compare euid with the
-    global root uid (no capability overrides it); other root-only files accept
-    CAP_DAC_OVERRIDE held in the host's user namespace."""
-    proved = _write_probe(snapshot, path)
-    if proved is not None:
-        return fail(proved[1]) if proved[0] else ok(proved[1])
-    visible, mount, masked, read_only = snapshot.kernel_file(path, fstype)
-    if not visible:
-        return ok("%s does not exist in the target" % path)
-    where = "%s served by %s mount %s (%s)" % (path, mount.fstype, mount.mountpoint, ",".join(mount.options))
-    if masked:
-        return ok(where + ": masked")
-    if read_only:
-        return ok(where + ": read-only")
-    if snapshot.is_host_root or (not sysctl and snapshot.has_host_cap("dac_override")):
-        return fail(where, "writer is host uid %s" % snapshot.host_euid)
-    return ok(where, "rw mount, but the target's euid is host uid %s, which the kernel refuses here" % snapshot.host_euid)
+    """A kernel control file is writable when it shows somewhere in the target (its standard
+    path or any proc/sysfs mount whose root contains it, bind mounts at odd paths included),
+    unmasked, on a rw mount, and the writer passes the kernel's permission test: sysctl
+    files compare euid with the global root uid (no capability overrides it); other
+    root-only files accept CAP_DAC_OVERRIDE held in the host's user namespace."""
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
+    writer_ok = snapshot.is_host_root or (not sysctl and snapshot.has_host_cap("dac_override"))
+    evidence, unknown_views = [], []
+    for view in snapshot.kernel_views(path):
+        proved = _write_probe(snapshot, view.location)
+        if proved is not None:
+            if proved[0]:
+                return fail(proved[1])
+            evidence.append(proved[1])
+            continue
+        if view.state == "absent":
+            continue
+        if view.state == "masked":
+            evidence.append("%s: masked by %s mount %s" % (view.location, view.mount.fstype, view.mount.mountpoint))
+            continue
+        if view.exists is False:
+            evidence.append("%s does not exist %s" % (
+                view.location, "on this kernel" if path not in snapshot.host.kernel_files else "in the target"))
+            continue
+        if view.state == "ro":
+            evidence.append(_where(view) + ": read-only")
+            continue
+        if not writer_ok:
+            evidence.append(_where(view) + ": rw mount, but the target's euid is host uid %s, which the kernel "
+                            "refuses here" % snapshot.host_euid)
+            continue
+        if view.exists is None:
+            unknown_views.append(view)
+            continue
+        inferred = "" if view.location in snapshot.visible_paths else \
+            " (the target's root is unreadable: inferred from its mount table and this kernel's files)"
+        return fail(_where(view) + inferred, "writer is host uid %s" % snapshot.host_euid)
+    if unknown_views:
+        return unknown("%s: %s" % (", ".join(v.location for v in unknown_views),
+                                   snapshot.path_errors.get(unknown_views[0].location) or snapshot.unreadable("root")
+                                   or "could not be examined"), *evidence)
+    if not evidence:
+        if path not in snapshot.host.kernel_files:
+            return ok("%s does not exist on this kernel" % path)
+        return ok("%s is not mounted anywhere in the target" % path)
+    return ok(*evidence)
 
 
 def _kernel_file(cid, title, path, fstype, escape, cves=(), sysctl=True, severity="critical"):
@@ -72,8 +111,11 @@ _kernel_file("sysrq-writable", "/proc/sysrq-trigger writable", "/proc/sysrq-trig
        fixes("remove --privileged / -v /proc/sys/fs/binfmt_misc", "privileged: false",
              "profiles never mount binfmt_misc"))
 def binfmt_misc_writable(snapshot):
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
     paths = ["/proc/sys/fs/binfmt_misc/register"] + [
-        m.mountpoint.rstrip("/") + "/register" for m in snapshot.mounts if m.fstype == "binfmt_misc"]
+        m.mountpoint.rstrip("/") + "/register" for m in snapshot.reachable_mounts if m.fstype == "binfmt_misc"]
     evidence = []
     for path in dict.fromkeys(paths):
         proved = _write_probe(snapshot, path)
@@ -115,18 +157,24 @@ def _kernel_at_least(release, want):
        "Keep the runtime's default masked and read-only paths.",
        ref(cis="5.12", pss="spec.containers[*].securityContext.procMount"),
        fixes("remove --security-opt systempaths=unconfined", "procMount: Default",
-             "profiles keep their default `masked_paths`"))
+             "profiles keep their default `filesystem.masked_paths`"))
 def proc_masks_missing(snapshot):
-    exposed = []
-    for path in DEFAULT_MASKED_PATHS:
-        fstype = "proc" if path.startswith("/proc") else "sysfs"
-        visible, mount, masked, _ro = snapshot.kernel_file(path, fstype)
-        if visible and not masked:
-            exposed.append("%s visible (served by %s at %s)" % (path, mount.fstype, mount.mountpoint))
-    for path in DEFAULT_READONLY_PATHS:
-        visible, mount, masked, ro = snapshot.kernel_file(path, "proc")
-        if visible and not masked and not ro:
-            exposed.append("%s writable mount (%s at %s, %s)" % (path, mount.fstype, mount.mountpoint, ",".join(mount.options)))
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
+    exposed, unseen = [], []
+    for path, writable_only in [(p, False) for p in DEFAULT_MASKED_PATHS] + [(p, True) for p in DEFAULT_READONLY_PATHS]:
+        for view in snapshot.kernel_views(path):
+            if view.state in ("absent", "masked") or view.exists is False:
+                continue
+            if writable_only and view.state != "rw":
+                continue
+            if view.exists is None:
+                unseen.append(view.location)
+                continue
+            exposed.append("%s %s (served by %s at %s, %s)" % (
+                view.location, "writable mount" if writable_only else "visible", view.mount.fstype,
+                view.mount.mountpoint, ",".join(view.mount.options)))
     oci = snapshot.target.oci
     if oci is not None and "masked_paths" in oci:
         extra = "OCI maskedPaths: %d entries, readonlyPaths: %d entries" % (len(oci["masked_paths"]), len(oci.get("readonly_paths", ())))
@@ -134,7 +182,10 @@ def proc_masks_missing(snapshot):
         extra = None
     if exposed:
         return fail(*(exposed + ([extra] if extra else [])))
-    if not any(m.fstype == "proc" for m in snapshot.mounts):
+    if unseen:
+        return unknown("%s could not be examined: %s" % (", ".join(unseen[:6]), snapshot.unreadable("root", "kernel-files")
+                                                         or "stat refused"))
+    if not any(m.fstype == "proc" for m in snapshot.reachable_mounts):
         return ok("no procfs mounted in the target")
     return ok("every default masked path is masked or absent", *([extra] if extra else []))
 
@@ -147,15 +198,32 @@ def proc_masks_missing(snapshot):
        fixes("remove --privileged / systempaths=unconfined", "procMount: Default",
              "profiles mount /proc/sys read-only"))
 def proc_sys_rw(snapshot):
-    visible, mount, masked, ro = snapshot.kernel_file("/proc/sys", "proc")
-    if not visible or masked:
+    """Every proc mount that shows /proc/sys or a part of it (a host /proc/sys or
+    /proc/sys/kernel bound at an odd path is the same host-global tree) is judged."""
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
+    rw, seen = [], []
+    for view in snapshot.kernel_views("/proc/sys"):
+        if view.state in ("absent", "masked") or view.exists is False:
+            continue
+        seen.append(_where(view))
+        if view.state == "rw":
+            rw.append(_where(view))
+    for m in snapshot.reachable_mounts:
+        if m.fstype == "proc" and m.root.startswith("/sys/"):
+            text = "%s shows %s of procfs (%s)" % (m.mountpoint, "/proc" + m.root, ",".join(m.options))
+            seen.append(text)
+            if not m.read_only:
+                rw.append(text)
+    if not seen:
         return ok("/proc/sys not visible in the target")
-    where = "/proc/sys served by %s at %s (%s)" % (mount.fstype, mount.mountpoint, ",".join(mount.options))
-    if ro:
-        return ok(where)
+    if not rw:
+        return ok(*("%s: read-only" % s for s in dict.fromkeys(seen)))
+    rw = list(dict.fromkeys(rw))
     if snapshot.is_host_root:
-        return fail(where, "writer is host uid 0")
-    return fail(where, severity="low",
+        return fail(*rw, "writer is host uid 0")
+    return fail(*rw, severity="low",
                 note="the target's root is not host root: only sysctls of namespaces it owns (net.*, ipc) accept its writes")
 
 
@@ -167,10 +235,14 @@ def proc_sys_rw(snapshot):
        ref(cis="5.4", pss="spec.containers[*].securityContext.privileged"),
        fixes("remove --privileged", "privileged: false", "profiles mount /sys read-only or not at all"))
 def sysfs_rw(snapshot):
-    rw = [m for m in snapshot.mounts if m.fstype == "sysfs" and not m.read_only]
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
+    rw = [m for m in snapshot.reachable_mounts if m.fstype == "sysfs" and not m.read_only]
     if not rw:
-        return ok("sysfs mounts: %s" % (", ".join("%s (ro)" % m.mountpoint for m in snapshot.mounts if m.fstype == "sysfs") or "none"))
-    evidence = ["sysfs at %s mounted %s" % (m.mountpoint, ",".join(m.options)) for m in rw]
+        return ok("sysfs mounts: %s" % (", ".join("%s (ro)" % m.mountpoint for m in snapshot.reachable_mounts
+                                                 if m.fstype == "sysfs") or "none"))
+    evidence = ["sysfs at %s (root %s) mounted %s" % (m.mountpoint, m.root, ",".join(m.options)) for m in rw]
     if snapshot.is_host_root:
         return fail(*evidence)
     return fail(*evidence, severity="low", note="the target is not host root: sysfs files owned by host root stay read-only to it")
@@ -188,7 +260,14 @@ def host_procfs(snapshot):
     if snapshot.host_procfs_mounts:
         return fail(*("procfs at %s answers `self` with the auditor's host PID %d" % (mp, snapshot.host.auditor_pid)
                       for mp in snapshot.host_procfs_mounts))
-    procs = [m.mountpoint for m in snapshot.mounts if m.fstype == "proc"]
+    procs = [m.mountpoint for m in snapshot.reachable_mounts if m.fstype == "proc"]
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
+    if procs and snapshot.host.auditor_in_host_pidns and snapshot.namespaces.get("pid") != 0xEFFFFFFC:
+        missing = snapshot.unreadable("root", "procfs-self")
+        if missing:
+            return unknown(missing, "procfs mounts: %s" % ", ".join(procs))
     # A target in the host PID namespace sees host PIDs in any procfs: ns-pid-host reports that.
     return ok("procfs mounts: %s" % (", ".join(procs) or "none"))
 
@@ -214,14 +293,18 @@ def kernel_leaks(snapshot):
                          % (kptr, paranoid, syslog))
     if sysctl.get("kernel.dmesg_restrict") == "0" or syslog:
         leaks.append("kernel log readable (dmesg_restrict=%s, CAP_SYSLOG held=%s)" % (sysctl.get("kernel.dmesg_restrict"), syslog))
-    visible, mount, masked, _ro = snapshot.kernel_file("/proc/kcore", "proc")
-    if visible and not masked and snapshot.has_host_cap("sys_rawio"):
-        leaks.append("/proc/kcore unmasked and CAP_SYS_RAWIO held")
-    for m in snapshot.mounts:
+    if snapshot.has_host_cap("sys_rawio"):
+        for view in snapshot.kernel_views("/proc/kcore"):
+            if view.state in ("rw", "ro") and view.exists is not False:
+                leaks.append("%s unmasked and CAP_SYS_RAWIO held" % view.location)
+    for m in snapshot.reachable_mounts:
         if m.fstype in ("debugfs", "tracefs"):
             leaks.append("%s mounted at %s" % (m.fstype, m.mountpoint))
     if leaks:
         return fail(*leaks)
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
     return ok("kptr_restrict=%s, dmesg_restrict=%s, perf_event_paranoid=%s, no CAP_SYSLOG, no debugfs"
               % (kptr, sysctl.get("kernel.dmesg_restrict"), paranoid))
 
@@ -236,20 +319,33 @@ def kernel_leaks(snapshot):
        fixes("do not --cap-add SYS_ADMIN or --privileged", "do not add SYS_ADMIN",
              "profiles never keep CAP_SYS_ADMIN in the host user namespace"))
 def release_agent(snapshot):
-    rw_v1 = [m for m in snapshot.mounts if m.fstype == "cgroup" and not m.read_only]
-    for m in snapshot.mounts:
+    rw_v1 = [m for m in snapshot.reachable_mounts if m.fstype == "cgroup" and not m.read_only]
+    for m in snapshot.reachable_mounts:
         if m.fstype == "cgroup":
             proved = _write_probe(snapshot, m.mountpoint.rstrip("/") + "/release_agent")
             if proved and proved[0]:
                 return fail(proved[1])
     if not snapshot.has_host_cap("sys_admin"):
         return ok("CAP_SYS_ADMIN not held in the host's user namespace (the kernel requires it to set release_agent)")
+    # release_agent exists only in the root cgroup of a v1 hierarchy: reachable through a rw
+    # v1 mount of a hierarchy's root, or by mounting one (CAP_SYS_ADMIN over the host allows
+    # the mount; a hierarchy of a bound controller, or a named one, which needs none).
     v1 = snapshot.host.cgroup_v1_controllers
-    if not v1 and not rw_v1:
-        return ok("CAP_SYS_ADMIN held, but the host has no cgroup v1 hierarchy (no release_agent)")
-    evidence = ["CAP_SYS_ADMIN held in the host's user namespace",
-                "host cgroup v1 controllers: %s" % ", ".join(v1)]
-    evidence += ["rw cgroup v1 mount at %s (%s)" % (m.mountpoint, ",".join(m.super_options)) for m in rw_v1]
+    mountable = snapshot.host.cgroup_v1_mountable
+    roots = [m for m in rw_v1 if m.root == "/"]
+    if not roots and not v1 and mountable is False:
+        return ok("CAP_SYS_ADMIN held, but the host has no cgroup v1 hierarchy and this kernel cannot mount one "
+                  "(no release_agent)")
+    evidence = ["CAP_SYS_ADMIN held in the host's user namespace"]
+    if v1:
+        evidence.append("host cgroup v1 controllers: %s" % ", ".join(v1))
+    elif mountable:
+        evidence.append("no v1 controller bound, but this kernel mounts named v1 hierarchies (-o none,name=x)")
+    evidence += ["rw cgroup v1 mount at %s (root %s, %s)" % (m.mountpoint, m.root, ",".join(m.super_options))
+                 for m in rw_v1]
+    if not roots and not v1 and mountable is None:
+        return unknown("whether this kernel can mount a cgroup v1 hierarchy could not be read (/proc/filesystems)",
+                       *evidence)
     if snapshot.seccomp_mode:
         evidence.append("a seccomp filter is installed; Docker's default allows mount(2) once CAP_SYS_ADMIN is added")
     return fail(*evidence)
@@ -264,9 +360,12 @@ def release_agent(snapshot):
        fixes("remove --privileged; do not -v /sys/fs/cgroup", "privileged: false; no hostPath of /sys/fs/cgroup",
              "profiles do not mount cgroupfs, or mount it read-only"))
 def cgroupfs_rw(snapshot):
-    rw = [m for m in snapshot.mounts if m.fstype in ("cgroup", "cgroup2") and not m.read_only]
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
+    rw = [m for m in snapshot.reachable_mounts if m.fstype in ("cgroup", "cgroup2") and not m.read_only]
     if not rw:
-        return ok("cgroup mounts: %d, none writable" % sum(m.fstype in ("cgroup", "cgroup2") for m in snapshot.mounts))
+        return ok("cgroup mounts: %d, none writable" % sum(m.fstype in ("cgroup", "cgroup2") for m in snapshot.reachable_mounts))
     evidence = ["%s at %s (root %s) mounted %s" % (m.fstype, m.mountpoint, m.root, ",".join(m.options)) for m in rw]
     if snapshot.is_host_root:
         return fail(*evidence)
@@ -305,36 +404,57 @@ def _usable_nodes(snapshot, predicate):
     return out
 
 
+def _is_host_block_device(snapshot, node):
+    """A block node is judged by its device number, never its name: it reaches a disk when
+    the number is one of this kernel's block devices (every number, when that list is unknown)."""
+    if node.kind != "block":
+        return False
+    known = snapshot.host.block_devices
+    return known is None or (node.major, node.minor) in known
+
+
 @check("block-devices", "Block device nodes reachable", "high",
-       "A block device node that the device cgroup allows gives raw access to a disk: mount it, or read/write "
-       "the host's filesystem underneath every permission check.",
+       "A block device node (matched by device number against this kernel's block devices, whatever its name) "
+       "that the device cgroup allows gives raw access to a disk: mount it, or read/write the host's filesystem "
+       "underneath every permission check.",
        "mount /dev/vda1 /mnt (CAP_SYS_ADMIN) or debugfs -w /dev/vda1: read /etc/shadow, write host files.",
        "Do not pass host block devices (--device, privileged).",
        ref(cis="5.17", pss="spec.containers[*].securityContext.privileged"),
        fixes("remove --device /dev/sdX and --privileged", "no hostPath of /dev; privileged: false",
-             "profiles create only /dev/null, zero, full, random, urandom, tty"))
+             "profiles keep `filesystem.dev` = minimal (null, zero, full, random, urandom, tty)"))
 def block_devices(snapshot):
-    nodes = _usable_nodes(snapshot, lambda n: n.kind == "block")
+    nodes = _usable_nodes(snapshot, lambda n: _is_host_block_device(snapshot, n))
     if nodes:
         return fail(*nodes, severity=None if snapshot.is_host_root or snapshot.has_host_cap("dac_override") else "medium")
-    return ok("no usable block device node in the target's /dev")
-
-
-_MEM_DEVICES = {(1, 1): "/dev/mem", (1, 2): "/dev/kmem", (1, 4): "/dev/port"}
+    if snapshot.dev_scan_incomplete:
+        return unknown("the target's /dev could not be scanned completely (%s): %s"
+                       % (snapshot.dev_scan_incomplete, snapshot.access_hint))
+    others = [n for n in snapshot.dev_nodes if n.kind == "block"]
+    return ok("no usable block device node in the target's /dev (%d device nodes scanned)" % len(snapshot.dev_nodes),
+              *("%s (block %d:%d) names no block device of this kernel" % (n.path, n.major, n.minor) for n in others[:4]))
 
 
 @check("mem-devices", "Physical memory devices reachable (/dev/mem, /dev/kmem, /dev/port)", "critical",
-       "A /dev/mem, /dev/kmem or /dev/port node the device cgroup allows gives raw access to physical memory "
-       "or I/O ports (with CAP_SYS_RAWIO).",
+       "A node with the device number of /dev/mem, /dev/kmem or /dev/port (whatever its name) that the device "
+       "cgroup allows gives raw access to physical memory or I/O ports (with CAP_SYS_RAWIO).",
        "Patch kernel memory or read secrets of every process on the host.",
        "Do not pass memory devices into containers.",
        ref(cis="5.17", pss="spec.containers[*].securityContext.privileged"),
-       fixes("remove --device /dev/mem and --privileged", "privileged: false", "profiles never create memory devices"))
+       fixes("remove --device /dev/mem and --privileged", "privileged: false",
+             "profiles keep `filesystem.dev` = minimal, which never creates memory devices"))
 def mem_devices(snapshot):
-    nodes = _usable_nodes(snapshot, lambda n: n.kind == "char" and (n.major, n.minor) in _MEM_DEVICES)
+    mem = snapshot.host.mem_devices
+    nodes = [n for n in snapshot.dev_nodes if n.kind == "char" and (n.major, n.minor) in mem
+             and _device_allowed(snapshot.devices_list, n.kind, n.major, n.minor) is not False]
     if nodes:
-        return fail(*nodes)
-    return ok("no /dev/mem, /dev/kmem or /dev/port node usable")
+        return fail(*("%s (char %d:%d = %s)%s" % (n.path, n.major, n.minor, mem[(n.major, n.minor)],
+                                                  "" if snapshot.devices_list is not None else ", device cgroup not readable")
+                      for n in nodes))
+    if snapshot.dev_scan_incomplete:
+        return unknown("the target's /dev could not be scanned completely (%s): %s"
+                       % (snapshot.dev_scan_incomplete, snapshot.access_hint))
+    return ok("no node with the number of /dev/mem, /dev/kmem or /dev/port usable (%d device nodes scanned)"
+              % len(snapshot.dev_nodes))
 
 
 @check("runtime-socket", "Container runtime socket reachable", "critical",
@@ -349,6 +469,9 @@ def runtime_socket(snapshot):
     if snapshot.runtime_sockets:
         return fail(*("socket %s in the target%s" % (path, " (host %s)" % host if host else "")
                       for path, host in snapshot.runtime_sockets))
+    missing = snapshot.unreadable("root", "mountinfo", "sockets")
+    if missing:
+        return unknown(missing)
     return ok("no runtime socket found at mount points or well-known paths")
 
 
@@ -365,9 +488,11 @@ SENSITIVE_IF_WRITABLE = frozenset(("/usr", "/lib", "/lib64", "/bin", "/sbin", "/
 
 def sensitive_mounts(snapshot):
     found = []
-    for m in snapshot.mounts:
-        if m.fstype in ("proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue"):
-            continue   # kernel filesystems are judged by their own checks
+    for m in snapshot.reachable_mounts:
+        if m.fstype in KERNEL_FSTYPES or m.fstype in ("devpts", "mqueue"):
+            # Kernel filesystems are judged wherever they are mounted by their own checks
+            # (proc-sys-rw, core-pattern-writable, sysfs-rw, cgroupfs-rw, kernelfs-rw).
+            continue
         host = snapshot.host_path_of(m)
         if host in SENSITIVE_HOST_PATHS or (host in SENSITIVE_IF_WRITABLE and not m.read_only):
             found.append((m, host))
@@ -383,6 +508,9 @@ def sensitive_mounts(snapshot):
        fixes("remove -v /:/host (and similar)", "no hostPath volumes of system directories",
              "profiles bind only explicitly listed paths"))
 def sensitive_mount(snapshot):
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
     found = sensitive_mounts(snapshot)
     if found:
         return fail(*("%s -> host %s (%s %s, %s)" % (m.mountpoint, host, m.fstype, m.device,
@@ -399,6 +527,12 @@ def sensitive_mount(snapshot):
        ref(cis="5.19", pss="spec.containers[*].volumeMounts[*].mountPropagation"),
        fixes("do not use :shared/:rshared bind options", "mountPropagation: None", "profiles make / recursively private"))
 def mount_propagation_shared(snapshot):
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
+    if not snapshot.host.mounts:
+        return unknown("the host's mount table is not visible from here (the auditor is not in the host's "
+                       "PID namespace, or PID 1's mountinfo is unreadable): run the audit on the host as root")
     host_groups = {m.peer_group(): m.mountpoint for m in snapshot.host.mounts if m.peer_group()}
     shared = []
     for m in snapshot.mounts:
@@ -415,10 +549,42 @@ def mount_propagation_shared(snapshot):
        "Drop and run tools, overwrite the application; with CVE-2019-5736 a writable rootfs held the runc overwrite.",
        "Run with a read-only root filesystem and writable tmpfs/volumes only where needed.",
        ref(cve=("CVE-2019-5736",), cis="5.12", pss="spec.containers[*].securityContext.readOnlyRootFilesystem"),
-       fixes("--read-only", "readOnlyRootFilesystem: true", "profiles mount the new root read-only"))
+       fixes("--read-only", "readOnlyRootFilesystem: true", "profiles keep `filesystem.readonly_root` = true"))
 def rootfs_rw(snapshot):
     m = snapshot.mount_for("/")
     if m is None:
-        return ok("root mount not found in the mount table")
+        return unknown(_mounts_unknown(snapshot) or "the root mount is not in the target's mount table")
     evidence = "/ is %s mounted %s" % (m.fstype, ",".join(m.options))
     return ok(evidence) if m.read_only else fail(evidence)
+
+
+_OTHER_KERNEL_FS = ("debugfs", "tracefs", "securityfs", "bpf")
+
+
+@check("kernelfs-rw", "debugfs, tracefs, securityfs or bpffs mounted read-write", "high",
+       "A read-write debugfs, tracefs, securityfs or bpf filesystem is mounted in the target (at any path): "
+       "they are host-global kernel interfaces with no namespace of their own.",
+       "debugfs and tracefs expose kernel internals and tracing control; securityfs holds LSM policy "
+       "(AppArmor profiles, IMA); a bpffs holds pinned BPF programs and maps of the host.",
+       "Never mount these filesystems into containers.",
+       ref(cis="5.4", pss="spec.containers[*].securityContext.privileged"),
+       fixes("remove --privileged and -v /sys/kernel/...", "privileged: false; no hostPath of /sys",
+             "profiles keep `filesystem.sys` = none or ro"))
+def kernelfs_rw(snapshot):
+    missing = _mounts_unknown(snapshot)
+    if missing:
+        return unknown(missing)
+    # debugfs, tracefs and securityfs have one superblock for the whole kernel: any mount
+    # of them is the host's. Each bpf mount is a new instance, empty and harmless, unless
+    # its device is a host mount's (a bind of the host's /sys/fs/bpf and its pins).
+    host_devices = {(m.major, m.minor) for m in snapshot.host.mounts if m.fstype == "bpf"}
+    found = [m for m in snapshot.reachable_mounts if m.fstype in _OTHER_KERNEL_FS and
+             (m.fstype != "bpf" or not snapshot.host.mounts or (m.major, m.minor) in host_devices)]
+    rw = [m for m in found if not m.read_only]
+    if not rw:
+        return ok("%s" % (", ".join("%s at %s (ro)" % (m.fstype, m.mountpoint) for m in found)
+                          or "no debugfs, tracefs, securityfs or bpf mount"))
+    evidence = ["%s at %s (root %s) mounted %s" % (m.fstype, m.mountpoint, m.root, ",".join(m.options)) for m in rw]
+    if snapshot.is_host_root:
+        return fail(*evidence)
+    return fail(*evidence, severity="low", note="the target is not host root: these files are owned by host root")

@@ -1,11 +1,17 @@
 """cgroup checks: resource limits and the v1 device controller."""
-from . import check, fail, fixes, ok, ref, skip
+from . import check, fail, fixes, ok, ref, skip, unknown
 
 
 def _limit_check(snapshot, controller, what):
+    missing = snapshot.unreadable("cgroup")
+    if missing:
+        return unknown(missing)
     if not snapshot.cgroups:
-        return skip("the target's cgroups could not be read")
+        return unknown("the target's /proc/PID/cgroup is empty")
     found = snapshot.cgroup_limits.get(controller)
+    missing = snapshot.unreadable("cgroup:" + controller)
+    if found is None and missing:
+        return unknown(missing)
     if found is None:
         paths = ", ".join("%s:%s" % (",".join(e.controllers) or "(v2)", e.path) for e in snapshot.cgroups
                           if controller in e.controllers or e.is_v2)
@@ -33,7 +39,7 @@ _register("pids", "limits-pids-missing", "No PID limit", "medium", "process coun
           "--pids-limit 256", "(kubelet podPidsLimit)", "set `limits.pids` in the profile")
 _register("cpu", "limits-cpu-missing", "No CPU limit", "low", "CPU quota",
           "Starve co-located workloads of CPU.", "5.11",
-          "--cpus 1", "resources.limits.cpu", "set `limits.cpu` in the profile")
+          "--cpus 1", "resources.limits.cpu", "set `limits.cpus` in the profile")
 
 
 @check("device-cgroup-open", "Device cgroup allows every device", "high",
@@ -45,6 +51,9 @@ _register("cpu", "limits-cpu-missing", "No CPU limit", "low", "CPU quota",
              "profiles set a device allow-list"))
 def device_cgroup_open(snapshot):
     text = snapshot.devices_list
+    missing = snapshot.unreadable("cgroup", "cgroup:devices")
+    if text is None and missing:
+        return unknown(missing)
     if text is None:
         return skip("no v1 devices controller for the target (on cgroup v2 device access is a BPF program)")
     if any(line.split()[:2] == ["a", "*:*"] and ("r" in line.split()[2] or "w" in line.split()[2])

@@ -10,6 +10,10 @@ import pytest
 from livetargets import (audit_json, escape_ids, failing, finding, own_cgroups, passing, run_audit,
                        util_target)
 
+
+def unknown(report):
+    return {f["id"] for f in report["findings"] if f["status"] == "unknown"}
+
 # What every util-linux target fails by construction: root in the host user namespace (as
 # Docker's default), no seccomp (setpriv cannot install one, so user namespaces and keyctl
 # are reachable), no LSM on this kernel, the root devices cgroup, and no limits.
@@ -23,6 +27,10 @@ def test_baseline_fails_only_its_construction(stage_dir, tmp_path):
     with util_target(stage_dir, tmp_path) as t:
         report = audit_json(t.pid)
     assert failing(report) == BASELINE
+    # root reads every fact of a util-linux target: nothing is left unknown, and what is
+    # neither failing nor unknown passes (runtime-version is skipped: no runtime binary)
+    assert unknown(report) == set()
+    assert {f["id"] for f in report["findings"]} - BASELINE - passing(report) == {"runtime-version"}
     assert report["escape_paths"] == []
     assert report["target"]["os"] == "audit test root"
     for cid in ("ns-pid-host", "ns-net-host", "ns-mnt-host", "cap-sys-admin", "privileged", "nnp-off",
@@ -86,6 +94,7 @@ def test_writable_procfs(stage_dir, tmp_path):
     if os.path.exists("/proc/sysrq-trigger"):
         expected.add("sysrq-writable")
     assert failing(report) == expected
+    assert unknown(report) == set() and unknown(active) == set()
     assert "core-pattern-writable" in escape_ids(report)
     # --active proves it by open(O_WRONLY)+close inside the target, and agrees.
     assert failing(active) == expected
@@ -100,6 +109,7 @@ def test_block_device_node(stage_dir, tmp_path):
     with util_target(stage_dir, tmp_path, gap=gap) as t:
         report = audit_json(t.pid)
     assert failing(report) == BASELINE | {"block-devices"}
+    assert unknown(report) == set()
     assert escape_ids(report) == {"block-device"}
 
 
