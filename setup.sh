@@ -24,7 +24,7 @@ fi
 # Docker's: golang-github-docker-docker-dev (matches docker.io), Podman's: golang-github-containers-common (/usr/share/containers/seccomp.json).
 PACKAGES="python3 python3-venv python3-cap-ng libseccomp2 libcap-ng0 uidmap util-linux iproute2 procps
 gcc libc6-dev docker.io podman busybox-static bubblewrap crun runc firejail
-golang-github-docker-docker-dev golang-github-containers-common"
+golang-github-docker-docker-dev golang-github-containers-common lxc systemd-container"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

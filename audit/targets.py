@@ -512,7 +512,8 @@ class Resolver:
             if st is None or st.ppid <= 0:
                 break
             parent_key = self._ns_key(st.ppid)
-            if key is None or parent_key != key:
+            # unreadable links (another user's process, rootless) prove nothing: stop there
+            if key is None or None in (key[0], key[4]) or parent_key != key:
                 break
             current = st.ppid
         return current
@@ -796,6 +797,13 @@ class Resolver:
             return self._from_nspawn(pid, parent)
         if root_stat is not None and root_stat.comm == "firejail" and parent_comm == "firejail":
             return self._from_firejail(pid, root, parent)
+        if parent_comm == "firejail":
+            # rootless: firejail's own processes are setuid root and their namespaces
+            # unreadable, so the walk stops at the program; its parent is the inner firejail
+            grandparent = self.stat(parent)
+            outer = self.stat(grandparent.ppid) if grandparent else None
+            if outer is not None and outer.comm == "firejail":
+                return self._from_firejail(pid, parent, grandparent.ppid)
         for state in self._states():
             if state.pid == root:
                 found = self._from_state(pid, state, root_stat)
