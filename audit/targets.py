@@ -950,15 +950,39 @@ class Resolver:
             return None
         return self._docker_info(DockerAPI("", runtime="podman"), data[0])
 
+    def _containerd_bases(self):
+        """containerd's task state directories: the standard ones, and those of every running
+        shim (its working directory is <state>/io.containerd.runtime.v2.task/<ns>/<id>), so
+        a containerd with a state directory of its own is found too."""
+        bases = list(CONTAINERD_STATE_DIRS)
+        for pid in self.proc.pids():
+            st = self.stat(pid)
+            if st is None or not st.comm.startswith("containerd-shim"):
+                continue
+            try:
+                bundle = self.proc.readlink(pid, "cwd")
+            except (ProcError, OSError):
+                continue
+            bases.append(os.path.dirname(os.path.dirname(bundle)))
+        return list(dict.fromkeys(bases))
+
     def _containerd_tasks(self):
-        for base in CONTAINERD_STATE_DIRS:
+        for base in self._containerd_bases():
             for task in glob.glob(os.path.join(base, "*", "*")):
                 pid_text = (_read_text(os.path.join(task, "init.pid"), 32) or "").strip()
                 if pid_text.isdigit():
                     yield os.path.basename(os.path.dirname(task)), os.path.basename(task), int(pid_text), task
 
     def _containerd(self, spec):
-        matches = [(ns, cid, pid, task) for ns, cid, pid, task in self._containerd_tasks() if cid.startswith(spec)]
+        """A containerd task by id, unique id prefix, or Kubernetes name namespace/pod/container."""
+        tasks = list(self._containerd_tasks())
+        matches = [m for m in tasks if m[1] == spec] or [m for m in tasks if m[1].startswith(spec)]
+        if not matches and spec.count("/") == 2:
+            for m in tasks:
+                k8s = kubernetes_labels((_bundle_config(m[3]) or {}).get("annotations"))
+                if "/".join(k8s.get(k, "") for k in ("io.kubernetes.pod.namespace", "io.kubernetes.pod.name",
+                                                     "io.kubernetes.container.name")) == spec:
+                    matches.append(m)
         if len({cid for _, cid, _, _ in matches}) > 1:
             raise TargetError("containerd: ambiguous container id prefix %s" % printable(repr(spec)))
         if not matches:
