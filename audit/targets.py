@@ -415,17 +415,23 @@ class Resolver:
         self._binary_versions = {}
         self._host = None
         self._state_cache = None     # runc/crun state, read once per Resolver
-        self._docker_list = None
+        self._stat_cache = {}
+        self._ns_cache = {}
+        self._records = None
 
     # ---------------------------------------------------------- process facts
 
     def stat(self, pid):
+        # A Resolver serves one command: what it read about a PID stays valid for it (the
+        # fleet view reads each process once, not once per container that walks past it).
+        if pid in self._stat_cache:
+            return self._stat_cache[pid]
         try:
-            return parse_stat(self.proc.read(pid, "stat", limit=4096))
-        except NoSuchProcess:
-            return None
+            value = parse_stat(self.proc.read(pid, "stat", limit=4096))
         except (ProcError, OSError, ValueError, IndexError):
-            return None
+            value = None
+        self._stat_cache[pid] = value
+        return value
 
     def _cmdline(self, pid):
         try:
@@ -442,11 +448,15 @@ class Resolver:
             return st.comm if st else None
 
     def _ns_key(self, pid):
+        if pid in self._ns_cache:
+            return self._ns_cache[pid]
         try:
             ns = self.proc.namespaces(pid)
+            value = tuple(ns.get(n) for n in NAMESPACES)
         except ProcError:
-            return None
-        return tuple(ns.get(n) for n in NAMESPACES)
+            value = None
+        self._ns_cache[pid] = value
+        return value
 
     def host_namespaces(self):
         """The host's namespace inodes, in NAMESPACES order. pid, user, ipc, uts, cgroup and
@@ -518,11 +528,12 @@ class Resolver:
             current = st.ppid
         return current
 
-    def ancestors(self, pid):
-        """(pid, comm) of each ancestor, nearest first."""
+    def ancestors(self, pid, depth=4):
+        """(pid, comm) of the nearest `depth` ancestors, nearest first (who started a
+        container is its parent; firejail and pysandbox need two or three levels)."""
         out = []
         current = pid
-        for _ in range(MAX_ANCESTORS):
+        for _ in range(depth):
             st = self.stat(current)
             if st is None or st.ppid <= 0:
                 break
@@ -738,11 +749,7 @@ class Resolver:
         """Label a PID: which runtime made its container, its name, id, image and labels.
         Raises TargetError for what is not a running process (kernel thread, zombie)."""
         self.check_auditable(pid)
-        try:
-            from pysandbox_common import registry as state
-            records = list(state.running())
-        except ImportError:
-            records = []
+        records = self._pysandbox_records()
         for record in records:
             if int(record["pid"]) == pid:
                 return self._pysandbox_info(record)
@@ -903,6 +910,15 @@ class Resolver:
             raise TargetError("ambiguous container id prefix %s: %s" % (
                 printable(repr(prefix)), ", ".join(printable("%s/%s" % (s.runtime, s.id)) for s in matches[:5])))
         return self._running_state(matches[0]) if matches else None
+
+    def _pysandbox_records(self):
+        if self._records is None:
+            try:
+                from pysandbox_common import registry as state
+                self._records = list(state.running())
+            except ImportError:
+                self._records = []
+        return self._records
 
     def _pysandbox(self, name):
         try:
