@@ -337,6 +337,8 @@ def find_bundle(pid, proc):
 
 # ------------------------------------------------------------------ runc and crun state
 
+# created: True while the container is created but not started (runc and crun both keep
+# an exec.fifo in the state directory until `start` opens it)
 RuntimeState = namedtuple("RuntimeState", "runtime id pid start bundle config annotations created")
 
 
@@ -379,8 +381,9 @@ def runc_states():
                     key, _, value = item.partition("=")
                     labels[key] = value
             bundle = labels.pop("bundle", None)
-            yield RuntimeState("runc", data.get("id") or os.path.basename(os.path.dirname(path)), pid, start,
-                               bundle, None, labels, data.get("created"))
+            state_dir = os.path.dirname(path)
+            yield RuntimeState("runc", data.get("id") or os.path.basename(state_dir), pid, start,
+                               bundle, None, labels, os.path.exists(os.path.join(state_dir, "exec.fifo")))
 
 
 def crun_states():
@@ -400,7 +403,8 @@ def crun_states():
             config = _bundle_config(state_dir)
             annotations = (config or {}).get("annotations") or {}
             yield RuntimeState("crun", os.path.basename(state_dir), pid, start, data.get("bundle"), config,
-                               annotations if isinstance(annotations, dict) else {}, data.get("created"))
+                               annotations if isinstance(annotations, dict) else {},
+                               os.path.exists(os.path.join(state_dir, "exec.fifo")))
 
 
 # ------------------------------------------------------------------ resolution
@@ -739,7 +743,9 @@ class Resolver:
         config = state.config if state.config is not None else _bundle_config(state.bundle)
         labels = dict(state.annotations or {})
         version = self._binary_version(state.runtime)
-        notes = ("bundle %s" % printable(state.bundle),) if state.bundle else ()
+        notes = ["bundle %s" % printable(state.bundle)] if state.bundle else []
+        if state.created:
+            notes.append("created, not started: its init waits on exec.fifo to exec the workload")
         return self._describe(pid, state.runtime, state.id, state.id, {state.runtime: version} if version else {},
                               config=config or {}, labels=labels, notes=notes)
 

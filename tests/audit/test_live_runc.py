@@ -96,3 +96,22 @@ def test_ambiguous_prefix_and_stopped_container(tmp_path, monkeypatch):
     # deleted: its state directory is gone, so is the id
     proc = run_audit(base + "-a")
     assert proc.returncode == 2 and "no such target" in proc.stderr
+
+
+def test_created_not_started(tmp_path, monkeypatch):
+    """`runc create`: the init exists, blocked on exec.fifo; it is audited with a note."""
+    rootless = _rootless_runc(tmp_path, monkeypatch)
+    bundle = oci_bundle(str(tmp_path / "bundle"), rootless=rootless)
+    cid = "audit-created-%d" % os.getpid()
+    with open(tmp_path / "err", "wb") as err:
+        done = subprocess.run(["runc", "create", "--bundle", bundle, cid], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=err, timeout=60)
+    try:
+        assert done.returncode == 0, (tmp_path / "err").read_text()
+        pid = int(json.loads(subprocess.run(["runc", "state", cid], capture_output=True, text=True,
+                                            check=True).stdout)["pid"])
+        t = resolver().resolve(cid)
+        assert (t.runtime, t.container_id, t.pid) == ("runc", cid, pid)
+        assert any("created, not started" in n for n in t.notes)
+    finally:
+        subprocess.run(["runc", "delete", "-f", cid], capture_output=True, timeout=60)
