@@ -799,7 +799,25 @@ class Resolver:
                 notes.append("its namespaces could not be read (run as root to see them)")
         return self._describe(pid, runtime, cid, None, notes=notes)
 
+    def _in_host_pid_ns(self, pid):
+        """Is pid in the auditor's (the host's) PID namespace? /proc/PID/status NSpid lists
+        one PID per nested PID namespace and is readable by every user, unlike ns links."""
+        if not self._sees_host_pids():
+            return True        # a contained auditor cannot tell; its own view is all it has
+        try:
+            nspid = self.proc.status(pid).get("NSpid", "")
+        except ProcError:
+            return False
+        return len(nspid.split()) == 1
+
     def _recognise(self, pid, root, root_stat, parent, parent_comm):
+        # A launcher is named by its comm, which any process can set (PR_SET_NAME, or exec
+        # of a file called `conmon`). Runtimes' launchers run in the host's PID namespace;
+        # a process inside a container is not, so it cannot pose as one for its children.
+        # (A container sharing the host's PID namespace could; it gains only a label.)
+        named_parent = parent_comm
+        if not self._in_host_pid_ns(parent):
+            parent_comm = ""
         if parent_comm.startswith("containerd-shim"):
             return self._from_shim(pid, root, parent)
         if parent_comm == "conmon":
@@ -810,13 +828,14 @@ class Resolver:
             return self._from_nspawn(pid, parent)
         if root_stat is not None and root_stat.comm == "firejail" and parent_comm == "firejail":
             return self._from_firejail(pid, root, parent)
-        if parent_comm == "firejail":
+        if named_parent == "firejail":
             # rootless: firejail's own processes are setuid root and their namespaces
             # unreadable, so the walk stops at the program; its parent is the inner firejail
-            grandparent = self.stat(parent)
-            outer = self.stat(grandparent.ppid) if grandparent else None
-            if outer is not None and outer.comm == "firejail":
-                return self._from_firejail(pid, parent, grandparent.ppid)
+            # (in the sandbox's PID namespace), the outer one must be in the host's
+            inner = self.stat(parent)
+            outer = self.stat(inner.ppid) if inner else None
+            if outer is not None and outer.comm == "firejail" and self._in_host_pid_ns(inner.ppid):
+                return self._from_firejail(pid, parent, inner.ppid)
         for state in self._states():
             if state.pid == root:
                 found = self._from_state(pid, state, root_stat)

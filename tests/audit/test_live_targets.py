@@ -132,3 +132,41 @@ def test_unprintable_target_name_is_escaped():
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
     assert "\\x1b" in proc.stderr
+
+
+def test_a_contained_process_cannot_pose_as_a_launcher(tmp_path):
+    """A process inside a PID namespace named `conmon` (comm is the executable's file name)
+    with conmon's arguments starts a child in further namespaces: that child is not
+    labelled Podman, because real launchers run in the host's PID namespace."""
+    import shutil
+    fake = tmp_path / "conmon"
+    shutil.copy("/bin/sh", fake)
+    os.chmod(fake, 0o755)
+    os.chmod(tmp_path, 0o755)
+    userns = ("--user", "--map-root-user") if os.geteuid() != 0 else ()
+    script = "unshare --net --uts --ipc -- sleep 300; : -n fake-name --cid deadbeef -b /nonexistent"
+    proc = subprocess.Popen(["unshare", *userns, "--pid", "--fork", "--", str(fake), "-c", script],
+                            stdin=subprocess.DEVNULL)
+    try:
+        def impostor_child():
+            for kid in _children(proc.pid):
+                for grandchild in _children(kid):
+                    if _sleeping_child(grandchild) or os.readlink("/proc/%d/exe" % grandchild).endswith("sleep"):
+                        return kid, grandchild
+            return None
+        impostor, child = wait_for(impostor_child, "the impostor's child")
+        with open("/proc/%d/comm" % impostor) as f:
+            assert f.read().strip() == "conmon"
+        sleeper = _sleeping_child(child) or child
+        t = resolver().describe_pid(sleeper)
+        assert t.runtime == "process" and t.name is None, t
+    finally:
+        stop_process(proc, [p for p in _children(proc.pid)])
+
+
+def _children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(k) for k in f.read().split()]
+    except OSError:
+        return []
