@@ -631,8 +631,10 @@ class Resolver:
         annotations = (config or {}).get("annotations") or {}
         k8s = kubernetes_labels(annotations)
         name = k8s.get("io.kubernetes.container.name")
-        if name and k8s.get("io.kubernetes.pod.name"):
-            name = "%s/%s/%s" % (k8s.get("io.kubernetes.pod.namespace", ""), k8s["io.kubernetes.pod.name"], name)
+        if k8s.get("io.kubernetes.pod.name") and (name or k8s.get("io.kubernetes.cri.container-type") == "sandbox"):
+            # a pod's sandbox (pause) container has no container name of its own
+            name = "%s/%s/%s" % (k8s.get("io.kubernetes.pod.namespace", ""), k8s["io.kubernetes.pod.name"],
+                                 name or "(sandbox)")
         return self._describe(pid, "containerd", cid, name or ("%s/%s" % (namespace, cid) if cid else None),
                               self._shim_versions(bundle), bundle=bundle, config=config,
                               notes=("containerd namespace %s" % printable(namespace),) if namespace else ())
@@ -702,16 +704,17 @@ class Resolver:
     def _from_nspawn(self, pid, nspawn):
         args = self._cmdline(nspawn)
         name = _arg(args, "-M", "--machine")
-        if not name:
-            directory = _arg(args, "-D", "--directory") or _arg(args, "-i", "--image")
-            name = os.path.basename(directory.rstrip("/")) if directory else None
+        # the machine's root: a directory tree (-D) or a disk image (-i), nspawn's "image"
+        directory = _arg(args, "-D", "--directory") or _arg(args, "-i", "--image")
+        if not name and directory:
+            name = os.path.basename(directory.rstrip("/")) or None
         notes = []
         machine = _read_text(os.path.join(MACHINES_DIR, name)) if name and "/" not in name else None
         if machine:
             notes.append("registered with systemd-machined")
         version = self._binary_version("systemd-nspawn")
         return self._describe(pid, "systemd-nspawn", name, name, {"systemd": version} if version else {},
-                              notes=notes, config={})
+                              notes=notes, config={}, image=directory)
 
     def _from_firejail(self, pid, root, outer):
         """firejail: an outer firejail (host namespaces) starts an inner one as PID 1 of the

@@ -121,3 +121,26 @@ def test_resolved_by_id_prefix_and_in_all(pod_container):
     proc = run_audit(cid, "--format", "json")
     assert proc.returncode in (0, 1), proc.stderr
     assert '"runtime": "containerd"' in proc.stdout
+
+
+def test_pod_sandbox_container_is_named_after_its_pod(containerd, pod_container):
+    """A pod's sandbox (pause) container carries the pod's names but no container name."""
+    work, ctr = containerd
+    cid = "audit-ctr-sandbox-%d" % os.getpid()
+    annotations = {"io.kubernetes.cri.sandbox-name": "web-0", "io.kubernetes.cri.sandbox-namespace": "shop",
+                   "io.kubernetes.cri.container-type": "sandbox"}
+    args = ["run", "-d"]
+    for key, value in annotations.items():
+        args += ["--annotation", "%s=%s" % (key, value)]
+    ctr(*args, "--rootfs", os.path.join(work, "rootfs"), cid, "/bin/sleep", "3600")
+    try:
+        pid = int(wait_for(lambda: _task_pid(ctr, cid), "the sandbox task to run"))
+        t = resolver().describe_pid(pid)
+        assert (t.runtime, t.container_id, t.name) == ("containerd", cid, "shop/web-0/(sandbox)")
+        assert "io.kubernetes.container.name" not in t.labels and t.labels["io.kubernetes.pod.name"] == "web-0"
+    finally:
+        ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
+        wait_for(lambda: "STOPPED" in ctr("task", "ls", check=False) or cid not in ctr("task", "ls", check=False),
+                 "the sandbox task to stop")
+        ctr("task", "delete", cid, check=False)
+        ctr("container", "delete", cid, check=False)

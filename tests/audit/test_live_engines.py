@@ -116,7 +116,7 @@ def nspawn(tmp_path):
             kid = _children(proc.pid)
             return kid[0] if kid and _exe(kid[0]).endswith("busybox") else None
         init = wait_for(started, "systemd-nspawn to start sleep")
-        yield name, init, proc.pid
+        yield name, init, proc.pid, root
     finally:
         # the container's PID 1 first, by PID: nspawn then exits by itself and removes its
         # propagation directory (SIGKILLing nspawn would leave it in /run)
@@ -136,10 +136,12 @@ def nspawn(tmp_path):
 
 @pytest.mark.root_only
 def test_nspawn_by_pid_and_name(nspawn):
-    name, init, _ = nspawn
+    name, init, _, root = nspawn
     r = resolver()
     for spec in (str(init), name):
-        _check(r.resolve(spec), "systemd-nspawn", name, init)
+        t = r.resolve(spec)
+        _check(t, "systemd-nspawn", name, init)
+        assert t.image == root and "systemd" in t.runtime_version
     assert [t.pid for t in r.all_targets() if t.name == name] == [init]
     proc = run_audit(name, "--format", "json")
     assert proc.returncode in (0, 1), proc.stderr
