@@ -25,7 +25,7 @@ fi
 # The man pages and completions are checked with man-db/groff, bash-completion and zsh.
 PACKAGES="python3 python3-venv python3-cap-ng libseccomp2 libcap-ng0 uidmap util-linux iproute2 procps
 gcc libc6-dev docker.io podman busybox-static bubblewrap crun runc firejail
-golang-github-docker-docker-dev golang-github-containers-common
+golang-github-docker-docker-dev golang-github-containers-common lxc systemd-container runsc
 man-db groff-base bash-completion zsh"
 missing=""
 for p in $PACKAGES; do

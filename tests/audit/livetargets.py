@@ -370,3 +370,114 @@ def docker_daemon(stage_dir):
                 os.unlink("/tmp/containerd.%d.stacks.log" % child)
             except OSError:
                 pass
+
+
+# ------------------------------------------------------------------ other runtimes
+
+def wait_for(predicate, what, timeout=20):
+    """Poll until predicate() returns something true (the event), or fail with `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def busybox_root(path, applets=("sh", "sleep"), os_name="audit test root"):
+    """A root directory holding only static busybox and an os-release."""
+    require(os.path.exists(BUSYBOX), "busybox-static not installed")
+    for d in ("bin", "etc", "usr/lib", "proc", "sys", "dev", "tmp"):
+        os.makedirs(os.path.join(path, d), exist_ok=True)
+    shutil.copy2(BUSYBOX, os.path.join(path, "bin", "busybox"))
+    for applet in applets:
+        os.symlink("busybox", os.path.join(path, "bin", applet))
+    with open(os.path.join(path, "usr/lib/os-release"), "w") as f:
+        f.write('ID=audittest\nPRETTY_NAME="%s"\n' % os_name)
+    os.symlink("../usr/lib/os-release", os.path.join(path, "etc/os-release"))
+    return path
+
+
+def oci_bundle(path, runtime="runc", annotations=None, rootless=False):
+    """An OCI bundle from `runc spec` (every namespace but user and cgroup, masked paths, no
+    seccomp): busybox root, `sleep 3600`, no terminal, a private network namespace."""
+    os.makedirs(path, exist_ok=True)
+    busybox_root(os.path.join(path, "rootfs"))
+    subprocess.run(["runc", "spec"] + (["--rootless"] if rootless else []), cwd=path, check=True,
+                   capture_output=True)
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/sleep", "3600"]
+    config["root"]["readonly"] = True
+    if annotations:
+        config["annotations"] = dict(annotations)
+    namespaces = config["linux"]["namespaces"]
+    if not any(n["type"] == "network" for n in namespaces):
+        namespaces.append({"type": "network"})
+    # The hybrid cgroup layout here has no usable cgroup2: mount no cgroupfs inside.
+    config["mounts"] = [m for m in config["mounts"] if m.get("type") != "cgroup"]
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def _crun_argv(*args):
+    """crun refuses this host's hybrid cgroup layout (v1 controllers plus a cgroup2 mount with
+    none): it runs in a private mount namespace where that cgroup2 mount is unmounted
+    (nothing changes on the host; state in /run/crun is shared)."""
+    if os.path.isdir("/sys/fs/cgroup/unified") and os.path.ismount("/sys/fs/cgroup/unified"):
+        quoted = " ".join("'%s'" % a.replace("'", "'\\''") for a in args)
+        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                "umount /sys/fs/cgroup/unified && exec crun " + quoted]
+    return ["crun", *args]
+
+
+@contextmanager
+def oci_container(runtime, bundle, cid):
+    """`runc run -d` / `crun run -d` of a bundle; yields (id, pid); `delete -f` afterwards."""
+    require(shutil.which(runtime), "%s not installed (Debian package %s)" % (runtime, runtime))
+    argv = ["runc", "run", "-d", "--bundle", bundle, cid] if runtime == "runc" else \
+        _crun_argv("run", "-d", "--bundle", bundle, cid)
+    # The detached container inherits runc's stdio: a pipe would stay open until it exits,
+    # so errors go to a file.
+    with tempfile.TemporaryFile() as err:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=60)
+        err.seek(0)
+        message = err.read().decode("utf-8", "replace")
+    try:
+        assert done.returncode == 0, "%s run: %s" % (runtime, message[-2000:])
+        state = subprocess.run([runtime, "state", cid], capture_output=True, text=True, check=True).stdout
+        yield cid, int(json.loads(state)["pid"])
+    finally:
+        delete = ["runc", "delete", "-f", cid] if runtime == "runc" else _crun_argv("delete", "-f", cid)
+        subprocess.run(delete, capture_output=True, timeout=60)
+
+
+def state_of(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def stop_process(proc, pids=()):
+    """End what a test started: the given PIDs (a namespace's init takes the rest with it),
+    then the launcher, by PID; reap it."""
+    for pid in list(pids) + [proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def resolver(**kwargs):
+    """The installed package's Resolver (what `audit` runs)."""
+    from audit.targets import Resolver
+    return Resolver(**kwargs)

@@ -200,3 +200,72 @@ def test_stopped_container_is_a_usage_error(fleet):
         assert proc.stderr.count("\n") == 1 and "not running" in proc.stderr
     finally:
         docker.cli("rm", "-f", "audit-stopped", check=False)
+
+
+@pytest.fixture(scope="module")
+def custom_parent(docker_daemon):
+    """A container under a cgroup parent of its own (--cgroup-parent): its cgroup path no
+    longer says "docker", so only the shim and the bundle tell who made it."""
+    parent = "audit-custom-parent-%d" % os.getpid()
+    name = "audit-cgparent"
+    pid = docker_daemon.run(name, "--cgroup-parent", "/" + parent, "--label", "org.example.team=audit")
+    cid = docker_daemon.cli("inspect", "-f", "{{.Id}}", name)
+    try:
+        with open("/proc/%d/cgroup" % pid) as f:
+            assert "docker" not in f.read()
+        yield docker_daemon, name, cid, pid
+    finally:
+        docker_daemon.cli("rm", "-f", name, check=False, timeout=120)
+        for hierarchy in os.listdir("/sys/fs/cgroup"):
+            path = os.path.join("/sys/fs/cgroup", hierarchy, parent)
+            if os.path.isdir(path):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+
+
+def test_custom_cgroup_parent_by_pid(custom_parent, monkeypatch, base):
+    docker, name, cid, pid = custom_parent
+    monkeypatch.setenv("DOCKER_HOST", docker.env["DOCKER_HOST"])
+    from livetargets import resolver
+    t = resolver().describe_pid(pid)
+    assert (t.runtime, t.name, t.container_id, t.pid) == ("docker", name, cid, pid)
+    assert t.image == docker.image
+    assert t.labels["org.example.team"] == "audit"
+    assert t.identity == "docker/" + name
+    assert "runc" in t.runtime_version
+    # what `audit PID` concludes from that: the runc version finding is judged
+    r = audit_json(str(pid), env=docker.env)
+    assert r["target"]["runtime"] == "docker" and r["target"]["name"] == name
+    status = finding(r, "runtime-version")["status"]
+    assert status == ("fail" if "runtime-version" in base else "pass")
+
+
+def test_custom_cgroup_parent_without_the_api(custom_parent, monkeypatch, tmp_path):
+    """No API to ask: the containerd shim (`-namespace moby -id ID`) and its bundle still say
+    Docker, the id and the runc version."""
+    docker, name, cid, pid = custom_parent
+    monkeypatch.setenv("DOCKER_HOST", "unix://%s/none.sock" % tmp_path)
+    from livetargets import resolver
+    t = resolver().describe_pid(pid)
+    assert (t.runtime, t.container_id, t.pid) == ("docker", cid, pid)
+    assert t.identity == "docker/" + cid
+    assert t.oci is not None
+    out = subprocess.run(["runc", "--version"], capture_output=True, text=True).stdout
+    assert t.runtime_version["runc"] == re.search(r"version (\d+\.\d+\.\d+)", out).group(1)
+
+
+def test_all_has_one_target_per_container(fleet, custom_parent, monkeypatch):
+    docker, names, pids = fleet
+    monkeypatch.setenv("DOCKER_HOST", docker.env["DOCKER_HOST"])
+    from livetargets import resolver
+    targets = [t for t in resolver().all_targets() if t.runtime == "docker"]
+    by_name = {}
+    for t in targets:
+        by_name.setdefault(t.name, []).append(t.pid)
+    expected = dict(pids, cgparent=custom_parent[3])
+    names = dict(names, cgparent=custom_parent[1])
+    for key, pid in expected.items():
+        assert by_name.get(names[key]) == [pid], (key, by_name)
+    assert all(t.image == docker.image for t in targets if t.name in names.values())

@@ -98,14 +98,24 @@ def test_podman_container_by_name_id_and_pid(podman_container):
         assert report["target"]["runtime"] == "podman", (target, report["target"])
         assert report["target"]["container_id"] == c["id"]
         assert report["target"]["pid"] == c["pid"]
-        if target != str(c["pid"]):
-            assert report["target"]["name"] == c["name"]
+        # by PID too: conmon's -n NAME / -c ID arguments name it
+        assert report["target"]["name"] == c["name"]
         assert report["target"]["os"] == "Podman Busybox"
         findings = {f["id"]: f for f in report["findings"]}
         for ns in ("pid", "net", "ipc", "uts", "mnt"):
             assert findings["ns-%s-host" % ns]["status"] == "pass", ns
         assert findings["privileged"]["status"] == "pass"
         assert findings["runtime-socket"]["status"] == "pass"
+
+
+def test_podman_target_fields(podman_container):
+    c = podman_container
+    from audit.targets import Resolver
+    t = Resolver().describe_pid(c["pid"])
+    assert (t.runtime, t.name, t.container_id) == ("podman", c["name"], c["id"])
+    assert t.identity == "podman/" + c["name"]
+    assert "runc" in t.runtime_version
+    assert t.oci is not None
 
 
 def test_podman_container_in_audit_all(podman_container):

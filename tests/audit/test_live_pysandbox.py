@@ -89,3 +89,23 @@ def test_permissive_shows_gaps(sandbox):
     cap = next(f for f in report["findings"] if f["id"] == "cap-sys-admin")
     assert cap["status"] == "fail" and cap["severity"] == "low"
     assert "only inside user namespace" in (cap["note"] or "")
+
+
+def test_sandbox_target_fields_and_fleet(sandbox, monkeypatch):
+    name, env = sandbox("strict")
+    monkeypatch.setenv("PYSANDBOX_STATE_DIR", env["PYSANDBOX_STATE_DIR"])
+    from audit.targets import Resolver
+    from pysandbox_common import registry as state
+    record = state.find(name)
+    init = int(record["pid"])
+    with open("/proc/%d/task/%d/children" % (init, init)) as f:
+        command = int(f.read().split()[0])
+    by_name = Resolver().resolve(name)
+    assert (by_name.runtime, by_name.name, by_name.pid) == ("pysandbox", name, command)
+    assert by_name.identity == "pysandbox/" + name
+    # by PID: the init (the registry's PID) and the command itself
+    for pid in (init, command):
+        t = Resolver().describe_pid(pid)
+        assert (t.runtime, t.name, t.pid) == ("pysandbox", name, command), pid
+    fleet = [t for t in Resolver().all_targets() if t.runtime == "pysandbox" and t.name == name]
+    assert [t.pid for t in fleet] == [command]
