@@ -165,6 +165,8 @@ def build(snapshot, findings, escape_paths, mode="passive"):
         "escape_paths": [{
             "id": p.id, "name": p.name, "technique": p.technique, "severity": p.severity,
             "because": list(p.because), "cve": list(p.cve),
+            # present: every precondition holds; possible: none is known false, some could not be read
+            "status": getattr(p, "status", "present"), "unknown": list(getattr(p, "unknown", ()) or ()),
             "help_uri": help_uri(ESCAPE_RULE_PREFIX + p.id), "suppressed": None,
         } for p in escape_paths],
         "collection_errors": ["%s: %s" % e for e in snapshot.errors],
@@ -207,9 +209,16 @@ def _plural(n, word):
 
 
 def verdict(paths, failing, unknown=0):
-    if paths:
-        text = "%s: %s" % (_plural(len(paths), "escape path"),
-                           ", ".join("%s (%s)" % (p["name"], p["severity"]) for p in paths))
+    present = [p for p in paths if p.get("status", "present") == "present"]
+    possible = [p for p in paths if p.get("status", "present") != "present"]
+    if present:
+        text = "%s: %s" % (_plural(len(present), "escape path"),
+                           ", ".join("%s (%s)" % (p["name"], p["severity"]) for p in present))
+        if possible:
+            text += "; %d more possible: %s" % (len(possible), ", ".join(p["name"] for p in possible))
+    elif possible:
+        text = "no escape path proven; %s (preconditions unknown): %s" % (
+            _plural(len(possible), "possible escape path"), ", ".join("%s (%s)" % (p["name"], p["severity"]) for p in possible))
     elif failing:
         worst = max(failing, key=lambda f: SEVERITY_RANK[f["severity"]])["severity"]
         text = "no escape path found; %s, worst %s" % (_plural(len(failing), "gap"), worst)
@@ -460,6 +469,8 @@ def _finding_item(f, verbose):
 
 def _path_item(p):
     details = [p["technique"], "because: %s" % ", ".join(p["because"])]
+    if p.get("status", "present") != "present":
+        details.append("possible: could not judge %s" % "; ".join(p.get("unknown") or ("a precondition",)))
     if p["cve"]:
         details.append("CVE: %s" % ", ".join(p["cve"]))
     if p.get("suppressed"):

@@ -227,16 +227,23 @@ class OpenFile(namedtuple("OpenFile", "fd target mnt_id mode rdev")):
     # rdev: int
 
 
-class TargetInfo(namedtuple("TargetInfo", "pid runtime container_id name runtime_version oci inspect notes", defaults=(None, None, _EMPTY, None, None, ()))):
+class TargetInfo(namedtuple("TargetInfo", "pid runtime container_id name runtime_version oci inspect notes "
+                                          "image labels identity",
+                             defaults=(None, None, _EMPTY, None, None, (), None, _EMPTY, None))):
+    """What the auditor knows about a target (made by audit.targets)."""
     __slots__ = ()
-    # pid: int
-    # runtime: str                      # docker, podman, containerd, pysandbox, process, self
-    # container_id: str | None = None
-    # name: str | None = None
+    # pid: int                          # the process audited
+    # runtime: str                      # docker, podman, containerd, runc, crun, lxc, systemd-nspawn,
+    #                                   # firejail, pysandbox, kubernetes, process, host, self
+    # container_id: str | None
+    # name: str | None
     # runtime_version: MappingProxyType (component -> version)
-    # oci: MappingProxyType | None = None          # summary of the OCI config.json, when found
-    # inspect: MappingProxyType | None = None      # the runtime's own view (docker inspect subset)
-    # notes: tuple = ()
+    # oci: MappingProxyType | None      # summary of the OCI config.json, when found
+    # inspect: MappingProxyType | None  # the runtime's own view (docker inspect subset)
+    # notes: tuple
+    # image: str | None
+    # labels: MappingProxyType          # container labels / Kubernetes labels
+    # identity: str | None              # runtime/name-or-id: stable across runs (SARIF, fingerprints)
 
 
 class Snapshot(namedtuple("Snapshot", "target host status uids gids caps no_new_privs seccomp_mode seccomp_filters namespaces mounts cgroups uid_map gid_map lsm cwd root_link fds os_release dev_nodes visible_paths host_procfs_mounts runtime_sockets cgroup_limits devices_list probes errors reachable_mounts path_errors dev_scan_incomplete access_hint")):

@@ -26,6 +26,8 @@ from types import MappingProxyType
 
 from pysandbox_common.procfs import INITIAL_NS_INODES, NAMESPACES, NoSuchProcess, ProcError, ProcFS
 
+from .snapshot import TargetInfo
+
 _EMPTY = MappingProxyType({})
 
 # include/linux/sched.h: set on every kernel thread (kthreadd and its children).
@@ -63,23 +65,8 @@ def printable(text) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
-class Target(namedtuple("Target", "pid runtime container_id name runtime_version oci inspect notes "
-                                  "image labels identity",
-                        defaults=(None, None, _EMPTY, None, None, (), None, _EMPTY, None))):
-    """What the auditor knows about a target (a superset of snapshot.TargetInfo's fields)."""
-    __slots__ = ()
-    # pid: int                          # the process audited
-    # runtime: str                      # docker, podman, containerd, runc, crun, lxc, systemd-nspawn,
-    #                                   # firejail, pysandbox, kubernetes, process, host, self
-    # container_id: str | None
-    # name: str | None
-    # runtime_version: MappingProxyType (component -> version)
-    # oci: MappingProxyType | None      # summary of the OCI config.json, when found
-    # inspect: MappingProxyType | None  # the runtime's own view (docker inspect subset)
-    # notes: tuple
-    # image: str | None
-    # labels: MappingProxyType          # container labels / Kubernetes labels
-    # identity: str                     # runtime/name-or-id: stable across runs (SARIF, fingerprints)
+# One record for a target, defined beside the snapshot that carries it.
+Target = TargetInfo
 
 
 def make_target(pid, runtime, container_id=None, name=None, runtime_version=None, oci=None, inspect=None,
