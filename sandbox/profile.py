@@ -83,7 +83,8 @@ SCHEMA = {
         "timeout": ("float", 0.0),
     },
     "capabilities": {"keep": ("strlist", ()), "ambient": ("strlist", ())},
-    "rlimits": {k: ("limit", None) for k in ("nofile", "nproc", "core", "fsize", "stack", "as", "cpu")},
+    "rlimits": {k: ("limit", None) for k in ("nofile", "nproc", "core", "fsize", "stack", "as", "cpu",
+                                               "sigpending", "msgqueue", "memlock")},
     "limits": {
         "required": ("bool", False),
         "memory": ("size", 0),        # 0: no limit
@@ -97,7 +98,7 @@ SCHEMA = {
     "landlock": ("raw", None),
 }
 
-_SIZE_RLIMITS = ("fsize", "stack", "as")
+_SIZE_RLIMITS = ("fsize", "stack", "as", "msgqueue", "memlock")
 
 
 class Section:
