@@ -93,7 +93,8 @@ def test_cpu_quota_through_runtime(strict, state_dir):
     burn = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass"
     result = strict(cpus=0.5).run(py(burn), timeout=30)
     assert result.reason == "exit" and result.exit_code == 0, result
-    assert 0.3 < result.cpu / result.wall < 0.7, (result.cpu, result.wall)
+    # the quota caps the share (0.5 CPU); on a busy machine it may get less, never much more
+    assert 0 < result.cpu / result.wall < 0.7, (result.cpu, result.wall)
 
 
 def test_timeout_leaves_no_cgroup(strict, state_dir):
