@@ -519,7 +519,9 @@ def _ret(action, notify_kills):
     raise AssertionError(action)
 
 
-def compile_uncached(policy, caps=(), notify_kills=False):
+def compile_uncached(policy, caps=(), notify_kills=False, own_arguments=True):
+    """own_arguments=False leaves argument rules to libseccomp as before the prefix judged them
+    itself (benchmarks/seccomp_overhead.py compares the two)."""
     try:
         import pyseccomp
     except (ImportError, RuntimeError) as e:
@@ -534,7 +536,7 @@ def compile_uncached(policy, caps=(), notify_kills=False):
         default = policy.default_action
         arch_ids = {"x32": pyseccomp.Arch.X32, "i386": pyseccomp.Arch.X86}
         extra_arches = [arch_ids[a] for a in policy.abis if a in arch_ids]
-        owned = _prefix_syscalls(policy)
+        owned = _prefix_syscalls(policy) if own_arguments else frozenset()
         # Syscalls the prefix judges completely never reach libseccomp's program; the other
         # guards are checked by the prefix, which then falls through to libseccomp for the rest.
         guards = [r for r in policy.rules if r[2] and r[1][0] != "allow" or r[0] in owned]
@@ -656,7 +658,20 @@ def _prefix_syscalls(policy):
     return frozenset(n for n in conditional - plain if n in SYSCALLS_X86_64)
 
 
+# The syscall whose block sits right after the number is loaded (no jump to reach it): the
+# argument-checked call programs make most, every isatty() and terminal size query.
+HOT_SYSCALL = "ioctl"
+
+
 def _prefix(policy, guards, default_ret, notify_kills, owned=frozenset()):
+    try:
+        return _prefix_layout(policy, guards, default_ret, notify_kills, owned, inline_hot=True)
+    except ProfileError:
+        # the hot block is too large to jump over with a conditional jump (255): all blocks by JA
+        return _prefix_layout(policy, guards, default_ret, notify_kills, owned, inline_hot=False)
+
+
+def _prefix_layout(policy, guards, default_ret, notify_kills, owned, inline_hot):
     """The hand-written head of the program (see the module doc). Labels resolve to forward jumps.
 
     Layout (x86_64 callers; everything else goes straight to libseccomp's program):
@@ -694,6 +709,13 @@ def _prefix(policy, guards, default_ret, notify_kills, owned=frozenset()):
     for name in owned:
         by_nr.setdefault(SYSCALLS_X86_64[name], [])
     blocks = sorted(by_nr)
+    owned_nrs = {SYSCALLS_X86_64[n] for n in owned}
+    hot = SYSCALLS_X86_64[HOT_SYSCALL]
+    if inline_hot and hot in blocks:
+        blocks.remove(hot)
+        emit(_JEQ_K, hot, 0, "after_hot")
+        _emit_block(hot, by_nr[hot], unconditional, owned_nrs, default_ret, emit, label, fresh, notify_kills)
+        label("after_hot")
     # Dispatch: `jeq nr, 0, +1; ja block` keeps every jump short whatever the blocks' sizes.
     for nr in blocks:
         emit(_JEQ_K, nr, 0, 1)
@@ -714,18 +736,9 @@ def _prefix(policy, guards, default_ret, notify_kills, owned=frozenset()):
     emit(_RET_K, RET_ALLOW if "x32" in policy.abis else default_ret)
     label("orig_far")
     emit(_JA, "orig")
-    owned_nrs = {SYSCALLS_X86_64[n] for n in owned}
     for nr in blocks:
         label("block%d" % nr)
-        entries = by_nr[nr]
-        refusals = [(action, args) for action, args in entries if action[0] != "allow"]
-        allows = [(action, args) for action, args in entries if action[0] == "allow"]
-        for part in (refusals, allows):
-            _emit_rules(part, emit, label, fresh, notify_kills)
-        if nr in owned_nrs:
-            emit(_RET_K, _ret(unconditional[nr], notify_kills) if nr in unconditional else default_ret)
-        else:
-            emit(_JA, "orig")
+        _emit_block(nr, by_nr[nr], unconditional, owned_nrs, default_ret, emit, label, fresh, notify_kills)
     label("orig")
     if "x32" in policy.abis:
         # Let libseccomp's program judge x32 calls by its own table.
@@ -741,6 +754,24 @@ def _prefix(policy, guards, default_ret, notify_kills, owned=frozenset()):
             raise ProfileError("too many argument conditions on one syscall for one BPF jump", key="rules")
         out.append(struct.pack("<HBBI", op, jt, jf, k & 0xFFFFFFFF))
     return b"".join(out)
+
+
+def _emit_block(nr, entries, unconditional, owned_nrs, default_ret, emit, label, fresh, notify_kills):
+    """One syscall's rules: refusals win over allows; then its fallback, or on to libseccomp."""
+    single = {(args[0][0], args[0][3], args[0][2] >> 32 & args[0][3] >> 32) for _action, args in entries
+              if len(args) == 1}
+    if len(single) == 1 and all(len(args) == 1 for _action, args in entries):
+        # one argument under one mask: refusals and allows share one switch (a refused value
+        # is entered first, so it keeps its refusal)
+        ordered = [e for e in entries if e[0][0] != "allow"] + [e for e in entries if e[0][0] == "allow"]
+        _emit_rules(ordered, emit, label, fresh, notify_kills)
+    else:
+        for part in ([e for e in entries if e[0][0] != "allow"], [e for e in entries if e[0][0] == "allow"]):
+            _emit_rules(part, emit, label, fresh, notify_kills)
+    if nr in owned_nrs:
+        emit(_RET_K, _ret(unconditional[nr], notify_kills) if nr in unconditional else default_ret)
+    else:
+        emit(_JA, "orig")
 
 
 def _words(value, mask):
@@ -805,10 +836,10 @@ def _emit_rules(entries, emit, label, fresh, notify_kills):
 def _switch(cases, emit, label, fresh, miss, notify_kills):
     """A binary search over sorted (value, action) with A = the value; no match jumps to `miss`.
 
-    Leaves of up to three values compare in a row; a leaf's match returns right there, so no
+    Leaves of up to two values compare in a row; a leaf's match returns right there, so no
     jump reaches further than one subtree.
     """
-    if len(cases) <= 3:
+    if len(cases) <= 2:
         for value, action in cases:
             emit(_JEQ_K, value, 0, 1)
             emit(_RET_K, _ret(action, notify_kills))
