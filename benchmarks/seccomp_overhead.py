@@ -88,6 +88,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--loops", type=int, default=300000)
     parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="min is steadier on a loaded machine (noise only ever adds time)")
     parser.add_argument("--before", default="8a80994",
                         help="git revision whose strict profile and compiler are the 'before' row")
     options = parser.parse_args()
@@ -131,12 +133,14 @@ def main():
                 out = subprocess.run([binary, files[label][0], str(options.loops)], check=True,
                                      capture_output=True, text=True).stdout.split()
                 samples[label].append([float(v) for v in out])
-        base = [statistics.median(s[i] for s in samples["no filter"]) for i in range(3)]
-        print("seccomp overhead, ns per syscall (median of %d rounds x %d calls)" % (options.rounds, options.loops))
+        pick = statistics.median if options.stat == "median" else min
+        base = [pick(s[i] for s in samples["no filter"]) for i in range(3)]
+        print("seccomp overhead, ns per syscall (%s of %d rounds x %d calls)" % (options.stat, options.rounds,
+                                                                                  options.loops))
         print("%-30s %6s %10s %7s %14s %7s %12s %7s" % ("variant", "insns", "getpid", "ratio", "personality(q)",
                                                          "ratio", "ioctl", "ratio"))
         for label, _ in variants:
-            med = [statistics.median(s[i] for s in samples[label]) for i in range(3)]
+            med = [pick(s[i] for s in samples[label]) for i in range(3)]
             print("%-30s %6d %10.1f %6.2fx %14.1f %6.2fx %12.1f %6.2fx" % (
                 label, files[label][1], med[0], med[0] / base[0], med[1], med[1] / base[1], med[2], med[2] / base[2]))
 
