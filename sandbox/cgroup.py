@@ -459,13 +459,15 @@ def lock_new_leaf(path):
 # lock, never removes a parent a creator is about to use, and creators never wait for each
 # other. The run path's gc only tries (non-blocking) and skips when a creator is at work.
 
-def hold_parent(path, create, exclusive=False, blocking=True):
+def hold_parent(path, create, exclusive=False, blocking=True, patience=0.01):
     """fd holding flock on the parent directory `path` (shared, or exclusive), or None when
-    non-blocking and busy. create: mkdir the parent (and its own parent) when missing; without
-    it a missing parent raises FileNotFoundError. The fd refers to the directory at `path`
-    now: a parent removed and made again while we waited is taken again."""
+    non-blocking and still busy after `patience` seconds (creators hold it about a millisecond).
+    create: mkdir the parent (and its own parent) when missing; without it a missing parent
+    raises FileNotFoundError. The fd refers to the directory at `path` now: a parent removed
+    and made again while we waited is taken again."""
     import fcntl
     mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
+    deadline = None
     for _attempt in range(100):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -481,7 +483,13 @@ def hold_parent(path, create, exclusive=False, blocking=True):
             fcntl.flock(fd, mode)
         except BlockingIOError:
             os.close(fd)
-            return None
+            import time
+            now = time.monotonic()
+            deadline = now + patience if deadline is None else deadline
+            if now >= deadline:
+                return None
+            time.sleep(0.001)
+            continue
         try:
             held, now = os.fstat(fd), os.stat(path)
             if (held.st_ino, held.st_dev) == (now.st_ino, now.st_dev):
