@@ -133,7 +133,7 @@ def devices_parent(parent):
             raise SetupError("cgroup", 16, "devices allowlist in %s: the child cgroup %s exists, and the kernel "
                              "refuses \"deny all\" on a devices cgroup with children; remove it" % (parent, child))
         try:
-            cg.write_file(os.path.join(parent, "devices.deny"), "a")
+            _deny_all_settling(parent)
             for rule in DEVICE_ALLOW:
                 cg.write_file(os.path.join(parent, "devices.allow"), rule)
         except OSError as e:
@@ -141,6 +141,22 @@ def devices_parent(parent):
         return parent
     finally:
         os.close(fd)
+
+
+def _deny_all_settling(parent):
+    """devices.deny "a", retried briefly on EINVAL: a child removed a moment ago stays "online"
+    for the kernel until an RCU grace period has passed, and blocks "a" until then."""
+    import errno
+    import time
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            cg.write_file(os.path.join(parent, "devices.deny"), "a")
+            return
+        except OSError as e:
+            if e.errno != errno.EINVAL or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def limit_writes(limits, have):
