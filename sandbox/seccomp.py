@@ -494,7 +494,10 @@ def compile_policy(policy, caps=(), cache_dir=None, notify_kills=False):
     if bpf is not None:
         stats["cache_hits"] += 1
         return bpf
-    bpf = compile_uncached(policy, caps, notify_kills)
+    try:
+        bpf = compile_uncached(policy, caps, notify_kills)
+    except OSError as e:  # memfd, libseccomp's export: still the seccomp stage, never a bare error
+        raise SetupError("seccomp", e.errno or 5, "compiling the filter: %s" % (e.strerror or e)) from None
     stats["compiles"] += 1
     _cache_store(directory, key, bpf)
     return bpf
