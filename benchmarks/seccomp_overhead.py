@@ -4,9 +4,11 @@ For each variant a child process (a tiny C program compiled here with gcc) insta
 and times a loop of raw syscalls: getpid (no argument checks; the kernel's action cache answers
 constant-allow syscalls without running the filter), personality(0xffffffff) and ioctl(-1, FIONREAD)
 (argument-checked in our profiles). Medians of several rounds; ratios against no filter.
-Also: a cold compile of the strict policy against a warm cache load.
+Also: a cold compile of the strict policy against a warm cache load. The "strict before" row is
+strict as of --before (a git revision), compiled as the compiler did then (libseccomp judged the
+argument rules), so one run shows before and after.
 
-    python benchmarks/seccomp_overhead.py [--loops N] [--rounds R]
+    python benchmarks/seccomp_overhead.py [--loops N] [--rounds R] [--before REV]
 """
 import argparse
 import os
@@ -58,21 +60,38 @@ int main(int argc, char **argv) {
 """
 
 
+# Docker's default profile as Debian's golang-github-docker-docker-dev ships it (setup installs it)
+DOCKER_DEFAULT = "/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json"
+
+
 def load(name):
     with open(os.path.join(REPO, "profiles", name + ".toml"), "rb") as f:
         return seccomp.validate_section(tomllib.load(f)["seccomp"])
 
 
 def docker_policy():
-    base = os.environ.get("PYSANDBOX_SHARED") or os.path.join(os.path.dirname(REPO), "shared")
-    path = os.path.join(base, "seccomp", "docker-default.json")
-    return seccomp.validate_section({"import": path}) if os.path.isfile(path) else None
+    return seccomp.validate_section({"import": DOCKER_DEFAULT}) if os.path.isfile(DOCKER_DEFAULT) else None
+
+
+def before_policy(revision):
+    """strict as of `revision` (git), compiled the way the compiler did then: argument rules
+    judged by libseccomp's tree and chains, only refusals in our prefix."""
+    try:
+        text = subprocess.run(["git", "-C", REPO, "show", "%s:profiles/strict.toml" % revision], check=True,
+                              capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return seccomp.validate_section(tomllib.loads(text)["seccomp"])
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--loops", type=int, default=300000)
     parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="min is steadier on a loaded machine (noise only ever adds time)")
+    parser.add_argument("--before", default="8a80994",
+                        help="git revision whose strict profile and compiler are the 'before' row")
     options = parser.parse_args()
     # One CPU for every variant: migrations between cores are the largest noise source here.
     try:
@@ -89,6 +108,9 @@ def main():
         caps = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP",
                 "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE")
         variants = [("no filter", None), ("strict", load("strict")), ("default", load("default"))]
+        before = before_policy(options.before)
+        if before:
+            variants.insert(2, ("strict before (%s)" % options.before, before))
         docker = docker_policy()
         if docker:
             variants.append(("docker default (imported)", docker))
@@ -97,8 +119,11 @@ def main():
             if policy is None:
                 files[label] = ("", 0)
                 continue
-            bpf = seccomp.compile_policy(policy, caps, cache_dir=os.path.join(work, "cache"))
-            path = os.path.join(work, label.split()[0] + ".bpf")
+            if label.startswith("strict before"):
+                bpf = seccomp.compile_uncached(policy, caps, own_arguments=False)
+            else:
+                bpf = seccomp.compile_policy(policy, caps, cache_dir=os.path.join(work, "cache"))
+            path = os.path.join(work, "%d.bpf" % len(files))
             with open(path, "wb") as f:
                 f.write(bpf)
             files[label] = (path, len(bpf) // 8)
@@ -108,13 +133,15 @@ def main():
                 out = subprocess.run([binary, files[label][0], str(options.loops)], check=True,
                                      capture_output=True, text=True).stdout.split()
                 samples[label].append([float(v) for v in out])
-        base = [statistics.median(s[i] for s in samples["no filter"]) for i in range(3)]
-        print("seccomp overhead, ns per syscall (median of %d rounds x %d calls)" % (options.rounds, options.loops))
-        print("%-28s %6s %10s %7s %14s %7s %12s %7s" % ("variant", "insns", "getpid", "ratio", "personality(q)",
+        pick = statistics.median if options.stat == "median" else min
+        base = [pick(s[i] for s in samples["no filter"]) for i in range(3)]
+        print("seccomp overhead, ns per syscall (%s of %d rounds x %d calls)" % (options.stat, options.rounds,
+                                                                                  options.loops))
+        print("%-30s %6s %10s %7s %14s %7s %12s %7s" % ("variant", "insns", "getpid", "ratio", "personality(q)",
                                                          "ratio", "ioctl", "ratio"))
         for label, _ in variants:
-            med = [statistics.median(s[i] for s in samples[label]) for i in range(3)]
-            print("%-28s %6d %10.1f %6.2fx %14.1f %6.2fx %12.1f %6.2fx" % (
+            med = [pick(s[i] for s in samples[label]) for i in range(3)]
+            print("%-30s %6d %10.1f %6.2fx %14.1f %6.2fx %12.1f %6.2fx" % (
                 label, files[label][1], med[0], med[0] / base[0], med[1], med[1] / base[1], med[2], med[2] / base[2]))
 
         # cold compile (pyseccomp imported fresh, no cache) vs warm (cache hit, no pyseccomp)

@@ -67,7 +67,30 @@ def delegate_v1(user, remove=False):
     if entry.pw_uid == 0:
         raise SetupError("delegate", 22, "root needs no delegation")
     touched = []
-    for point in sorted(set(v1_hierarchies().values())):
+    hier = v1_hierarchies()
+    # Rootless sandboxes never join the devices hierarchy (only host root may write its lists),
+    # and a child there would make the kernel refuse the parent's "deny all" (EINVAL on a
+    # devices cgroup with children) that every root sandbox's allowlist starts with.
+    # (--remove still takes away what an older `delegate` made there.)
+    points = sorted({point for ctrl, point in hier.items() if remove or ctrl != "devices"})
+    primary = _primary_parent(hier)
+    lock = hold_parent(primary, create=True) if primary and not remove else None
+    try:
+        return _delegate_dirs(points, entry, remove, touched)
+    finally:
+        release(lock)
+
+
+def _primary_parent(hier):
+    """Root's `pysandbox` in the primary hierarchy (pids, else the first we use): the lock."""
+    for ctrl in ("pids", "memory", "cpuacct"):
+        if ctrl in hier:
+            return os.path.join(hier[ctrl], PARENT)
+    return None
+
+
+def _delegate_dirs(points, entry, remove, touched):
+    for point in points:
         path = v1_parent(point, entry.pw_uid)
         if remove:
             if os.path.isdir(path):
@@ -78,8 +101,15 @@ def delegate_v1(user, remove=False):
                                      % (path, os.strerror(e.errno), entry.pw_name)) from None
                 touched.append(path)
             continue
-        os.makedirs(path, 0o755, exist_ok=True)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+        for _attempt in range(20):
+            try:
+                os.makedirs(path, 0o755, exist_ok=True)
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+                break
+            except FileNotFoundError:
+                continue  # a parent went away under us (an older gc without the lock): again
+        else:
+            raise SetupError("delegate", 2, "mkdir %s: its parent keeps disappearing" % path)
         touched.append(path)
     return touched
 
@@ -314,13 +344,18 @@ def create(name, limits, uid=None, root=None, layout=None):
     elif layout is None:
         layout = detect()
     try:
-        if layout == "v1":
-            from . import cgroup_v1
-            return cgroup_v1.create(name, limits, want, uid=uid)
-        if layout == "v2":
-            from . import cgroup_v2
-            return cgroup_v2.create(name, limits, want, uid=uid, root=root)
-        raise SetupError("cgroup", 2, "no cgroup filesystem is mounted")
+        try:
+            if layout == "v1":
+                from . import cgroup_v1
+                return cgroup_v1.create(name, limits, want, uid=uid)
+            if layout == "v2":
+                from . import cgroup_v2
+                return cgroup_v2.create(name, limits, want, uid=uid, root=root)
+            raise SetupError("cgroup", 2, "no cgroup filesystem is mounted")
+        except OSError as e:
+            # whatever the kernel said where we did not expect it: still the cgroup stage
+            raise SetupError("cgroup", e.errno or 5, "%s%s" % (e.strerror or e,
+                                                               ": " + e.filename if e.filename else "")) from None
     except SetupError as e:
         if required:
             raise
@@ -357,9 +392,12 @@ def gc(verbose=False, full=None):
         elif layout == "v2":
             from . import cgroup_v2
             removed += cgroup_v2.gc(full=full)
+    except (OSError, SetupError):
+        pass  # the next gc tries again; a run must never fail because of another's leftovers
+    try:
+        removed += _gc_state(full)
     except OSError:
         pass
-    removed += _gc_state(full)
     if verbose:
         for path in removed:
             print("removed " + path)
@@ -398,7 +436,10 @@ def lock_new_leaf(path):
     it for a moment. Afterwards the leaf must still be the one we made (gc may have
     removed it as an empty orphan in between); None tells the caller to make it again."""
     import fcntl
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # a gc took the empty leaf before we could lock it: make it again
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         held = os.fstat(fd)
@@ -409,6 +450,59 @@ def lock_new_leaf(path):
         pass
     os.close(fd)
     return None
+
+
+# The parent (`pysandbox`, or a user's `pysandbox/user-<uid>`) in the primary hierarchy is
+# the lock that orders creation against removal. A creator holds it shared from the moment it
+# needs the parents until its primary leaf exists and is locked; gc holds it exclusively while
+# it reaps orphans and removes parents. So gc never takes a leaf between its mkdir and its
+# lock, never removes a parent a creator is about to use, and creators never wait for each
+# other. The run path's gc only tries (non-blocking) and skips when a creator is at work.
+
+def hold_parent(path, create, exclusive=False, blocking=True, patience=0.01):
+    """fd holding flock on the parent directory `path` (shared, or exclusive), or None when
+    non-blocking and still busy after `patience` seconds (creators hold it about a millisecond).
+    create: mkdir the parent (and its own parent) when missing; without it a missing parent
+    raises FileNotFoundError. The fd refers to the directory at `path` now: a parent removed
+    and made again while we waited is taken again."""
+    import fcntl
+    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
+    deadline = None
+    for _attempt in range(100):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                os.makedirs(path, 0o755, exist_ok=True)
+            except FileNotFoundError:
+                pass  # an ancestor vanished under us (gc of a parent): try again
+            continue
+        try:
+            fcntl.flock(fd, mode)
+        except BlockingIOError:
+            os.close(fd)
+            import time
+            now = time.monotonic()
+            deadline = now + patience if deadline is None else deadline
+            if now >= deadline:
+                return None
+            time.sleep(0.001)
+            continue
+        try:
+            held, now = os.fstat(fd), os.stat(path)
+            if (held.st_ino, held.st_dev) == (now.st_ino, now.st_dev):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed while we waited for the lock
+    raise SetupError("cgroup", 16, "%s keeps disappearing (a gc running in a loop?)" % path)
+
+
+def release(fd):
+    if fd is not None:
+        os.close(fd)
 
 
 def try_lock(path):

@@ -90,33 +90,73 @@ DEVICE_ALLOW = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
 def devices_parent(parent):
     """Our `pysandbox` cgroup in the v1 devices hierarchy, holding the allowlist: deny every
     device, then allow exactly what the minimal /dev holds, so that a node reaching a
-    sandbox some other way (an image, a bind) still cannot be opened. The list is written
-    only while no task is in the cgroup (a rewrite starts with "deny all", which would
-    briefly cut off running sandboxes); a list that differs while tasks run is an error."""
-    import time
-    try:
-        os.mkdir(parent, 0o755)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise cg.setup_failure(e.errno, "mkdir " + parent, cg.delegation_hint())
+    sandbox some other way (an image, a bind) still cannot be opened.
+
+    The kernel's rules for the list (security/device_cgroup.c): "a" (all) in devices.deny or
+    devices.allow is refused with EINVAL once the cgroup has a child, and a child copies its
+    parent's list when it is made. So the list is written on a cgroup without children (the
+    parent holds root sandboxes' tasks directly; `delegate` makes no user directory here, and
+    an empty one an older version made is removed first), only while no task is in it (a
+    rewrite starts with "deny all", which would cut off running sandboxes), and under flock on
+    the directory so that two first runs never interleave their writes."""
+    import fcntl
+    for _attempt in range(20):
+        try:
+            os.mkdir(parent, 0o755)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            continue  # the hierarchy's root cannot vanish; a parent of ours just did: again
+        except OSError as e:
+            raise cg.setup_failure(e.errno, "mkdir " + parent, cg.delegation_hint())
+        break
     listing = os.path.join(parent, "devices.list")
-    deadline = time.monotonic() + 1.0
+    if (cg.read_file(listing) or "").split("\n")[:-1] == list(DEVICE_ALLOW):
+        return parent
+    try:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SetupError("cgroup", e.errno, "devices allowlist in %s: %s" % (parent, os.strerror(e.errno)))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if (cg.read_file(listing) or "").split("\n")[:-1] == list(DEVICE_ALLOW):
+            return parent  # another first run wrote it while we waited
+        if cg.procs(parent):
+            raise SetupError("cgroup", 16, "devices allowlist in %s: tasks run there under another device list"
+                             % parent)
+        for child in sorted(os.listdir(parent)):
+            path = os.path.join(parent, child)
+            if not os.path.isdir(path):
+                continue
+            if child.startswith(cg.V1_USER_PREFIX) and not cg.procs(path) and cg.rmdir_quiet(path):
+                continue  # a delegation an older `delegate` made here: unused, rootless never joins devices
+            raise SetupError("cgroup", 16, "devices allowlist in %s: the child cgroup %s exists, and the kernel "
+                             "refuses \"deny all\" on a devices cgroup with children; remove it" % (parent, child))
+        try:
+            _deny_all_settling(parent)
+            for rule in DEVICE_ALLOW:
+                cg.write_file(os.path.join(parent, "devices.allow"), rule)
+        except OSError as e:
+            raise SetupError("cgroup", e.errno, "devices allowlist in %s: %s" % (parent, os.strerror(e.errno)))
+        return parent
+    finally:
+        os.close(fd)
+
+
+def _deny_all_settling(parent):
+    """devices.deny "a", retried briefly on EINVAL: a child removed a moment ago stays "online"
+    for the kernel until an RCU grace period has passed, and blocks "a" until then."""
+    import errno
+    import time
+    deadline = time.monotonic() + 2.0
     while True:
-        current = (cg.read_file(listing) or "").split("\n")[:-1]
-        if current == list(DEVICE_ALLOW):
-            return parent
-        if not cg.procs(parent):
-            try:
-                cg.write_file(os.path.join(parent, "devices.deny"), "a")
-                for rule in DEVICE_ALLOW:
-                    cg.write_file(os.path.join(parent, "devices.allow"), rule)
-            except OSError as e:
-                raise SetupError("cgroup", e.errno, "devices allowlist in %s: %s" % (parent, os.strerror(e.errno)))
-            continue
-        if time.monotonic() > deadline:
-            raise SetupError("cgroup", 16, "%s holds tasks under another device list" % parent)
-        time.sleep(0.005)  # another supervisor is writing it
+        try:
+            cg.write_file(os.path.join(parent, "devices.deny"), "a")
+            return
+        except OSError as e:
+            if e.errno != errno.EINVAL or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def limit_writes(limits, have):
@@ -300,7 +340,7 @@ def create(name, limits, want, uid=None):
             raise SetupError("cgroup", 95, "the %s controller is not mounted (limit %s)" % (need[key], key))
     group = V1Cgroup(name, limits)
     try:
-        for attempt in range(5):
+        for attempt in range(20):
             if _make_dirs(group, hier):
                 break
         else:
@@ -326,8 +366,42 @@ def create(name, limits, want, uid=None):
 
 
 def _make_dirs(group, hier):
-    """mkdir every leaf, primary first and locked at once. False: raced with gc, retry."""
+    """mkdir every leaf, primary first and locked at once. False: raced with gc, retry.
+
+    Under a shared hold of the primary parent (cg.hold_parent): gc cannot reap the primary
+    leaf before it is locked, nor remove a parent while the leaves are being made."""
     root = os.geteuid() == 0
+    primary_parent = cg.v1_parent(hier[0][1])
+    try:
+        parent_lock = cg.hold_parent(primary_parent, create=root)
+    except FileNotFoundError:
+        raise cg.setup_failure(13, "mkdir " + os.path.join(primary_parent, group.name), cg.delegation_hint()) \
+            from None
+    except OSError as e:
+        raise cg.setup_failure(e.errno, "open " + primary_parent, cg.delegation_hint()) from None
+    try:
+        return _make_dirs_held(group, hier, root)
+    finally:
+        cg.release(parent_lock)
+
+
+def _mkdir_leaf(leaf, parent, root):
+    """mkdir a leaf; as root make its parent again when it is missing (a gc removed it)."""
+    for _attempt in range(20):
+        try:
+            os.mkdir(leaf, 0o755)
+            return
+        except FileNotFoundError:
+            if not root:
+                raise PermissionError(13, "not delegated") from None
+            try:
+                os.mkdir(parent, 0o755)
+            except (FileExistsError, FileNotFoundError):
+                pass
+    raise SetupError("cgroup", 2, "mkdir %s: its parent keeps disappearing" % leaf)
+
+
+def _make_dirs_held(group, hier, root):
     for index, (label, point) in enumerate(hier):
         parent = cg.v1_parent(point)
         if label == "devices":
@@ -337,16 +411,7 @@ def _make_dirs(group, hier):
             continue
         leaf = os.path.join(parent, group.name)
         try:
-            try:
-                os.mkdir(leaf, 0o755)
-            except FileNotFoundError:
-                if not root:
-                    raise PermissionError(13, "not delegated")
-                try:
-                    os.mkdir(parent, 0o755)
-                except FileExistsError:
-                    pass
-                os.mkdir(leaf, 0o755)
+            _mkdir_leaf(leaf, parent, root)
         except FileExistsError:
             # Ours only if nobody holds it (primary) and nothing runs in it: an orphan.
             if index == 0:
@@ -396,6 +461,22 @@ def gc(full=False):
     if not hier:
         return []
     parents = [cg.v1_parent(point) for _l, point in hier]
+    # Exclusive hold of the primary parent: no creator is between its mkdir and its lock, and
+    # none is about to use a parent we remove. The run path's gc only tries; `pysandbox gc`
+    # waits for the creators of the moment (each holds it for about a millisecond).
+    try:
+        lock = cg.hold_parent(parents[0], create=False, exclusive=True, blocking=full)
+    except OSError:
+        return []  # no parent yet: nothing to collect
+    if lock is None:
+        return []  # creators at work: the next gc collects
+    try:
+        return _gc_held(parents, full)
+    finally:
+        cg.release(lock)
+
+
+def _gc_held(parents, full):
     names = set()
     for parent in (parents if full else parents[:1]):
         try:
@@ -426,7 +507,7 @@ def gc(full=False):
     # The parents go only when no sandbox (live or orphaned) and no delegation is left:
     # the devices parent is shared by every sandbox and has no children of its own.
     if full and os.geteuid() == 0 and not children(parents[0]):
-        for parent in parents:
+        for parent in list(parents[1:]) + parents[:1]:  # primary last: it is the lock
             try:
                 # a cgroup directory always lists its control files; only child cgroups
                 # (directories) keep it in use; rmdir fails while a delegation lives in it

@@ -236,6 +236,11 @@ def create(name, limits, want, uid=None, root=None):
     leaf = os.path.join(parent, name)
     group = V2Cgroup(name, limits, None)
     group.warning = warning
+    # shared hold of the parent while the leaf is made and locked (see cgroup.hold_parent)
+    try:
+        parent_lock = cg.hold_parent(parent, create=True)
+    except OSError as e:
+        raise cg.setup_failure(e.errno, "open " + parent, cg.DELEGATION_HINT_V2) from None
     try:
         for _attempt in range(5):
             try:
@@ -259,6 +264,8 @@ def create(name, limits, want, uid=None, root=None):
             group.leaf = None
         else:
             raise SetupError("cgroup", 16, "could not create %s (raced with gc)" % leaf)
+        cg.release(parent_lock)
+        parent_lock = None
         for filename, value in limit_writes(limits):
             if filename.split(".")[0] not in enabled:
                 continue          # reported above as missing
@@ -276,6 +283,8 @@ def create(name, limits, want, uid=None, root=None):
     except BaseException:
         group.destroy()
         raise
+    finally:
+        cg.release(parent_lock)
     return group
 
 
@@ -298,22 +307,37 @@ def gc(full=False, bases=None):
     for base in bases:
         parent = os.path.join(base, cg.PARENT)
         try:
-            names = os.listdir(parent)
+            lock = cg.hold_parent(parent, create=False, exclusive=True, blocking=full)
         except OSError:
             continue
-        for name in sorted(names):
-            leaf = os.path.join(parent, name)
-            if not os.path.isfile(os.path.join(leaf, "cgroup.procs")):
-                continue
-            if name.startswith(SUPERVISOR_PREFIX):
-                if name != SUPERVISOR_PREFIX + str(os.getpid()) and cg.rmdir_quiet(leaf):
-                    removed.append(leaf)
-                continue
-            fd = cg.try_lock(leaf)
-            if fd is None:
-                continue
-            try:
-                removed += cg.reap_orphan([leaf])
-            finally:
-                os.close(fd)
+        if lock is None:
+            continue  # creators at work: the next gc collects
+        try:
+            removed += _gc_parent(parent)
+        finally:
+            cg.release(lock)
+    return removed
+
+
+def _gc_parent(parent):
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        leaf = os.path.join(parent, name)
+        if not os.path.isfile(os.path.join(leaf, "cgroup.procs")):
+            continue
+        if name.startswith(SUPERVISOR_PREFIX):
+            if name != SUPERVISOR_PREFIX + str(os.getpid()) and cg.rmdir_quiet(leaf):
+                removed.append(leaf)
+            continue
+        fd = cg.try_lock(leaf)
+        if fd is None:
+            continue
+        try:
+            removed += cg.reap_orphan([leaf])
+        finally:
+            os.close(fd)
     return removed

@@ -12,6 +12,9 @@ RESOURCES = {
     "nofile": resource.RLIMIT_NOFILE, "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE,
     "fsize": resource.RLIMIT_FSIZE, "stack": resource.RLIMIT_STACK, "as": resource.RLIMIT_AS,
     "cpu": resource.RLIMIT_CPU,
+    # per-user kernel counts, charged up the user-namespace chain to the sandbox's creator
+    "sigpending": resource.RLIMIT_SIGPENDING, "msgqueue": resource.RLIMIT_MSGQUEUE,
+    "memlock": resource.RLIMIT_MEMLOCK,
 }
 
 

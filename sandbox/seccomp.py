@@ -185,11 +185,25 @@ def _args(raw, key):
                                key=key)
         if "value" not in cond:
             raise ProfileError("argument condition needs a value", key=key)
-        value = _value(cond["value"], key)
+        # A list of values means "any of them" (only for eq and masked_eq): the rule is
+        # expanded into one rule per value, and the compiler turns a set of them back into a
+        # binary search (see _switch).
+        if isinstance(cond["value"], list):
+            if op not in ("eq", "masked_eq"):
+                raise ProfileError("a list of values only goes with op = \"eq\" or \"masked_eq\"", key=key)
+            if not cond["value"]:
+                raise ProfileError("an empty list of values matches nothing", key=key)
+            value = tuple(dict.fromkeys(_value(v, key) for v in cond["value"]))
+        else:
+            value = _value(cond["value"], key)
         if op == "masked_eq":
             if "mask" not in cond:
                 raise ProfileError("masked_eq needs a mask", key=key)
             mask = _value(cond["mask"], key)
+            for one in (value if isinstance(value, tuple) else (value,)):
+                if one & ~mask:
+                    raise ProfileError("value %#x has bits outside the mask %#x: it never matches" % (one, mask),
+                                       key=key)
         elif "mask" in cond:
             raise ProfileError("mask only goes with op = \"masked_eq\"", key=key)
         else:
@@ -198,7 +212,16 @@ def _args(raw, key):
             raise ProfileError("two conditions on argument %d in one rule (libseccomp cannot AND them; "
                                "write two rules)" % index, key=key)
         out.append((index, op, value, mask))
-    return tuple(sorted(out))
+    return tuple(sorted(out, key=lambda c: c[0]))
+
+
+def _expand(args):
+    """Conditions with a list of values -> the tuple of plain condition tuples they stand for."""
+    combos = [()]
+    for index, op, value, mask in args:
+        values = value if isinstance(value, tuple) else (value,)
+        combos = [c + ((index, op, v, mask),) for c in combos for v in values]
+    return tuple(combos)
 
 
 def validate_section(raw):
@@ -282,12 +305,23 @@ def validate_section(raw):
             raise ProfileError("a %s rule with argument conditions may only use eq and masked_eq "
                                "(it is checked before the allow rules)" % action[0], key=key + ".args")
         for name in names:
-            add(name, action, args, key)
-    # libseccomp drops a conditional allow beside an unconditional rule for the same syscall.
+            for one in _expand(args):
+                add(name, action, one, key)
+    # A conditional allow beside an unconditional refusal of the same syscall is an allowlist of
+    # argument values with a fallback ("ioctl: these requests, the rest ENOTTY"); our own prefix
+    # compiles it (libseccomp would drop the condition), so only eq/masked_eq and x86_64 alone.
+    # Beside an unconditional allow the condition would mean nothing.
     for name, action, args in rules:
         if args and action[0] == "allow" and name in seen:
-            raise ProfileError("%s has an unconditional rule and a conditional allow; the condition "
-                               "would be ignored" % name, key="rules")
+            if seen[name][0] == "allow":
+                raise ProfileError("%s has an unconditional allow and a conditional allow; the condition "
+                                   "would be ignored" % name, key="rules")
+            if abis != ["x86_64"]:
+                raise ProfileError("%s: a conditional allow with an unconditional fallback needs "
+                                   "abis = [\"x86_64\"]" % name, key="rules")
+            if any(op not in ("eq", "masked_eq") for _, op, _, _ in args):
+                raise ProfileError("%s: a conditional allow with an unconditional fallback may only use eq "
+                                   "and masked_eq" % name, key="rules")
     guards = [r for r in rules if r[2] and r[1][0] != "allow"]
     if guards and abis != ["x86_64"]:
         raise ProfileError("non-allow rules with argument conditions need abis = [\"x86_64\"]", key="rules")
@@ -460,7 +494,10 @@ def compile_policy(policy, caps=(), cache_dir=None, notify_kills=False):
     if bpf is not None:
         stats["cache_hits"] += 1
         return bpf
-    bpf = compile_uncached(policy, caps, notify_kills)
+    try:
+        bpf = compile_uncached(policy, caps, notify_kills)
+    except OSError as e:  # memfd, libseccomp's export: still the seccomp stage, never a bare error
+        raise SetupError("seccomp", e.errno or 5, "compiling the filter: %s" % (e.strerror or e)) from None
     stats["compiles"] += 1
     _cache_store(directory, key, bpf)
     return bpf
@@ -485,7 +522,9 @@ def _ret(action, notify_kills):
     raise AssertionError(action)
 
 
-def compile_uncached(policy, caps=(), notify_kills=False):
+def compile_uncached(policy, caps=(), notify_kills=False, own_arguments=True):
+    """own_arguments=False leaves argument rules to libseccomp as before the prefix judged them
+    itself (benchmarks/seccomp_overhead.py compares the two)."""
     try:
         import pyseccomp
     except (ImportError, RuntimeError) as e:
@@ -500,8 +539,11 @@ def compile_uncached(policy, caps=(), notify_kills=False):
         default = policy.default_action
         arch_ids = {"x32": pyseccomp.Arch.X32, "i386": pyseccomp.Arch.X86}
         extra_arches = [arch_ids[a] for a in policy.abis if a in arch_ids]
-        guards = [r for r in policy.rules if r[2] and r[1][0] != "allow"]
-        rules = [r for r in policy.rules if not (r[2] and r[1][0] != "allow")]
+        owned = _prefix_syscalls(policy) if own_arguments else frozenset()
+        # Syscalls the prefix judges completely never reach libseccomp's program; the other
+        # guards are checked by the prefix, which then falls through to libseccomp for the rest.
+        guards = [r for r in policy.rules if r[2] and r[1][0] != "allow" or r[0] in owned]
+        rules = [r for r in policy.rules if not (r[2] and r[1][0] != "allow") and r[0] not in owned]
     default_ret = _ret(default, notify_kills)
     # The native ABI and the others are built as two filters and merged: libseccomp cannot translate
     # a syscall newer than itself (by our number) to another ABI, and would refuse the whole rule.
@@ -522,7 +564,7 @@ def compile_uncached(policy, caps=(), notify_kills=False):
     finally:
         os.close(fd)
     if not policy.oci:
-        bpf = _prefix(policy, guards, default_ret, notify_kills, len(bpf) // 8) + bpf
+        bpf = _prefix(policy, guards, default_ret, notify_kills, owned) + bpf
     if len(bpf) // 8 > 4096:
         raise ProfileError("the compiled filter has %d instructions; the kernel takes 4096" % (len(bpf) // 8),
                            key="seccomp")
@@ -595,10 +637,56 @@ def _add_rule(pyseccomp, program, ret, name, conds, policy, native):
 _LD_W_ABS, _JEQ_K, _JGT_K, _JGE_K, _JA, _RET_K, _AND_K = 0x20, 0x15, 0x25, 0x35, 0x05, 0x06, 0x54
 
 
-def _prefix(policy, guards, default_ret, notify_kills, program_len):
-    """The hand-written head of the program (see the module doc). Labels resolve to forward jumps."""
-    code = []  # entries: (op, jt_label_or_int, jf_label_or_int, k)  labels are strings
+def _prefix_syscalls(policy):
+    """Syscalls whose every rule the hand-written prefix compiles (so libseccomp never sees them).
+
+    A syscall qualifies when it has argument conditions, all of them eq or masked_eq (what the
+    prefix can compare word by word), and the policy is x86_64 only (the prefix judges native
+    calls; libseccomp translates for the other ABIs). Then the whole decision for that syscall —
+    refusals, allowed values, the fallback — is a few instructions reached by one comparison of
+    the syscall number, instead of libseccomp's tree over every syscall followed by a linear
+    chain of 64-bit comparisons (ioctl under strict went from 1.61x to about the cost of a
+    constant rule; see docs/seccomp.md).
+    """
+    if policy.oci or tuple(policy.abis) != ("x86_64",):
+        return frozenset()
+    conditional, plain = set(), set()
+    for name, action, args in policy.rules:
+        if not args:
+            continue
+        if all(op in ("eq", "masked_eq") for _, op, _, _ in args):
+            conditional.add(name)
+        else:
+            plain.add(name)
+    return frozenset(n for n in conditional - plain if n in SYSCALLS_X86_64)
+
+
+# The syscall whose block sits right after the number is loaded (no jump to reach it): the
+# argument-checked call programs make most, every isatty() and terminal size query.
+HOT_SYSCALL = "ioctl"
+
+
+def _prefix(policy, guards, default_ret, notify_kills, owned=frozenset()):
+    try:
+        return _prefix_layout(policy, guards, default_ret, notify_kills, owned, inline_hot=True)
+    except ProfileError:
+        # the hot block is too large to jump over with a conditional jump (255): all blocks by JA
+        return _prefix_layout(policy, guards, default_ret, notify_kills, owned, inline_hot=False)
+
+
+def _prefix_layout(policy, guards, default_ret, notify_kills, owned, inline_hot):
+    """The hand-written head of the program (see the module doc). Labels resolve to forward jumps.
+
+    Layout (x86_64 callers; everything else goes straight to libseccomp's program):
+      load nr; for each syscall with argument rules: `jeq nr -> its block` (the hot ioctl path is
+      three loads and compares before its own block); then x32, unknown-number ENOSYS, and on to
+      libseccomp. A block checks refusals first (a refusal wins over an allow), then allowed
+      values, then returns the syscall's unconditional action (or the default) when it is
+      `owned`, else falls through to libseccomp.
+    """
+    code = []  # entries: [op, jt_label_or_int, jf_label_or_int, k]  labels are strings
     labels = {}
+    counter = [0]
 
     def emit(op, k=0, jt=0, jf=0):
         code.append([op, jt, jf, k])
@@ -606,61 +694,166 @@ def _prefix(policy, guards, default_ret, notify_kills, program_len):
     def label(name):
         labels[name] = len(code)
 
+    def fresh(stem):
+        counter[0] += 1
+        return "%s%d" % (stem, counter[0])
+
     # Only x86_64 callers are handled here; libseccomp's program answers i386 and others itself.
     emit(_LD_W_ABS, 4)
-    emit(_JEQ_K, AUDIT_ARCH_X86_64, 0, "orig")
+    emit(_JEQ_K, AUDIT_ARCH_X86_64, 0, "orig_far")
     emit(_LD_W_ABS, 0)
+    by_nr = {}
+    unconditional = {}
+    for name, action, args in guards:
+        if args:
+            by_nr.setdefault(SYSCALLS_X86_64[name], []).append((action, args))
+        else:
+            unconditional[SYSCALLS_X86_64[name]] = action
+    for name in owned:
+        by_nr.setdefault(SYSCALLS_X86_64[name], [])
+    blocks = sorted(by_nr)
+    owned_nrs = {SYSCALLS_X86_64[n] for n in owned}
+    hot = SYSCALLS_X86_64[HOT_SYSCALL]
+    if inline_hot and hot in blocks:
+        blocks.remove(hot)
+        emit(_JEQ_K, hot, 0, "after_hot")
+        _emit_block(hot, by_nr[hot], unconditional, owned_nrs, default_ret, emit, label, fresh, notify_kills)
+        label("after_hot")
+    # Dispatch: `jeq nr, 0, +1; ja block` keeps every jump short whatever the blocks' sizes.
+    for nr in blocks:
+        emit(_JEQ_K, nr, 0, 1)
+        emit(_JA, "block%d" % nr)
     # x32 (same arch, nr | 0x40000000): refused unless the policy lists the ABI.
     emit(_JGE_K, X32_SYSCALL_BIT, "x32", 0)
     if policy.unknown_enosys:
         emit(_JGT_K, MAX_NR, "enosys", 0)
-        for low, high in HOLES:
-            emit(_JGE_K, low, 0, "guards")
-            emit(_JGT_K, high, "guards", "enosys")
-    label("guards")
-    by_nr = {}
-    for name, action, args in guards:
-        by_nr.setdefault(SYSCALLS_X86_64[name], []).append((action, args))
-    for block, (nr, entries) in enumerate(sorted(by_nr.items())):
-        if block:
-            emit(_LD_W_ABS, 0)
-        emit(_JEQ_K, nr, 0, "next%d" % block)
-        for number, (action, args) in enumerate(entries):
-            miss = "miss%d.%d" % (block, number)
-            for index, op, value, mask in args:
-                for offset, shift in ((0, 0), (4, 32)):  # little endian: low word first
-                    word_mask = (mask >> shift) & 0xFFFFFFFF
-                    word_value = (value >> shift) & 0xFFFFFFFF
-                    if not word_mask:
-                        continue
-                    emit(_LD_W_ABS, 16 + 8 * index + offset)
-                    if word_mask != 0xFFFFFFFF:
-                        emit(_AND_K, word_mask)
-                    emit(_JEQ_K, word_value & word_mask, 0, miss)
-            emit(_RET_K, _ret(action, notify_kills))
-            label(miss)
-        emit(_JA, "orig")
-        label("next%d" % block)
+        for low, high in HOLES:  # sorted and disjoint: below a hole is below every later one
+            emit(_JGE_K, low, 0, "orig_near")
+            emit(_JGT_K, high, 0, "enosys")
+    label("orig_near")
     emit(_JA, "orig")
     label("enosys")
     emit(_RET_K, RET_ERRNO | ENOSYS)
     label("x32")
+    x32_at = len(code)
     emit(_RET_K, RET_ALLOW if "x32" in policy.abis else default_ret)
+    label("orig_far")
+    emit(_JA, "orig")
+    for nr in blocks:
+        label("block%d" % nr)
+        _emit_block(nr, by_nr[nr], unconditional, owned_nrs, default_ret, emit, label, fresh, notify_kills)
     label("orig")
     if "x32" in policy.abis:
         # Let libseccomp's program judge x32 calls by its own table.
-        code[3][1] = "orig"
+        code[x32_at] = [_JA, 0, 0, "orig"]
     import struct
     out = []
     for position, (op, jt, jf, k) in enumerate(code):
         if op == _JA:
-            k = labels[k] - position - 1
+            k = labels[k] - position - 1 if isinstance(k, str) else k
         jt = labels[jt] - position - 1 if isinstance(jt, str) else jt
         jf = labels[jf] - position - 1 if isinstance(jf, str) else jf
         if not (0 <= jt <= 255 and 0 <= jf <= 255):
-            raise ProfileError("too many argument guards for one BPF jump", key="rules")
+            raise ProfileError("too many argument conditions on one syscall for one BPF jump", key="rules")
         out.append(struct.pack("<HBBI", op, jt, jf, k & 0xFFFFFFFF))
     return b"".join(out)
+
+
+def _emit_block(nr, entries, unconditional, owned_nrs, default_ret, emit, label, fresh, notify_kills):
+    """One syscall's rules: refusals win over allows; then its fallback, or on to libseccomp."""
+    single = {(args[0][0], args[0][3], args[0][2] >> 32 & args[0][3] >> 32) for _action, args in entries
+              if len(args) == 1}
+    if len(single) == 1 and all(len(args) == 1 for _action, args in entries):
+        # one argument under one mask: refusals and allows share one switch (a refused value
+        # is entered first, so it keeps its refusal)
+        ordered = [e for e in entries if e[0][0] != "allow"] + [e for e in entries if e[0][0] == "allow"]
+        _emit_rules(ordered, emit, label, fresh, notify_kills)
+    else:
+        for part in ([e for e in entries if e[0][0] != "allow"], [e for e in entries if e[0][0] == "allow"]):
+            _emit_rules(part, emit, label, fresh, notify_kills)
+    if nr in owned_nrs:
+        emit(_RET_K, _ret(unconditional[nr], notify_kills) if nr in unconditional else default_ret)
+    else:
+        emit(_JA, "orig")
+
+
+def _words(value, mask):
+    """(offset, word mask, word value) for the words of a 64-bit comparison that matter (little endian)."""
+    out = []
+    for offset, shift in ((0, 0), (4, 32)):
+        word_mask = (mask >> shift) & 0xFFFFFFFF
+        if word_mask:
+            out.append((offset, word_mask, (value >> shift) & word_mask))
+    return out
+
+
+def _emit_rules(entries, emit, label, fresh, notify_kills):
+    """Rules of one syscall that return on a match and fall through otherwise (A may be clobbered).
+
+    Single-condition rules on the same argument and mask whose high word is fixed become one
+    switch: a binary search over the low words (log2 of the values instead of two compares
+    each). Everything else is compared condition by condition.
+    """
+    groups = {}
+    sequential = []
+    for action, args in entries:
+        if len(args) == 1:
+            index, _op, value, mask = args[0]
+            high = (mask >> 32) & 0xFFFFFFFF
+            groups.setdefault((index, mask, value >> 32 & high), []).append((value & mask & 0xFFFFFFFF, action))
+        else:
+            sequential.append((action, args))
+    for (index, mask, high_value), cases in groups.items():
+        if len(cases) < 3:
+            sequential.extend((action, ((index, "masked_eq", (high_value << 32) | low, mask),))
+                              for low, action in cases)
+            continue
+        miss = fresh("switchmiss")
+        low_mask = mask & 0xFFFFFFFF
+        high_mask = (mask >> 32) & 0xFFFFFFFF
+        if high_mask:
+            emit(_LD_W_ABS, 16 + 8 * index + 4)
+            if high_mask != 0xFFFFFFFF:
+                emit(_AND_K, high_mask)
+            emit(_JEQ_K, high_value, 0, miss)
+        emit(_LD_W_ABS, 16 + 8 * index)
+        if low_mask != 0xFFFFFFFF:
+            emit(_AND_K, low_mask)
+        table = {}
+        for low, action in cases:
+            table.setdefault(low, action)  # the first rule for a value wins, as in libseccomp
+        _switch(sorted(table.items()), emit, label, fresh, miss, notify_kills)
+        label(miss)
+    for action, args in sequential:
+        miss = fresh("miss")
+        for index, _op, value, mask in args:
+            for offset, word_mask, word_value in _words(value, mask):
+                emit(_LD_W_ABS, 16 + 8 * index + offset)
+                if word_mask != 0xFFFFFFFF:
+                    emit(_AND_K, word_mask)
+                emit(_JEQ_K, word_value, 0, miss)
+        emit(_RET_K, _ret(action, notify_kills))
+        label(miss)
+
+
+def _switch(cases, emit, label, fresh, miss, notify_kills):
+    """A binary search over sorted (value, action) with A = the value; no match jumps to `miss`.
+
+    Leaves of up to two values compare in a row; a leaf's match returns right there, so no
+    jump reaches further than one subtree.
+    """
+    if len(cases) <= 2:
+        for value, action in cases:
+            emit(_JEQ_K, value, 0, 1)
+            emit(_RET_K, _ret(action, notify_kills))
+        emit(_JA, miss)
+        return
+    middle = len(cases) // 2
+    right = fresh("right")
+    emit(_JGE_K, cases[middle][0], right, 0)
+    _switch(cases[:middle], emit, label, fresh, miss, notify_kills)
+    label(right)
+    _switch(cases[middle:], emit, label, fresh, miss, notify_kills)
 
 
 # --------------------------------------------------------------------------------------------------

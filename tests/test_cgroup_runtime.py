@@ -93,7 +93,8 @@ def test_cpu_quota_through_runtime(strict, state_dir):
     burn = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass"
     result = strict(cpus=0.5).run(py(burn), timeout=30)
     assert result.reason == "exit" and result.exit_code == 0, result
-    assert 0.3 < result.cpu / result.wall < 0.7, (result.cpu, result.wall)
+    # the quota caps the share (0.5 CPU); on a busy machine it may get less, never much more
+    assert 0 < result.cpu / result.wall < 0.7, (result.cpu, result.wall)
 
 
 def test_timeout_leaves_no_cgroup(strict, state_dir):
@@ -161,7 +162,13 @@ def test_killed_supervisor_orphan_removed_by_next_gc(state_dir):
                 cgroup.kill_tasks(path)
             assert _wait_empty(leaves, 10)
         assert _our_leaves(prefix), "cgroup vanished before gc (test would prove nothing)"
-        removed = cgroup.gc()
+        # the run path's gc skips a round while another run creates its cgroups (it holds the
+        # parent for a millisecond): the next one collects
+        removed = []
+        for _round in range(50):
+            removed += cgroup.gc()
+            if not _our_leaves(prefix):
+                break
         assert _our_leaves(prefix) == []
         assert set(leaves) <= set(removed)
         if state_dir.exists():

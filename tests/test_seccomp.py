@@ -375,3 +375,117 @@ def test_describe_strict(cache_dir):
     assert facts["default_action"] == "errno(1)"
     assert "read" in facts["allowed"] and "mount" in facts["denied"]
     assert "socket" in facts["conditional"]
+
+
+# ----------------------------------------------------------------------------------------------
+# argument allowlists compiled by the prefix (strict's ioctl, socket protocols)
+
+TCGETS, TCSETS, TIOCSWINSZ, TIOCSETD, TIOCEXCL, FIONBIO = 0x5401, 0x5402, 0x5414, 0x5423, 0x540C, 0x5421
+
+
+def test_strict_ioctl_allowlist_in_the_emulator(cache_dir):
+    policy = profile_policy("strict")
+    bpf = seccomp.compile_policy(policy, cache_dir=cache_dir)
+    allowed = sorted({args[0][2] for name, action, args in policy.rules if name == "ioctl" and action == ("allow",)})
+    assert TCGETS in allowed and FIONBIO in allowed and len(allowed) >= 20
+    for cmd in allowed:
+        for high in (0, 1 << 32, 0xFFFFFFFF << 32):  # the kernel truncates cmd to 32 bits
+            assert seccomp.action_of(seccomp.emulate(bpf, NR["ioctl"], args=(0, high | cmd))[0]) == ("allow",), cmd
+    for cmd in (TCSETS, TIOCSWINSZ, TIOCSETD, TIOCEXCL, 0, 1, 0xFFFFFFFF, TCGETS + 0x10000, max(allowed) + 1):
+        assert seccomp.action_of(seccomp.emulate(bpf, NR["ioctl"], args=(0, cmd))[0]) == ("errno", errno.ENOTTY), cmd
+    for cmd in (TIOCSTI, TIOCLINUX, (1 << 32) | TIOCSTI):
+        assert seccomp.action_of(seccomp.emulate(bpf, NR["ioctl"], args=(0, cmd))[0]) == ("errno", errno.EPERM)
+
+
+def test_strict_ioctl_allowlist_for_real_on_a_pty(cache_dir):
+    """Installed in a child holding a pty: queries pass, changes get ENOTTY from the filter."""
+    bpf = seccomp.compile_policy(profile_policy("strict"), cache_dir=cache_dir)
+    master, slave = os.openpty()
+    buffer = ctypes.create_string_buffer(64)
+    address = ctypes.addressof(buffer)
+    try:
+        results, status = in_filtered_child(bpf, [
+            ("tcgets", NR["ioctl"], (slave, TCGETS, address)),
+            ("tiocgwinsz", NR["ioctl"], (slave, 0x5413, address)),
+            ("tcsets", NR["ioctl"], (slave, TCSETS, address)),
+            ("tiocswinsz", NR["ioctl"], (slave, TIOCSWINSZ, address)),
+            ("tiocexcl", NR["ioctl"], (slave, TIOCEXCL, 0)),
+        ])
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert os.WIFEXITED(status)
+    assert results == {"tcgets": "ok", "tiocgwinsz": "ok", "tcsets": "ENOTTY", "tiocswinsz": "ENOTTY",
+                       "tiocexcl": "ENOTTY"}
+
+
+def test_strict_socket_protocols_in_the_emulator(cache_dir):
+    bpf = seccomp.compile_policy(profile_policy("strict"), cache_dir=cache_dir)
+
+    def verdict(*args):
+        return seccomp.action_of(seccomp.emulate(bpf, NR["socket"], args=args)[0])
+    for family in (2, 10):
+        for kind, protocols in ((1, (0, 6)), (2, (0, 17))):
+            for protocol in protocols:
+                for flags in (0, socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK):
+                    assert verdict(family, kind | flags, protocol) == ("allow",), (family, kind, protocol)
+        for kind, protocol in ((1, 262), (2, 136), (1, 132), (5, 132), (1, 17), (2, 6), (3, 1), (2, 1), (1, 1 << 8)):
+            assert verdict(family, kind, protocol) == ("errno", errno.EPERM), (family, kind, protocol)
+    assert verdict(1, 5, 0) == ("allow",) and verdict(1, 1, 1) == ("errno", errno.EPERM)
+    assert verdict(16, 3, 0) == ("allow",) and verdict(16, 3, 9) == ("errno", errno.EPERM)
+    assert seccomp.action_of(seccomp.emulate(bpf, NR["memfd_secret"])[0]) == ("errno", errno.EPERM)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 17, 64, 150])
+def test_value_switch_agrees_with_a_plain_comparison(count, cache_dir):
+    """A generated allowlist of `count` values with a fallback: every listed value passes (also
+    with garbage in the high word), every other value sampled gets the fallback."""
+    import random
+    rng = random.Random(count)
+    values = sorted(rng.sample(range(1, 1 << 31), count))
+    policy = seccomp.validate_section({
+        "allow": ["@basic"],
+        "rules": [{"syscall": "ioctl", "args": [{"index": 1, "op": "masked_eq", "mask": "INT_MASK", "value": values}]},
+                  {"syscall": "ioctl", "action": "errno", "errno": "ENOTTY"},
+                  {"syscall": "ioctl", "action": "errno", "errno": "EPERM",
+                   "args": [{"index": 1, "op": "masked_eq", "mask": "INT_MASK", "value": values[0]}]}]})
+    bpf = seccomp.compile_uncached(policy)
+    want = {v: ("allow",) for v in values}
+    want[values[0]] = ("errno", errno.EPERM)  # a refusal wins over an allow of the same value
+    probes = set(values) | {v + 1 for v in values} | {v - 1 for v in values} | {0, 0xFFFFFFFF}
+    probes |= {rng.randrange(1 << 32) for _ in range(200)}
+    for value in sorted(probes):
+        expected = want.get(value, ("errno", errno.ENOTTY))
+        assert seccomp.action_of(seccomp.emulate(bpf, NR["ioctl"], args=(3, (7 << 32) | value))[0]) == expected
+    # the syscalls without argument rules still go to libseccomp's part and are allowed
+    assert seccomp.action_of(seccomp.emulate(bpf, NR["getpid"])[0]) == ("allow",)
+    assert seccomp.action_of(seccomp.emulate(bpf, NR["mount"])[0]) == ("errno", errno.EPERM)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"rules": [{"syscall": "socket", "args": [{"index": 0, "op": "lt", "value": [1, 2]}]}]}, "list of values"),
+    ({"rules": [{"syscall": "socket", "args": [{"index": 0, "op": "eq", "value": []}]}]}, "empty list"),
+    ({"rules": [{"syscall": "ioctl", "args": [{"index": 1, "op": "masked_eq", "mask": 0xFF, "value": 0x100}]}]},
+     "outside the mask"),
+    ({"abis": ["x86_64", "i386"], "allow": ["@basic"],
+      "rules": [{"syscall": "ioctl", "args": [{"index": 1, "op": "eq", "value": 1}]},
+                {"syscall": "ioctl", "action": "errno", "errno": "ENOTTY"}]}, "abis"),
+    ({"allow": ["@basic"], "rules": [{"syscall": "ioctl", "args": [{"index": 1, "op": "gt", "value": 1}]},
+                                     {"syscall": "ioctl", "action": "errno", "errno": "ENOTTY"}]}, "eq"),
+    ({"allow": ["@basic", "ioctl"], "rules": [{"syscall": "ioctl", "args": [{"index": 1, "op": "eq", "value": 1}]}]},
+     "unconditional allow"),
+])
+def test_argument_allowlist_validation(raw, message):
+    with pytest.raises(ProfileError) as info:
+        seccomp.validate_section(raw)
+    assert message in str(info.value)
+
+
+def test_ioctl_is_judged_before_the_dispatch_of_other_blocks(cache_dir):
+    """The hot path: ioctl's block comes right after the number is loaded (few instructions run)."""
+    bpf = seccomp.compile_policy(profile_policy("strict"), cache_dir=cache_dir)
+    insns = [bpf[i:i + 8] for i in range(0, len(bpf), 8)]
+    import struct
+    # ld arch; jeq x86_64; ld nr; jeq ioctl
+    assert [struct.unpack("<HBBI", insn)[0] for insn in insns[:4]] == [0x20, 0x15, 0x20, 0x15]
+    assert struct.unpack("<HBBI", insns[3])[3] == NR["ioctl"]

@@ -34,7 +34,7 @@ OPTION_OF = {
 OPTION_OF_KIND = {"ro-bind": "--ro-bind", "bind": "--bind", "tmpfs": "--tmpfs"}
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE_RLIMITS = ("fsize", "stack", "as")
+_SIZE_RLIMITS = ("fsize", "stack", "as", "msgqueue", "memlock")
 # runtime-built places no mount may cover (the runtime builds them itself)
 _RUNTIME_OWNED = ("/", "/proc", "/dev")
 

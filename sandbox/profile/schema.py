@@ -124,6 +124,11 @@ SCHEMA = {
         "stack": Key("limit", None, "RLIMIT_STACK: stack size (size such as 8M)."),
         "as": Key("limit", None, "RLIMIT_AS: address space size (size such as 4G)."),
         "cpu": Key("limit", None, "RLIMIT_CPU: CPU seconds before SIGXCPU (integer)."),
+        # Per-user kernel counts are charged to the host identity that created the sandbox's
+        # user namespace: these bound one sandbox's share of them (docs/limits.md).
+        "sigpending": Key("limit", None, "RLIMIT_SIGPENDING: queued signals of the user (integer)."),
+        "msgqueue": Key("limit", None, "RLIMIT_MSGQUEUE: bytes in POSIX message queues (size such as 128K)."),
+        "memlock": Key("limit", None, "RLIMIT_MEMLOCK: bytes of locked memory (size such as 1M)."),
     },
     "limits": dict(
         required=Key("bool", False, "Fail the run (exit 125) when a cgroup limit cannot be applied."),
@@ -206,6 +211,9 @@ EXAMPLES = {
     "rlimits.stack": 'stack = "8M"',
     "rlimits.as": 'as = "4G"',
     "rlimits.cpu": "cpu = 60",
+    "rlimits.sigpending": "sigpending = 256",
+    "rlimits.msgqueue": 'msgqueue = "128K"',
+    "rlimits.memlock": 'memlock = "1M"',
     "limits.memory": 'memory = "512M"',
     "limits.memory_swap": 'memory_swap = "1G"',
     "limits.pids": "pids = 256",
