@@ -1,0 +1,259 @@
+"""The mount layer, on the real kernel: mounts in the order given after the runtime's base,
+refusals before start, idmapped writable binds, devpts' own pty bound, /proc/stat's IRQ
+counters. Each test runs as root and rootless (docs/mounts.md)."""
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from util import ROOT, py, require, run_in, pysandbox_cmd
+
+# a host owner for writable binds as root: not root, not the sandbox's mapped ids
+OWNER = 65534
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """strict; rootless without cgroup delegation strict cannot get its required limits, so
+    the mount checks use strict with limits made optional (as tests/test_runtime.py does)."""
+    if ROOT:
+        return "strict"
+    from sandbox import cgroup
+    if cgroup.detect() == "v1" and os.path.isdir(cgroup.v1_parent(cgroup.v1_hierarchies()["pids"])):
+        return "strict"
+    path = tmp_path_factory.mktemp("profiles") / "strict-nolimits.toml"
+    path.write_text('extends = "strict"\n[limits]\nrequired = false\nmemory = 0\npids = 0\ncpus = 0.0\n')
+    return str(path)
+
+
+def project(tmp_path):
+    """A directory under /tmp holding a script, readable by the sandbox either way."""
+    directory = tmp_path / "proj"
+    directory.mkdir()
+    (directory / "hello.py").write_text("import os\nprint('hello from', os.getcwd())\n")
+    return directory
+
+
+def ok(proc):
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+def refused(proc, *words):
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+# -- order -------------------------------------------------------------------------
+
+def test_quick_start_script_from_a_directory_under_tmp(strict, tmp_path):
+    directory = project(tmp_path)
+    assert str(directory).startswith("/tmp/")
+    proc = subprocess.run(pysandbox_cmd() + ["run", "--profile", strict, "--ro-bind", str(directory), "--cwd",
+                                             str(directory), "--", "python3", "hello.py"],
+                          cwd=directory, capture_output=True, text=True, timeout=60)
+    assert ok(proc).split() == ["hello", "from", str(directory)]
+
+
+def test_ro_bind_over_tmp_replaces_the_runtime_tmp(strict, tmp_path):
+    directory = project(tmp_path)
+    proc, _ = run_in(strict, "/bin/ls", "/tmp", extra=("--ro-bind", "%s:/tmp" % directory))
+    assert ok(proc).split() == ["hello.py"]
+
+
+@pytest.mark.parametrize("order", ["tmpfs-first", "bind-first"])
+def test_bind_inside_a_tmpfs(strict, tmp_path, order):
+    directory = project(tmp_path)
+    tmpfs, bind = ("--tmpfs", "/data"), ("--ro-bind", "%s:/data/in" % directory)
+    code = ("import os\nopen('/data/new','w').write('x')\n"
+            "print(sorted(os.listdir('/data')), open('/data/in/hello.py').read().split()[0])")
+    proc, _ = run_in(strict, *py(code), extra=(tmpfs + bind) if order == "tmpfs-first" else (bind + tmpfs))
+    assert ok(proc).split() == ["['in',", "'new']", "import"]
+
+
+def test_api_mounts_in_order(strict, tmp_path):
+    from sandbox import Sandbox, load_profile
+    directory = project(tmp_path)
+    profile = load_profile(strict)
+    result = Sandbox(profile, ro_binds=["%s:/data/in" % directory], tmpfs=["/data"]).run(
+        py("print(open('/data/in/hello.py').read().split()[0])"), capture_output=True)
+    assert result.exit_code == 0, result
+    assert result.stdout.split() == [b"import"]
+
+
+def test_tmpfs_belongs_to_the_sandbox_user_and_is_writable_under_landlock(strict):
+    code = "import os\nopen('/scratch/f','w').write('x')\nst=os.stat('/scratch')\nprint(st.st_uid, os.getuid())"
+    proc, _ = run_in(strict, *py(code), extra=("--tmpfs", "/scratch", "--uid", "1000", "--gid", "1000"))
+    assert ok(proc).split() == ["1000", "1000"]
+
+
+@pytest.mark.parametrize("first,second", [
+    (("--ro-bind", "{a}:/data"), ("--bind", "{b}:/data")),
+    (("--ro-bind", "{a}:/data"), ("--tmpfs", "/data")),
+])
+def test_a_mount_that_would_hide_another_is_refused_naming_both(strict, tmp_path, first, second):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    args = tuple(x.format(a=a, b=b) for x in first + second)
+    proc, _ = run_in(strict, "/bin/true", extra=args)
+    refused(proc, "would hide the earlier mount", "/data", str(a))
+
+
+def test_mount_point_missing_in_an_earlier_bind_is_refused_before_start(strict, tmp_path):
+    a = project(tmp_path)
+    proc, _ = run_in(strict, "/bin/true", extra=("--ro-bind", "%s:/data" % a, "--ro-bind", "%s:/data/sub" % a))
+    refused(proc, "/data/sub", "does not exist in", str(a / "sub"))
+    (a / "sub").mkdir()
+    proc, _ = run_in(strict, "/bin/ls", "/data/sub", extra=("--ro-bind", "%s:/data" % a,
+                                                            "--ro-bind", "%s:/data/sub" % a))
+    assert sorted(ok(proc).split()) == ["hello.py", "sub"]
+
+
+# plan's ordering rules on the explicit ordered list (pure logic: a stand-in section)
+class _FS:
+    rootfs, overlay, ro_bind, bind, tmpfs, etc = "", False, (), (), (), ()
+    tmp_size, proc, sys, masked_paths, readonly_paths, readonly_root = 1 << 20, True, "none", (), (), True
+
+    def __init__(self, mounts, **extra):
+        self.mounts = mounts
+        for key, value in extra.items():
+            setattr(self, key, value)
+
+
+def test_plan_keeps_the_given_order_and_refuses_hiding(tmp_path):
+    from sandbox import mnt
+    from sandbox.errors import UsageError
+    entry = mnt.MountEntry
+    fs = _FS((entry("tmpfs", None, "/data"), entry("ro-bind", str(tmp_path), "/data/in"),
+              entry("bind", str(tmp_path), "/out")))
+    mp = mnt.plan(fs)
+    assert [(m.kind, m.target) for m in mp.mounts] == [("tmpfs", "/data"), ("ro-bind", "/data/in"), ("bind", "/out")]
+    assert mp.mounts[1].parent is mp.mounts[0]
+    assert mp.binds == ((str(tmp_path), "/data/in", False, True), (str(tmp_path), "/out", True, True))
+    with pytest.raises(UsageError, match="--tmpfs /data would hide the earlier mount --ro-bind %s:/data/in"
+                       % tmp_path):
+        mnt.plan(_FS((entry("ro-bind", str(tmp_path), "/data/in"), entry("tmpfs", None, "/data"))))
+    # the same mount asked twice (a profile and its caller) is one mount, not a shadow
+    mp = mnt.plan(_FS((entry("ro-bind", str(tmp_path), "/x"), entry("ro-bind", str(tmp_path), "/x"))))
+    assert len(mp.mounts) == 1
+    assert mnt.plan(_FS(()), ).pty_max == mnt.PTY_MAX_DEFAULT
+    assert mnt.plan(_FS((), pty_max=8)).pty_max == 8
+
+
+# -- writable binds ----------------------------------------------------------------
+
+WRITE = ("import os\nopen('/out/made','w').write('from sandbox')\nos.mkdir('/out/dir')\n"
+         "print(os.stat('/out/made').st_uid)")
+
+
+def _writable_dir(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir(mode=0o700)
+    if ROOT:
+        os.chown(out, OWNER, OWNER)
+    return out
+
+
+def test_writable_bind_writes_as_the_source_owner(strict, tmp_path):
+    out = _writable_dir(tmp_path)
+    os.chmod(tmp_path, 0o755)
+    proc, _ = run_in(strict, *py(WRITE), extra=("--bind", "%s:/out" % out))
+    assert ok(proc).split() == ["0"]  # the sandbox's root sees its own file
+    owner = OWNER if ROOT else os.getuid()
+    for name in ("made", "dir"):
+        st = os.stat(out / name)
+        assert (st.st_uid, st.st_gid) == ((OWNER, OWNER) if ROOT else (os.getuid(), os.getgid()))
+    assert (out / "made").read_text() == "from sandbox"
+    assert owner != 0
+
+
+@pytest.mark.root_only  # rootless, a --uid other than 0 maps onto a subordinate id (next test)
+def test_writable_bind_with_uid_writes_as_the_source_owner(strict, tmp_path):
+    out = _writable_dir(tmp_path)
+    proc, _ = run_in(strict, *py(WRITE), extra=("--bind", "%s:/out" % out, "--uid", "1000", "--gid", "1000"))
+    assert ok(proc).split() == ["1000"]
+    st = os.stat(out / "made")
+    assert (st.st_uid, st.st_gid) == (OWNER, OWNER)
+
+
+def test_rootless_uid_on_a_subordinate_id_is_refused_before_start(strict, tmp_path):
+    if ROOT:
+        pytest.skip("a rootless case (as root the bind is idmapped: the test above)")
+    from sandbox import load_profile
+    from sandbox import user
+    p = load_profile(strict)
+    idmap = user.plan(p.idmap, 1000, 1000)
+    require(idmap.method == "newuidmap", "the test user has no subordinate ids")
+    out = _writable_dir(tmp_path)
+    proc, _ = run_in(strict, "/bin/true", extra=("--bind", "%s:/out" % out, "--uid", "1000"))
+    refused(proc, "--bind %s:/out" % out, "subordinate id", "--uid 0")
+
+
+@pytest.mark.root_only  # only host root has root-owned sources to refuse
+def test_root_owned_writable_bind_is_refused_naming_the_option(strict, tmp_path):
+    out = tmp_path / "rootout"
+    out.mkdir(mode=0o755)
+    proc, _ = run_in(strict, "/bin/true", extra=("--bind", "%s:/out" % out))
+    refused(proc, str(out), "owned by host root", "bind_host_root")
+    # a world-writable drop directory is bound as is: the sandbox writes as its own
+    # unprivileged host id, never as root
+    os.chmod(out, 0o1777)
+    proc, _ = run_in(strict, "/bin/touch", "/out/x", extra=("--bind", "%s:/out" % out))
+    ok(proc)
+    assert os.stat(out / "x").st_uid not in (0, OWNER)
+
+
+# -- devpts -----------------------------------------------------------------------
+
+EXHAUST_PTYS = """
+import errno, os, sys
+held = []
+while True:
+    try:
+        held.append(os.open('/dev/ptmx', os.O_RDWR | os.O_NOCTTY))
+    except OSError as e:
+        print(len(held), errno.errorcode[e.errno], flush=True)
+        break
+sys.stdin.read()
+"""
+
+
+def test_one_sandbox_cannot_empty_another_sandboxes_pty_pool(strict):
+    cmd = pysandbox_cmd() + ["run", "--profile", strict, "--"] + py(EXHAUST_PTYS)
+    hog = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = hog.stdout.readline()  # printed once its devpts is full; it keeps them open
+        from sandbox import mnt
+        assert line.split() == [str(mnt.PTY_MAX_DEFAULT), "ENOSPC"], (line, hog.stderr.read() if not line else "")
+        proc, _ = run_in(strict, *py("import os\nprint(os.ttyname(os.openpty()[1]))"))
+        assert ok(proc).split() == ["/dev/pts/0"]
+    finally:
+        hog.stdin.close()
+        hog.wait(timeout=30)
+    assert hog.returncode == 0, hog.stderr.read()
+
+
+# -- /proc/stat -------------------------------------------------------------------
+
+def test_proc_stat_irq_counters_zeroed_under_strict(strict):
+    with open("/proc/stat") as f:
+        host = {l.split()[0]: l.split()[1:] for l in f if l.strip()}
+    assert int(host["intr"][0]) > 0
+    code = "print(__import__('json').dumps([l.split() for l in open('/proc/stat') if l.strip()]))"
+    proc, _ = run_in(strict, *py(code))
+    inside = {l[0]: l[1:] for l in json.loads(ok(proc).strip().splitlines()[-1])}
+    assert inside["intr"] and set(inside["intr"]) == {"0"}
+    assert inside["softirq"] and set(inside["softirq"]) == {"0"}
+    assert len(inside["cpu"]) == len(host["cpu"]) and int(inside["cpu"][3]) > 0  # idle time is there
+    # a sanitized copy, read-only
+    proc, _ = run_in(strict, *py("import errno\ntry:\n open('/proc/stat','w')\nexcept OSError as e:\n"
+                                 " print(errno.errorcode[e.errno])"))
+    assert ok(proc).split()[0] in ("EROFS", "EACCES")
+
