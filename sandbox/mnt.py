@@ -44,6 +44,7 @@ MOUNT_ATTR_NODEV = 0x4
 
 
 PTY_MAX_DEFAULT = 64
+IRQ_COUNTER_PATHS = ("/proc/softirqs", "/proc/irq")
 MOUNT_KINDS = ("ro-bind", "bind", "tmpfs")
 
 
@@ -232,6 +233,10 @@ def plan(fs, ro_binds=(), binds=(), tmpfs=(), rootfs=None, overlay=None, hostnam
     # The intr line of /proc/stat carries the per-IRQ counters /proc/interrupts has: where
     # that file is masked, the line is zeroed too (profile key filesystem.proc_stat).
     proc_stat = getattr(fs, "proc_stat", None) or ("sanitized" if "/proc/interrupts" in masked else "live")
+    if proc_stat == "sanitized":
+        # The same class of counters elsewhere in procfs: per-CPU softirq counts, and each
+        # IRQ's /proc/irq/N/spurious count.
+        masked += tuple(path for path in IRQ_COUNTER_PATHS if path not in masked)
     pty_max = getattr(fs, "pty_max", None) or PTY_MAX_DEFAULT
     return MountPlan(rootfs=rootfs or "", overlay=overlay, binds=tuple(bind_list),
                      tmpfs=tuple(m.target for m in mounts if m.kind == "tmpfs"), mounts=tuple(mounts),
