@@ -208,3 +208,61 @@ def test_root_owned_writable_bind_is_refused_naming_the_option(strict, tmp_path)
     proc, _ = run_in(strict, "/bin/touch", "/out/x", extra=("--bind", "%s:/out" % out))
     ok(proc)
     assert os.stat(out / "x").st_uid not in (0, OWNER)
+
+
+class _Options:
+    """A profile with filesystem keys the schema may not know yet (bind_host_root,
+    bind_idmap): the real profile, its filesystem section seen through extra attributes."""
+
+    def __init__(self, profile, **filesystem):
+        self._profile, self._filesystem = profile, filesystem
+
+    def __getattr__(self, name):
+        value = getattr(self._profile, name)
+        if name != "filesystem":
+            return value
+        extra = self._filesystem
+
+        class View:
+            def __getattr__(self, key):
+                return extra[key] if key in extra else getattr(value, key)
+        return View()
+
+
+@pytest.mark.root_only
+def test_bind_host_root_writes_as_root_only_when_asked(strict, tmp_path):
+    from sandbox import Sandbox, load_profile
+    out = tmp_path / "rootout"
+    out.mkdir(mode=0o700)
+    code = py("open('/out/made','w').write('x')")
+    box = Sandbox(_Options(load_profile(strict), bind_host_root=True), binds=["%s:/out" % out])
+    result = box.run(code, capture_output=True)
+    assert result.exit_code == 0, (result.stage, result.message, result.stderr)
+    st = os.stat(out / "made")
+    assert (st.st_uid, st.st_gid) == (0, 0)
+
+
+@pytest.mark.root_only
+def test_bind_idmap_off_binds_as_is(strict, tmp_path):
+    from sandbox import Sandbox, load_profile
+    out = _writable_dir(tmp_path)
+    box = Sandbox(_Options(load_profile(strict), bind_idmap=False), binds=["%s:/out" % out])
+    result = box.run(py("import errno\ntry:\n open('/out/made','w')\nexcept OSError as e:\n"
+                        " print(errno.errorcode[e.errno])"), capture_output=True)
+    assert result.exit_code == 0 and result.stdout.split() == [b"EACCES"], result.stderr
+    assert not os.path.exists(out / "made")
+
+
+@pytest.mark.root_only
+def test_a_filesystem_that_cannot_idmap_is_refused_before_start(strict, tmp_path):
+    """ramfs cannot be idmapped: mounted in a private mount namespace of the test's own."""
+    unshare = subprocess.run(["sh", "-c", "command -v unshare"], capture_output=True, text=True).stdout.strip()
+    require(bool(unshare), "util-linux unshare is needed")
+    target = tmp_path / "ramfs"
+    target.mkdir()
+    script = 'mount -t ramfs none "$1" && chown %d:%d "$1" && shift && exec "$@"' % (OWNER, OWNER)
+    proc = subprocess.run([unshare, "-m", "--propagation", "private", "sh", "-c", script, "sh", str(target)]
+                          + pysandbox_cmd() + ["run", "--profile", strict, "--bind", "%s:/out" % target, "--",
+                                               "/bin/touch", "/out/x"], capture_output=True, text=True, timeout=60)
+    refused(proc, "bind-idmap", str(target), "(ramfs) cannot be idmapped", "bind_idmap = false")
+    assert os.listdir(target) == []  # the host's directory, never mounted over outside
