@@ -266,3 +266,23 @@ def test_a_filesystem_that_cannot_idmap_is_refused_before_start(strict, tmp_path
                                                "/bin/touch", "/out/x"], capture_output=True, text=True, timeout=60)
     refused(proc, "bind-idmap", str(target), "(ramfs) cannot be idmapped", "bind_idmap = false")
     assert os.listdir(target) == []  # the host's directory, never mounted over outside
+
+
+def test_ordered_profile_mounts_apply_in_order_and_refuse_hiding(strict, tmp_path):
+    """`filesystem.mounts` (the ordered list a profile gives) on the real kernel."""
+    from sandbox import Sandbox, load_profile, mnt
+    from sandbox.errors import UsageError
+    directory = project(tmp_path)
+    profile = load_profile(strict)
+    base = tuple(mnt.MountEntry("ro-bind", s.partition(":")[0], s.partition(":")[2] or s) for s in
+                 profile.filesystem.ro_bind)
+    inner = mnt.MountEntry("ro-bind", str(directory), "/data/in")
+    outer = mnt.MountEntry("tmpfs", None, "/data", {"size": 1 << 20, "mode": 0o700})
+    box = Sandbox(_Options(profile, mounts=base + (outer, inner)))
+    result = box.run(py("import os\nprint(oct(os.stat('/data').st_mode & 0o777), os.listdir('/data/in'))"),
+                     capture_output=True)
+    assert result.exit_code == 0, (result.stage, result.message, result.stderr)
+    assert result.stdout.split() == [b"0o700", b"['hello.py']"]
+    with pytest.raises(UsageError, match="--tmpfs /data would hide the earlier mount --ro-bind %s:/data/in"
+                       % directory):
+        Sandbox(_Options(profile, mounts=base + (inner, outer))).run(["/bin/true"])
