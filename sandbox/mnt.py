@@ -1,19 +1,26 @@
 """Mount namespace: the composed root.
 
-Parent half (`plan`): turn the profile into a fixed list of mount operations and
-check every host source exists, before anything is forked.
+Parent half (`plan`): turn the profile's ordered mount list into a fixed list of mount
+operations and check every host source and every mount point exists, before anything is
+forked; refuse a mount that would hide an earlier one. `open_sources`, per run and still
+on the host side: detached copies (open_tree) of the rootfs and every bind source, the
+writable ones idmapped onto the owner of their source (host root only).
 Child half (`build`): run in the sandbox's PID 1, inside its new user, mount and pid
 namespaces. The order is the kernel's:
  1. make / recursively private, so nothing we mount propagates back to the host;
  2. mount a scratch tmpfs and pivot into it with the host's root at /oldroot, so bind
     sources resolve through /oldroot even where the new root covers their path
     (bubblewrap's trick);
- 3. build /newroot: tmpfs (or the --rootfs dir, or an overlay), binds, /etc, /tmp, /dev,
-    and a procfs mounted only now, from inside the new pid namespace;
+ 3. build /newroot: first the runtime's base (a tmpfs or the --rootfs dir or an overlay,
+    /usr's siblings, /etc, /tmp, /dev with its own devpts, a procfs mounted only now from
+    inside the new pid namespace, /proc/stat sanitized), then the user's mounts in the order
+    given, so a later mount may sit inside an earlier one (a bind under /tmp, a bind inside a
+    --tmpfs) and none is hidden by what the runtime mounts;
  4. detach /oldroot, pivot_root(".", ".") into /newroot and detach the old root stacked
     under it (crun, nsjail);
  5. masks and read-only paths after the pivot, each bind verified (CVE-2025-31133 raced
     the bind of /dev/null over masked paths).
+See docs/mounts.md.
 """
 import os
 
@@ -36,14 +43,45 @@ MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 
 
+PTY_MAX_DEFAULT = 64
+IRQ_COUNTER_PATHS = ("/proc/softirqs", "/proc/irq")
+MOUNT_KINDS = ("ro-bind", "bind", "tmpfs")
+
+
 def _split_bind(spec):
     src, sep, dst = spec.partition(":")
     return src, (dst if sep else src)
 
 
+class MountEntry:
+    """An ordered mount as the profile gives it (compatible with sandbox.profile.MountEntry:
+    any object with kind, source, target and options is accepted)."""
+
+    __slots__ = ("kind", "source", "target", "options")
+
+    def __init__(self, kind, source, target, options=None):
+        self.kind, self.source, self.target = kind, source, target
+        self.options = dict(options or {})
+
+    def __repr__(self):
+        return "MountEntry(%r, %r, %r)" % (self.kind, self.source, self.target)
+
+
+class Mount:
+    """One user mount, validated: `index` is its place in MountPlan.binds (bind kinds)."""
+
+    __slots__ = ("kind", "source", "target", "writable", "is_dir", "options", "index", "parent", "label")
+
+    def __init__(self, kind, source, target, writable, is_dir, options, label):
+        self.kind, self.source, self.target, self.writable = kind, source, target, writable
+        self.is_dir, self.options, self.label = is_dir, options, label
+        self.index = self.parent = None
+
+
 class MountPlan:
-    __slots__ = ("rootfs", "overlay", "binds", "tmpfs", "etc", "tmp_size", "proc", "sys", "masked",
-                 "readonly", "readonly_root", "hostname", "passwd")
+    __slots__ = ("rootfs", "overlay", "binds", "tmpfs", "mounts", "etc", "tmp_size", "proc", "sys", "masked",
+                 "readonly", "readonly_root", "hostname", "passwd", "uid", "gid", "base_tmp", "base_etc",
+                 "root_links", "pty_max", "proc_stat", "bind_host_root", "bind_idmap")
 
     def __init__(self, **kw):
         for key in self.__slots__:
@@ -53,7 +91,7 @@ class MountPlan:
 def _target(path, what, spec):
     """A mount destination inside the sandbox: absolute, normalized (a leading // would
     survive normpath), and never /, /proc or /dev, which the runtime itself builds."""
-    if not path.startswith("/") or ".." in path.split("/"):
+    if not isinstance(path, str) or not path.startswith("/") or ".." in path.split("/"):
         raise UsageError("%s must be an absolute path without '..': %r" % (what, spec))
     path = os.path.normpath("/" + path.lstrip("/"))
     if path in ("/", "/proc", "/dev") or path.startswith(("/proc/", "/dev/")):
@@ -61,48 +99,155 @@ def _target(path, what, spec):
     return path
 
 
+def _depth(entry):
+    target = entry.target if isinstance(entry.target, str) else ""
+    return target.rstrip("/").count("/")
+
+
+def _legacy_entries(ro_binds, binds, tmpfs):
+    """Separate lists say nothing about the order between them: outer targets go first,
+    so --tmpfs /data with --ro-bind X:/data/in works whatever order the lists came in."""
+    entries = [MountEntry("ro-bind", *_split_bind(s)) for s in ro_binds] + \
+              [MountEntry("bind", *_split_bind(s)) for s in binds] + \
+              [MountEntry("tmpfs", None, t) for t in tmpfs]
+    return sorted(entries, key=_depth)
+
+
+def _profile_entries(fs, rootfs):
+    """The profile's ordered mounts: `fs.mounts` when the profile provides it, else the
+    legacy lists. An image given as rootfs brings its own /usr, so the profile's host
+    binds stay out of it; only mounts asked for with this run go in."""
+    legacy = [("ro-bind", s) for s in fs.ro_bind] + [("bind", s) for s in fs.bind]
+    ordered = getattr(fs, "mounts", None)
+    if ordered is None:
+        if rootfs:
+            return [MountEntry("tmpfs", None, t) for t in fs.tmpfs]
+        return _legacy_entries(fs.ro_bind, fs.bind, fs.tmpfs)
+    entries = list(ordered)
+    if rootfs:
+        profile_binds = {(kind, _split_bind(spec)) for kind, spec in legacy}
+        entries = [e for e in entries if (e.kind, (e.source, e.target)) not in profile_binds]
+    return entries
+
+
+def _label(entry):
+    if entry.kind == "tmpfs":
+        return "--tmpfs %s" % entry.target
+    return "--%s %s:%s" % (entry.kind, entry.source, entry.target)
+
+
+def _validate(entries, rootfs):
+    """Validate each entry, then the order: a later mount may sit inside an earlier one, never
+    on or above it (that would hide it silently)."""
+    mounts = []
+    seen = set()
+    for entry in entries:
+        kind = entry.kind
+        if kind not in MOUNT_KINDS:
+            raise UsageError("unknown mount kind %r (one of %s)" % (kind, ", ".join(MOUNT_KINDS)))
+        options = dict(getattr(entry, "options", None) or {})
+        label = _label(entry)
+        if kind == "tmpfs":
+            target = _target(entry.target, "tmpfs destination", entry.target)
+            key = (kind, None, target, tuple(sorted(options.items())))
+            mount = Mount(kind, None, target, True, True, options, label)
+        else:
+            src = entry.source
+            if not src:
+                raise UsageError("empty bind source in %r" % ("%s:%s" % (src or "", entry.target)))
+            target = _target(entry.target, "bind destination", "%s:%s" % (src, entry.target))
+            # The host path is resolved here, with the caller's view and rights; the sandbox
+            # then binds what it named, not what a symlink might point at later.
+            src = os.path.realpath(src)
+            if not os.path.exists(src):
+                raise SetupError("bind", 2, "bind source %s does not exist" % src)
+            key = (kind, src, target, tuple(sorted(options.items())))
+            mount = Mount(kind, src, target, kind == "bind", os.path.isdir(src), options, label)
+        if key in seen:
+            continue  # the same mount twice (a profile and its caller both ask): one is enough
+        seen.add(key)
+        for earlier in mounts:
+            if earlier.target == target or earlier.target.startswith(target + "/"):
+                raise UsageError("%s would hide the earlier mount %s (a later mount may sit inside an earlier "
+                                 "one, never on or above it): put the outer mount first or drop one"
+                                 % (label, earlier.label))
+            if target.startswith(earlier.target + "/"):
+                mount.parent = earlier  # the latest container is the innermost
+        if mount.parent is not None and mount.parent.kind != "tmpfs":
+            _check_mount_point_in_bind(mount)
+        elif mount.parent is None and not rootfs:
+            first = "/" + target.split("/")[1]
+            if first != target and first[1:] in ROOT_LINKS and os.path.islink(first):
+                raise UsageError("%s: %s is a symlink to %s in the sandbox (as on the host); mount at the path "
+                                 "it points to" % (label, first, os.readlink(first)))
+        mounts.append(mount)
+    return mounts
+
+
+def _check_mount_point_in_bind(mount):
+    """A mount inside a bind needs its mount point to exist in the bind's source: the runtime
+    never creates directories on the host (and a read-only bind could not take one)."""
+    parent = mount.parent
+    inner = os.path.join(parent.source, os.path.relpath(mount.target, parent.target))
+    if not os.path.lexists(inner):
+        raise UsageError("%s: its mount point %s does not exist in %s (the earlier mount %s); create it on "
+                         "the host or mount a --tmpfs there first" % (mount.label, mount.target, inner, parent.label))
+    if os.path.realpath(inner) != os.path.normpath(inner):
+        raise UsageError("%s: %s passes through a symlink on the host; refusing to mount through it"
+                         % (mount.label, inner))
+    if os.path.isdir(inner) != mount.is_dir:
+        raise UsageError("%s: %s is %s but the source is %s" % (
+            mount.label, inner, "a directory" if os.path.isdir(inner) else "a file",
+            "a directory" if mount.is_dir else "a file"))
+
+
 def plan(fs, ro_binds=(), binds=(), tmpfs=(), rootfs=None, overlay=None, hostname="sandbox", uid=0, gid=0):
-    """Validate and freeze the mount operations for one sandbox (parent, before fork)."""
+    """Validate and freeze the mount operations for one sandbox (parent, before fork).
+
+    Mounts come in the order given: the profile's (`fs.mounts`, or its legacy lists), then
+    the `Sandbox(ro_binds=, binds=, tmpfs=)` ones."""
     rootfs = fs.rootfs if rootfs is None else rootfs
     overlay = fs.overlay if overlay is None else overlay
-    entries = []
-    seen_dst = set()
-    # The profile's binds compose a root from the host; an image given as rootfs brings its
-    # own /usr, so only the binds asked for with this run (ro_binds, binds) go into it.
-    profile_ro, profile_rw = ((), ()) if rootfs else (fs.ro_bind, fs.bind)
-    for spec, writable in [(s, False) for s in profile_ro + tuple(ro_binds)] + \
-                          [(s, True) for s in profile_rw + tuple(binds)]:
-        src, dst = _split_bind(spec)
-        if not src:
-            raise UsageError("empty bind source in %r" % spec)
-        # The host path is resolved here, with the caller's view and rights; the sandbox
-        # then binds what it named, not what a symlink might point at later.
-        src = os.path.realpath(src)
-        if not os.path.exists(src):
-            raise SetupError("bind", 2, "bind source %s does not exist" % src)
-        dst = _target(dst, "bind destination", spec)
-        if dst in seen_dst:
-            entries = [e for e in entries if e[1] != dst]
-        seen_dst.add(dst)
-        entries.append((src, dst, writable, os.path.isdir(src)))
+    entries = _profile_entries(fs, rootfs) + _legacy_entries(ro_binds, binds, tmpfs)
+    mounts = _validate(entries, rootfs)
+    bind_list = []
+    for mount in mounts:
+        if mount.kind != "tmpfs":
+            mount.index = len(bind_list)
+            bind_list.append((mount.source, mount.target, mount.writable, mount.is_dir))
     if rootfs:
         rootfs = os.path.realpath(rootfs)
         if not os.path.isdir(rootfs):
             raise SetupError("rootfs", 20, "%s is not a directory" % rootfs)
+    targets = {m.target for m in mounts}
     etc = []
-    if not rootfs:
+    if not rootfs and "/etc" not in targets:
         for name in fs.etc:
             path = os.path.join("/etc", name)
-            if os.path.lexists(path):
+            if os.path.lexists(path) and os.path.join("/etc", name) not in targets:
                 etc.append((name, os.path.islink(path), os.path.isdir(path)))
-    tmpfs_dsts = tuple(_target(t, "tmpfs destination", t) for t in fs.tmpfs + tuple(tmpfs))
     passwd = "root:x:0:0:root:/root:/bin/sh\n" + (
         "sandbox:x:%d:%d:sandbox:/tmp:/bin/sh\n" % (uid, gid) if uid else "") + \
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-    return MountPlan(rootfs=rootfs or "", overlay=overlay, binds=tuple(entries), tmpfs=tmpfs_dsts, etc=tuple(etc),
-                     tmp_size=fs.tmp_size, proc=fs.proc, sys=fs.sys, masked=fs.masked_paths,
+    masked = tuple(fs.masked_paths)
+    # The intr line of /proc/stat carries the per-IRQ counters /proc/interrupts has: where
+    # that file is masked, the line is zeroed too (profile key filesystem.proc_stat).
+    proc_stat = getattr(fs, "proc_stat", None) or ("sanitized" if "/proc/interrupts" in masked else "live")
+    if proc_stat == "sanitized":
+        # The same class of counters elsewhere in procfs: per-CPU softirq counts, and each
+        # IRQ's /proc/irq/N/spurious count.
+        masked += tuple(path for path in IRQ_COUNTER_PATHS if path not in masked)
+    pty_max = getattr(fs, "pty_max", None) or PTY_MAX_DEFAULT
+    return MountPlan(rootfs=rootfs or "", overlay=overlay, binds=tuple(bind_list),
+                     tmpfs=tuple(m.target for m in mounts if m.kind == "tmpfs"), mounts=tuple(mounts),
+                     etc=tuple(etc), tmp_size=fs.tmp_size, proc=fs.proc, sys=fs.sys, masked=masked,
                      readonly=fs.readonly_paths, readonly_root=fs.readonly_root and not overlay,
-                     hostname=hostname, passwd=passwd)
+                     hostname=hostname, passwd=passwd, uid=uid, gid=gid,
+                     base_tmp="/tmp" not in targets, base_etc="/etc" not in targets,
+                     root_links=tuple(n for n in ROOT_LINKS if "/" + n not in targets),
+                     pty_max=int(pty_max), proc_stat=proc_stat,
+                     bind_host_root=bool(getattr(fs, "bind_host_root", False)),
+                     bind_idmap=bool(getattr(fs, "bind_idmap", True)))
 
 
 # ---- child half -------------------------------------------------------------------
@@ -171,7 +316,7 @@ def _make_target_in_root(root, path, is_dir):
                     raise SetupError("mount-target", e.errno, "%s: %s" % (path, e.strerror)) from None
                 st = os.stat(part, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
-                raise SetupError("mount-target", 40, "%s: the image has a symlink at /%s; refusing to mount "
+                raise SetupError("mount-target", 40, "%s: there is a symlink at /%s; refusing to mount "
                                  "through it" % (path, "/".join(parts[:index + 1])))
             if not last:
                 next_fd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
@@ -202,9 +347,108 @@ SYS_move_mount = 429
 OPEN_TREE_CLONE = 1
 AT_EMPTY_PATH = 0x1000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x100000
+SETID_BITS = 0o6000
 
 
-def open_sources(mp):
+def _host_id(lines, inside):
+    for first, host, count in lines:
+        if first <= inside < first + count:
+            return host + inside - first
+    return None
+
+
+def _fstype(path):
+    """The filesystem type under `path` (for messages): the longest mount point in mountinfo."""
+    best, fstype = "", "?"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                point = fields[4].replace("\\040", " ")
+                kind = fields[fields.index("-") + 1]
+                if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                    best, fstype = point, kind
+    except (OSError, ValueError, IndexError):
+        pass
+    return fstype
+
+
+def _bind_owner(mount, mp):
+    """Whom a writable bind's files belong to on the host: (uid, gid) of its source's owner,
+    or None to bind it without an idmap. Host root only when asked (bind_host_root)."""
+    st = os.stat(mount.source)
+    uid, gid = st.st_uid, st.st_gid
+    host_root = mp.bind_host_root or bool(mount.options.get("host_root"))
+    if uid == 0 and not host_root:
+        if st.st_mode & 0o002:
+            # World-writable (a 1777 drop directory): bound as is, the sandbox writes there as
+            # its own unprivileged host id, as any host user could.
+            return None
+        raise SetupError("bind", 13, "%s: the bind source %s is owned by host root, and an idmapped bind would "
+                         "write root-owned files on the host; chown it to the user who should own what the "
+                         "sandbox writes, or set filesystem.bind_host_root = true" % (mount.label, mount.source))
+    if gid == 0 and not host_root:
+        # Never a root group (a set-gid file of gid 0 would be a host-root group grant):
+        # the owner's own group instead.
+        import pwd
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = 0
+        gid = gid or 65534
+    return uid, gid
+
+
+def _idmap_userns(uid_lines, gid_lines):
+    """A user namespace that exists only to carry an idmapping (mount_setattr(2) takes the
+    mapping from a user namespace fd): a child unshares it, we write its maps as host root,
+    keep a descriptor of it and let the child go. The namespace lives as long as the fd and
+    the idmapped mounts that reference it."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = k.clone_process(k.CLONE_NEWUSER)
+    if pid == 0:
+        try:
+            os.close(w)
+            os.read(r, 1)
+        finally:
+            os._exit(0)
+    os.close(r)
+    try:
+        for name, lines in (("gid_map", gid_lines), ("uid_map", uid_lines)):
+            fd = os.open("/proc/%d/%s" % (pid, name), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, "".join("%d %d %d\n" % line for line in lines).encode())
+            finally:
+                os.close(fd)
+        return os.open("/proc/%d/ns/user" % pid, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SetupError("bind-idmap", e.errno, "user namespace for an idmapped bind: %s" % e.strerror) from None
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+
+
+def _check_rootless_writable(mp, idmap):
+    """Rootless, a bind cannot be idmapped (the kernel wants CAP_SYS_ADMIN over the source's
+    filesystem, i.e. host root): the sandbox writes as the host id its inside uid maps to.
+    That is the caller for inside root; a --uid mapped onto a subordinate id can write only
+    where the directory's mode lets others write: say so before start."""
+    host = _host_id(idmap.uid_lines, mp.uid) if idmap is not None else os.geteuid()
+    if host is None or host == os.geteuid():
+        return
+    for mount in mp.mounts:
+        if mount.kind != "bind" or not mount.is_dir:
+            continue
+        st = os.stat(mount.source)
+        if not st.st_mode & 0o002:
+            raise SetupError("bind", 13, "%s: the sandbox's uid %d is host uid %d here (a subordinate id), which "
+                             "cannot write %s (owner %d, mode %o); rootless binds write as the caller only: use "
+                             "--uid 0, or idmap.subuid = false to map the caller onto uid %d"
+                             % (mount.label, mp.uid, host, mount.source, st.st_uid, st.st_mode & 0o7777, mp.uid))
+
+
+def open_sources(mp, idmap=None):
     """Parent half, per run: detached copies (open_tree) of the rootfs and every bind source.
 
     A path bind in the child would resolve the source with the sandbox's remapped ids,
@@ -212,17 +456,26 @@ def open_sources(mp):
     swapped in after validation). As host root the supervisor clones the source trees
     itself, with its own rights, and sets nosuid, nodev (and read-only where asked) on the
     detached copy; the child attaches them with move_mount. Rootless, the sandbox's root is the caller,
-    so the child binds by path (returns None)."""
+    so the child binds by path (returns None).
+
+    Writable binds (host root, with `idmap` the sandbox's IdMap) are idmapped: the kernel's
+    rule (mount_setattr(2)) is that only a detached mount not yet attached anywhere can take
+    an idmapping, set by a process with CAP_SYS_ADMIN over the source's filesystem; so it is
+    done here, on the host side, before the child's mount namespace exists. The idmapping
+    maps the source's owner onto the host id the sandbox's uid runs as: what the sandbox
+    writes lands on disk owned by that owner, and it can write where the owner can."""
     if os.geteuid() != 0:
+        _check_rootless_writable(mp, idmap)
         return None
     import ctypes
     fds = []
+    namespaces = {}
     try:
         # The rootfs stays writable here: the child creates missing mount points in it first
         # and turns it read-only itself.
-        entries = ([(mp.rootfs, True)] if mp.rootfs else []) + \
-            [(src, writable) for src, _, writable, _ in mp.binds]
-        for path, writable in entries:
+        entries = ([(mp.rootfs, True, None)] if mp.rootfs else []) + \
+            [(m.source, m.writable, m) for m in mp.mounts if m.kind != "tmpfs"]
+        for path, writable, mount in entries:
             fd = k._syscall(SYS_open_tree, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC)
             if fd < 0:
                 err = ctypes.get_errno()
@@ -233,10 +486,32 @@ def open_sources(mp):
             if k._syscall(SYS_mount_setattr, fd, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr), 32):
                 err = ctypes.get_errno()
                 raise SetupError("bind", err, "nosuid/nodev on %s: %s" % (path, os.strerror(err)))
+            if mount is None or not mount.writable or idmap is None or not mp.bind_idmap \
+                    or not mount.options.get("idmap", True):
+                continue
+            owner = _bind_owner(mount, mp)
+            inside = (_host_id(idmap.uid_lines, mp.uid), _host_id(idmap.gid_lines, mp.gid))
+            if owner is None or None in inside or owner == inside:
+                continue
+            key = (owner, inside)
+            if key not in namespaces:
+                namespaces[key] = _idmap_userns(((owner[0], inside[0], 1),), ((owner[1], inside[1], 1),))
+            attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_IDMAP, 0, 0, namespaces[key])
+            if k._syscall(SYS_mount_setattr, fd, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr), 32):
+                err = ctypes.get_errno()
+                raise SetupError("bind-idmap", err, "%s: %s (%s) cannot be idmapped: %s. Idmapped mounts need "
+                                 "kernel 5.12+ and a filesystem that supports them (ext4, xfs, btrfs, tmpfs 6.3+, "
+                                 "overlayfs 5.19+; not nfs, and not a tree with such a submount): bind a directory "
+                                 "from such a filesystem, or set filesystem.bind_idmap = false to bind it as is "
+                                 "(the sandbox then writes as host uid %d where the mode lets it)"
+                                 % (mount.label, path, _fstype(path), os.strerror(err), inside[0]))
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
+    finally:
+        for fd in namespaces.values():
+            os.close(fd)
     return fds
 
 
@@ -258,8 +533,11 @@ def build(mp, source_fds):
     os.chdir("/")
 
     sources = list(source_fds) if source_fds is not None else None
+    if mp.rootfs and sources is not None:
+        rootfs_fd = sources.pop(0)
+    # 1. the runtime's base
     if mp.rootfs:
-        src = sources.pop(0) if sources is not None else OLD + mp.rootfs
+        src = rootfs_fd if sources is not None else OLD + mp.rootfs
         if mp.overlay:
             if sources is not None:
                 _attach(src, "/.lower-root", True)
@@ -273,46 +551,34 @@ def build(mp, source_fds):
         # Every mount target must exist, and an image's symlinks must not steer one: until
         # the pivot, an absolute link in the image (x -> /oldroot/tmp) resolves against the
         # scratch root, i.e. onto the host. Targets are made (and checked) component by
-        # component without following links, before the rootfs turns read-only.
+        # component without following links, before the rootfs turns read-only; a mount
+        # inside an earlier user mount gets its mount point when that mount is in place.
         targets = [("/tmp", True), ("/proc", True), ("/dev", True)] + ([("/sys", True)] if mp.sys == "ro" else []) \
-            + [(dst, is_dir) for _, dst, _, is_dir in mp.binds] + [(dst, True) for dst in mp.tmpfs]
+            + [(m.target, m.is_dir) for m in mp.mounts if m.parent is None]
         for path, is_dir in targets:
             _make_target_in_root(NEW, path, is_dir)
         if mp.readonly_root and not mp.overlay:
             make_readonly(NEW, "rootfs-ro")
     else:
         k.mount("tmpfs", NEW, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=16m", "mount-root")
-        for name in ROOT_LINKS:
+        for name in mp.root_links:
             host = OLD + "/" + name
             if os.path.islink(host):
                 os.symlink(os.readlink(host), NEW + "/" + name)
             elif os.path.isdir(host):
                 _bind(host, NEW + "/" + name, True, not mp.overlay)
-        _compose_etc(mp)
-    for index, (src, dst, writable, is_dir) in enumerate(mp.binds):
-        target = NEW + dst
-        fd = sources[index] if sources is not None else None
-        if mp.overlay and not writable and is_dir and not mp.rootfs:
-            _mkdirs(target)
-            lower = OLD + src
-            if fd is not None:
-                lower = "/.lower-%d" % index
-                _attach(fd, lower, True)
-            _overlay(lower, target, str(index))
-        elif fd is not None:
-            _attach(fd, target, is_dir)
-        else:
-            _bind(OLD + src, target, is_dir, not writable)
-    _mkdirs(NEW + "/tmp", 0o1777)
-    k.mount("tmpfs", NEW + "/tmp", "tmpfs", k.MS_NOSUID | k.MS_NODEV,
-            "mode=1777,size=%d" % max(mp.tmp_size, 4096), "mount-tmp")
-    for dst in mp.tmpfs:
-        _mkdirs(NEW + dst)
-        k.mount("tmpfs", NEW + dst, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755", "tmpfs")
+        if mp.base_etc:
+            _compose_etc(mp)
+    if mp.base_tmp:
+        _mkdirs(NEW + "/tmp", 0o1777)
+        k.mount("tmpfs", NEW + "/tmp", "tmpfs", k.MS_NOSUID | k.MS_NODEV,
+                "mode=1777,size=%d" % max(mp.tmp_size, 4096), "mount-tmp")
     if mp.proc:
         _mkdirs(NEW + "/proc")
         k.mount("proc", NEW + "/proc", "proc", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, None, "mount-proc")
-    _compose_dev()
+        if mp.proc_stat == "sanitized":
+            _sanitize_proc_stat(NEW + "/proc/stat")
+    _compose_dev(mp.pty_max)
     if mp.sys == "ro":
         _mkdirs(NEW + "/sys")
         try:
@@ -322,6 +588,9 @@ def build(mp, source_fds):
             # A fresh sysfs needs a network namespace of our own; with the host's network
             # only a read-only bind of the host's /sys is possible.
             _bind(OLD + "/sys", NEW + "/sys", True, True, "mount-sys")
+    # 2. the user's mounts, in the order given (plan refused any that would hide an earlier one)
+    for mount in mp.mounts:
+        _mount_user(mp, mount, sources)
 
     k.umount2(OLD, k.MNT_DETACH, "umount-oldroot")
     os.chdir(NEW)
@@ -332,6 +601,61 @@ def build(mp, source_fds):
     if mp.readonly_root and not mp.rootfs:
         k.mount(None, "/", None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV, None,
                 "remount-root-ro")
+
+
+def _mount_user(mp, mount, sources):
+    target = NEW + mount.target
+    # The mount point is made (or found) component by component without following a
+    # symlink: inside an earlier bind a link could otherwise steer the mount elsewhere.
+    _make_target_in_root(NEW, mount.target, mount.is_dir)
+    if mount.kind == "tmpfs":
+        options = mount.options
+        data = "mode=%o,uid=%d,gid=%d" % (int(options.get("mode", 0o755)), mp.uid, mp.gid)
+        if options.get("size"):
+            data += ",size=%d" % int(options["size"])
+        k.mount("tmpfs", target, "tmpfs", k.MS_NOSUID | k.MS_NODEV, data, "tmpfs")
+        return
+    fd = sources[mount.index] if sources is not None else None
+    if mp.overlay and not mount.writable and mount.is_dir and not mp.rootfs:
+        lower = OLD + mount.source
+        if fd is not None:
+            lower = "/.lower-%d" % mount.index
+            _attach(fd, lower, True)
+        _overlay(lower, target, str(mount.index))
+    elif fd is not None:
+        _attach(fd, target, mount.is_dir)
+    else:
+        _bind(OLD + mount.source, target, mount.is_dir, not mount.writable)
+
+
+def _sanitize_proc_stat(path):
+    """Bind a copy of /proc/stat with the per-IRQ (intr) and softirq counters zeroed over it.
+
+    The copy is written to the scratch tmpfs, which is detached after the pivot: the bind
+    keeps its file alive and nothing else can reach it. It is a snapshot taken at start
+    (cpu lines included: programs such as top see no CPU time pass); the number of fields is
+    kept so parsers do not break."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    lines = []
+    for line in b"".join(chunks).decode("ascii", "replace").split("\n"):
+        name, _, rest = line.partition(" ")
+        if name in ("intr", "softirq"):
+            line = name + " " + " ".join("0" for _ in rest.split())
+        lines.append(line)
+    copy = "/.proc-stat"
+    _write_file(copy, "\n".join(lines), 0o444)
+    k.mount(copy, path, None, k.MS_BIND, None, "proc-stat")
+    k.mount(None, path, None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC,
+            None, "proc-stat")
 
 
 def _overlay(lower, target, tag):
@@ -360,7 +684,7 @@ def _compose_etc(mp):
     _write_file(etc + "/hosts", "127.0.0.1\tlocalhost %s\n::1\tlocalhost\n" % (mp.hostname or "sandbox"))
 
 
-def _compose_dev():
+def _compose_dev(pty_max=PTY_MAX_DEFAULT):
     dev = NEW + "/dev"
     _mkdirs(dev)
     k.mount("tmpfs", dev, "tmpfs", k.MS_NOSUID | k.MS_NOEXEC, "mode=0755,size=64k", "mount-dev")
@@ -371,7 +695,10 @@ def _compose_dev():
         k.mount(OLD + "/dev/" + name, dev + "/" + name, None, k.MS_BIND, None, "bind-dev")
     os.mkdir(dev + "/pts", 0o755)
     k.mount("devpts", dev + "/pts", "devpts", k.MS_NOSUID | k.MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620", "mount-devpts")
+            # max=: the instance's own bound. The kernel's pool (kernel.pty.max) is shared by
+            # every devpts instance but the host's (which keeps kernel.pty.reserve), so without
+            # it one sandbox could take every pty and leave the others ENOSPC.
+            "newinstance,ptmxmode=0666,mode=0620,max=%d" % pty_max, "mount-devpts")
     os.mkdir(dev + "/shm", 0o1777)
     k.mount("tmpfs", dev + "/shm", "tmpfs", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, "mode=1777,size=64m",
             "mount-shm")

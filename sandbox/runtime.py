@@ -151,7 +151,7 @@ class Sandbox:
         landlock_rw = landlock_ro = ()
         if landlock_policy is not None:
             from . import landlock  # noqa: F401 - loaded before the child pivots away from it
-            landlock_rw = tuple(dst for _, dst, writable, _ in mounts.binds if writable)
+            landlock_rw = tuple(dst for _, dst, writable, _ in mounts.binds if writable) + tuple(mounts.tmpfs)
             # An image root brings its own layout: allow reading and executing each of its
             # top-level directories (it is mounted read-only anyway); writes stay limited
             # to /tmp and rw binds. "/" itself stays unlisted, as in the composed root, so
@@ -293,7 +293,7 @@ class SandboxProcess:
             spec.cgroup_tasks = self._cgroup.task_files()
         from .mnt import open_sources
         try:
-            spec.source_fds = open_sources(spec.mounts)
+            spec.source_fds = open_sources(spec.mounts, spec.idmap)
         except BaseException:
             self._destroy_cgroup()
             raise
