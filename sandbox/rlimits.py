@@ -31,6 +31,11 @@ def plan(section):
     return tuple(out)
 
 
+def child(limits):
+    """The command's half (stage "rlimits")."""
+    apply(limits)
+
+
 def apply(limits):
     for res, soft, hard in limits:
         try:

@@ -139,7 +139,8 @@ def test_unknown_name_is_a_setup_error():
 def _setuid_body(prepare, keep):
     def body():
         if prepare:
-            caps.before_setuid()
+            from sandbox import user
+            user.keep_caps_across_setuid()
         os.setresgid(1000, 1000, 1000)
         os.setresuid(1000, 1000, 1000)
         caps.apply(keep, ())
@@ -178,7 +179,7 @@ def test_nonzero_uid_without_keepcaps_fails_closed():
     r = in_userns(_setuid_body(False, ()), "0 1000000000 65536", "0 1000000000 65536")
     assert r["error"] == "capabilities" and "CAP_SETPCAP" in r["text"]
     r = in_userns(_setuid_body(False, ("CHOWN",)), "0 1000000000 65536", "0 1000000000 65536")
-    assert r["error"] == "capabilities" and "before_setuid" in r["text"]
+    assert r["error"] == "capabilities" and "PR_SET_KEEPCAPS" in r["text"]
 
 
 def test_current_matches_syscalls():

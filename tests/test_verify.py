@@ -217,9 +217,11 @@ def test_runtime_exits_125_naming_the_layer(profile, corrupt, layer):
     """Through the real runtime: a wrong expectation stops the command before exec."""
     from sandbox import Sandbox, load_profile
     box = Sandbox(load_profile(profile))
-    prepared = box._prepare()
-    require(prepared.get("verify") is not None, "the runtime does not run the verify stage")
-    corrupt(prepared["verify"])
+    plan = box.plan()
+    require(plan.verify is not None, "the runtime does not run the verify stage")
+    expect = {key: dict(value) if isinstance(value, dict) else value for key, value in plan.verify.items()}
+    corrupt(expect)
+    box._plan = plan.replace(verify=expect)
     result = box.run(["/bin/echo", "should not run"], capture_output=True)
     assert result.exit_code == 125
     assert result.stage == layer, (result.stage, result.message)
