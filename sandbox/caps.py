@@ -200,7 +200,7 @@ class _CtypesCapng:
         return self._lib.capng_get_caps_process()
 
     def errno(self):
-        return self._ctypes.get_errno()
+        return native.errno()
 
 
 class _ModuleCapng:

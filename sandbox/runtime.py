@@ -172,8 +172,8 @@ class SandboxProcess:
         except BaseException as error:
             self._unwind()
             if isinstance(error, OSError):
-                where = " %s" % error.filename if error.filename else ""
-                raise SetupError(stage, error.errno or 0, "%s:%s %s" % (stage, where, error.strerror or error)) from None
+                where = "%s: " % error.filename if error.filename else ""
+                raise SetupError(stage, error.errno or 0, where + (error.strerror or str(error))) from None
             raise
         # From here on the sandbox runs; cleanup happens when it has ended (wait).
 
