@@ -61,10 +61,10 @@ def _target(path, what, spec):
     return path
 
 
-def plan(fs, ro_binds=(), binds=(), tmpfs=(), rootfs=None, overlay=None, hostname="sandbox", uid=0, gid=0):
+def plan(fs, ro_binds=(), binds=(), tmpfs=(), hostname="sandbox", uid=0, gid=0):
     """Validate and freeze the mount operations for one sandbox (parent, before fork)."""
-    rootfs = fs.rootfs if rootfs is None else rootfs
-    overlay = fs.overlay if overlay is None else overlay
+    rootfs = fs.rootfs
+    overlay = fs.overlay
     entries = []
     seen_dst = set()
     # The profile's binds compose a root from the host; an image given as rootfs brings its

@@ -53,3 +53,39 @@ def run_in(profile, *cmd, extra=(), timeout=60, result_file=None):
 def py(code):
     """argv running `code` with the sandbox's /usr/bin/python3 (isolated mode)."""
     return ["/usr/bin/python3", "-I", "-S", "-c", code]
+
+
+def wait_until(condition, timeout=30, what="the condition"):
+    """Poll `condition()` until it is true (returns its value) or fail after `timeout` s:
+    waiting for an event the test can observe, never a fixed sleep standing in for one."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail("timed out after %gs waiting for %s" % (timeout, what))
+        time.sleep(0.01)
+
+
+def children(pid):
+    """PIDs of the children of `pid` (its main thread's), [] once it is gone."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def command_running(pid1, name):
+    """True once the sandbox whose PID 1 is `pid1` runs a process called `name`: setup
+    is over (the command only execs after its last stage)."""
+    for child in children(pid1):
+        try:
+            with open("/proc/%d/comm" % child) as f:
+                if f.read().strip() == name[:15]:
+                    return True
+        except OSError:
+            pass
+    return False
