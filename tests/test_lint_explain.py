@@ -19,11 +19,8 @@ def test_permissive_fails_lint_with_reasons():
 
 def test_lint_reads_the_compiled_filter(tmp_path):
     """An imported Docker profile allows what Docker allows: lint says so from the filter itself."""
-    import os
-    shared = os.environ.get("PYSANDBOX_SHARED") or os.path.join(os.path.dirname(__file__), "..", "..", "shared")
-    docker = os.path.join(shared, "seccomp", "docker-default.json")
-    from util import require
-    require(os.path.exists(docker), "shared/seccomp/docker-default.json not found (set PYSANDBOX_SHARED)")
+    from util import reference_seccomp
+    docker = reference_seccomp("docker")
     profile = tmp_path / "p.toml"
     profile.write_text('extends = "default"\n[seccomp]\nimport = "%s"\n[capabilities]\nkeep = ["SYS_ADMIN"]\n'
                        '[process]\nnew_session = false\n[filesystem]\nbind = ["/run:/hostrun"]\n'

@@ -10,6 +10,22 @@ import pytest
 IN_CI = os.environ.get("CI") == "true"
 ROOT = os.geteuid() == 0
 
+# Reference seccomp profiles from Debian's packages (setup.sh installs them): Docker's
+# default from golang-github-docker-docker-dev (matching the installed docker.io) and
+# Podman's from containers-common. Tests never read files beside the clone.
+REFERENCE_SECCOMP = {
+    "docker": ("/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json",
+               "golang-github-docker-docker-dev"),
+    "podman": ("/usr/share/containers/seccomp.json", "containers-common"),
+}
+
+
+def reference_seccomp(engine):
+    """Path of Docker's ("docker") or Podman's ("podman") default seccomp profile."""
+    path, package = REFERENCE_SECCOMP[engine]
+    require(os.path.isfile(path), "%s not found: install Debian's %s (setup.sh does)" % (path, package))
+    return path
+
 
 def require(condition, reason):
     """Skip with `reason` when `condition` is false; in CI (CI=true) that is a failure,
