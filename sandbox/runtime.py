@@ -179,9 +179,11 @@ class SandboxProcess:
 
     # -- the supervisor's stages (each pushes its undo) -----------------------------
     def _stage_name(self, plan, _):
-        if self.sandbox.register:
+        # Only a name the caller chose can collide (generated ones carry our PID); the
+        # cheap existence test first keeps json off the run path.
+        if self.sandbox.register and self.sandbox.name:
             from pysandbox_common import registry
-            running = registry.find(self.name)
+            running = registry.find(self.name) if registry.exists(self.name) else None
             if running is not None:
                 raise SandboxError("a sandbox named %r is already running (PID %s, supervisor %s)" % (
                     self.name, running.get("pid"), running.get("supervisor")), EXIT_SETUP)

@@ -75,7 +75,9 @@ class FakeNative:
         monkeypatch.setattr(user, "write_maps", lambda pid, idmap: self.record.append(("idmap", pid)))
         monkeypatch.setattr(registry, "register", self.register)
         monkeypatch.setattr(registry, "unregister", self.unregister)
-        monkeypatch.setattr(registry, "find", lambda name, directory=None: None)
+        monkeypatch.setattr(registry, "exists", lambda name: name in self.registered)
+        monkeypatch.setattr(registry, "find", lambda name, directory=None: (
+            {"name": name, "pid": self.PID, "supervisor": os.getpid()} if name in self.registered else None))
         return self
 
     # -- the stage runner ---------------------------------------------------------------
