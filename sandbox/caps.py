@@ -68,9 +68,15 @@ class CapsPlan:
         raise AttributeError("CapsPlan is frozen")
 
 
-def plan(section, inside_uid):
-    """[capabilities] -> CapsPlan (supervisor, before fork). Loads libcap-ng here, before
-    clone and pivot_root, so the child only calls into an already mapped library."""
+def plan(profile, context):
+    """[capabilities] -> CapsPlan (supervisor, before fork); None when the sandbox has no
+    user namespace of its own and the caller is not root (nothing to drop). Loads
+    libcap-ng here, before clone and pivot_root, so the child only calls into an already
+    mapped library."""
+    if not (profile.namespaces.user or os.geteuid() == 0):
+        return None
+    section = profile.capabilities
+    inside_uid = context.idmap.inside_uid if context.idmap is not None else profile.idmap.uid
     keep = tuple(normalize(c) for c in section.keep)
     if "ALL" in keep:
         keep = CAPABILITIES[: last_cap() + 1]
@@ -80,9 +86,13 @@ def plan(section, inside_uid):
     return CapsPlan(keep, ambient, expected(keep, ambient, uid=inside_uid))
 
 
-def child(caps_plan):
+def child(part, launch):
     """The command's half (stage "capabilities")."""
-    apply(caps_plan.keep, caps_plan.ambient)
+    apply(part.keep, part.ambient)
+
+
+def expect(part):
+    return {"caps": dict(part.expected)}
 
 
 def _prctl_is_set(option, arg2=0, arg3=0):

@@ -117,8 +117,12 @@ class LandlockPlan:
         raise AttributeError("LandlockPlan is frozen")
 
 
-def plan(policy, mounts):
-    """The policy and the mount plan -> LandlockPlan (supervisor, before fork)."""
+def plan(profile, context):
+    """The profile's policy and the mount plan -> LandlockPlan (supervisor, before fork)."""
+    policy = profile.landlock
+    if policy is None:
+        return None
+    mounts = context.mounts
     extra_rw = tuple(dst for _, dst, writable, _ in mounts.binds if writable)
     # Read-only binds get read and execute, like /usr.
     extra_ro = tuple(dst for _, dst, writable, _ in mounts.binds if not writable and dst != "/usr")
@@ -132,14 +136,14 @@ def plan(policy, mounts):
         extra_ro += tuple("/" + e for e in sorted(os.listdir(mounts.rootfs))
                           if e not in ("tmp", "dev", "proc", "sys")
                           and stat.S_ISDIR(os.lstat(os.path.join(mounts.rootfs, e)).st_mode))
-    return LandlockPlan(policy, extra_ro, extra_rw, expect(policy, extra_rw))
+    return LandlockPlan(policy, extra_ro, extra_rw, probe_for(policy, extra_rw))
 
 
 def _covers(paths, target):
     return any(target == p or target.startswith(p.rstrip("/") + "/") for p in paths)
 
 
-def expect(policy, extra_rw=()):
+def probe_for(policy, extra_rw=()):
     """What verify probes to see that the ruleset holds, following the policy:
     ("list", "/") when no rule grants listing "/" (the composed root's policy);
     ("write", "/dev/null") when "/" is granted but no rule grants writing /dev/null
@@ -154,9 +158,18 @@ def expect(policy, extra_rw=()):
     return None
 
 
-def child(landlock_plan):
-    """The command's half (stage "landlock"); returns warnings."""
-    return apply(landlock_plan.policy, extra_ro=landlock_plan.extra_ro, extra_rw=landlock_plan.extra_rw)
+def child(part, launch):
+    """The command's half (stage "landlock"); warnings go to the supervisor."""
+    from . import channel
+    for warning in apply(part.policy, extra_ro=part.extra_ro, extra_rw=part.extra_rw) or ():
+        channel.send(launch.msg_w, channel.WARNING, warning)
+    if part.probe is None:
+        channel.send(launch.msg_w, channel.WARNING, "landlock: the policy grants listing / and writing "
+                     "/dev/null, so verify has nothing to probe: the ruleset is applied but not verified")
+
+
+def expect(part):
+    return {"landlock": part.probe} if part.probe is not None else {}
 
 
 class LandlockPolicy:

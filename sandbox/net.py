@@ -33,4 +33,15 @@ def bring_up_loopback():
         os.close(fd)
 
 
-child = bring_up_loopback
+# -- the layer interface (sandbox/stages.py) ----------------------------------------
+
+def plan(profile, context):
+    """A new network namespace gets lo up unless the profile shares the host's network."""
+    if profile.namespaces.net and profile.network.mode in ("none", "loopback"):
+        return True
+    return None
+
+
+def child(part, launch):
+    """PID 1, inside the new network namespace (stage "loopback")."""
+    bring_up_loopback()

@@ -1,9 +1,10 @@
 """The plan: everything a sandbox needs, decided once in the supervisor before any fork
 and frozen (no lookups after fork, nothing changes it between runs).
 
-`build(profile, ...)` asks each layer module for its part (user.plan, mnt.plan,
-rlimits.plan, caps.plan, landlock.plan, seccomp.compile_policy, verify's expectations)
-and returns one `Plan`. A front-end that is not a profile (the coming OCI runtime
+`build(profile, ...)` makes the runtime's own parts (namespaces, id maps through
+user.plan, the mount plan through mnt.plan), asks every layer stage of the tables in
+sandbox/stages.py for its part (`<module>.plan(profile, context)`), collects what verify
+must see (core checks plus each layer's `expect(part)`) and returns one `Plan`. A front-end that is not a profile (the coming OCI runtime
 reading config.json) builds the same Plan from its own input; the supervisor and the
 stage tables (sandbox/stages.py) see only the Plan.
 """
@@ -48,25 +49,26 @@ class Plan(Frozen):
         "idmap",            # user.IdMap or None (no user namespace)
         "mounts",           # mnt.MountPlan
         "hostname",         # "" when the uts namespace is shared
-        "loopback",         # bring lo up inside a new network namespace
-        "rlimits",          # ((resource, soft, hard), ...)
         "new_session",
         "close_fds",
-        "caps",             # caps.CapsPlan or None (capabilities left as they are)
         "no_new_privs",
-        "landlock",         # landlock.LandlockPlan or None
-        "seccomp",          # SeccompPlan or None
+        "layers",           # {layer module: its part} for the layer stages (read-only mapping)
         "verify",           # read-only mapping of expectations (verify.check) or None
         "cgroup_limits",    # the profile's [limits] when a cgroup is wanted, else None
         "env",              # the environment before per-run overrides (read-only mapping)
         "cwd",
         "timeout",
-        "modules",          # layer modules the child needs, imported before clone
+        "modules",          # modules the child needs, imported before clone
     )
 
 
-class SeccompPlan(Frozen):
-    __slots__ = ("bpf", "extra_bpf", "log", "listener")
+class Context:
+    """What a layer's plan() may look at besides the profile: the parts planned before it
+    (in table order) and the runtime's own plans."""
+
+    def __init__(self, idmap, mounts, extra_seccomp):
+        self.idmap, self.mounts, self.extra_seccomp = idmap, mounts, extra_seccomp
+        self.layers = {}
 
 
 def _readonly(mapping):
@@ -102,7 +104,7 @@ def build(profile, extra_mounts=((), (), ()), extra_seccomp=None):
             unshare_flags |= native.NS_FLAGS[name]
     if not ns.user and os.geteuid() != 0:
         raise SetupError("userns", 1, "a sandbox without a user namespace needs host root")
-    modules = ["user", "net", "rlimits", "verify", "stages", "channel", "child"]
+    modules = ["user", "verify", "stages", "channel", "child"]
 
     from . import user
     idmap = user.plan(p.idmap, p.idmap.uid, p.idmap.gid) if ns.user else None
@@ -113,46 +115,24 @@ def build(profile, extra_mounts=((), (), ()), extra_seccomp=None):
                       hostname=p.process.hostname if ns.uts else "", uid=p.idmap.uid, gid=p.idmap.gid)
     modules.append("mnt")
 
-    from . import rlimits
-    limits = rlimits.plan(p.rlimits)
-
-    caps_plan = None
-    if ns.user or os.geteuid() == 0:
-        from . import caps
-        caps_plan = caps.plan(p.capabilities, inside_uid=idmap.inside_uid if idmap else p.idmap.uid)
-        modules.append("caps")
-
-    landlock_plan = None
-    if p.landlock is not None:
-        from . import landlock
-        landlock_plan = landlock.plan(p.landlock, mounts)
-        modules.append("landlock")
-
-    seccomp_plan = None
-    if p.seccomp is not None:
-        from . import seccomp
-        notify_kills = bool(p.seccomp.has_kill_rules)
-        keep = caps_plan.keep if caps_plan is not None else ()
-        bpf = seccomp.compile_policy(p.seccomp, caps=keep, notify_kills=notify_kills)
-        extra_bpf = seccomp.compile_policy(extra_seccomp, caps=keep) if extra_seccomp is not None else None
-        seccomp_plan = SeccompPlan(bpf=bpf, extra_bpf=extra_bpf, log=bool(getattr(p.seccomp, "log", False)),
-                                   listener=notify_kills)
-        modules.append("seccomp")
-        if notify_kills:
-            # PID 1 receives the listener over a socketpair and reads notifications
-            # after pivot_root, where the host's stdlib may not be visible.
-            modules += ["socket", "struct", "select"]
+    # Every layer stage of the tables plans its part, in table order (sandbox/stages.py).
+    from . import stages
+    context = Context(idmap, mounts, extra_seccomp)
+    for module_name in stages.layer_modules():
+        module = __import__("sandbox." + module_name, fromlist=["plan"])
+        part = module.plan(p, context)
+        if part is not None:
+            context.layers[module_name] = part
+            modules.append(module_name)
 
     from . import verify
-    expect = verify.expectations(p, idmap=idmap, mounts=mounts, caps_plan=caps_plan,
-                                 landlock_plan=landlock_plan, seccomp_plan=seccomp_plan)
+    expect = verify.expectations(p, idmap=idmap, mounts=mounts, layers=context.layers)
     lim = p.limits
     wants_cgroup = lim.memory or lim.pids or lim.cpus or lim.cpu_weight or lim.io_weight or lim.required
     return Plan(profile_name=p.name, clone_flags=clone_flags, unshare_flags=unshare_flags, idmap=idmap,
                 mounts=mounts, hostname=p.process.hostname if ns.uts else "",
-                loopback=bool(ns.net) and p.network.mode in ("none", "loopback"), rlimits=limits,
-                new_session=p.process.new_session, close_fds=p.process.close_fds, caps=caps_plan,
-                no_new_privs=p.process.no_new_privs, landlock=landlock_plan, seccomp=seccomp_plan,
+                new_session=p.process.new_session, close_fds=p.process.close_fds,
+                no_new_privs=p.process.no_new_privs, layers=_readonly(context.layers),
                 verify=_readonly(expect), cgroup_limits=lim if wants_cgroup else None,
                 env=_readonly(_environment(p.environment)), cwd=p.filesystem.cwd,
                 timeout=p.process.timeout or None, modules=tuple(modules))
@@ -161,4 +141,4 @@ def build(profile, extra_mounts=((), (), ()), extra_seccomp=None):
 def preload(plan):
     """Import what the child's stages need: after pivot_root the host's files are gone."""
     for name in plan.modules:
-        __import__(name if name in ("socket", "struct", "select") else "sandbox." + name)
+        __import__("sandbox." + name)

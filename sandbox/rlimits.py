@@ -15,8 +15,18 @@ RESOURCES = {
 }
 
 
-def plan(section):
-    """[(resource, soft, hard)] for every limit the profile sets (-1 = unlimited)."""
+def plan(profile, context):
+    """The layer's part: limits() of the profile's [rlimits], None when it sets none."""
+    return limits(profile.rlimits) or None
+
+
+def child(part, launch):
+    """The command's half (stage "rlimits")."""
+    apply(part)
+
+
+def limits(section):
+    """[(resource, soft, hard)] for every limit the section sets (-1 = unlimited)."""
     out = []
     for name, res in RESOURCES.items():
         value = section.get(name)
@@ -29,11 +39,6 @@ def plan(section):
                              "(raising a hard limit needs CAP_SYS_RESOURCE)" % (name, value, hard))
         out.append((res, wanted, wanted))
     return tuple(out)
-
-
-def child(limits):
-    """The command's half (stage "rlimits")."""
-    apply(limits)
 
 
 def apply(limits):

@@ -939,3 +939,57 @@ def describe(policy, caps=(), cache_dir=None):
         "denied": deny,
         "conditional": conditional,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# the layer interface (sandbox/stages.py): plan in the supervisor, child half last before execve
+
+class SeccompPlan:
+    """The layer's part: the compiled programs, and the filters already in force (the command
+    inherits the supervisor's own, e.g. when pysandbox runs in a container; ours go on top)."""
+
+    __slots__ = ("bpf", "extra_bpf", "log", "listener", "mode_before", "filters_before")
+
+    def __init__(self, **values):
+        for key in self.__slots__:
+            object.__setattr__(self, key, values[key])
+
+    def __setattr__(self, name, value):
+        raise AttributeError("SeccompPlan is frozen")
+
+
+def plan(profile, context):
+    if profile.seccomp is None:
+        return None
+    from . import native
+    caps_part = context.layers.get("caps")
+    keep = caps_part.keep if caps_part is not None else ()
+    notify_kills = bool(profile.seccomp.has_kill_rules)
+    bpf = compile_policy(profile.seccomp, caps=keep, notify_kills=notify_kills)
+    extra = context.extra_seccomp
+    extra_bpf = compile_policy(extra, caps=keep) if extra is not None else None
+    if notify_kills:
+        # PID 1 receives the listener over a socketpair and reads notifications after
+        # pivot_root, where the host's stdlib may not be visible.
+        import select, socket, struct  # noqa: F401,E401
+    fields = native.proc_status()
+    return SeccompPlan(bpf=bpf, extra_bpf=extra_bpf, log=bool(getattr(profile.seccomp, "log", False)),
+                       listener=notify_kills, mode_before=int(fields.get("Seccomp", "0")),
+                       filters_before=int(fields.get("Seccomp_filters", "0")))
+
+
+def expect(part):
+    return {"seccomp_mode": part.mode_before, "seccomp_filters_before": part.filters_before}
+
+
+def child(part, launch):
+    """The command's last stage: the filters, then a check that exactly they went on."""
+    before = part.filters_before
+    if part.extra_bpf is not None:
+        # a filter stacked from the command line first; the profile's own stays last
+        install(part.extra_bpf)
+        before += 1
+    install(part.bpf, log=part.log, listener=launch.handoff is not None, handoff=launch.handoff)
+    # open/read/close only: syscalls the command's own startup needs anyway
+    from . import verify
+    verify.seccomp_installed(before)

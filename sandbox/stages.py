@@ -7,8 +7,11 @@ layer's check(), or OSError. The runner reports a failure on the channel as
 `E <stage> <errno> <message>` and the process exits 125; the supervisor turns that into
 the run's verdict (exit 125, `stage` and `message` naming it).
 
-Adding a kernel layer: one module (sandbox/<layer>.py with plan/parent/child/expect),
-one line in the table where the kernel's rules put it, and its tests.
+Adding a kernel layer: one module sandbox/<module>.py with the layer interface
+(`plan(profile, context) -> part or None`, `child(part, launch)`, optionally
+`expect(part) -> {verify key: value}`), one `("<stage>", layer("<module>"))` line in the
+table where the kernel's rules put it, and its tests. plan.build finds the layer through
+the table, asks it for its part, and the stage runs its child half.
 
 Why this order (the kernel's rules; see docs/architecture.md):
   supervisor  cgroup before clone (its limits apply from the first instruction), maps
@@ -44,6 +47,27 @@ class Launch:
         self.source_fds = self.cgroup_tasks = self.go_r = self.msg_w = None
         self.handoff = self.pid1_end = self.command = self.listener = None
         self.warnings = []
+
+
+class layer:
+    """A stage that is a kernel layer's child half: sandbox/<module>.py's child(part,
+    launch), run when the layer planned a part for this sandbox (plan.layers[module])."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, plan, launch):
+        part = plan.layers.get(self.module)
+        if part is not None:
+            import sys
+            sys.modules["sandbox." + self.module].child(part, launch)
+
+
+def layer_modules():
+    """The layer modules of the tables, in table order (the order plan.build plans them)."""
+    return [step.module for _, step in PID1_STAGES + COMMAND_STAGES if isinstance(step, layer)]
 
 
 def run(table, plan, launch):
@@ -128,10 +152,6 @@ def set_hostname(plan, launch):
         native.sethostname(plan.hostname)
 
 
-def loopback(plan, launch):
-    if plan.loopback:
-        from . import net
-        net.child()
 
 
 def build_root(plan, launch):
@@ -154,7 +174,8 @@ def close_host_fds(plan, launch):
 
 
 def fork_command(plan, launch):
-    if plan.seccomp is not None and plan.seccomp.listener:
+    filter_part = plan.layers.get("seccomp")
+    if filter_part is not None and filter_part.listener:
         import socket
         launch.pid1_end, command_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         launch.handoff = command_end.detach()
@@ -216,13 +237,9 @@ def new_session(plan, launch):
 def become_ids(plan, launch):
     if plan.idmap is not None:
         from . import user
-        user.become(plan.idmap, keep_caps=plan.caps is not None)
+        user.become(plan.idmap, keep_caps=plan.layers.get("caps") is not None)
 
 
-def apply_rlimits(plan, launch):
-    if plan.rlimits:
-        from . import rlimits
-        rlimits.child(plan.rlimits)
 
 
 def change_dir(plan, launch):
@@ -237,10 +254,6 @@ def close_fds(plan, launch):
         close_all_but(launch.msg_w, launch.handoff)
 
 
-def capabilities(plan, launch):
-    if plan.caps is not None:
-        from . import caps
-        caps.child(plan.caps)
 
 
 def no_new_privs(plan, launch):
@@ -248,15 +261,6 @@ def no_new_privs(plan, launch):
         native.prctl(native.PR_SET_NO_NEW_PRIVS, 1, stage="no_new_privs")
 
 
-def landlock(plan, launch):
-    if plan.landlock is None:
-        return
-    from . import landlock as layer
-    for warning in layer.child(plan.landlock) or ():
-        channel.send(launch.msg_w, channel.WARNING, warning)
-    if plan.landlock.probe is None:
-        channel.send(launch.msg_w, channel.WARNING, "landlock: the policy grants listing / and writing /dev/null, "
-                     "so verify has nothing to probe: the ruleset is applied but not verified")
 
 
 def verify(plan, launch):
@@ -265,22 +269,6 @@ def verify(plan, launch):
         layer.check(dict(plan.verify, allowed_fds=[fd for fd in (launch.msg_w, launch.handoff) if fd is not None]))
 
 
-def seccomp(plan, launch):
-    if plan.seccomp is None:
-        return
-    from . import seccomp as layer
-    expect = plan.verify or {}
-    before = expect.get("seccomp_filters_before", 0)
-    if plan.seccomp.extra_bpf is not None:
-        # a filter stacked from the command line first; the profile's own stays last
-        layer.install(plan.seccomp.extra_bpf)
-        before += 1
-    layer.install(plan.seccomp.bpf, log=plan.seccomp.log, listener=launch.handoff is not None,
-                  handoff=launch.handoff)
-    if "seccomp_filters_before" in expect:
-        # open/read/close only: syscalls the command's own startup needs anyway
-        from . import verify as check
-        check.seccomp_installed(before)
 
 
 def exec_command(plan, launch):
@@ -313,7 +301,7 @@ PID1_STAGES = (
     ("ids", enter_ids),
     ("unshare", unshare_rest),
     ("sethostname", set_hostname),
-    ("loopback", loopback),
+    ("loopback", layer("net")),
     ("mount", build_root),
     ("stdio", connect_stdio),
     ("close-host-fds", close_host_fds),
@@ -327,13 +315,13 @@ PID1_STAGES = (
 COMMAND_STAGES = (
     ("setsid", new_session),
     ("ids", become_ids),
-    ("rlimits", apply_rlimits),
+    ("rlimits", layer("rlimits")),
     ("chdir", change_dir),
     ("close-fds", close_fds),
-    ("capabilities", capabilities),
+    ("capabilities", layer("caps")),
     ("no_new_privs", no_new_privs),
-    ("landlock", landlock),
+    ("landlock", layer("landlock")),
     ("verify", verify),
-    ("seccomp", seccomp),
+    ("seccomp", layer("seccomp")),          # last: after it only execve runs
     ("exec", exec_command),
 )

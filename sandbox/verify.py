@@ -20,7 +20,7 @@ is given is checked):
   landlock              ("list", dir) | ("write", file) | True   the process is Landlock-
                                restricted: listing dir (True: "/", which the composed-root
                                policy never grants) or opening file for writing (opened and
-                               closed, never written) fails with EACCES; landlock.expect
+                               closed, never written) fails with EACCES; landlock.probe_for
                                picks the probe the policy denies
   no_fds_above_2        True   /proc/self/fd holds only 0, 1, 2 and `allowed_fds`
   allowed_fds           [int]
@@ -44,25 +44,20 @@ def status():
     return native.proc_status()
 
 
-def expectations(profile, idmap, mounts, caps_plan, landlock_plan, seccomp_plan):
-    """What the command must see just before exec (supervisor, before fork): each layer's
-    expectation, from the plan that layer made."""
+def expectations(profile, idmap, mounts, layers):
+    """What the command must see just before exec (supervisor, before fork): the runtime's
+    own checks plus each layer's expect(part), from the plan that layer made."""
+    import sys
     expect = {"no_new_privs": profile.process.no_new_privs}
-    if caps_plan is not None:
-        expect["caps"] = dict(caps_plan.expected)
     if idmap is not None:
         expect["uid_map_no_host_root"] = True
     if mounts.proc:
         expect["masked_paths"] = [m for m in mounts.masked if m.startswith("/proc/")]
         expect["readonly_paths"] = list(mounts.readonly)
-    if landlock_plan is not None and landlock_plan.probe is not None:
-        expect["landlock"] = landlock_plan.probe
-    if seccomp_plan is not None:
-        # The command inherits the supervisor's own filters (e.g. when pysandbox itself
-        # runs in a container); ours must come on top of exactly those.
-        fields = native.proc_status()
-        expect["seccomp_mode"] = int(fields.get("Seccomp", "0"))
-        expect["seccomp_filters_before"] = int(fields.get("Seccomp_filters", "0"))
+    for module_name, part in layers.items():
+        layer_expect = getattr(sys.modules["sandbox." + module_name], "expect", None)
+        if layer_expect is not None:
+            expect.update(layer_expect(part))
     if profile.process.close_fds:
         expect["no_fds_above_2"] = True
     return expect

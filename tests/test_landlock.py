@@ -245,11 +245,11 @@ def test_read_only_root_policy_runs_and_is_verified():
 
 def test_verify_follows_the_policy():
     default = landlock.LandlockPolicy()
-    assert landlock.expect(default) == ("list", "/")
-    assert landlock.expect(landlock.LandlockPolicy(read_only=["/usr"])) == ("list", "/")
-    assert landlock.expect(landlock.LandlockPolicy(read_only=["/"])) == ("write", "/dev/null")
-    assert landlock.expect(landlock.LandlockPolicy(read_only=["/"], read_write=["/dev"])) is None
-    assert landlock.expect(landlock.LandlockPolicy(read_only=["/"]), extra_rw=("/dev/null",)) is None
+    assert landlock.probe_for(default) == ("list", "/")
+    assert landlock.probe_for(landlock.LandlockPolicy(read_only=["/usr"])) == ("list", "/")
+    assert landlock.probe_for(landlock.LandlockPolicy(read_only=["/"])) == ("write", "/dev/null")
+    assert landlock.probe_for(landlock.LandlockPolicy(read_only=["/"], read_write=["/dev"])) is None
+    assert landlock.probe_for(landlock.LandlockPolicy(read_only=["/"]), extra_rw=("/dev/null",)) is None
 
 
 def test_a_policy_verify_cannot_probe_runs_with_a_warning():

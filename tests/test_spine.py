@@ -165,3 +165,31 @@ def test_the_plan_is_frozen(box):
     with pytest.raises(TypeError):
         plan.env["PATH"] = "/evil"
     assert plan.replace(cwd="/x").cwd == "/x" and plan.cwd != "/x"
+
+
+def test_a_new_layer_is_one_module_and_one_table_line(monkeypatch):
+    """What docs/architecture.md promises a contributor: a module with plan/child/expect and
+    one line in a stage table, and the plan, verify and the runner pick it up."""
+    import sys
+    import types
+    calls = []
+    demo = types.ModuleType("sandbox.demo_layer")
+    demo.plan = lambda profile, context: ("demo part", context.mounts is not None)
+    demo.child = lambda part, launch: calls.append(part)
+    demo.expect = lambda part: {"demo": part[0]}
+    monkeypatch.setitem(sys.modules, "sandbox.demo_layer", demo)
+    table = list(stages.COMMAND_STAGES)
+    table.insert(table.index(("verify", stages.verify)), ("demo", stages.layer("demo_layer")))
+    monkeypatch.setattr(stages, "COMMAND_STAGES", tuple(table))
+
+    box = Sandbox(load_profile("strict"))
+    plan = box.plan()
+    assert plan.layers["demo_layer"] == ("demo part", True)
+    assert plan.verify["demo"] == "demo part"
+    stages.layer("demo_layer")(plan, stages.Launch(["/bin/true"], {}, "/"))
+    assert calls == [("demo part", True)]
+    fake = FakeNative().install(monkeypatch)
+    assert box.run(["/bin/true"]).exit_code == 0
+    command = fake.stages("command")
+    assert command.index("landlock") < command.index("demo") < command.index("verify")
+    box.close()
