@@ -71,9 +71,12 @@ class Context:
         self.layers = {}
 
 
+# types.MappingProxyType without importing `types` on the run path
+_MappingProxy = type(type.__dict__)
+
+
 def _readonly(mapping):
-    from types import MappingProxyType
-    return MappingProxyType(dict(mapping))
+    return _MappingProxy(dict(mapping))
 
 
 def _environment(environment):
