@@ -98,3 +98,32 @@ def test_channel_round_trip_and_malformed_lines():
                                     ("X", ("7", "101", str(0xC000003E)))]
     with pytest.raises(ValueError):
         channel.encode("S", 1, 2)
+
+
+def test_a_non_x86_64_machine_gets_one_line_and_125():
+    """The guard as a user meets it: `pysandbox run` on another architecture."""
+    import subprocess
+    import sys
+    code = ("import os, sys; real = os.uname()\n"
+            "os.uname = lambda: os.uname_result((real.sysname, real.nodename, real.release, real.version, 'aarch64'))\n"
+            "sys.argv = ['pysandbox', 'run', '--profile', 'strict', '--', '/bin/true']\n"
+            "from sandbox.cli import entry\nentry()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125, (done.returncode, done.stderr)
+    assert done.stderr.count("\n") == 1 and "x86_64 only" in done.stderr and "aarch64" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_one_mountinfo_parser_serves_both_halves():
+    from pysandbox_common import mountinfo, procfs
+    from sandbox import cgroup
+    text = ("25 1 0:22 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids\n"
+            "26 1 0:23 / /mnt/a\\040b rw shared:5 - cgroup2 cgroup2 rw,nsdelegate\n"
+            "27 1 8:1 /x /srv rw - ext4 /dev/sda1 rw\n"
+            "garbage line\n")
+    audit_view = procfs.parse_mountinfo(text)
+    assert [m.mountpoint for m in audit_view] == ["/sys/fs/cgroup/pids", "/mnt/a b", "/srv"]
+    assert audit_view[1].optional == ("shared:5",) and audit_view[2].root == "/x"
+    assert cgroup.parse_mountinfo(text) == [("cgroup", "/sys/fs/cgroup/pids", "/", frozenset({"rw", "pids"})),
+                                            ("cgroup2", "/mnt/a b", "/", frozenset({"rw", "nsdelegate"}))]
+    assert mountinfo.unescape("a\\134b\\011c\\0") == "a\\b\tc\\0"

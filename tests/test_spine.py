@@ -193,3 +193,15 @@ def test_a_new_layer_is_one_module_and_one_table_line(monkeypatch):
     command = fake.stages("command")
     assert command.index("landlock") < command.index("demo") < command.index("verify")
     box.close()
+
+
+@pytest.mark.parametrize("name", ["strict", "default", "permissive"])
+def test_verify_is_always_planned(name):
+    """verify is a fail-closed stage: nothing (an import error included) may leave it out."""
+    box = Sandbox(load_profile(name))
+    try:
+        plan = box.plan()
+        assert plan.verify is not None and "no_new_privs" in plan.verify
+        assert ("verify", stages.verify) in stages.COMMAND_STAGES
+    finally:
+        box.close()

@@ -220,7 +220,7 @@ def test_runtime_exits_125_naming_the_layer(profile, corrupt, layer):
     from sandbox import Sandbox, load_profile
     box = Sandbox(load_profile(profile))
     plan = box.plan()
-    require(plan.verify is not None, "the runtime does not run the verify stage")
+    assert plan.verify is not None and "no_new_privs" in plan.verify
     expect = {key: dict(value) if isinstance(value, dict) else value for key, value in plan.verify.items()}
     corrupt(expect)
     box._plan = plan.replace(verify=expect)
