@@ -201,19 +201,15 @@ class SandboxProcess:
 
     def _stage_sources(self, plan, _):
         from . import mnt
-        fds = mnt.open_sources(plan.mounts)
-        self.launch.source_fds = fds
-        self._undo.append(lambda: self._close_all(fds))
+        self.launch.source_fds = mnt.open_sources(plan.mounts)
+        self._undo.append(self._close_child_ends)
 
     def _stage_channel(self, plan, _):
-        go_r, self._go_w = native.pipe2(os.O_CLOEXEC)
-        self._undo.append(lambda: self._close_all([go_r]))
+        self.launch.go_r, self._go_w = native.pipe2(os.O_CLOEXEC)
+        self._msg_r, self.launch.msg_w = native.pipe2(os.O_CLOEXEC)
+        self._undo.append(self._close_child_ends)
         self._undo.append(lambda: self._close_attr("_go_w"))
-        msg_r, msg_w = native.pipe2(os.O_CLOEXEC)
-        self._msg_r = msg_r
-        self._undo.append(lambda: self._close_all([msg_w]))
         self._undo.append(lambda: self._close_attr("_msg_r"))
-        self.launch.go_r, self.launch.msg_w = go_r, msg_w
 
     def _stage_clone(self, plan, launch):
         pid = native.clone_process(plan.clone_flags)
@@ -224,9 +220,16 @@ class SandboxProcess:
         self.pid = pid
         self._undo.append(self._reap)
         # The child's ends and the bind sources live on in the child only.
-        self._close_all([self.launch.go_r, self.launch.msg_w] + list(self.launch.source_fds or ()))
-        self.launch.source_fds = ()
-        self.launch.go_r = self.launch.msg_w = None
+        self._close_child_ends()
+
+    def _close_child_ends(self):
+        """Close the descriptors meant for the child, once: each is forgotten as it is
+        closed, so no undo can close a number the kernel has since given to another file."""
+        launch = self.launch
+        fds = [launch.go_r, launch.msg_w] + list(launch.source_fds or ())
+        launch.go_r = launch.msg_w = None
+        launch.source_fds = ()
+        self._close_all(fds)
 
     def _stage_pidfd(self, plan, _):
         self._pidfd = native.pidfd_open(self.pid)

@@ -57,6 +57,7 @@ class FakeNative:
         self.open_fds = set()      # descriptors the supervisor got through the fake
         self.cgroups = set()
         self.registered = set()
+        self.bad_closes = []
         self.child_alive = False
         self.table = "supervisor"
         self.command_status = None
@@ -182,6 +183,10 @@ class FakeNative:
         return fds
 
     def close(self, fd):
+        if fd not in self.open_fds:
+            # a second close of a number the kernel may have given to another file since
+            self.bad_closes.append(fd)
+            return
         self.open_fds.discard(fd)
         os.close(fd)
 
@@ -217,4 +222,6 @@ class FakeNative:
             out.append("state files %s" % sorted(self.registered))
         if self.child_alive:
             out.append("PID 1 not reaped")
+        if self.bad_closes:
+            out.append("closed twice or never opened: %s" % self.bad_closes)
         return out
