@@ -1,8 +1,8 @@
 """Child halves: the entry of the cloned PID 1, and the Python init.
 
-PID 1 is born by clone() inside the new user and pid namespaces and runs
-stages.PID1_STAGES; its "fork" stage forks the command, which runs
-stages.COMMAND_STAGES and execs. PID 1 then execs the small C init (sandbox/init.c) or
+PID 1 is born by clone() inside the new user and pid namespaces and runs the "pid1"
+rows of stages.CHILD_STAGES; its "fork" stage forks the command, which runs the
+"command" rows and execs. PID 1 then execs the small C init (sandbox/init.c) or
 stays as the Python init below: reaps zombies, forwards signals, reports the
 command's wait status. Messages go to the supervisor on the channel (sandbox/channel.py).
 """

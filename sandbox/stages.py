@@ -1,7 +1,8 @@
-"""The order of setup, as data: the supervisor's stages, PID 1's and the command's.
+"""The order of setup, as data: the child's stages, PID 1's and the command's, in one table.
 
-Read the three tables below to know what happens, in which process and in which order.
-Each stage is (name, function(plan, launch)); a function returns when its layer is done
+Read CHILD_STAGES at the end of this file (and runtime.SUPERVISOR_STAGES for the
+supervisor's side) to know what happens, in which process and in which order. Each
+stage is (process, name, function(plan, launch)); a function returns when its layer is done
 (or does not apply to this plan) and raises on failure: SetupError from the native
 layer's check(), or OSError. The runner reports a failure on the channel as
 `E <stage> <errno> <message>` and the process exits 125; the supervisor turns that into
@@ -9,9 +10,9 @@ the run's verdict (exit 125, `stage` and `message` naming it).
 
 Adding a kernel layer: one module sandbox/<module>.py with the layer interface
 (`plan(profile, context) -> part or None`, `child(part, launch)`, optionally
-`expect(part) -> {verify key: value}`), one `("<stage>", layer("<module>"))` line in the
-table where the kernel's rules put it, and its tests. plan.build finds the layer through
-the table, asks it for its part, and the stage runs its child half.
+`expect(part) -> {verify key: value}`), one `(process, "<stage>", layer("<module>"))`
+line in CHILD_STAGES where the kernel's rules put it, and its tests. plan.build finds the
+layer through the table, asks it for its part, and the stage runs its child half.
 
 Why this order (the kernel's rules; see docs/architecture.md):
   supervisor  cgroup before clone (its limits apply from the first instruction), maps
@@ -290,38 +291,41 @@ def close_all_but(*keep):
     os.closerange(low, 0x7FFFFFFF)
 
 
-# ---- the tables -------------------------------------------------------------------
-# The supervisor's own table lives in runtime.py (SUPERVISOR_STAGES): its steps need the
-# supervisor's state and each has an undo for cleanup.
+# ---- the table ----------------------------------------------------------------------
+# The child's setup in the order it happens. PID 1 runs the "pid1" rows; its "fork" stage
+# forks the command, which runs the "command" rows and execs; PID 1 goes on with the
+# "pid1" rows after them. (The supervisor's own table is runtime.SUPERVISOR_STAGES: its
+# steps need the supervisor's state and each has an undo.)
 
-PID1_STAGES = (
-    ("pdeathsig", pdeathsig),
-    ("cgroup", join_cgroups),
-    ("sync", wait_for_supervisor),
-    ("ids", enter_ids),
-    ("unshare", unshare_rest),
-    ("sethostname", set_hostname),
-    ("loopback", layer("net")),
-    ("mount", build_root),
-    ("stdio", connect_stdio),
-    ("close-host-fds", close_host_fds),
-    ("fork", fork_command),
-    ("init", become_init),          # execs the C init when there is one
-    ("dumpable", not_dumpable),
-    ("seccomp-listener", receive_listener),
-    ("wait", supervise),            # the Python init: never returns
+CHILD_STAGES = (
+    ("pid1", "pdeathsig", pdeathsig),
+    ("pid1", "cgroup", join_cgroups),            # v1 cgroups, with the caller's host credentials
+    ("pid1", "sync", wait_for_supervisor),       # the id maps are written, the cgroup is joined
+    ("pid1", "ids", enter_ids),
+    ("pid1", "unshare", unshare_rest),           # mount, net, uts, ipc; cgroup and time last
+    ("pid1", "sethostname", set_hostname),
+    ("pid1", "loopback", layer("net")),
+    ("pid1", "mount", build_root),               # the composed root, pivot_root, masks
+    ("pid1", "stdio", connect_stdio),
+    ("pid1", "close-host-fds", close_host_fds),
+    ("pid1", "fork", fork_command),              # the "command" rows run in the forked child:
+    ("command", "setsid", new_session),          # no controlling terminal (TIOCSTI)
+    ("command", "ids", become_ids),
+    ("command", "rlimits", layer("rlimits")),
+    ("command", "chdir", change_dir),
+    ("command", "close-fds", close_fds),
+    ("command", "capabilities", layer("caps")),  # after every privileged step
+    ("command", "no_new_privs", no_new_privs),   # before Landlock and an unprivileged filter
+    ("command", "landlock", layer("landlock")),
+    ("command", "verify", verify),               # fail closed, while every syscall is allowed
+    ("command", "seccomp", layer("seccomp")),    # last: after it only execve runs
+    ("command", "exec", exec_command),
+    ("pid1", "init", become_init),               # execs the C init when there is one
+    ("pid1", "dumpable", not_dumpable),
+    ("pid1", "seccomp-listener", receive_listener),
+    ("pid1", "wait", supervise),                 # the Python init: never returns
 )
 
-COMMAND_STAGES = (
-    ("setsid", new_session),
-    ("ids", become_ids),
-    ("rlimits", layer("rlimits")),
-    ("chdir", change_dir),
-    ("close-fds", close_fds),
-    ("capabilities", layer("caps")),
-    ("no_new_privs", no_new_privs),
-    ("landlock", layer("landlock")),
-    ("verify", verify),
-    ("seccomp", layer("seccomp")),          # last: after it only execve runs
-    ("exec", exec_command),
-)
+# What each process runs, in that order (derived: edit CHILD_STAGES).
+PID1_STAGES = tuple((name, step) for process, name, step in CHILD_STAGES if process == "pid1")
+COMMAND_STAGES = tuple((name, step) for process, name, step in CHILD_STAGES if process == "command")

@@ -16,6 +16,14 @@ PID1 = [name for name, _ in stages.PID1_STAGES]
 COMMAND = [name for name, _ in stages.COMMAND_STAGES]
 
 
+def test_one_table_holds_the_childs_order():
+    rows = [(process, name) for process, name, _ in stages.CHILD_STAGES]
+    fork = rows.index(("pid1", "fork"))
+    # the command's rows sit between PID 1's fork and the rest of PID 1's work
+    assert {p for p, _ in rows[fork + 1:fork + 1 + len(COMMAND)]} == {"command"}
+    assert [n for p, n in rows if p == "pid1"] == PID1 and [n for p, n in rows if p == "command"] == COMMAND
+
+
 def test_the_order_of_setup_is_the_kernels():
     """The tables are the one place the order lives; these are the orderings the kernel
     and the threat model impose (docs/architecture.md)."""
@@ -178,9 +186,11 @@ def test_a_new_layer_is_one_module_and_one_table_line(monkeypatch):
     demo.child = lambda part, launch: calls.append(part)
     demo.expect = lambda part: {"demo": part[0]}
     monkeypatch.setitem(sys.modules, "sandbox.demo_layer", demo)
-    table = list(stages.COMMAND_STAGES)
-    table.insert(table.index(("verify", stages.verify)), ("demo", stages.layer("demo_layer")))
-    monkeypatch.setattr(stages, "COMMAND_STAGES", tuple(table))
+    # the one line, where CHILD_STAGES gets it (PID1_STAGES/COMMAND_STAGES derive from it)
+    table = list(stages.CHILD_STAGES)
+    table.insert(table.index(("command", "verify", stages.verify)), ("command", "demo", stages.layer("demo_layer")))
+    monkeypatch.setattr(stages, "CHILD_STAGES", tuple(table))
+    monkeypatch.setattr(stages, "COMMAND_STAGES", tuple((n, f) for p, n, f in table if p == "command"))
 
     box = Sandbox(load_profile("strict"))
     plan = box.plan()
