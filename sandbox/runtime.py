@@ -10,6 +10,7 @@ pushes its undo; a failure at any step runs the undos in reverse, so nothing (cg
 descriptor, process, state file) is left behind. From then on the supervisor only
 waits: for channel messages, the death of PID 1 (a pidfd) or the deadline.
 """
+import _thread
 import os
 import select
 # _signal, not signal: the public module imports enum, milliseconds on every start.
@@ -20,8 +21,11 @@ from . import channel, native
 from .errors import SetupError, SandboxError, EXIT_SETUP, EXIT_TIMEOUT, EXIT_NOEXEC, EXIT_NOTFOUND
 
 _counter = [0]
-# Names of the sandboxes this process runs now: a name is one running sandbox.
+# Names of the sandboxes this process runs now: a name is one running sandbox. Threads
+# may start sandboxes concurrently: the counter and the set change under one lock
+# (_thread's: `threading` costs an import on the run path).
 _running_names = set()
+_names_lock = _thread.allocate_lock()
 
 
 class Result:
@@ -111,8 +115,9 @@ class Sandbox:
         if self.name:
             name = self.name
         else:
-            _counter[0] += 1
-            name = "sbx-%d-%d" % (os.getpid(), _counter[0])
+            with _names_lock:
+                _counter[0] += 1
+                name = "sbx-%d-%d" % (os.getpid(), _counter[0])
         environment = dict(plan.env)
         if env:
             environment.update(env)
@@ -160,10 +165,11 @@ class SandboxProcess:
         self._registered = False
         self._started = time.monotonic()
         self._undo = []
-        if name in _running_names:
-            raise SandboxError("a sandbox named %r is already running in this process; "
-                               "give each concurrent sandbox its own name" % name, EXIT_SETUP)
-        _running_names.add(name)
+        with _names_lock:
+            if name in _running_names:
+                raise SandboxError("a sandbox named %r is already running in this process; "
+                                   "give each concurrent sandbox its own name" % name, EXIT_SETUP)
+            _running_names.add(name)
         self._undo.append(lambda: _running_names.discard(name))
         stage = None
         try:

@@ -14,6 +14,7 @@ messages they send go through a real pipe to the real verdict code.
 """
 import errno
 import os
+import threading
 
 
 class FakeExit(BaseException):
@@ -59,9 +60,17 @@ class FakeNative:
         self.registered = set()
         self.bad_closes = []
         self.child_alive = False
-        self.table = "supervisor"
+        self._where = threading.local()  # which table this thread runs (threads may start at once)
         self.command_status = None
         self.pid1_status = None
+
+    @property
+    def table(self):
+        return getattr(self._where, "table", "supervisor")
+
+    @table.setter
+    def table(self, value):
+        self._where.table = value
 
     # -- installation -------------------------------------------------------------------
     def install(self, monkeypatch):
@@ -88,7 +97,7 @@ class FakeNative:
             from sandbox.errors import SetupError
             raise SetupError(name, self.err)
         if self.table == "supervisor":
-            self._plan, self._launch = plan, launch  # what the simulated child starts with
+            self._where.plan, self._where.launch = plan, launch  # what the simulated child starts with
             return step(plan, launch)  # the supervisor's steps run for real against this fake
         # the child's stages are recorded, not run; these three stand for what they do
         if (self.table, name) == ("pid1", "fork"):
@@ -118,7 +127,7 @@ class FakeNative:
         self.child_alive = True
         self.table = "pid1"
         try:
-            child.pid1_main(self._plan, self._launch)
+            child.pid1_main(self._where.plan, self._where.launch)
         except FakeExit as e:
             self.pid1_status = e.code
         finally:

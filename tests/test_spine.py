@@ -215,3 +215,27 @@ def test_verify_is_always_planned(name):
         assert ("verify", stages.verify) in stages.COMMAND_STAGES
     finally:
         box.close()
+
+
+def test_concurrent_unnamed_starts_get_distinct_names(monkeypatch):
+    """Threads starting sandboxes at once (a grader's pool) never collide on a generated name."""
+    import threading
+    fake = FakeNative().install(monkeypatch)
+    box = Sandbox(load_profile("strict"))
+    box.plan()
+    started, errors = [], []
+
+    def start_one():
+        try:
+            started.append(box.start(["/bin/true"]))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=start_one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len({p.name for p in started}) == 16
+    assert [p.wait().exit_code for p in started] == [0] * 16
+    assert [leak for leak in fake.leaks() if not leak.startswith("PID 1")] == []
+    box.close()
