@@ -177,9 +177,12 @@ class SandboxProcess:
                 native.run_stage(stage, step.__get__(self), plan, launch)
         except BaseException as error:
             self._unwind()
+            # The error names the stage, as a child stage's does (stages.report_failure).
             if isinstance(error, OSError):
                 where = "%s: " % error.filename if error.filename else ""
                 raise SetupError(stage, error.errno or 0, where + (error.strerror or str(error))) from None
+            if isinstance(error, SetupError) and not (error.stage == stage or error.stage.startswith(stage + ":")):
+                raise SetupError(stage, error.errno, str(error)) from None
             raise
         # From here on the sandbox runs; cleanup happens when it has ended (wait).
 

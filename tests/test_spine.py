@@ -239,3 +239,17 @@ def test_concurrent_unnamed_starts_get_distinct_names(monkeypatch):
     assert [p.wait().exit_code for p in started] == [0] * 16
     assert [leak for leak in fake.leaks() if not leak.startswith("PID 1")] == []
     box.close()
+
+
+def test_an_inner_error_of_a_supervisor_stage_is_named_after_the_stage(box, monkeypatch):
+    from sandbox import user
+    fake = FakeNative().install(monkeypatch)
+
+    def refuse(pid, idmap):
+        raise SetupError("uid_map", errno.EPERM)
+    monkeypatch.setattr(user, "write_maps", refuse)
+    with pytest.raises(SetupError) as info:
+        box.run(["/bin/true"])
+    assert info.value.stage == "idmap" and info.value.errno == errno.EPERM
+    assert str(info.value) == "idmap: uid_map: Operation not permitted"
+    assert fake.leaks() == []
