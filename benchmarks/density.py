@@ -75,7 +75,7 @@ def run_pysandbox(n, token):
     from sandbox import cgroup
     cgroup.gc()
     box = Sandbox(load_profile("strict"))
-    box._prepare()            # the one-time profile work (seccomp compile etc.) is not per sandbox
+    box.plan()                # the one-time profile work (seccomp compile etc.) is not per sandbox
     before = meminfo()
     t0 = time.monotonic()
     handles = []

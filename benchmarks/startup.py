@@ -2,7 +2,12 @@
 """Startup time of `pysandbox run --profile strict -- /bin/true` next to bubblewrap, runc
 and crun (Debian's packages), measured in one run, medians and ratios.
 
-    sudo python3 benchmarks/startup.py [-n RUNS] [--pysandbox PATH]
+    sudo python3 benchmarks/startup.py [-n RUNS] [--pysandbox PATH] [--baseline PATH]
+
+--baseline PATH (another install's `pysandbox`, e.g. of the previous commit) adds an
+interleaved comparison: the two are run alternately, strict CLI and warm API, so a
+machine whose load changes during the measurement affects both alike; wall-clock
+medians and the CPU time of the whole run (children included) are reported as ratios.
 
 runc and crun run an OCI bundle whose root is a busybox-static tree; runc's default
 spec (`runc spec`: every namespace but user and cgroup, masked paths, no seccomp).
@@ -78,10 +83,66 @@ print(json.dumps(out))
 """
 
 
+API_WORKER = r"""
+import resource, sys, time
+from sandbox import Sandbox, load_profile
+box = Sandbox(load_profile("strict"))
+box.run(["/bin/true"])
+for line in sys.stdin:
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start, cpu = time.perf_counter(), time.process_time()
+    result = box.run(["/bin/true"])
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu += c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
+    print(wall, cpu, result.exit_code, flush=True)
+"""
+
+
+def compare(current, baseline, runs):
+    """Interleaved runs of two installs; returns {measure: (baseline median, current median)}."""
+    import resource
+    installs = {"baseline": baseline, "current": current}
+    samples = {(kind, who): [] for kind in ("cli wall", "cli cpu", "api wall", "api cpu") for who in installs}
+    workers = {}
+    for who, script in installs.items():
+        python = os.path.join(os.path.dirname(os.path.realpath(script)), "python3")
+        workers[who] = subprocess.Popen([python, "-c", API_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        subprocess.run([script, "run", "--profile", "strict", "--", "/bin/true"], check=True)
+    try:
+        for i in range(runs):
+            for who in (("baseline", "current") if i % 2 else ("current", "baseline")):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                done = subprocess.run([installs[who], "run", "--profile", "strict", "--", "/bin/true"],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                wall = time.perf_counter() - start
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                if done.returncode != 0:
+                    raise RuntimeError("%s failed: %s" % (installs[who], done.stderr.decode()[-300:]))
+                samples[("cli wall", who)].append(wall)
+                samples[("cli cpu", who)].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                workers[who].stdin.write("run\n")
+                workers[who].stdin.flush()
+                wall, cpu, code = workers[who].stdout.readline().split()
+                if code != "0":
+                    raise RuntimeError("API run of %s exited %s" % (installs[who], code))
+                samples[("api wall", who)].append(float(wall))
+                samples[("api cpu", who)].append(float(cpu))
+    finally:
+        for worker in workers.values():
+            worker.stdin.close()
+            worker.wait()
+    return {kind: (statistics.median(samples[(kind, "baseline")]), statistics.median(samples[(kind, "current")]))
+            for kind in ("cli wall", "cli cpu", "api wall", "api cpu")}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", "--runs", type=int, default=30)
     parser.add_argument("--pysandbox", default=shutil.which("pysandbox") or "pysandbox")
+    parser.add_argument("--baseline", help="another install's pysandbox to compare with, interleaved")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("startup.py: run as root (runc and crun need it)")
@@ -132,6 +193,11 @@ def main():
         p90 = sorted(samples)[int(len(samples) * 0.9) - 1]
         print("%-22s %10.1f %10.1f %14.2f %12s" % (name, med * 1000, p90 * 1000, strict / med,
                                                    "%.2f" % (med / runc) if runc else "-"))
+    if args.baseline:
+        print("\ninterleaved with %s (medians of %d runs each)" % (args.baseline, args.runs))
+        print("%-22s %12s %12s %10s" % ("strict", "baseline ms", "current ms", "ratio"))
+        for kind, (base, current) in compare(args.pysandbox, args.baseline, args.runs).items():
+            print("%-22s %12.2f %12.2f %10.2f" % (kind, base * 1000, current * 1000, current / base))
 
 
 if __name__ == "__main__":

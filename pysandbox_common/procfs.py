@@ -48,12 +48,10 @@ class AccessDenied(ProcError):
 
 # ---------------------------------------------------------------- pure parsers
 
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
 def unescape_mount_field(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo (fs/proc_namespace.c)."""
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+    from .mountinfo import unescape
+    return unescape(field)
 
 
 class Mount(namedtuple("Mount", "mount_id parent_id major minor root mountpoint options optional fstype source super_options")):
@@ -92,31 +90,8 @@ class Mount(namedtuple("Mount", "mount_id parent_id major minor root mountpoint 
 
 
 def parse_mountinfo(text: str) -> tuple:
-    mounts = []
-    for raw in text.splitlines():
-        if not raw.strip():
-            continue
-        fields = raw.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            major, minor = fields[2].split(":")
-            mounts.append(Mount(
-                mount_id=int(fields[0]),
-                parent_id=int(fields[1]),
-                major=int(major),
-                minor=int(minor),
-                root=unescape_mount_field(fields[3]),
-                mountpoint=unescape_mount_field(fields[4]),
-                options=tuple(fields[5].split(",")),
-                optional=tuple(f for f in fields[6:sep] if f),
-                fstype=fields[sep + 1],
-                source=unescape_mount_field(fields[sep + 2]) if len(fields) > sep + 2 else "",
-                super_options=tuple(fields[sep + 3].split(",")) if len(fields) > sep + 3 else (),
-            ))
-        except (ValueError, IndexError):
-            # A line the kernel would never write; skip it rather than guess.
-            continue
-    return tuple(mounts)
+    from .mountinfo import parse
+    return tuple(Mount(*fields) for fields in parse(text))
 
 
 class CgroupEntry(namedtuple("CgroupEntry", "hierarchy controllers path")):

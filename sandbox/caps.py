@@ -27,7 +27,7 @@ The uid inside the sandbox:
   * a non-zero uid (`--uid`): setresuid() from 0 to non-zero clears permitted,
     effective and ambient unless SECBIT_KEEP_CAPS is set, and execve() as non-root
     computes permitted from the file's capabilities and the ambient set only. So the
-    runtime calls `before_setuid()` (PR_SET_KEEPCAPS) before setresuid(), and
+    runtime sets PR_SET_KEEPCAPS before setresuid() (user.become), and
     `apply` makes every kept capability ambient as well so it survives execve.
     KEEP_CAPS itself is cleared by the kernel at execve.
 
@@ -39,12 +39,11 @@ the run path's python3 -I -S). PYSANDBOX_CAPNG=module|ctypes forces one.
 import os
 
 from pysandbox_common.capnames import CAPABILITIES, CAP_NUMBER, last_cap, normalize
+from . import native
 from .errors import SetupError
 
-# include/uapi/linux/prctl.h
-PR_SET_KEEPCAPS = 8
-PR_CAPBSET_READ = 23
-PR_CAP_AMBIENT = 47
+PR_CAPBSET_READ = native.PR_CAPBSET_READ
+PR_CAP_AMBIENT = native.PR_CAP_AMBIENT
 PR_CAP_AMBIENT_IS_SET = 1
 
 # cap-ng.h
@@ -54,16 +53,53 @@ CAPNG_SELECT_CAPS, CAPNG_SELECT_BOUNDS, CAPNG_SELECT_AMBIENT, CAPNG_SELECT_ALL =
 
 SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
-_libc = None
+
+class CapsPlan:
+    """The capability layer's plan: what the command keeps, and what verify must see."""
+
+    __slots__ = ("keep", "ambient", "expected")
+
+    def __init__(self, keep, ambient, expected):
+        object.__setattr__(self, "keep", keep)
+        object.__setattr__(self, "ambient", ambient)
+        object.__setattr__(self, "expected", expected)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("CapsPlan is frozen")
 
 
-def _prctl(option, arg2=0, arg3=0):
-    global _libc
-    import ctypes
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    rc = _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0), ctypes.c_ulong(0))
-    return rc, ctypes.get_errno() if rc < 0 else 0
+def plan(profile, context):
+    """[capabilities] -> CapsPlan (supervisor, before fork); None when the sandbox has no
+    user namespace of its own and the caller is not root (nothing to drop). Loads
+    libcap-ng here, before clone and pivot_root, so the child only calls into an already
+    mapped library."""
+    if not (profile.namespaces.user or os.geteuid() == 0):
+        return None
+    section = profile.capabilities
+    inside_uid = context.idmap.inside_uid if context.idmap is not None else profile.idmap.uid
+    keep = tuple(normalize(c) for c in section.keep)
+    if "ALL" in keep:
+        keep = CAPABILITIES[: last_cap() + 1]
+    ambient = tuple(normalize(c) for c in section.ambient)
+    preload()
+    # A non-zero inside uid gets the kept set as ambient too (apply), or exec would drop it.
+    return CapsPlan(keep, ambient, expected(keep, ambient, uid=inside_uid))
+
+
+def child(part, launch):
+    """The command's half (stage "capabilities")."""
+    apply(part.keep, part.ambient)
+
+
+def expect(part):
+    return {"caps": dict(part.expected)}
+
+
+def _prctl_is_set(option, arg2=0, arg3=0):
+    try:
+        return native.prctl(option, arg2, arg3, stage="capabilities") == 1
+    except SetupError:
+        return False
 
 
 def numbers(names):
@@ -111,9 +147,8 @@ def expected(keep, ambient=(), uid=None):
 def current():
     """{'CapInh': int, 'CapPrm': ..., 'CapEff': ..., 'CapBnd': ..., 'CapAmb': ...} of this process,
     from /proc/self/status; from capget()/prctl() when /proc is not mounted."""
-    from .sys import proc_status
     try:
-        fields = proc_status()
+        fields = native.proc_status()
     except OSError:
         return _current_from_syscalls()
     sets = {key: int(fields[key], 16) for key in SETS if key in fields}
@@ -132,33 +167,21 @@ def _current_from_syscalls():
         _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
                     ("inheritable", ctypes.c_uint32)]
 
-    libc = ctypes.CDLL(None, use_errno=True)
     header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
     data = (Data * 2)()
-    if libc.capget(ctypes.byref(header), data) != 0:
-        raise SetupError("capabilities", ctypes.get_errno(), "capget failed")
+    native.check(native.libc().capget(ctypes.byref(header), data), "capabilities", "capget")
 
     def join(field):
         return getattr(data[0], field) | getattr(data[1], field) << 32
 
     bounding = ambient = 0
     for number in range(last_cap() + 1):
-        if _prctl(PR_CAPBSET_READ, number)[0] == 1:
+        if _prctl_is_set(PR_CAPBSET_READ, number):
             bounding |= 1 << number
-        if _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, number)[0] == 1:
+        if _prctl_is_set(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, number):
             ambient |= 1 << number
     return {"CapInh": join("inheritable"), "CapPrm": join("permitted"), "CapEff": join("effective"),
             "CapBnd": bounding, "CapAmb": ambient}
-
-
-def before_setuid():
-    """Call before setresuid() to a non-zero inside uid when capabilities are to be kept
-    (or the bounding set is to be cut afterwards, which needs CAP_SETPCAP): sets
-    SECBIT_KEEP_CAPS so setresuid() keeps the permitted set (the kernel still empties the
-    effective set; apply() raises it again). execve() clears the bit."""
-    rc, err = _prctl(PR_SET_KEEPCAPS, 1)
-    if rc != 0:
-        raise SetupError("capabilities", err, "PR_SET_KEEPCAPS: " + os.strerror(err))
 
 
 class _CtypesCapng:
@@ -187,7 +210,7 @@ class _CtypesCapng:
         return self._lib.capng_get_caps_process()
 
     def errno(self):
-        return self._ctypes.get_errno()
+        return native.errno()
 
 
 class _ModuleCapng:
@@ -212,7 +235,7 @@ def preload():
     global _preloaded
     if _preloaded is None:
         _preloaded = backend()
-        _prctl(0)  # PR_GET_... 0 is invalid: only loads libc's handle
+        native.libc()
     return _preloaded
 
 
@@ -226,11 +249,10 @@ def backend(prefer=None):
     for kind in order:
         try:
             if kind == "ctypes":
-                import ctypes
-                return _CtypesCapng(ctypes.CDLL("libcap-ng.so.0", use_errno=True))
+                return _CtypesCapng(native.libcapng())
             import capng
             return _ModuleCapng(capng)
-        except (OSError, ImportError) as e:
+        except (OSError, ImportError, SetupError) as e:
             failures.append("%s: %s" % (kind, e))
     raise SetupError("capabilities", 0, "libcap-ng is not available (%s)" % "; ".join(failures))
 
@@ -262,7 +284,7 @@ def apply(keep, ambient=(), *, binding=None):
     if lost:
         raise SetupError("capabilities", 1, "cannot keep %s: not in the permitted set%s" % (
             ", ".join(names(lost)),
-            "" if uid_is_root else " (lost at setresuid: call caps.before_setuid() first)"))
+            "" if uid_is_root else " (lost at setresuid: PR_SET_KEEPCAPS must be set first)"))
     setpcap = 1 << CAP_NUMBER["SETPCAP"]
     cut_bounding = have["CapBnd"] & ~want["CapBnd"]
 
@@ -279,7 +301,7 @@ def apply(keep, ambient=(), *, binding=None):
         if not have["CapPrm"] & setpcap:
             raise SetupError("capabilities", 1, "cutting the bounding set needs CAP_SETPCAP, which this "
                              "process no longer has%s" % (
-                                 "" if uid_is_root else " (call caps.before_setuid() before setresuid)"))
+                                 "" if uid_is_root else " (PR_SET_KEEPCAPS must be set before setresuid)"))
         # After setresuid() with KEEP_CAPS the effective set is empty: raise it from the
         # permitted set for the steps below (capset may raise effective within permitted).
         if capng.capng_get_caps_process() != 0:

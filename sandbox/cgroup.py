@@ -202,34 +202,11 @@ def check_name(name):
 
 # ---------------------------------------------------------------- detection
 
-def _unescape(field):
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def parse_mountinfo(text):
-    """cgroup mounts as [(fstype, mountpoint, mount_root, frozenset(super options))]."""
-    mounts = []
-    for line in text.splitlines():
-        if " - cgroup" not in line:
-            continue
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
-            continue
-        mounts.append((rfields[0], _unescape(fields[4]), _unescape(fields[3]),
-                       frozenset(rfields[2].split(","))))
-    return mounts
+    """cgroup mounts as [(fstype, mountpoint, mount_root, frozenset(super options))]
+    (through the one mountinfo parser, pysandbox_common.mountinfo)."""
+    from pysandbox_common.mountinfo import parse
+    return [(m[8], m[5], m[4], frozenset(m[10])) for m in parse(text, fstypes=("cgroup", "cgroup2"))]
 
 
 def mounts(mountinfo="/proc/self/mountinfo"):

@@ -14,7 +14,8 @@
  * nothing in the sandbox may ptrace it or read its memory.
  *
  * usage: pysandbox-init COMMAND_PID MSG_FD [LISTENER_SOCKET_FD]
- * Messages (tab-separated lines, as the Python PID 1 writes them):
+ * Messages: the channel's kinds (sandbox/channel.py, generated into channel.h), the
+ * same lines the Python PID 1 writes:
  *   X <pid> <syscall nr> <audit arch>     a kill rule was hit
  *   S <wait status>                       the command ended
  */
@@ -34,6 +35,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "channel.h"
 
 static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
 
@@ -115,13 +118,13 @@ int main(int argc, char **argv)
 		/* reap first: the command may have ended before we started */
 		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 			if (pid == command) {
-				snprintf(line, sizeof(line), "S\t%d\n", status);
+				snprintf(line, sizeof(line), CHANNEL_STATUS "\t%d\n", status);
 				say(msg, line);
 				return 0;
 			}
 		}
 		if (pid < 0 && errno == ECHILD) {
-			say(msg, "S\t0\n");
+			say(msg, CHANNEL_STATUS "\t0\n");
 			return 0;
 		}
 		struct pollfd fds[3] = {{.fd = sfd, .events = POLLIN}, {.fd = sock, .events = POLLIN},
@@ -149,7 +152,7 @@ int main(int argc, char **argv)
 			struct seccomp_notif notif;
 			memset(&notif, 0, sizeof(notif));
 			if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &notif) == 0) {
-				snprintf(line, sizeof(line), "X\t%u\t%d\t%u\n", notif.pid, notif.data.nr, notif.data.arch);
+				snprintf(line, sizeof(line), CHANNEL_SECCOMP_KILL "\t%u\t%d\t%u\n", notif.pid, notif.data.nr, notif.data.arch);
 				say(msg, line);
 				kill((pid_t)notif.pid, SIGKILL);
 				kill(command, SIGKILL);

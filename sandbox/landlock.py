@@ -32,11 +32,9 @@ Kernel rules this module follows:
 """
 import os
 
+from . import native
 from .errors import ProfileError, SetupError
 
-SYS_landlock_create_ruleset = 444
-SYS_landlock_add_rule = 445
-SYS_landlock_restrict_self = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH = 1
 LANDLOCK_RULE_NET_PORT = 2
@@ -97,25 +95,82 @@ def fs_rights(abi_version):
     return rights
 
 
-_syscall = None
-
-
-def _sys():
-    global _syscall
-    if _syscall is None:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        _syscall = libc.syscall
-    return _syscall
-
-
 def abi():
     """Landlock ABI version of the running kernel; 0 when it has none (or it is disabled)."""
     import ctypes
-    rc = _sys()(ctypes.c_long(SYS_landlock_create_ruleset), ctypes.c_void_p(None), ctypes.c_size_t(0),
-                ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    rc = native.syscall("landlock_create_ruleset", ctypes.c_void_p(None), ctypes.c_size_t(0),
+                        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
     return rc if rc > 0 else 0
+
+
+class LandlockPlan:
+    """The layer's plan: the policy plus the paths the runtime itself bound, and the probe
+    verify uses to prove the ruleset is in force."""
+
+    __slots__ = ("policy", "extra_ro", "extra_rw", "probe")
+
+    def __init__(self, policy, extra_ro, extra_rw, probe):
+        for key, value in (("policy", policy), ("extra_ro", extra_ro), ("extra_rw", extra_rw), ("probe", probe)):
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("LandlockPlan is frozen")
+
+
+def plan(profile, context):
+    """The profile's policy and the mount plan -> LandlockPlan (supervisor, before fork)."""
+    policy = profile.landlock
+    if policy is None:
+        return None
+    mounts = context.mounts
+    # rw binds and every --tmpfs (owned by the sandbox user) are writable
+    extra_rw = tuple(dst for _, dst, writable, _ in mounts.binds if writable) + tuple(mounts.tmpfs)
+    # Read-only binds get read and execute, like /usr.
+    extra_ro = tuple(dst for _, dst, writable, _ in mounts.binds if not writable and dst != "/usr")
+    if mounts.rootfs:
+        import stat
+        # An image root brings its own layout: allow reading and executing each of its
+        # top-level directories (it is mounted read-only anyway); writes stay limited to
+        # /tmp and rw binds. "/" itself stays unlisted, as in the composed root, so the
+        # verify stage can prove the ruleset is in force. lstat: an image's top-level
+        # symlink (x -> /) resolves inside the sandbox, not on the host.
+        extra_ro += tuple("/" + e for e in sorted(os.listdir(mounts.rootfs))
+                          if e not in ("tmp", "dev", "proc", "sys")
+                          and stat.S_ISDIR(os.lstat(os.path.join(mounts.rootfs, e)).st_mode))
+    return LandlockPlan(policy, extra_ro, extra_rw, probe_for(policy, extra_rw))
+
+
+def _covers(paths, target):
+    return any(target == p or target.startswith(p.rstrip("/") + "/") for p in paths)
+
+
+def probe_for(policy, extra_rw=()):
+    """What verify probes to see that the ruleset holds, following the policy:
+    ("list", "/") when no rule grants listing "/" (the composed root's policy);
+    ("write", "/dev/null") when "/" is granted but no rule grants writing /dev/null
+    (e.g. read_only = ["/"]); None when the policy grants both (nothing to probe
+    without side effects: the runtime warns that the ruleset is not verified)."""
+    if not policy.explicit:
+        return ("list", "/")
+    if not _covers(policy.read_only + policy.read_write + policy.execute, "/"):
+        return ("list", "/")
+    if not _covers(policy.read_write + tuple(extra_rw), "/dev/null"):
+        return ("write", "/dev/null")
+    return None
+
+
+def child(part, launch):
+    """The command's half (stage "landlock"); warnings go to the supervisor."""
+    from . import channel
+    for warning in apply(part.policy, extra_ro=part.extra_ro, extra_rw=part.extra_rw) or ():
+        channel.send(launch.msg_w, channel.WARNING, warning)
+    if part.probe is None:
+        channel.send(launch.msg_w, channel.WARNING, "landlock: the policy grants listing / and writing "
+                     "/dev/null, so verify has nothing to probe: the ruleset is applied but not verified")
+
+
+def expect(part):
+    return {"landlock": part.probe} if part.probe is not None else {}
 
 
 class LandlockPolicy:
@@ -219,9 +274,7 @@ def validate_section(raw):
 
 
 def _no_new_privs():
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(39, 0, 0, 0, 0) == 1  # PR_GET_NO_NEW_PRIVS
+    return native.prctl(native.PR_GET_NO_NEW_PRIVS, stage="landlock") == 1
 
 
 def _has_sys_admin():
@@ -240,7 +293,7 @@ def apply(policy, extra_ro=(), extra_rw=()):
     version = abi()
     if version < 1:
         import errno
-        err = ctypes.get_errno() or errno.ENOSYS
+        err = native.errno() or errno.ENOSYS
         if policy.best_effort:
             return ["landlock: the kernel does not offer Landlock; running without it (best_effort)"]
         raise SetupError("landlock", err, "the kernel does not offer Landlock (required by the profile)")
@@ -288,12 +341,9 @@ def apply(policy, extra_ro=(), extra_rw=()):
     # The attribute struct grew with the ABI; pass the size this kernel knows.
     attr_size = 8 if version < 4 else 16 if version < 6 else 24
     attr = RulesetAttr(handled_fs, handled_net, scoped)
-    syscall = _sys()
-    ruleset = syscall(ctypes.c_long(SYS_landlock_create_ruleset), ctypes.byref(attr),
-                      ctypes.c_size_t(attr_size), ctypes.c_uint32(0))
-    if ruleset < 0:
-        err = ctypes.get_errno()
-        raise SetupError("landlock", err, "landlock_create_ruleset: " + os.strerror(err))
+    ruleset = native.check(native.syscall("landlock_create_ruleset", ctypes.byref(attr),
+                                          ctypes.c_size_t(attr_size), ctypes.c_uint32(0)),
+                           "landlock", "landlock_create_ruleset")
     try:
         for path, kind, essential, explicit in policy.for_root(tuple(extra_rw), tuple(extra_ro)):
             try:
@@ -310,21 +360,18 @@ def apply(policy, extra_ro=(), extra_rw=()):
                 if not _is_dir(fd):
                     allowed &= FILE_RIGHTS
                 rule = PathBeneathAttr(allowed, fd)
-                if syscall(ctypes.c_long(SYS_landlock_add_rule), ctypes.c_int(ruleset),
-                           ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint32(0)) != 0:
-                    err = ctypes.get_errno()
-                    raise SetupError("landlock", err, "landlock_add_rule %s: %s" % (path, os.strerror(err)))
+                native.check(native.syscall("landlock_add_rule", ctypes.c_int(ruleset),
+                                            ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule),
+                                            ctypes.c_uint32(0)), "landlock", "landlock_add_rule " + path)
             finally:
                 os.close(fd)
         for right, port in net_rules:
             rule = NetPortAttr(right, port)
-            if syscall(ctypes.c_long(SYS_landlock_add_rule), ctypes.c_int(ruleset),
-                       ctypes.c_int(LANDLOCK_RULE_NET_PORT), ctypes.byref(rule), ctypes.c_uint32(0)) != 0:
-                err = ctypes.get_errno()
-                raise SetupError("landlock", err, "landlock_add_rule port %d: %s" % (port, os.strerror(err)))
-        if syscall(ctypes.c_long(SYS_landlock_restrict_self), ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
-            err = ctypes.get_errno()
-            raise SetupError("landlock", err, "landlock_restrict_self: " + os.strerror(err))
+            native.check(native.syscall("landlock_add_rule", ctypes.c_int(ruleset),
+                                        ctypes.c_int(LANDLOCK_RULE_NET_PORT), ctypes.byref(rule),
+                                        ctypes.c_uint32(0)), "landlock", "landlock_add_rule port %d" % port)
+        native.check(native.syscall("landlock_restrict_self", ctypes.c_int(ruleset), ctypes.c_uint32(0)),
+                     "landlock", "landlock_restrict_self")
     finally:
         os.close(ruleset)
     return warnings

@@ -18,8 +18,18 @@ RESOURCES = {
 }
 
 
-def plan(section):
-    """[(resource, soft, hard)] for every limit the profile sets (-1 = unlimited)."""
+def plan(profile, context):
+    """The layer's part: limits() of the profile's [rlimits], None when it sets none."""
+    return limits(profile.rlimits) or None
+
+
+def child(part, launch):
+    """The command's half (stage "rlimits")."""
+    apply(part)
+
+
+def limits(section):
+    """[(resource, soft, hard)] for every limit the section sets (-1 = unlimited)."""
     out = []
     for name, res in RESOURCES.items():
         value = section.get(name)

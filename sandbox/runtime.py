@@ -1,22 +1,31 @@
-"""The supervisor: prepares a sandbox from a frozen profile, starts it, watches it and
-tears it down. The parent halves of every layer run here.
+"""The supervisor: builds the plan of a sandbox once (sandbox/plan.py), then for each
+run creates its cgroup, clones PID 1, runs the parent halves of the layers, lets it
+go, watches it and tears it down.
 
-Parent order (youki/nsjail): validate everything and compile the seccomp policy before
-any fork; create the cgroup; clone the child into its new namespaces; write its id maps;
-move it into its cgroup; only then let it go (one byte on a pipe). From then on the
-supervisor only waits: for the messages of the child, the death of PID 1 (a pidfd) or
-the deadline.
+The supervisor's own steps are a stage table too (SUPERVISOR_STAGES below, youki and
+nsjail order): create the cgroup; open the bind sources; make the channel; clone the
+child into its new user and pid namespaces; write its id maps; move it into its
+cgroup; only then let it go (one byte on a pipe); record it for `audit NAME`. Each step
+pushes its undo; a failure at any step runs the undos in reverse, so nothing (cgroup,
+descriptor, process, state file) is left behind. From then on the supervisor only
+waits: for channel messages, the death of PID 1 (a pidfd) or the deadline.
 """
+import _thread
 import os
 import select
 # _signal, not signal: the public module imports enum, milliseconds on every start.
 import _signal as signal
 import time
 
-from . import sys as k
+from . import channel, native
 from .errors import SetupError, SandboxError, EXIT_SETUP, EXIT_TIMEOUT, EXIT_NOEXEC, EXIT_NOTFOUND
 
 _counter = [0]
+# Names of the sandboxes this process runs now: a name is one running sandbox. Threads
+# may start sandboxes concurrently: the counter and the set change under one lock
+# (_thread's: `threading` costs an import on the run path).
+_running_names = set()
+_names_lock = _thread.allocate_lock()
 
 
 class Result:
@@ -44,30 +53,6 @@ class Result:
         return "Result(%s)" % ", ".join("%s=%r" % (f, getattr(self, f)) for f in ("reason", "exit_code", "signal"))
 
 
-class Spec:
-    """Everything the child needs, prepared in the parent (no lookups after fork)."""
-
-    __slots__ = ("argv", "env", "cwd", "hostname", "net_mode", "mounts", "idmap", "rlimits", "new_session",
-                 "close_fds", "caps", "caps_keep", "caps_ambient", "no_new_privs", "landlock", "landlock_ro",
-                 "landlock_rw", "verify", "bpf", "seccomp_log", "seccomp_listener_wanted", "stdio",
-                 "unshare_after_attach", "source_fds", "handoff", "init_fd", "cgroup_tasks", "extra_bpf")
-
-    def __init__(self, **kw):
-        for key in self.__slots__:
-            setattr(self, key, kw.get(key))
-
-
-def _build_env(environment, overrides):
-    env = {} if environment.clear else dict(os.environ)
-    for key in environment.get("pass"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    env.update(environment.set)
-    if overrides:
-        env.update(overrides)
-    return env
-
-
 class Sandbox:
     """A reusable sandbox definition: `Sandbox(load_profile("strict")).run(["python3", "x.py"], timeout=2)`.
 
@@ -89,14 +74,14 @@ class Sandbox:
         self.extra_mounts = (tuple(ro_binds), tuple(binds), tuple(tmpfs))
         # a second seccomp policy installed before the profile's own (both apply)
         self.extra_seccomp = extra_seccomp
-        self._prepared = None
+        self._plan = None
 
     def close(self):
         """Release what preparation holds open (the init binary's descriptor)."""
         if self._init_fd is not None:
             os.close(self._init_fd)
             self._init_fd = None
-        self._prepared = None
+        self._plan = None
 
     def __del__(self):
         try:
@@ -105,147 +90,42 @@ class Sandbox:
             pass
 
     # -- preparation (parent, before any fork) ----------------------------------------
-    def _prepare(self):
-        if self._prepared is not None:
-            return self._prepared
-        p = self.profile
-        ns = p.namespaces
-        # clone() creates only what must exist at birth: the user namespace (its maps are
-        # written from outside) and the pid namespace (the child is its PID 1). The child
-        # unshares the rest itself, so the costly ones (a network namespace takes ~1-2 ms
-        # of kernel work) are made in parallel with the supervisor's next sandbox; they
-        # are owned by the new user namespace either way. The cgroup namespace must wait
-        # until the child is in its cgroup; a time namespace applies to children only.
-        flags = after = 0
-        for nsname in ("user", "pid"):
-            if getattr(ns, nsname):
-                flags |= k.NS_FLAGS[nsname]
-        for nsname in ("mount", "net", "uts", "ipc", "cgroup", "time"):
-            if getattr(ns, nsname):
-                after |= k.NS_FLAGS[nsname]
-        if not ns.user and os.geteuid() != 0:
-            raise SetupError("userns", 1, "a sandbox without a user namespace needs host root")
-        idmap = None
-        if ns.user:
-            from . import user
-            idmap = user.plan(p.idmap, p.idmap.uid, p.idmap.gid)
-        from . import mnt
-        extra_ro, extra_rw, extra_tmpfs = self.extra_mounts
-        mounts = mnt.plan(p.filesystem, ro_binds=extra_ro, binds=extra_rw, tmpfs=extra_tmpfs, hostname=p.process.hostname if ns.uts else "",
-                          uid=p.idmap.uid, gid=p.idmap.gid)
-        from . import rlimits
-        limits = rlimits.plan(p.rlimits)
-        caps_keep = caps_ambient = ()
-        caps_module = None
-        if ns.user or os.geteuid() == 0:
-            from pysandbox_common import capnames
-            keep = tuple(capnames.normalize(c) for c in p.capabilities.keep)
-            if "ALL" in keep:
-                keep = capnames.CAPABILITIES[: capnames.last_cap() + 1]
-            caps_keep = keep
-            caps_ambient = tuple(capnames.normalize(c) for c in p.capabilities.ambient)
-            from . import caps as caps_module  # noqa: F811
-            if hasattr(caps_module, "preload"):
-                caps_module.preload()
-        landlock_policy = p.landlock
-        landlock_rw = landlock_ro = ()
-        if landlock_policy is not None:
-            from . import landlock  # noqa: F401 - loaded before the child pivots away from it
-            landlock_rw = tuple(dst for _, dst, writable, _ in mounts.binds if writable) + tuple(mounts.tmpfs)
-            # An image root brings its own layout: allow reading and executing each of its
-            # top-level directories (it is mounted read-only anyway); writes stay limited
-            # to /tmp and rw binds. "/" itself stays unlisted, as in the composed root, so
-            # the verify stage can prove the ruleset is in force.
-            # Read-only binds get read and execute, like /usr.
-            landlock_ro = tuple(dst for _, dst, writable, _ in mounts.binds if not writable and dst != "/usr")
-            if mounts.rootfs:
-                import stat
-                # lstat: an image's top-level symlink (x -> /) resolves inside the sandbox,
-                # not on the host; the real directories it may point at are listed anyway.
-                landlock_ro += tuple("/" + e for e in sorted(os.listdir(mounts.rootfs))
-                                     if e not in ("tmp", "dev", "proc", "sys")
-                                     and stat.S_ISDIR(os.lstat(os.path.join(mounts.rootfs, e)).st_mode))
-        bpf = extra_bpf = None
-        seccomp_log = notify_kills = False
-        if p.seccomp is not None:
-            from . import seccomp
-            notify_kills = bool(p.seccomp.has_kill_rules)
-            bpf = seccomp.compile_policy(p.seccomp, caps=caps_keep, notify_kills=notify_kills)
-            seccomp_log = bool(getattr(p.seccomp, "log", False))
-            if self.extra_seccomp is not None:
-                extra_bpf = seccomp.compile_policy(self.extra_seccomp, caps=caps_keep)
-            if notify_kills:
-                # PID 1 receives the listener over a socketpair and reads notifications
-                # after pivot_root, where the host's stdlib may not be visible.
-                import socket, struct  # noqa: F401,E401
-        verify_expect = None
-        try:
-            from . import verify  # noqa: F401
-            verify_expect = self._expectations(caps_keep, caps_ambient, idmap, mounts, landlock_policy)
-        except ImportError:
-            pass
-        from . import user, child, net  # noqa: F401 - the child cannot import after pivot_root
-        # The small C init replaces the Python PID 1 once the command runs (built by
-        # setup.sh next to the package); without it the Python init serves.
-        # The environment may only turn the C init off (PYSANDBOX_INIT=""), never pick another
-        # binary to run as the sandbox's PID 1.
-        init_path = os.path.join(os.path.dirname(__file__), "pysandbox-init")
-        if os.environ.get("PYSANDBOX_INIT", "x") and os.path.exists(init_path):
-            self._init_fd = os.open(init_path, os.O_PATH | os.O_CLOEXEC)
-        self._prepared = dict(flags=flags, after=after, idmap=idmap, mounts=mounts, rlimits=limits,
-                              caps=caps_module, caps_keep=caps_keep, caps_ambient=caps_ambient,
-                              landlock=landlock_policy, landlock_rw=landlock_rw, landlock_ro=landlock_ro, bpf=bpf, seccomp_log=seccomp_log,
-                              notify_kills=notify_kills, verify=verify_expect, extra_bpf=extra_bpf)
-        return self._prepared
-
-    def _expectations(self, caps_keep, caps_ambient, idmap, mounts, landlock_policy):
-        p = self.profile
-        expect = {"no_new_privs": p.process.no_new_privs}
-        if p.namespaces.user or os.geteuid() == 0:
-            from . import caps
-            # A non-zero inside uid gets the kept set as ambient too (caps.apply), or exec
-            # would drop it.
-            expect["caps"] = caps.expected(caps_keep, caps_ambient, uid=idmap.inside_uid if idmap else p.idmap.uid)
-        if idmap is not None:
-            expect["uid_map_no_host_root"] = True
-        if mounts.proc:
-            expect["masked_paths"] = [m for m in mounts.masked if m.startswith("/proc/")]
-            expect["readonly_paths"] = list(mounts.readonly)
-        if landlock_policy is not None:
-            expect["landlock"] = True
-        if p.seccomp is not None:
-            # The command inherits the supervisor's own filters (e.g. when pysandbox itself
-            # runs in a container); ours must come on top of exactly those.
-            fields = k.proc_status()
-            expect["seccomp_mode"] = int(fields.get("Seccomp", "0"))
-            expect["seccomp_filters_before"] = int(fields.get("Seccomp_filters", "0"))
-        if p.process.close_fds:
-            expect["no_fds_above_2"] = True
-        return expect
+    def plan(self):
+        """The frozen Plan of this sandbox (built on first use, then reused by every run)."""
+        if self._plan is None:
+            from . import plan as planner
+            plan = planner.build(self.profile, self.extra_mounts, self.extra_seccomp)
+            planner.preload(plan)
+            # The small C init replaces the Python PID 1 once the command runs (built by
+            # setup.sh next to the package); without it the Python init serves. The
+            # environment may only turn the C init off (PYSANDBOX_INIT=""), never pick
+            # another binary to run as the sandbox's PID 1.
+            init_path = os.path.join(os.path.dirname(__file__), "pysandbox-init")
+            if os.environ.get("PYSANDBOX_INIT", "x") and os.path.exists(init_path):
+                self._init_fd = os.open(init_path, os.O_PATH | os.O_CLOEXEC)
+            self._plan = plan
+        return self._plan
 
     # -- running ---------------------------------------------------------------------
     def start(self, argv, env=None, cwd=None, stdin=None, stdout=None, stderr=None, timeout=None):
         """Start the sandbox; returns a SandboxProcess. `stdin`/`stdout`/`stderr` are fds or None (inherit)."""
         if not argv:
             raise SandboxError("no command given", 2)
-        prep = self._prepare()
-        p = self.profile
-        _counter[0] += 1
-        name = self.name or "sbx-%d-%d" % (os.getpid(), _counter[0])
-        if self.name and _counter[0] > 1:
-            name = "%s-%d" % (self.name, _counter[0])
-        spec = Spec(argv=list(argv), env=_build_env(p.environment, env), cwd=cwd or p.filesystem.cwd,
-                    hostname=p.process.hostname if p.namespaces.uts else "", net_mode=p.network.mode,
-                    mounts=prep["mounts"], idmap=prep["idmap"], rlimits=prep["rlimits"],
-                    new_session=p.process.new_session, close_fds=p.process.close_fds,
-                    caps=prep["caps"], caps_keep=prep["caps_keep"], caps_ambient=prep["caps_ambient"],
-                    no_new_privs=p.process.no_new_privs, landlock=prep["landlock"], landlock_ro=prep["landlock_ro"],
-                    landlock_rw=prep["landlock_rw"], verify=prep["verify"], bpf=prep["bpf"],
-                    seccomp_log=prep["seccomp_log"], seccomp_listener_wanted=prep["notify_kills"],
-                    extra_bpf=prep["extra_bpf"],
-                    stdio=(stdin, stdout, stderr) if (stdin, stdout, stderr) != (None, None, None) else None,
-                    unshare_after_attach=prep["after"], init_fd=self._init_fd)
-        return SandboxProcess(self, name, spec, prep, timeout if timeout is not None else (p.process.timeout or None))
+        plan = self.plan()
+        if self.name:
+            name = self.name
+        else:
+            with _names_lock:
+                _counter[0] += 1
+                name = "sbx-%d-%d" % (os.getpid(), _counter[0])
+        environment = dict(plan.env)
+        if env:
+            environment.update(env)
+        from .stages import Launch
+        launch = Launch(list(argv), environment, cwd or plan.cwd,
+                        stdio=(stdin, stdout, stderr) if (stdin, stdout, stderr) != (None, None, None) else None,
+                        init_fd=self._init_fd)
+        return SandboxProcess(self, name, plan, launch, timeout if timeout is not None else plan.timeout)
 
     def run(self, argv, timeout=None, env=None, cwd=None, input=None, capture_output=False):
         """Run to completion and return a Result (never raises for the command's own failure)."""
@@ -274,65 +154,114 @@ class Sandbox:
 class SandboxProcess:
     """A started sandbox: `wait()` for its Result, `kill()` to end it."""
 
-    def __init__(self, sandbox, name, spec, prep, timeout):
+    def __init__(self, sandbox, name, plan, launch, timeout):
         self.sandbox, self.name, self.timeout = sandbox, name, timeout
+        self.plan, self.launch = plan, launch
         self.pid = None
         self.result = None
         self.warnings = []
         self._cgroup = None
+        self._msg_r = self._pidfd = None
+        self._registered = False
         self._started = time.monotonic()
-        self._messages = []
-        p = sandbox.profile
-        if p.limits.memory or p.limits.pids or p.limits.cpus or p.limits.cpu_weight or p.limits.io_weight \
-                or p.limits.required:
-            from . import cgroup
-            self._cgroup = cgroup.create(name, p.limits)
-            if getattr(self._cgroup, "warning", None):
-                self.warnings.append(self._cgroup.warning)
-        if self._cgroup is not None and hasattr(self._cgroup, "task_files"):
-            spec.cgroup_tasks = self._cgroup.task_files()
-        from .mnt import open_sources
+        self._undo = []
+        with _names_lock:
+            if name in _running_names:
+                raise SandboxError("a sandbox named %r is already running in this process; "
+                                   "give each concurrent sandbox its own name" % name, EXIT_SETUP)
+            _running_names.add(name)
+        self._undo.append(lambda: _running_names.discard(name))
+        stage = None
         try:
-            spec.source_fds = open_sources(spec.mounts, spec.idmap)
-        except BaseException:
-            self._destroy_cgroup()
+            for stage, step in SUPERVISOR_STAGES:
+                native.run_stage(stage, step.__get__(self), plan, launch)
+        except BaseException as error:
+            self._unwind()
+            # The error names the stage, as a child stage's does (stages.report_failure).
+            if isinstance(error, OSError):
+                where = "%s: " % error.filename if error.filename else ""
+                raise SetupError(stage, error.errno or 0, where + (error.strerror or str(error))) from None
+            if isinstance(error, SetupError) and not (error.stage == stage or error.stage.startswith(stage + ":")):
+                raise SetupError(stage, error.errno, str(error)) from None
             raise
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
-        msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            pid = k.clone_process(prep["flags"])
-        except BaseException:
-            for fd in [go_r, go_w, msg_r, msg_w] + (spec.source_fds or []):
-                os.close(fd)
-            self._destroy_cgroup()
-            raise
+        # From here on the sandbox runs; cleanup happens when it has ended (wait).
+
+    # -- the supervisor's stages (each pushes its undo) -----------------------------
+    def _stage_name(self, plan, _):
+        # Only a name the caller chose can collide (generated ones carry our PID); the
+        # cheap existence test first keeps json off the run path.
+        if self.sandbox.register and self.sandbox.name:
+            from pysandbox_common import registry
+            running = registry.find(self.name) if registry.exists(self.name) else None
+            if running is not None:
+                raise SandboxError("a sandbox named %r is already running (PID %s, supervisor %s)" % (
+                    self.name, running.get("pid"), running.get("supervisor")), EXIT_SETUP)
+
+    def _stage_cgroup(self, plan, launch):
+        if plan.cgroup_limits is None:
+            return
+        from . import cgroup
+        self._cgroup = cgroup.create(self.name, plan.cgroup_limits)
+        self._undo.append(self._destroy_cgroup)
+        if getattr(self._cgroup, "warning", None):
+            self.warnings.append(self._cgroup.warning)
+        if hasattr(self._cgroup, "task_files"):
+            self.launch.cgroup_tasks = self._cgroup.task_files()
+
+    def _stage_sources(self, plan, _):
+        from . import mnt
+        # idmapped writable binds are made from the run's actual ids (mnt.open_sources)
+        self.launch.source_fds = mnt.open_sources(plan.mounts, plan.idmap)
+        self._undo.append(self._close_child_ends)
+
+    def _stage_channel(self, plan, _):
+        self.launch.go_r, self._go_w = native.pipe2(os.O_CLOEXEC)
+        self._msg_r, self.launch.msg_w = native.pipe2(os.O_CLOEXEC)
+        self._undo.append(self._close_child_ends)
+        self._undo.append(lambda: self._close_attr("_go_w"))
+        self._undo.append(lambda: self._close_attr("_msg_r"))
+
+    def _stage_clone(self, plan, launch):
+        pid = native.clone_process(plan.clone_flags)
         if pid == 0:
-            os.close(go_w)
-            os.close(msg_r)
             from .child import pid1_main
-            pid1_main(spec, go_r, msg_w)
-            os._exit(125)
-        os.close(go_r)
-        os.close(msg_w)
-        for fd in spec.source_fds or ():
-            os.close(fd)
+            pid1_main(plan, self.launch)
+            native.exit(EXIT_SETUP)
         self.pid = pid
-        self._msg_r = msg_r
-        try:
-            self._pidfd = k.pidfd_open(pid)
-            if prep["idmap"] is not None:
-                from .user import write_maps
-                write_maps(pid, prep["idmap"])
-            if self._cgroup is not None and not spec.cgroup_tasks:
-                self._cgroup.attach(pid)
-            os.write(go_w, b"G")
-            if self.sandbox.register:
-                self._register(p)
-        except BaseException:
-            os.close(go_w)
-            self._abort()
-            raise
-        os.close(go_w)
+        self._undo.append(self._reap)
+        # The child's ends and the bind sources live on in the child only.
+        self._close_child_ends()
+
+    def _close_child_ends(self):
+        """Close the descriptors meant for the child, once: each is forgotten as it is
+        closed, so no undo can close a number the kernel has since given to another file."""
+        launch = self.launch
+        fds = [launch.go_r, launch.msg_w] + list(launch.source_fds or ())
+        launch.go_r = launch.msg_w = None
+        launch.source_fds = ()
+        self._close_all(fds)
+
+    def _stage_pidfd(self, plan, _):
+        self._pidfd = native.pidfd_open(self.pid)
+        self._undo.append(lambda: self._close_attr("_pidfd"))
+
+    def _stage_idmap(self, plan, _):
+        if plan.idmap is not None:
+            from . import user
+            user.parent(plan.idmap, self.pid)
+
+    def _stage_cgroup_attach(self, plan, launch):
+        if self._cgroup is not None and not self.launch.cgroup_tasks:
+            self._cgroup.attach(self.pid)
+
+    def _stage_go(self, plan, _):
+        native.write(self._go_w, b"G")
+        self._close_attr("_go_w")
+
+    def _stage_register(self, plan, _):
+        if self.sandbox.register:
+            self._register(self.sandbox.profile)
+            self._undo.append(self._unregister)
 
     def _register(self, profile):
         from pysandbox_common import registry as state
@@ -346,16 +275,47 @@ class SandboxProcess:
             self._registered = False
             self.warnings.append("the sandbox is not recorded for `audit %s`: %s" % (self.name, e))
 
-    def _abort(self):
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
-        self._cleanup()
+    def _unregister(self):
+        if self._registered:
+            from pysandbox_common import registry as state
+            state.unregister(self.name)
+            self._registered = False
+
+    # -- cleanup ----------------------------------------------------------------------
+    def _close_all(self, fds):
+        for fd in fds:
+            if fd is not None:
+                try:
+                    native.close(fd)
+                except OSError:
+                    pass
+
+    def _close_attr(self, attr):
+        fd = getattr(self, attr, None)
+        if fd is not None:
+            setattr(self, attr, None)
+            self._close_all([fd])
+
+    def _reap(self):
+        """Undo of clone: PID 1 killed (which ends its namespace) and reaped."""
+        if self.pid and self.result is None:
+            try:
+                native.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                native.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+
+    def _unwind(self):
+        """Run every pending undo, newest first (a failed start, or the end of a run)."""
+        while self._undo:
+            undo = self._undo.pop()
+            try:
+                undo()
+            except Exception:
+                pass
 
     def _destroy_cgroup(self):
         if self._cgroup is not None:
@@ -365,28 +325,16 @@ class SandboxProcess:
                 pass
 
     def _cleanup(self):
-        for attr in ("_msg_r", "_pidfd"):
-            fd = getattr(self, attr, None)
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-                setattr(self, attr, None)
-        self._destroy_cgroup()
-        if getattr(self, "_registered", False):
-            from pysandbox_common import registry as state
-            state.unregister(self.name)
-            self._registered = False
+        self._unwind()
 
     def kill(self, sig=signal.SIGKILL):
         if self.result is None and self.pid:
             try:
                 # through the pidfd: once PID 1 is reaped its number may belong to anyone
                 if getattr(self, "_pidfd", None) is not None:
-                    signal.pidfd_send_signal(self._pidfd, sig)
+                    native.pidfd_send_signal(self._pidfd, sig)
                 else:
-                    os.kill(self.pid, sig)
+                    native.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
 
@@ -438,7 +386,7 @@ class SandboxProcess:
                         os.close(write_fd)
                         write_fd = None
                 else:
-                    data = os.read(fd, 65536)
+                    data = native.read(fd, 65536)
                     if not data:
                         poller.unregister(fd)
                         continue
@@ -446,13 +394,13 @@ class SandboxProcess:
                         buffer += data
                     else:
                         outputs[readers[fd]].append(data)
-        _, status, usage = os.wait4(self.pid, 0)
+        _, status, usage = native.wait4(self.pid, 0)
         # Drain what is left (PID 1 is gone; every writer of these pipes died with its namespace).
         for fd, kind in readers.items():
             os.set_blocking(fd, False)
             while True:
                 try:
-                    data = os.read(fd, 65536)
+                    data = native.read(fd, 65536)
                 except BlockingIOError:
                     break
                 if not data:
@@ -462,7 +410,7 @@ class SandboxProcess:
                 else:
                     outputs[kind].append(data)
             if kind != "msg":
-                os.close(fd)
+                native.close(fd)
         if write_fd is not None:
             os.close(write_fd)
         self.result = self._verdict(status, usage, buffer, timed_out)
@@ -488,19 +436,16 @@ class SandboxProcess:
         cmd_status = None
         syscall = None
         warnings = list(self.warnings)
-        for line in buffer.decode("utf-8", "replace").splitlines():
-            fields = line.split("\t")
-            if fields[0] == "E" and error is None and len(fields) >= 4:
-                error = (fields[1], int(fields[2] or 0), fields[3])
-            elif fields[0] == "S" and len(fields) >= 2:
-                cmd_status = int(fields[1])
-            elif fields[0] == "W" and len(fields) >= 2:
-                warnings.append(fields[1])
-            elif fields[0] == "X" and len(fields) >= 4:  # from the C init: pid, nr, audit arch
+        for kind, fields in channel.decode(buffer):
+            if kind == channel.ERROR and error is None:
+                error = (fields[0], int(fields[1] or 0), fields[2])
+            elif kind == channel.STATUS:
+                cmd_status = int(fields[0])
+            elif kind == channel.WARNING:
+                warnings.append(fields[0])
+            elif kind == channel.SECCOMP_KILL:
                 from .seccomp import syscall_name
-                syscall = syscall_name(int(fields[2]), int(fields[3]))
-            elif fields[0] == "X" and len(fields) >= 3:  # from the Python init: pid, name
-                syscall = fields[2]
+                syscall = syscall_name(int(fields[1]), int(fields[2]))
         values = dict(name=self.name, wall=round(wall, 6), cpu_user=round(usage.ru_utime, 6),
                       cpu_system=round(usage.ru_stime, 6), warnings=warnings, profile=self.sandbox.profile.name,
                       signal=None, stage=None, message=None, syscall=None, memory_peak=None, limits=None)
@@ -540,3 +485,18 @@ class SandboxProcess:
             elif cg and cg.get("pids_limited") and values["exit_code"] != 0:
                 values["reason"] = "pids"
         return Result(**values)
+
+
+# The supervisor's stages, in order (the child's tables are in sandbox/stages.py).
+SUPERVISOR_STAGES = (
+    ("name", SandboxProcess._stage_name),          # a running name is refused, not renamed
+    ("cgroup", SandboxProcess._stage_cgroup),      # limits in force from the child's first instruction
+    ("sources", SandboxProcess._stage_sources),    # bind sources opened with the caller's view and rights
+    ("channel", SandboxProcess._stage_channel),
+    ("clone", SandboxProcess._stage_clone),        # PID 1 in new user + pid namespaces, waiting for "go"
+    ("pidfd", SandboxProcess._stage_pidfd),
+    ("idmap", SandboxProcess._stage_idmap),        # only a process outside the namespace may write its maps
+    ("cgroup-attach", SandboxProcess._stage_cgroup_attach),
+    ("go", SandboxProcess._stage_go),
+    ("register", SandboxProcess._stage_register),  # the state file `audit NAME` and `gc` read
+)

@@ -25,12 +25,10 @@ from .seccomp_groups import (AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, CONSTANTS, ERRN
                              SYSCALLS_X86_64, X32_SYSCALL_BIT)
 
 CACHE_FORMAT = b"PSBPF001"
-SYS_SECCOMP = 317
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_LOG = 2
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
-SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
 ENOSYS = 38
 
 RET_KILL_PROCESS = 0x80000000
@@ -381,11 +379,12 @@ def libseccomp_version():
         class Version(ctypes.Structure):
             _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
         try:
-            lib = ctypes.CDLL("libseccomp.so.2")
+            from . import native
+            lib = native.libseccomp()
             lib.seccomp_version.restype = ctypes.POINTER(Version)
             v = lib.seccomp_version().contents
             _libseccomp_version = "%d.%d.%d" % (v.major, v.minor, v.micro)
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, SetupError):
             _libseccomp_version = "none"
     return _libseccomp_version
 
@@ -859,15 +858,9 @@ def _switch(cases, emit, label, fresh, miss, notify_kills):
 # --------------------------------------------------------------------------------------------------
 # install (child) and the kill verdict (supervisor / PID 1)
 
-_libc = None
-
-
 def _c():
-    global _libc
-    if _libc is None:
-        import ctypes
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
+    from . import native
+    return native.libc()
 
 
 def install(bpf, log=False, listener=False, handoff=None):
@@ -880,7 +873,8 @@ def install(bpf, log=False, listener=False, handoff=None):
     needs is built before the filter exists; afterwards only sendmsg(2) and close(2) run.
     """
     import ctypes
-    libc = _c()
+    from . import native
+    libc = native.libc()
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
@@ -890,23 +884,19 @@ def install(bpf, log=False, listener=False, handoff=None):
     buffer = ctypes.create_string_buffer(bytes(bpf), len(bpf))
     program = SockFprog(len(bpf) // 8, ctypes.addressof(buffer))
     flags = (SECCOMP_FILTER_FLAG_LOG if log else 0) | (SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0)
-    message = _fd_message(None) if (listener and handoff is not None) else None
-    syscall = libc.syscall
-    syscall.restype = ctypes.c_long
-    result = syscall(ctypes.c_long(SYS_SECCOMP), ctypes.c_long(SECCOMP_SET_MODE_FILTER), ctypes.c_long(flags),
-                     ctypes.byref(program))
-    if result < 0:
-        raise SetupError("seccomp", ctypes.get_errno())
+    message = _FdMessage() if (listener and handoff is not None) else None
+    result = native.check(native.syscall("seccomp", SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(program)),
+                          "seccomp")
     if not listener:
         return None
     if message is None:
         return int(result)
     message.set_fd(int(result))
     sent = libc.sendmsg(ctypes.c_int(handoff), ctypes.byref(message.header), ctypes.c_int(0x4000))  # MSG_NOSIGNAL
-    err = ctypes.get_errno()
+    err = native.errno()
     libc.close(ctypes.c_int(int(result)))
     if sent < 0:
-        raise SetupError("seccomp", err, "cannot hand the seccomp listener to the supervisor: " + os.strerror(err))
+        native.fail("seccomp", err, "cannot hand the seccomp listener to the supervisor")
     return int(result)
 
 
@@ -943,49 +933,26 @@ class _FdMessage:
         return -1
 
 
-def _fd_message(_):
-    return _FdMessage()
-
-
 def recv_listener(sock_fd):
     """Receive a listener fd sent by install(..., handoff=...); returns the new fd (close-on-exec)."""
     import ctypes
     libc = _c()
     message = _FdMessage()
-    got = libc.recvmsg(ctypes.c_int(sock_fd), ctypes.byref(message.header), ctypes.c_int(0x40000000))  # MSG_CMSG_CLOEXEC
-    if got < 0:
-        err = ctypes.get_errno()
-        raise SetupError("seccomp", err, "receiving the seccomp listener: " + os.strerror(err))
+    from . import native
+    native.check(libc.recvmsg(ctypes.c_int(sock_fd), ctypes.byref(message.header), ctypes.c_int(0x40000000)),
+                 "seccomp", "receiving the seccomp listener")  # MSG_CMSG_CLOEXEC
     fd = message.get_fd()
     if fd < 0:
         raise SetupError("seccomp", 0, "the sandbox sent no seccomp listener")
     return fd
 
 
-def take_listener(pid, fd):
-    """Alternative to the socket handoff: copy fd `fd` out of process `pid` (pidfd_open + pidfd_getfd,
-    Linux 5.6; needs ptrace access to pid, so the pid must not have changed uid since)."""
-    import ctypes
-    libc = _c()
-    libc.syscall.restype = ctypes.c_long
-    pidfd = libc.syscall(ctypes.c_long(434), ctypes.c_long(pid), ctypes.c_long(0))
-    if pidfd < 0:
-        raise SetupError("seccomp", ctypes.get_errno(), "pidfd_open")
-    try:
-        new = libc.syscall(ctypes.c_long(438), ctypes.c_long(pidfd), ctypes.c_long(fd), ctypes.c_long(0))
-        if new < 0:
-            raise SetupError("seccomp", ctypes.get_errno(), "pidfd_getfd: " + os.strerror(ctypes.get_errno()))
-        return int(new)
-    finally:
-        os.close(pidfd)
-
-
 def receive_kill(listener_fd, timeout=None):
     """Wait for a kill-rule notification; return (pid, syscall name) or None.
 
     None means the timeout passed, or no process uses the filter any more (POLLHUP). The notifying
-    thread stays blocked inside the syscall — it never runs it — until the caller kills it (or
-    respond_kill answers it). `pid` is in the PID namespace of the caller of this function.
+    thread stays blocked inside the syscall — it never runs it — until the caller kills it.
+    `pid` is in the PID namespace of the caller of this function.
     """
     notification = receive_notification(listener_fd, timeout)
     if notification is None:
@@ -1008,7 +975,8 @@ def receive_notification(listener_fd, timeout=None):
             return None  # POLLHUP: every task using the filter is gone
         buffer = ctypes.create_string_buffer(80)  # struct seccomp_notif; the kernel wants it zeroed
         if libc.ioctl(ctypes.c_int(listener_fd), ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_RECV), buffer) < 0:
-            err = ctypes.get_errno()
+            from . import native
+            err = native.errno()
             if err in (2, 4):  # ENOENT: the task died before we read it; EINTR
                 continue
             raise SetupError("seccomp", err, "reading a seccomp notification")
@@ -1016,16 +984,6 @@ def receive_notification(listener_fd, timeout=None):
         args = struct.unpack_from("=6Q", buffer.raw, 32)
         return {"id": ident, "pid": pid, "nr": nr, "arch": arch, "ip": ip, "args": args,
                 "syscall": syscall_name(nr, arch)}
-
-
-def respond_kill(listener_fd, notification_id, errno_=1):
-    """Answer a pending notification with an error instead of killing (the syscall is not run)."""
-    import ctypes
-    import struct
-    buffer = ctypes.create_string_buffer(struct.pack("=QqiI", notification_id, 0, -errno_, 0), 24)
-    if _c().ioctl(ctypes.c_int(listener_fd), ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_SEND), buffer) < 0:
-        return ctypes.get_errno()
-    return 0
 
 
 def verdict(notification):
@@ -1051,14 +1009,15 @@ def syscall_name(nr, arch=AUDIT_ARCH_X86_64):
         return _BY_NUMBER.get(nr, "syscall_%d" % nr)
     try:
         import ctypes
-        lib = ctypes.CDLL("libseccomp.so.2")
+        from . import native
+        lib = native.libseccomp()
         lib.seccomp_syscall_resolve_num_arch.restype = ctypes.c_void_p
         pointer = lib.seccomp_syscall_resolve_num_arch(ctypes.c_uint32(arch), ctypes.c_int(nr))
         if pointer:
             name = ctypes.string_at(pointer).decode()
             _c().free(ctypes.c_void_p(pointer))
             return name
-    except OSError:
+    except (OSError, SetupError):
         pass
     return "syscall_%d" % nr
 
@@ -1173,3 +1132,57 @@ def describe(policy, caps=(), cache_dir=None):
         "denied": deny,
         "conditional": conditional,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# the layer interface (sandbox/stages.py): plan in the supervisor, child half last before execve
+
+class SeccompPlan:
+    """The layer's part: the compiled programs, and the filters already in force (the command
+    inherits the supervisor's own, e.g. when pysandbox runs in a container; ours go on top)."""
+
+    __slots__ = ("bpf", "extra_bpf", "log", "listener", "mode_before", "filters_before")
+
+    def __init__(self, **values):
+        for key in self.__slots__:
+            object.__setattr__(self, key, values[key])
+
+    def __setattr__(self, name, value):
+        raise AttributeError("SeccompPlan is frozen")
+
+
+def plan(profile, context):
+    if profile.seccomp is None:
+        return None
+    from . import native
+    caps_part = context.layers.get("caps")
+    keep = caps_part.keep if caps_part is not None else ()
+    notify_kills = bool(profile.seccomp.has_kill_rules)
+    bpf = compile_policy(profile.seccomp, caps=keep, notify_kills=notify_kills)
+    extra = context.extra_seccomp
+    extra_bpf = compile_policy(extra, caps=keep) if extra is not None else None
+    if notify_kills:
+        # PID 1 receives the listener over a socketpair and reads notifications after
+        # pivot_root, where the host's stdlib may not be visible.
+        import select, socket, struct  # noqa: F401,E401
+    fields = native.proc_status()
+    return SeccompPlan(bpf=bpf, extra_bpf=extra_bpf, log=bool(getattr(profile.seccomp, "log", False)),
+                       listener=notify_kills, mode_before=int(fields.get("Seccomp", "0")),
+                       filters_before=int(fields.get("Seccomp_filters", "0")))
+
+
+def expect(part):
+    return {"seccomp_mode": part.mode_before, "seccomp_filters_before": part.filters_before}
+
+
+def child(part, launch):
+    """The command's last stage: the filters, then a check that exactly they went on."""
+    before = part.filters_before
+    if part.extra_bpf is not None:
+        # a filter stacked from the command line first; the profile's own stays last
+        install(part.extra_bpf)
+        before += 1
+    install(part.bpf, log=part.log, listener=launch.handoff is not None, handoff=launch.handoff)
+    # open/read/close only: syscalls the command's own startup needs anyway
+    from . import verify
+    verify.seccomp_installed(before)

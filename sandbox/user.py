@@ -12,6 +12,7 @@ Nothing here ever maps onto host id 0.
 """
 import os
 
+from . import native
 from .errors import SetupError
 
 
@@ -129,11 +130,21 @@ def enter(idmap):
         raise SetupError("setresuid", e.errno) from None
 
 
+def keep_caps_across_setuid():
+    """SECBIT_KEEP_CAPS: setresuid() from 0 to another uid then keeps the permitted set
+    (the kernel still empties effective; caps.apply raises it again). execve clears it."""
+    native.prctl(native.PR_SET_KEEPCAPS, 1, stage="keepcaps")
+
+
+def parent(idmap, pid):
+    """The supervisor's half (stage "idmap"): write the maps of child `pid`."""
+    write_maps(pid, idmap)
+
+
 def become(idmap, keep_caps):
     """Child half, in the command process: the final inside ids."""
     if keep_caps and idmap.inside_uid != 0:
-        from .sys import prctl, PR_SET_KEEPCAPS
-        prctl(PR_SET_KEEPCAPS, 1, stage="keepcaps")
+        keep_caps_across_setuid()
     try:
         os.setresgid(idmap.inside_gid, idmap.inside_gid, idmap.inside_gid)
         os.setresuid(idmap.inside_uid, idmap.inside_uid, idmap.inside_uid)

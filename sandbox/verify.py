@@ -17,9 +17,11 @@ is given is checked):
                                read-only directory
   readonly_paths        [path] each absent, or a file whose open for writing fails with
                                EROFS/EACCES/EPERM, or a directory on a read-only mount
-  landlock              True | path   the process is Landlock-restricted: listing the
-                               probe directory ("/" by default, which the composed-root
-                               policy never grants) fails with EACCES
+  landlock              ("list", dir) | ("write", file) | True   the process is Landlock-
+                               restricted: listing dir (True: "/", which the composed-root
+                               policy never grants) or opening file for writing (opened and
+                               closed, never written) fails with EACCES; landlock.probe_for
+                               picks the probe the policy denies
   no_fds_above_2        True   /proc/self/fd holds only 0, 1, 2 and `allowed_fds`
   allowed_fds           [int]
   allow_cloexec_fds     bool   also accept descriptors marked close-on-exec
@@ -30,9 +32,8 @@ own startup needs anyway, so any filter that lets the command run lets this run)
 """
 import os
 
+from . import native
 from .errors import SetupError
-
-
 
 def _fail(layer, detail):
     raise SetupError("verify: " + layer, 0, detail)
@@ -40,8 +41,26 @@ def _fail(layer, detail):
 
 def status():
     """/proc/self/status as {field: text}."""
-    from .sys import proc_status
-    return proc_status()
+    return native.proc_status()
+
+
+def expectations(profile, idmap, mounts, layers):
+    """What the command must see just before exec (supervisor, before fork): the runtime's
+    own checks plus each layer's expect(part), from the plan that layer made."""
+    import sys
+    expect = {"no_new_privs": profile.process.no_new_privs}
+    if idmap is not None:
+        expect["uid_map_no_host_root"] = True
+    if mounts.proc:
+        expect["masked_paths"] = [m for m in mounts.masked if m.startswith("/proc/")]
+        expect["readonly_paths"] = list(mounts.readonly)
+    for module_name, part in layers.items():
+        layer_expect = getattr(sys.modules["sandbox." + module_name], "expect", None)
+        if layer_expect is not None:
+            expect.update(layer_expect(part))
+    if profile.process.close_fds:
+        expect["no_fds_above_2"] = True
+    return expect
 
 
 def check(expect):
@@ -87,7 +106,11 @@ def check(expect):
 
     probe = expect.get("landlock")
     if probe:
-        _check_landlock(probe if isinstance(probe, str) else "/")
+        if probe is True:
+            probe = ("list", "/")
+        elif isinstance(probe, str):
+            probe = ("list", probe)
+        _check_landlock(*probe)
 
     if expect.get("no_fds_above_2"):
         _check_fds(set(expect.get("allowed_fds") or ()), bool(expect.get("allow_cloexec_fds")))
@@ -174,16 +197,20 @@ def _check_readonly(path):
     _fail("readonly paths", "%s can be opened for writing" % path)
 
 
-def _check_landlock(probe):
+def _check_landlock(kind, probe):
     import errno
+    flags = os.O_RDONLY | os.O_DIRECTORY if kind == "list" else os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK
+    doing = "listing" if kind == "list" else "opening for writing"
     try:
-        fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(probe, flags | os.O_CLOEXEC)
     except OSError as e:
         if e.errno == errno.EACCES:
             return
-        _fail("landlock", "probe %s failed with %s, expected EACCES" % (probe, errno.errorcode.get(e.errno, e.errno)))
+        _fail("landlock", "probe: %s %s failed with %s, expected EACCES" % (
+            doing, probe, errno.errorcode.get(e.errno, e.errno)))
     os.close(fd)
-    _fail("landlock", "the process is not Landlock-restricted: listing %s outside the allowed set succeeded" % probe)
+    _fail("landlock", "the process is not Landlock-restricted: %s %s outside the allowed set succeeded" % (
+        doing, probe))
 
 
 def _check_fds(allowed, allow_cloexec):

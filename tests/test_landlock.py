@@ -209,3 +209,51 @@ def test_validation_values():
     assert ("/work", "rw", True, False) in rules and ("/probes", "rx", True, False) in rules
     assert ("/usr", "rx", True, False) in rules and ("/tmp", "rw", True, False) in rules
     assert ("/etc", "ro", True, False) in rules
+
+
+def _run_python(policy_overrides, code):
+    from sandbox import Sandbox, load_profile
+    profile = load_profile("strict").with_overrides({"landlock": policy_overrides})
+    box = Sandbox(profile)
+    try:
+        return box.run(["/usr/bin/python3", "-I", "-S", "-c", code], capture_output=True, timeout=60)
+    finally:
+        box.close()
+
+
+PROBE_WRITES = r"""
+import errno, os
+out = []
+for path, flags in (("/", os.O_RDONLY | os.O_DIRECTORY), ("/dev/null", os.O_WRONLY), ("/tmp/x", os.O_WRONLY | os.O_CREAT)):
+    try:
+        os.close(os.open(path, flags))
+        out.append("ok")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+print(" ".join(out))
+"""
+
+
+def test_read_only_root_policy_runs_and_is_verified():
+    """read_only = ["/"] grants listing "/": verify must probe what the policy denies
+    (writing /dev/null) instead of refusing the run as "not Landlock-restricted"."""
+    require(landlock.abi() >= 1, "the kernel does not offer Landlock")
+    result = _run_python({"read_only": ["/"], "execute": ["/usr"], "read_write": ["/tmp"]}, PROBE_WRITES)
+    assert result.exit_code == 0, (result, result.stderr)
+    assert result.stdout.decode().split() == ["ok", "EACCES", "ok"]
+
+
+def test_verify_follows_the_policy():
+    default = landlock.LandlockPolicy()
+    assert landlock.probe_for(default) == ("list", "/")
+    assert landlock.probe_for(landlock.LandlockPolicy(read_only=["/usr"])) == ("list", "/")
+    assert landlock.probe_for(landlock.LandlockPolicy(read_only=["/"])) == ("write", "/dev/null")
+    assert landlock.probe_for(landlock.LandlockPolicy(read_only=["/"], read_write=["/dev"])) is None
+    assert landlock.probe_for(landlock.LandlockPolicy(read_only=["/"]), extra_rw=("/dev/null",)) is None
+
+
+def test_a_policy_verify_cannot_probe_runs_with_a_warning():
+    require(landlock.abi() >= 1, "the kernel does not offer Landlock")
+    result = _run_python({"read_write": ["/"]}, "print('ran')")
+    assert result.exit_code == 0, (result, result.stderr)
+    assert any("not verified" in w for w in result.warnings), result.warnings

@@ -83,8 +83,11 @@ def test_true_expectations_pass():
         expect = {"no_new_privs": True, "caps": caps.expected((), ()), "seccomp_mode": 0,
                   "seccomp_filters_before": int(fields.get("Seccomp_filters", 0)),
                   "uid_map_no_host_root": True, "landlock": True, "no_fds_above_2": True,
-                  "allow_cloexec_fds": True, "masked_paths": ["/nonexistent/x"],
-                  "readonly_paths": ["/nonexistent/y"]}
+                  "allow_cloexec_fds": True,
+                  # paths that exist and hold: /dev/null is what a masked file is bound to;
+                  # a root-owned binary cannot be opened for writing by the namespace's root
+                  # (host root is not mapped), so it counts as read-only
+                  "masked_paths": ["/dev/null"], "readonly_paths": ["/usr/bin/true"]}
         verify.check(expect)
         return "ok"
     assert run(body) == "ok"
@@ -107,8 +110,7 @@ def test_wrong_expectation_names_the_layer(wrong, layer):
 
 @pytest.mark.root_only
 def test_host_root_mapping_is_caught():
-    if not ROOT:
-        pytest.skip("only host root can map host id 0")
+    require(ROOT, "only host root can map host id 0")
     r = in_userns(lambda: verify.check({"uid_map_no_host_root": True}), "0 0 1", "0 0 1")
     assert r["error"] == "verify: id maps" and "host id 0" in r["text"]
     # a range that covers 0 somewhere in its middle, not only on its first line
@@ -217,9 +219,11 @@ def test_runtime_exits_125_naming_the_layer(profile, corrupt, layer):
     """Through the real runtime: a wrong expectation stops the command before exec."""
     from sandbox import Sandbox, load_profile
     box = Sandbox(load_profile(profile))
-    prepared = box._prepare()
-    require(prepared.get("verify") is not None, "the runtime does not run the verify stage")
-    corrupt(prepared["verify"])
+    plan = box.plan()
+    assert plan.verify is not None and "no_new_privs" in plan.verify
+    expect = {key: dict(value) if isinstance(value, dict) else value for key, value in plan.verify.items()}
+    corrupt(expect)
+    box._plan = plan.replace(verify=expect)
     result = box.run(["/bin/echo", "should not run"], capture_output=True)
     assert result.exit_code == 125
     assert result.stage == layer, (result.stage, result.message)

@@ -10,6 +10,22 @@ import pytest
 IN_CI = os.environ.get("CI") == "true"
 ROOT = os.geteuid() == 0
 
+# Reference seccomp profiles from Debian's packages (setup.sh installs them): Docker's
+# default from golang-github-docker-docker-dev (matching the installed docker.io) and
+# Podman's from containers-common. Tests never read files beside the clone.
+REFERENCE_SECCOMP = {
+    "docker": ("/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json",
+               "golang-github-docker-docker-dev"),
+    "podman": ("/usr/share/containers/seccomp.json", "containers-common"),
+}
+
+
+def reference_seccomp(engine):
+    """Path of Docker's ("docker") or Podman's ("podman") default seccomp profile."""
+    path, package = REFERENCE_SECCOMP[engine]
+    require(os.path.isfile(path), "%s not found: install Debian's %s (setup.sh does)" % (path, package))
+    return path
+
 
 def require(condition, reason):
     """Skip with `reason` when `condition` is false; in CI (CI=true) that is a failure,
@@ -53,3 +69,39 @@ def run_in(profile, *cmd, extra=(), timeout=60, result_file=None):
 def py(code):
     """argv running `code` with the sandbox's /usr/bin/python3 (isolated mode)."""
     return ["/usr/bin/python3", "-I", "-S", "-c", code]
+
+
+def wait_until(condition, timeout=30, what="the condition"):
+    """Poll `condition()` until it is true (returns its value) or fail after `timeout` s:
+    waiting for an event the test can observe, never a fixed sleep standing in for one."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail("timed out after %gs waiting for %s" % (timeout, what))
+        time.sleep(0.01)
+
+
+def children(pid):
+    """PIDs of the children of `pid` (its main thread's), [] once it is gone."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def command_running(pid1, name):
+    """True once the sandbox whose PID 1 is `pid1` runs a process called `name`: setup
+    is over (the command only execs after its last stage)."""
+    for child in children(pid1):
+        try:
+            with open("/proc/%d/comm" % child) as f:
+                if f.read().strip() == name[:15]:
+                    return True
+        except OSError:
+            pass
+    return False
