@@ -53,18 +53,8 @@ def _split_bind(spec):
     return src, (dst if sep else src)
 
 
-class MountEntry:
-    """An ordered mount as the profile gives it (compatible with sandbox.profile.MountEntry:
-    any object with kind, source, target and options is accepted)."""
-
-    __slots__ = ("kind", "source", "target", "options")
-
-    def __init__(self, kind, source, target, options=None):
-        self.kind, self.source, self.target = kind, source, target
-        self.options = dict(options or {})
-
-    def __repr__(self):
-        return "MountEntry(%r, %r, %r)" % (self.kind, self.source, self.target)
+# The profile's ordered mount entry (kind, source, target, options, origin).
+from .profile.schema import MountEntry  # noqa: E402
 
 
 class Mount:
@@ -107,27 +97,29 @@ def _depth(entry):
 def _legacy_entries(ro_binds, binds, tmpfs):
     """Separate lists say nothing about the order between them: outer targets go first,
     so --tmpfs /data with --ro-bind X:/data/in works whatever order the lists came in."""
-    entries = [MountEntry("ro-bind", *_split_bind(s)) for s in ro_binds] + \
-              [MountEntry("bind", *_split_bind(s)) for s in binds] + \
-              [MountEntry("tmpfs", None, t) for t in tmpfs]
+    entries = [MountEntry("ro-bind", *_split_bind(s), origin="API") for s in ro_binds] + \
+              [MountEntry("bind", *_split_bind(s), origin="API") for s in binds] + \
+              [MountEntry("tmpfs", None, t, origin="API") for t in tmpfs]
     return sorted(entries, key=_depth)
 
 
 def _profile_entries(fs, rootfs):
-    """The profile's ordered mounts: `fs.mounts` when the profile provides it, else the
-    legacy lists. An image given as rootfs brings its own /usr, so the profile's host
+    """The profile's ordered mounts (`fs.mounts`: the profile files' in the order given, then
+    the command line's). An image given as rootfs brings its own /usr, so the profile's host
     binds stay out of it; only mounts asked for with this run go in."""
-    legacy = [("ro-bind", s) for s in fs.ro_bind] + [("bind", s) for s in fs.bind]
-    ordered = getattr(fs, "mounts", None)
-    if ordered is None:
-        if rootfs:
-            return [MountEntry("tmpfs", None, t) for t in fs.tmpfs]
-        return _legacy_entries(fs.ro_bind, fs.bind, fs.tmpfs)
-    entries = list(ordered)
+    entries = list(fs.mounts)
     if rootfs:
-        profile_binds = {(kind, _split_bind(spec)) for kind, spec in legacy}
-        entries = [e for e in entries if (e.kind, (e.source, e.target)) not in profile_binds]
+        # Each entry knows where it came from: a profile file's binds compose a host root and
+        # stay out of an image; the command line's (and the API's) go in.
+        entries = [e for e in entries if e.kind == "tmpfs" or not _from_profile_file(e)]
     return entries
+
+
+def _from_profile_file(entry):
+    origin = getattr(entry, "origin", None)
+    if origin is None:
+        return True
+    return origin.endswith(".toml") or os.path.isabs(origin)
 
 
 def _label(entry):

@@ -185,7 +185,7 @@ class FakeNative:
         self.record.append(("pidfd", r))
         return r
 
-    def open_sources(self, mounts):
+    def open_sources(self, mounts, idmap=None):
         fds = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in mounts.binds]
         self.open_fds |= set(fds)
         self.record.append(("sources", len(fds)))

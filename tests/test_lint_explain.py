@@ -24,7 +24,7 @@ def test_lint_reads_the_compiled_filter(tmp_path):
     profile = tmp_path / "p.toml"
     profile.write_text('extends = "default"\n[seccomp]\nimport = "%s"\n[capabilities]\nkeep = ["SYS_ADMIN"]\n'
                        '[process]\nnew_session = false\n[filesystem]\nbind = ["/run:/hostrun"]\n'
-                       'readonly_paths = []\n' % docker)
+                       'replace = ["readonly_paths"]\n' % docker)
     proc = run_cli("profile", "lint", str(profile))
     assert proc.returncode == 1
     # Docker's profile re-allows unshare/mount for CAP_SYS_ADMIN and allows x32/i386, TIOCSTI
@@ -34,10 +34,64 @@ def test_lint_reads_the_compiled_filter(tmp_path):
 
 
 def test_lint_runtime_socket(tmp_path):
+    import os
+    from sandbox.errors import ProfileError
     profile = tmp_path / "p.toml"
     profile.write_text('extends = "strict"\n[filesystem]\nro_bind = ["/usr", "/var/run/docker.sock"]\n')
     proc = run_cli("profile", "lint", str(profile))
-    assert proc.returncode == 1 and "CRITICAL runtime-socket" in proc.stdout
+    assert "CRITICAL runtime-socket" in proc.stdout
+    # without a Docker daemon the socket is missing: `run` would refuse the bind, so lint does too
+    exists = os.path.exists("/var/run/docker.sock")
+    assert proc.returncode == (1 if exists else ProfileError.exit_code), proc.stdout
+    assert exists or "ERROR    filesystem.mounts" in proc.stdout
+
+
+def _lint(tmp_path, text):
+    profile = tmp_path / "p.toml"
+    profile.write_text(text)
+    return run_cli("profile", "lint", str(profile))
+
+
+def test_lint_warns_when_usr_is_replaced_away(tmp_path):
+    proc = _lint(tmp_path, 'extends = "strict"\n[filesystem]\nreplace = ["ro_bind"]\nro_bind = ["%s:/data"]\n'
+                 % tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MEDIUM   no-usr" in proc.stdout and "replaces the inherited filesystem.ro_bind" in proc.stdout
+    assert "clean" not in proc.stdout
+
+
+def test_lint_warns_on_an_allowlist_without_basic_syscalls(tmp_path):
+    proc = _lint(tmp_path, 'extends = "strict"\n[seccomp]\nreplace = ["allow"]\nallow = ["read", "write"]\n')
+    assert "seccomp-basic-missing" in proc.stdout and "execve" in proc.stdout, proc.stdout + proc.stderr
+    # adding to strict's allowlist keeps @basic: no such warning
+    proc = _lint(tmp_path, 'extends = "strict"\n[seccomp]\nallow = ["ptrace"]\n')
+    assert "seccomp-basic-missing" not in proc.stdout and "no-usr" not in proc.stdout, proc.stdout
+
+
+def test_lint_warns_without_path(tmp_path):
+    proc = _lint(tmp_path, 'extends = "strict"\n[environment]\nreplace = ["set"]\nset = { HOME = "/tmp" }\n')
+    assert "LOW      no-path" in proc.stdout, proc.stdout + proc.stderr
+    assert "no-path" not in run_cli("profile", "lint", "strict").stdout
+
+
+def test_lint_and_show_refuse_what_run_refuses(tmp_path):
+    from sandbox.errors import ProfileError
+    profile = tmp_path / "p.toml"
+    profile.write_text('extends = "strict"\n[filesystem]\nro_bind = ["/etc:/proc/x"]\n')
+    for command in ("show", "lint"):
+        proc = run_cli("profile", command, str(profile))
+        assert proc.returncode == ProfileError.exit_code, (command, proc.stdout)
+        assert proc.stderr == "pysandbox: %s:3: filesystem.ro_bind: refusing to mount over /proc/x (the runtime " \
+            "builds it)\n" % profile, proc.stderr
+    proc = run_cli("run", "--profile", str(profile), "--", "/bin/true")
+    assert proc.returncode == ProfileError.exit_code and ":3: filesystem.ro_bind: " in proc.stderr
+
+
+def test_lint_reports_a_missing_bind_source(tmp_path):
+    from sandbox.errors import ProfileError
+    proc = _lint(tmp_path, 'extends = "strict"\n[filesystem]\nro_bind = ["%s/absent:/data"]\n' % tmp_path)
+    assert proc.returncode == ProfileError.exit_code
+    assert "ERROR    filesystem.mounts" in proc.stdout and "absent does not exist" in proc.stdout
 
 
 @pytest.mark.parametrize("layer", ["seccomp", "capabilities", "landlock", "no_new_privs", "namespaces", "limits",
@@ -51,4 +105,19 @@ def test_explain_every_layer(layer):
 
 def test_explain_unknown_layer():
     proc = run_cli("explain", "magic")
-    assert proc.returncode == 2 and proc.stderr.startswith("pysandbox: unknown layer 'magic'")
+    assert proc.returncode == 125 and proc.stderr.startswith("pysandbox: unknown layer 'magic'")
+
+
+def test_a_directory_profile_says_so(tmp_path):
+    for command in (("profile", "show"), ("profile", "lint"), ("run", "--profile")):
+        proc = run_cli(*command, str(tmp_path), *(("--", "/bin/true") if command[0] == "run" else ()))
+        assert proc.returncode != 0 and "is a directory" in proc.stderr and "no such" not in proc.stderr, proc.stderr
+
+
+def test_lint_warns_when_cwd_is_nowhere(tmp_path):
+    proc = _lint(tmp_path, 'extends = "strict"\n[filesystem]\ncwd = "/work"\n')
+    assert "MEDIUM   cwd-missing" in proc.stdout, proc.stdout + proc.stderr
+    proc = _lint(tmp_path, 'extends = "strict"\n[filesystem]\ncwd = "/work/src"\nro_bind = ["%s:/work"]\n' % tmp_path)
+    assert "cwd-missing" not in proc.stdout, proc.stdout
+    proc = _lint(tmp_path, 'extends = "strict"\n[filesystem]\ncwd = "/tmp/proj"\n')   # /tmp starts empty
+    assert "cwd-missing" in proc.stdout, proc.stdout

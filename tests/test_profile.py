@@ -280,7 +280,7 @@ def test_a_derived_action_wins_over_the_inherited_one(tmp_path):
     assert not any(name == "socket" for name, _, args in p.seccomp.rules if args)  # inherited rules dropped
     # an allow does not drop inherited argument rules: that would silently loosen strict's clone check
     path = write(tmp_path, 'extends = "strict"\n[seccomp]\nallow = ["clone"]\n', "loose.toml")
-    with pytest.raises(ProfileError, match="clone has an unconditional rule and a conditional allow") as info:
+    with pytest.raises(ProfileError, match="clone has an unconditional allow and a conditional allow") as info:
         load_profile(path)
     assert info.value.key == "seccomp.rules" and info.value.source.endswith("strict.toml")
     assert str(info.value).endswith("(this [seccomp] also takes keys from %s)" % path)

@@ -301,8 +301,6 @@ def test_bind_reaches_the_sandbox_where_asked(tmp_path):
     assert proc.returncode == 0 and proc.stdout == "42\n", proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="binds under /tmp vanish under the /tmp tmpfs (issue 9 item 1): "
-                   "fixed by the mounts branch; flips to a pass when it is merged")
 def test_readme_quick_start_runs_a_script_from_the_current_directory(tmp_path_factory):
     """The README's quick start, exactly, from a directory under /tmp (as root and rootless)."""
     import tempfile
