@@ -71,7 +71,8 @@ LESSONS = (
            "    report(False, 'no such process: the host pid %d does not exist in here' % pid)\n",
            False, _host_pid),
     Lesson("mount", "read the host's per-IRQ counters (/proc/interrupts, a side channel on host activity)",
-           {"filesystem": {"masked_paths": []}},
+           # Derived profiles add to inherited lists; dropping the masks takes an explicit replace.
+           {"filesystem": {"masked_paths": [], "replace": ["masked_paths"]}},
            "try:\n    head = open('/proc/interrupts').read(200)\n"
            "    report(bool(head.strip()), 'read %d bytes: %r' % (len(head), head.splitlines()[0] if head else ''))\n"
            "except OSError as e:\n    report(False, 'refused: %s' % e.strerror)\n",
