@@ -28,6 +28,9 @@ run options:
   --net none|loopback|host
   --uid N / --gid N       ids inside the sandbox
   --timeout SECONDS       kill the whole sandbox after SECONDS (exit 124)
+  --cpu-time SECONDS      CPU-time budget of the whole sandbox (exit 152, reason cpu-time)
+  -t, --tty               give the command a pty of the sandbox's own (automatic when stdin is a terminal)
+  -i, --interactive       with -t, relay a stdin that is not a terminal
   --memory SIZE           memory limit (swap off unless --memory-swap)
   --memory-swap SIZE      memory+swap limit (-1: unlimited swap)
   --pids N                process limit
@@ -44,8 +47,8 @@ exit status: the command's own; 128+N when killed by signal N; 124 timeout;
 
 _VALUED = {"--profile", "--ro-bind", "--bind", "--tmpfs", "--rootfs", "--env", "--cwd", "--hostname", "--net",
            "--uid", "--gid", "--timeout", "--result", "--memory", "--memory-swap", "--pids", "--cpus",
-           "--cpu-weight", "--io-weight", "--seccomp", "--name"}
-_FLAGS = {"--quiet", "--overlay", "--help", "-h"}
+           "--cpu-weight", "--io-weight", "--seccomp", "--name", "--cpu-time"}
+_FLAGS = {"--quiet", "--overlay", "--help", "-h", "-t", "--tty", "-i", "--interactive"}
 
 
 def err(message):
@@ -198,7 +201,9 @@ def cmd_run(args):
             raise ProfileError(str(e).split(": ", 1)[-1], source=opts["--seccomp"], key="seccomp") from None
     box = Sandbox(profile, name=opts.get("--name"), ro_binds=opts["--ro-bind"], binds=opts["--bind"],
                   tmpfs=opts["--tmpfs"], register=True, extra_seccomp=extra_seccomp)
-    proc = box.start(argv, env=env)
+    cpu_time = _number(opts, "--cpu-time", float)
+    proc = box.start(argv, env=env, cpu_time=cpu_time, tty=True if opts.get("-t") or opts.get("--tty") else None,
+                     interactive=bool(opts.get("-i") or opts.get("--interactive")))
 
     def forward(sig, _frame):
         proc.kill(sig)
@@ -211,6 +216,8 @@ def cmd_run(args):
             err(warning if warning.startswith("warning:") else "warning: " + warning)
     if result.reason == "setup-error":
         err(result.message or result.stage)
+    elif result.reason == "cpu-time" and not quiet:
+        err("used its CPU time (%gs); the sandbox was killed" % result.cpu_time)
     elif result.reason == "timeout" and not quiet:
         err("timed out after %gs; the sandbox was killed" % proc.timeout)
     elif result.reason in ("oom", "pids", "seccomp") and not quiet:
