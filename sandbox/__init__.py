@@ -6,12 +6,12 @@
 
 Imports are lazy: `import sandbox` costs nothing until a name is used.
 """
-__all__ = ["Sandbox", "SandboxProcess", "Result", "load_profile", "SandboxError", "ProfileError", "SetupError"]
+__all__ = ["Sandbox", "SandboxProcess", "Result", "RunFailed", "ArgumentError", "load_profile", "SandboxError", "ProfileError", "SetupError"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name in ("Sandbox", "SandboxProcess", "Result"):
+    if name in ("Sandbox", "SandboxProcess", "Result", "RunFailed", "ArgumentError"):
         from . import runtime
         return getattr(runtime, name)
     if name == "load_profile":

@@ -95,7 +95,7 @@ class Result:
     """Why and how a sandboxed run ended; the same fields as `--result` JSON."""
 
     FIELDS = ("name", "exit_code", "signal", "reason", "stage", "message", "syscall", "wall", "cpu_user",
-              "cpu_system", "memory_peak", "limits", "warnings", "profile")
+              "cpu_system", "memory_peak", "limits", "warnings", "profile", "cpu_time")
 
     def __init__(self, **values):
         for field in self.FIELDS:
