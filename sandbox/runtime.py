@@ -500,7 +500,7 @@ class SandboxProcess:
         write_fd = io.pop("in", None)
         pending_input = memoryview(input or b"")
         if write_fd is not None and not pending_input:
-            native.close(write_fd)
+            os.close(write_fd)
             write_fd = None
         captures = {fd: Capture(max_output) for fd in io.values()}
         streams = {index: captures[fd] for index, fd in io.items()}
@@ -548,7 +548,7 @@ class SandboxProcess:
                         pending_input = pending_input[:0]
                     if not pending_input:
                         poller.unregister(write_fd)
-                        native.close(write_fd)
+                        os.close(write_fd)
                         write_fd = None
                 elif fd == self._msg_r and msg_open:
                     data = native.read(fd, 65536)
@@ -582,7 +582,7 @@ class SandboxProcess:
                 pass
             native.close(fd)
         if write_fd is not None:
-            native.close(write_fd)
+            os.close(write_fd)
         if relay is not None:
             relay.drain()
         if cpu_budget is not None and not self._cpu_exceeded and cpu_watch:
