@@ -209,13 +209,15 @@ class Sandbox:
         given = (stdin, stdout, stderr)
         relay = None
         if tty is not False:
-            # Only now, and only on this path, is anything about terminals imported.
-            slots = [fd is None for fd in given]
-            if tty is None:
-                slots = [inherit and os.isatty(index) for index, inherit in enumerate(slots)]
+            # A terminal among the command's stdio (inherited or given) is the caller's:
+            # it is replaced by the sandbox's own pty; tty=True also gives the pty to
+            # every inherited slot. Only on this path is anything about terminals imported.
+            callers = [index if fd is None else fd for index, fd in enumerate(given)]
+            slots = [os.isatty(fd) or (tty is True and inherited is None)
+                     for fd, inherited in zip(callers, given)]
             if any(slots):
                 from . import terminal
-                relay = terminal.Relay(slots, interactive)
+                relay = terminal.Relay(slots, interactive, callers)
                 given = tuple(relay.null_fd if slot else fd for slot, fd in zip(slots, given))
         launch = Launch(argv, environment, cwd or plan.cwd,
                         stdio=given if given != (None, None, None) else None, init_fd=self._init_fd)
@@ -482,6 +484,13 @@ class SandboxProcess:
         relay = self.launch.tty
         try:
             return self._wait(io, input, max_output, relay)
+        except BaseException:
+            # interrupted (KeyboardInterrupt, an error in a signal handler): the sandbox
+            # must not outlive the wait that owns it
+            if self.result is None:
+                self._kill_all()
+                self._cleanup()
+            raise
         finally:
             if relay is not None:
                 relay.finish()  # the caller's terminal as it was, on every way out

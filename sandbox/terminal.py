@@ -40,9 +40,9 @@ _WINSIZE = struct.pack("HHHH", 0, 0, 0, 0)
 _PENDING_MAX = 1 << 16    # caller input queued for the master before we stop reading it
 
 
-def caller_winsize():
-    """The window size of the caller's terminal (the first of fds 0-2 that is one), or None."""
-    for fd in (0, 1, 2):
+def caller_winsize(fds=(0, 1, 2)):
+    """The window size of the caller's terminal (the first of `fds` that is one), or None."""
+    for fd in fds:
         try:
             return fcntl.ioctl(fd, termios.TIOCGWINSZ, _WINSIZE)
         except OSError:
@@ -78,16 +78,19 @@ class Relay:
     """One run's terminal: which stdio slots get the pty, the socket the master comes back
     on, and the copying between the caller's terminal and the master."""
 
-    def __init__(self, slots, interactive=False):
+    def __init__(self, slots, interactive=False, callers=(0, 1, 2)):
+        """`slots`: which of the command's stdio get the pty; `callers`: the caller's
+        descriptor behind each slot (the supervisor's own 0-2 when inherited)."""
         self.slots = tuple(bool(s) for s in slots)
-        self.winsize = caller_winsize()
+        self.winsize = caller_winsize(tuple(fd for fd, slot in zip(callers, self.slots) if slot) + (0, 1, 2))
         self.null_fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         # The caller's stdin is copied in when it is a terminal, or with interactive (-i);
         # raw mode only for a terminal.
-        stdin_tty = self.slots[0] and os.isatty(0)
-        self.in_fd = 0 if self.slots[0] and (stdin_tty or interactive) else None
-        self.raw_fd = 0 if stdin_tty else None
-        self.out_fd = 1 if self.slots[1] else (2 if self.slots[2] else None)
+        stdin_tty = self.slots[0] and os.isatty(callers[0])
+        self.in_fd = callers[0] if self.slots[0] and (stdin_tty or interactive) else None
+        self.raw_fd = callers[0] if stdin_tty else None
+        self.out_fd = callers[1] if self.slots[1] else (callers[2] if self.slots[2] else None)
+        self.winsize_fds = tuple(fd for fd, slot in zip(callers, self.slots) if slot) + (0, 1, 2)
         self.sock = self.child_sock = self.master = None
         self.poller = self.proc = None
         self.saved_mode = None
@@ -132,7 +135,7 @@ class Relay:
         self.proc.kill(sig)
 
     def _resize(self, *_):
-        size = caller_winsize()
+        size = caller_winsize(self.winsize_fds)
         if size is not None and self.master is not None:
             try:
                 fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)

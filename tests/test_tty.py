@@ -259,3 +259,27 @@ def test_the_non_tty_path_imports_nothing_for_terminals(strict):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split(None, 1)[0] == "0"
     assert "terminal" not in proc.stdout and "termios" not in proc.stdout, proc.stdout
+
+
+def test_a_terminal_given_as_a_descriptor_is_replaced_too(strict):
+    """start(stdout=<a terminal>) under the default tty=None: the command writes to a pty
+    of its own, the relay copies it to the given terminal."""
+    from sandbox import Sandbox, load_profile
+    master, slave = pty.openpty()
+    null = os.open("/dev/null", os.O_RDONLY)
+    try:
+        host_pts = os.stat("/dev/pts").st_dev
+        with Sandbox(load_profile(strict)) as box:
+            r = box.start(["sh", "-c", "stat -L -c %d /proc/self/fd/1"], stdin=null, stdout=slave, timeout=20).wait()
+        assert r.exit_code == 0, r
+        shown = b""
+        while select.select([master], [], [], 0)[0]:
+            chunk = os.read(master, 4096)
+            if not chunk:
+                break
+            shown += chunk
+        dev = int(shown.split()[0])
+        assert dev != host_pts and dev != os.stat(os.ttyname(slave)).st_dev
+    finally:
+        for fd in (master, slave, null):
+            os.close(fd)
