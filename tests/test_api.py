@@ -105,7 +105,8 @@ def test_a_gigabyte_of_output_does_not_grow_the_supervisor(strict):
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
         "print(r.reason, r.exit_code, len(r.stdout), r.stdout_truncated, runtime.DEFAULT_MAX_OUTPUT, hwm)\n"
     ) % strict
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                          cwd="/")  # the installed package, not the checkout
     assert proc.returncode == 0, proc.stderr
     reason, code_, kept, truncated, default, hwm_kb = proc.stdout.split()
     assert (reason, code_, truncated) == ("exit", "0", "True")
@@ -158,6 +159,28 @@ def test_the_grader_example_of_docs_api_runs_as_written(strict):
     section = text[text.index("## A grader"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, GRADER_PROFILE=strict))
+                          env=dict(os.environ, GRADER_PROFILE=strict), cwd="/")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "OK OK OK\n"
+
+
+def test_an_interrupted_wait_ends_the_sandbox(strict):
+    """^C in the grader (KeyboardInterrupt inside wait) must not leave the sandbox running."""
+    import signal
+    code = ("from sandbox import Sandbox, load_profile\n"
+            "box = Sandbox(load_profile(%r))\n"
+            "proc = box.start(['sleep', '60'])\n"
+            "print(proc.pid, flush=True)\n"
+            "try:\n    proc.wait()\n"
+            "except KeyboardInterrupt:\n"
+            "    import os\n    print('left', os.path.exists('/proc/%%d' %% proc.pid), flush=True)\n    raise\n") % strict
+    script = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, cwd="/")
+    pid1 = int(script.stdout.readline())
+    from util import command_running, wait_until
+    wait_until(lambda: command_running(pid1, "sleep"), what="sleep to run")
+    script.send_signal(signal.SIGINT)
+    out, err = script.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err
+    # seen by the supervisor itself as wait returns: PID 1 already killed and reaped
+    assert out.strip() == "left False", (out, err)

@@ -255,7 +255,7 @@ def test_the_non_tty_path_imports_nothing_for_terminals(strict):
             " if m in sys.modules))\n") % strict
     import sys
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, cwd="/")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split(None, 1)[0] == "0"
     assert "terminal" not in proc.stdout and "termios" not in proc.stdout, proc.stdout
