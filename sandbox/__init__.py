@@ -6,12 +6,13 @@
 
 Imports are lazy: `import sandbox` costs nothing until a name is used.
 """
-__all__ = ["Sandbox", "SandboxProcess", "Result", "load_profile", "SandboxError", "ProfileError", "SetupError"]
+__all__ = ["Sandbox", "SandboxProcess", "Result", "RunFailed", "ArgumentError", "load_profile", "SandboxError",
+           "ProfileError", "SetupError"]
 __version__ = "0.2.0"  # = pysandbox_common.VERSION (tests/test_pysandbox_cli.py)
 
 
 def __getattr__(name):
-    if name in ("Sandbox", "SandboxProcess", "Result"):
+    if name in ("Sandbox", "SandboxProcess", "Result", "RunFailed", "ArgumentError"):
         from . import runtime
         return getattr(runtime, name)
     if name == "load_profile":

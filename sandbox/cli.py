@@ -38,6 +38,11 @@ RUN_OPTIONS = (
     ("--uid", "N", "value", "uid inside the sandbox (default 0: root inside, unprivileged outside)"),
     ("--gid", "N", "value", "gid inside the sandbox"),
     ("--timeout", "SECONDS", "value", "kill the whole sandbox after SECONDS of wall time (exit 124)"),
+    ("--cpu-time", "SECONDS", "value", "CPU-time budget of the whole sandbox, apart from the wall timeout "
+     "(exit 152, reason cpu-time)"),
+    (("--tty", "-t"), None, "flag", "give the command a pty of the sandbox's own devpts, relayed to this terminal "
+     "(automatic when one of stdin/stdout/stderr is a terminal)"),
+    (("--interactive", "-i"), None, "flag", "with --tty, relay a stdin that is not a terminal"),
     ("--memory", "SIZE", "value", "memory limit, e.g. 64M (swap off unless --memory-swap); applied or the run "
      "fails with 125"),
     ("--memory-swap", "SIZE", "value", "memory+swap limit (-1: unlimited swap)"),
@@ -432,7 +437,8 @@ def _run(parsed, result_file, state):
             raise ProfileError(str(e).split(": ", 1)[-1], source=opts["--seccomp"], key="seccomp") from None
     box = Sandbox(profile, name=name, register=True, extra_seccomp=extra_seccomp, **legacy)
     try:
-        proc = box.start(argv, env=env)
+        proc = box.start(argv, env=env, cpu_time=_number(opts, "--cpu-time", float),
+                         tty=True if opts.get("--tty") else None, interactive=bool(opts.get("--interactive")))
     except SetupError as e:
         if e.stage == "cgroup" and any(flag in opts for flag in _LIMIT_OPTIONS):
             # The profile-level way out (limits.required = false) does not apply to a limit
@@ -457,6 +463,8 @@ def _run(parsed, result_file, state):
         err(result.message or result.stage)
     elif result.reason == "timeout" and not quiet:
         err("timed out after %gs; the sandbox was killed" % proc.timeout)
+    elif result.reason == "cpu-time" and not quiet:
+        err("used its CPU time (%gs); the sandbox was killed" % result.cpu_time)
     elif result.reason in ("oom", "pids", "seccomp") and not quiet:
         detail = {"oom": "killed: out of memory (limit %s)" % ((result.limits or {}).get("memory")),
                   "pids": "hit the process limit",

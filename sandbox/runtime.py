@@ -20,6 +20,13 @@ import time
 from . import channel, native
 from .errors import SetupError, SandboxError, EXIT_SETUP, EXIT_TIMEOUT, EXIT_NOEXEC, EXIT_NOTFOUND
 
+# Output captured per stream by Sandbox.run unless max_output says otherwise: enough for
+# any grader's expected output, small enough that the supervisor (outside every cgroup)
+# never grows with what the command writes.
+DEFAULT_MAX_OUTPUT = 16 << 20
+# A run ended by its CPU-time budget exits like a process killed by SIGXCPU.
+EXIT_CPU_TIME = 128 + 24
+
 _counter = [0]
 # Names of the sandboxes this process runs now: a name is one running sandbox. Threads
 # may start sandboxes concurrently: the counter and the set change under one lock
@@ -28,17 +35,77 @@ _running_names = set()
 _names_lock = _thread.allocate_lock()
 
 
+class ArgumentError(SandboxError, ValueError):
+    """A bad argument to Sandbox.run/start, found before anything starts."""
+
+    exit_code = 2
+
+
+class RunFailed(SandboxError):
+    """Raised by run(check=True) when the command failed or the sandbox did; `.result`."""
+
+    def __init__(self, argv, result):
+        self.argv, self.result = argv, result
+        if result.reason == "exit":
+            what = "exited with %d" % result.exit_code
+        elif result.reason == "setup-error":
+            what = "could not start: %s" % (result.message or result.stage)
+        else:
+            what = "ended by %s (exit %s)" % (result.reason, result.exit_code)
+        super().__init__("command %r %s" % (list(argv), what), result.exit_code)
+
+
+def command_argv(argv):
+    """argv as a list of arguments; a single string is refused (it would run as a list of
+    characters, or need a shell the caller did not ask for)."""
+    if isinstance(argv, (str, bytes, bytearray)):
+        raise TypeError("argv must be a sequence of arguments, not %s: pass a list, e.g. ['sh', '-c', CMD]"
+                        % type(argv).__name__)
+    try:
+        args = [os.fspath(arg) for arg in argv]
+    except TypeError:
+        raise TypeError("argv must be a sequence of str, bytes or path arguments, e.g. ['sh', '-c', CMD]") from None
+    if not args:
+        raise SandboxError("no command given", 2)
+    return args
+
+
+def _seconds(name, value):
+    """A positive, finite number of seconds, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentError("%s must be a number of seconds, got %r" % (name, value))
+    if not value > 0 or value == float("inf"):
+        raise ArgumentError("%s must be a positive, finite number of seconds, got %r" % (name, value))
+    return float(value)
+
+
+def _input_bytes(data):
+    if data is None or isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError("input must be bytes or str, not %s" % type(data).__name__)
+
+
 class Result:
     """Why and how a sandboxed run ended; the same fields as `--result` JSON."""
 
     FIELDS = ("name", "exit_code", "signal", "reason", "stage", "message", "syscall", "wall", "cpu_user",
-              "cpu_system", "memory_peak", "limits", "warnings", "profile")
+              "cpu_system", "memory_peak", "limits", "warnings", "profile", "cpu_time")
 
     def __init__(self, **values):
         for field in self.FIELDS:
             setattr(self, field, values.get(field))
         self.stdout = values.get("stdout")
         self.stderr = values.get("stderr")
+        # True when the stream wrote more than max_output: the rest was read and dropped
+        self.stdout_truncated = values.get("stdout_truncated", False)
+        self.stderr_truncated = values.get("stderr_truncated", False)
+        self.cpu_time = values.get("cpu_time")  # the CPU-time budget of the run, seconds
 
     @property
     def cpu(self):
@@ -76,6 +143,13 @@ class Sandbox:
         self.extra_seccomp = extra_seccomp
         self._plan = None
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
     def close(self):
         """Release what preparation holds open (the init binary's descriptor)."""
         if self._init_fd is not None:
@@ -107,10 +181,20 @@ class Sandbox:
         return self._plan
 
     # -- running ---------------------------------------------------------------------
-    def start(self, argv, env=None, cwd=None, stdin=None, stdout=None, stderr=None, timeout=None):
-        """Start the sandbox; returns a SandboxProcess. `stdin`/`stdout`/`stderr` are fds or None (inherit)."""
-        if not argv:
-            raise SandboxError("no command given", 2)
+    def start(self, argv, env=None, cwd=None, stdin=None, stdout=None, stderr=None, timeout=None,
+              cpu_time=None, tty=None, interactive=False):
+        """Start the sandbox; returns a SandboxProcess. `stdin`/`stdout`/`stderr` are fds or None (inherit).
+
+        `timeout`: wall-clock seconds (verdict "timeout"); `cpu_time`: CPU seconds of the
+        whole sandbox (verdict "cpu-time"). `tty`: None gives the command a terminal of the
+        sandbox's own whenever a stdio it would inherit is a terminal (the caller's terminal
+        never enters), True always (every inherited stdio becomes the pty), False never.
+        `interactive` relays a stdin that is not a terminal into the pty."""
+        argv = command_argv(argv)
+        timeout = _seconds("timeout", timeout)
+        cpu_time = _seconds("cpu_time", cpu_time)
+        if tty not in (None, True, False):
+            raise ArgumentError("tty must be None, True or False, got %r" % (tty,))
         plan = self.plan()
         if self.name:
             name = self.name
@@ -122,33 +206,80 @@ class Sandbox:
         if env:
             environment.update(env)
         from .stages import Launch
-        launch = Launch(list(argv), environment, cwd or plan.cwd,
-                        stdio=(stdin, stdout, stderr) if (stdin, stdout, stderr) != (None, None, None) else None,
-                        init_fd=self._init_fd)
-        return SandboxProcess(self, name, plan, launch, timeout if timeout is not None else plan.timeout)
-
-    def run(self, argv, timeout=None, env=None, cwd=None, input=None, capture_output=False):
-        """Run to completion and return a Result (never raises for the command's own failure)."""
-        if not capture_output and input is None:
-            return self.start(argv, env=env, cwd=cwd, timeout=timeout).wait()
-        fds = [None, None, None]
-        parent_ends = []
-        if input is not None:
-            r, w = os.pipe()
-            fds[0] = r
-            parent_ends.append(("in", w))
-        if capture_output:
-            for index in (1, 2):
-                r, w = os.pipe()
-                fds[index] = w
-                parent_ends.append((index, r))
+        given = (stdin, stdout, stderr)
+        relay = None
+        if tty is not False:
+            # A terminal among the command's stdio (inherited or given) is the caller's:
+            # it is replaced by the sandbox's own pty; tty=True also gives the pty to
+            # every inherited slot. Only on this path is anything about terminals imported.
+            callers = [index if fd is None else fd for index, fd in enumerate(given)]
+            slots = [os.isatty(fd) or (tty is True and inherited is None)
+                     for fd, inherited in zip(callers, given)]
+            if any(slots):
+                from . import terminal
+                relay = terminal.Relay(slots, interactive, callers)
+                given = tuple(relay.null_fd if slot else fd for slot, fd in zip(slots, given))
+        launch = Launch(argv, environment, cwd or plan.cwd,
+                        stdio=given if given != (None, None, None) else None, init_fd=self._init_fd)
+        if cpu_time is not None:
+            import resource  # noqa: F401 - the command's cpu-time stage needs it after pivot_root
+            launch.cpu_time = cpu_time
+        if relay is not None:
+            launch.tty = relay
         try:
-            proc = self.start(argv, env=env, cwd=cwd, stdin=fds[0], stdout=fds[1], stderr=fds[2], timeout=timeout)
+            return SandboxProcess(self, name, plan, launch, timeout if timeout is not None else plan.timeout)
         finally:
-            for fd in fds:
-                if fd is not None:
+            if relay is not None:
+                relay.close_null()
+
+    def run(self, argv, timeout=None, env=None, cwd=None, input=None, capture_output=False, text=False,
+            check=False, max_output=DEFAULT_MAX_OUTPUT, cpu_time=None, tty=None):
+        """Run to completion and return a Result (raises RunFailed for a failure only with check=True).
+
+        `input` (bytes, or str encoded as UTF-8) is written to the command's stdin;
+        `capture_output` collects stdout and stderr, at most `max_output` bytes each: the
+        rest is read and dropped (`Result.stdout_truncated`), the command keeps running.
+        `text=True` decodes them as UTF-8 (undecodable bytes replaced)."""
+        argv = command_argv(argv)
+        if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0:
+            raise ArgumentError("max_output must be a number of bytes >= 0, got %r" % (max_output,))
+        input = _input_bytes(input)
+        if not capture_output and input is None:
+            result = self.start(argv, env=env, cwd=cwd, timeout=timeout, cpu_time=cpu_time, tty=tty).wait()
+        else:
+            _seconds("timeout", timeout)
+            _seconds("cpu_time", cpu_time)
+            fds = [None, None, None]
+            parent_ends = []
+            try:
+                if input is not None:
+                    r, w = os.pipe()
+                    fds[0] = r
+                    parent_ends.append(("in", w))
+                if capture_output:
+                    for index in (1, 2):
+                        r, w = os.pipe()
+                        fds[index] = w
+                        parent_ends.append((index, r))
+                proc = self.start(argv, env=env, cwd=cwd, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                                  timeout=timeout, cpu_time=cpu_time, tty=tty)
+            except BaseException:
+                for _, fd in parent_ends:
                     os.close(fd)
-        return proc.wait(io=dict(parent_ends), input=input)
+                raise
+            finally:
+                for fd in fds:
+                    if fd is not None:
+                        os.close(fd)
+            result = proc.wait(io=dict(parent_ends), input=input, max_output=max_output)
+        if text:
+            for stream in ("stdout", "stderr"):
+                data = getattr(result, stream)
+                if data is not None:
+                    setattr(result, stream, data.decode("utf-8", "replace"))
+        if check and (result.reason != "exit" or result.exit_code != 0):
+            raise RunFailed(argv, result)
+        return result
 
 
 class SandboxProcess:
@@ -221,6 +352,11 @@ class SandboxProcess:
         self._undo.append(lambda: self._close_attr("_go_w"))
         self._undo.append(lambda: self._close_attr("_msg_r"))
 
+    def _stage_tty(self, plan, launch):
+        if launch.tty is not None:
+            launch.tty.open_socket()
+            self._undo.append(launch.tty.close_sockets)
+
     def _stage_clone(self, plan, launch):
         pid = native.clone_process(plan.clone_flags)
         if pid == 0:
@@ -240,6 +376,8 @@ class SandboxProcess:
         launch.go_r = launch.msg_w = None
         launch.source_fds = ()
         self._close_all(fds)
+        if launch.tty is not None:
+            launch.tty.close_child_end()
 
     def _stage_pidfd(self, plan, _):
         self._pidfd = native.pidfd_open(self.pid)
@@ -338,35 +476,70 @@ class SandboxProcess:
             except ProcessLookupError:
                 pass
 
-    def wait(self, io=None, input=None):
+    def wait(self, io=None, input=None, max_output=DEFAULT_MAX_OUTPUT):
+        """Wait for the end of the run and return its Result. `io` maps "in" to the write end
+        of the command's stdin and 1/2 to the read ends of its stdout/stderr (run() makes
+        them); at most `max_output` bytes of each are kept, the rest read and dropped."""
         if self.result is not None:
             return self.result
+        relay = self.launch.tty
+        try:
+            return self._wait(io, input, max_output, relay)
+        except BaseException:
+            # interrupted (KeyboardInterrupt, an error in a signal handler): the sandbox
+            # must not outlive the wait that owns it
+            if self.result is None:
+                self._kill_all()
+                self._cleanup()
+            raise
+        finally:
+            if relay is not None:
+                relay.finish()  # the caller's terminal as it was, on every way out
+
+    def _wait(self, io, input, max_output, relay):
         deadline = self._started + self.timeout if self.timeout else None
+        cpu_budget = self.launch.cpu_time
+        # The whole sandbox's CPU time is read from its cgroup (every process, not only the
+        # one RLIMIT_CPU sees); no earlier than the budget could be spent on every CPU.
+        cpu_watch = cpu_budget is not None and self._cgroup is not None and hasattr(self._cgroup, "verdict")
+        cpus = os.cpu_count() or 1
         timed_out = False
+        self._cpu_exceeded = False
         buffer = b""
-        outputs = {1: [], 2: []}
         io = dict(io or {})
         write_fd = io.pop("in", None)
-        pending_input = memoryview(input) if input is not None else None
+        pending_input = memoryview(input or b"")
         if write_fd is not None and not pending_input:
             os.close(write_fd)
             write_fd = None
-        readers = {self._msg_r: "msg"}
-        for index, fd in io.items():
-            readers[fd] = index
+        captures = {fd: Capture(max_output) for fd in io.values()}
+        streams = {index: captures[fd] for index, fd in io.items()}
         poller = select.poll()
-        for fd in readers:
+        poller.register(self._msg_r, select.POLLIN)
+        for fd in captures:
             poller.register(fd, select.POLLIN)
         poller.register(self._pidfd, select.POLLIN)
         if write_fd is not None:
             os.set_blocking(write_fd, False)
             poller.register(write_fd, select.POLLOUT)
+        if relay is not None:
+            relay.attach(poller, self)
+        msg_open = True
         exited = False
         while not exited:
+            wake = deadline
+            if cpu_watch:
+                used = self._cpu_used()
+                if used is not None and used >= cpu_budget:
+                    self._cpu_exceeded = True
+                    self._kill_all()
+                    break
+                soon = time.monotonic() + max(0.02, (cpu_budget - (used or 0.0)) / cpus)
+                wake = soon if wake is None else min(wake, soon)
             wait_ms = None
-            if deadline is not None:
+            if wake is not None:
                 # poll takes a C int of milliseconds: wake up at least every ~24 days
-                wait_ms = min(max(0, int((deadline - time.monotonic()) * 1000)), 0x7FFFFFFF)
+                wait_ms = min(max(0, int((wake - time.monotonic()) * 1000) + 1), 0x7FFFFFFF)
             events = poller.poll(wait_ms)
             if not events and deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
@@ -379,46 +552,67 @@ class SandboxProcess:
                     try:
                         n = os.write(write_fd, pending_input[:65536])
                         pending_input = pending_input[n:]
-                    except (BrokenPipeError, BlockingIOError):
-                        pending_input = pending_input[:0] if not isinstance(pending_input, memoryview) else b""
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # the command closed its stdin (EPIPE): the rest is dropped
+                        pending_input = pending_input[:0]
                     if not pending_input:
                         poller.unregister(write_fd)
                         os.close(write_fd)
                         write_fd = None
-                else:
+                elif fd == self._msg_r and msg_open:
                     data = native.read(fd, 65536)
-                    if not data:
-                        poller.unregister(fd)
-                        continue
-                    if readers[fd] == "msg":
+                    if data:
                         buffer += data
                     else:
-                        outputs[readers[fd]].append(data)
+                        poller.unregister(fd)
+                        msg_open = False
+                elif fd in captures:
+                    if not captures[fd].read_from(fd):
+                        poller.unregister(fd)
+                elif relay is not None:
+                    relay.handle(fd, event)
         _, status, usage = native.wait4(self.pid, 0)
         # Drain what is left (PID 1 is gone; every writer of these pipes died with its namespace).
-        for fd, kind in readers.items():
+        os.set_blocking(self._msg_r, False)
+        while True:
+            try:
+                data = native.read(self._msg_r, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            buffer += data
+        for fd, capture in captures.items():
             os.set_blocking(fd, False)
-            while True:
-                try:
-                    data = native.read(fd, 65536)
-                except BlockingIOError:
-                    break
-                if not data:
-                    break
-                if kind == "msg":
-                    buffer += data
-                else:
-                    outputs[kind].append(data)
-            if kind != "msg":
-                native.close(fd)
+            try:
+                while capture.read_from(fd):
+                    pass
+            except BlockingIOError:
+                pass
+            native.close(fd)
         if write_fd is not None:
             os.close(write_fd)
+        if relay is not None:
+            relay.drain()
+        if cpu_budget is not None and not self._cpu_exceeded and cpu_watch:
+            used = self._cpu_used()
+            self._cpu_exceeded = used is not None and used >= cpu_budget
         self.result = self._verdict(status, usage, buffer, timed_out)
-        if io:
-            self.result.stdout = b"".join(outputs[1])
-            self.result.stderr = b"".join(outputs[2])
+        if streams:
+            self.result.stdout, self.result.stdout_truncated = streams[1].take()
+            self.result.stderr, self.result.stderr_truncated = streams[2].take()
         self._cleanup()
         return self.result
+
+    def _cpu_used(self):
+        try:
+            cg = self._cgroup.verdict()
+        except Exception:
+            return None
+        if not cg or cg.get("cpu_user") is None:
+            return None
+        return (cg.get("cpu_user") or 0.0) + (cg.get("cpu_system") or 0.0)
 
     def _kill_all(self):
         # SIGKILL to PID 1 ends the whole pid namespace; the cgroup kill also catches a
@@ -461,7 +655,19 @@ class SandboxProcess:
             if cg.get("cpu_user") is not None:
                 values["cpu_user"] = round(max(values["cpu_user"], cg["cpu_user"]), 6)
                 values["cpu_system"] = round(max(values["cpu_system"], cg.get("cpu_system") or 0.0), 6)
-        if timed_out:
+        budget = self.launch.cpu_time
+        values["cpu_time"] = budget
+        over_budget = budget is not None and (self._cpu_exceeded or (
+            round(values["cpu_user"] + values["cpu_system"], 6) >= budget and not timed_out))
+        if budget is not None and error is None and cmd_status is not None and os.WIFSIGNALED(cmd_status) \
+                and os.WTERMSIG(cmd_status) == signal.SIGXCPU:
+            over_budget = True  # RLIMIT_CPU's soft limit: the kernel's SIGXCPU
+        if over_budget and error is None:
+            # the budget was spent: RLIMIT_CPU's SIGXCPU/SIGKILL, or our kill on the cgroup's count
+            sig = os.WTERMSIG(cmd_status) if cmd_status is not None and os.WIFSIGNALED(cmd_status) \
+                else signal.SIGKILL
+            values.update(reason="cpu-time", exit_code=EXIT_CPU_TIME, signal=sig)
+        elif timed_out:
             values.update(reason="timeout", exit_code=EXIT_TIMEOUT, signal=signal.SIGKILL)
         elif error is not None:
             stage, err, message = error
@@ -487,12 +693,42 @@ class SandboxProcess:
         return Result(**values)
 
 
+class Capture:
+    """One captured stream: at most `limit` bytes kept; beyond that, read and dropped into
+    one reused scratch buffer, so the supervisor's memory never follows the command's
+    output (the command is not stopped: it would otherwise block on a full pipe)."""
+
+    __slots__ = ("limit", "data", "truncated", "scratch")
+
+    def __init__(self, limit):
+        self.limit, self.data, self.truncated, self.scratch = limit, bytearray(), False, None
+
+    def read_from(self, fd):
+        """One read; False at end of file."""
+        room = self.limit - len(self.data)
+        if room > 0:
+            chunk = native.read(fd, min(65536, room))
+            self.data += chunk
+            return bool(chunk)
+        if self.scratch is None:
+            self.scratch = bytearray(65536)
+        n = os.readv(fd, [self.scratch])
+        if n:
+            self.truncated = True
+        return n > 0
+
+    def take(self):
+        data, self.data = bytes(self.data), bytearray()
+        return data, self.truncated
+
+
 # The supervisor's stages, in order (the child's tables are in sandbox/stages.py).
 SUPERVISOR_STAGES = (
     ("name", SandboxProcess._stage_name),          # a running name is refused, not renamed
     ("cgroup", SandboxProcess._stage_cgroup),      # limits in force from the child's first instruction
     ("sources", SandboxProcess._stage_sources),    # bind sources opened with the caller's view and rights
     ("channel", SandboxProcess._stage_channel),
+    ("tty", SandboxProcess._stage_tty),            # the socket the pty's master comes back on
     ("clone", SandboxProcess._stage_clone),        # PID 1 in new user + pid namespaces, waiting for "go"
     ("pidfd", SandboxProcess._stage_pidfd),
     ("idmap", SandboxProcess._stage_idmap),        # only a process outside the namespace may write its maps

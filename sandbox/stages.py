@@ -41,12 +41,14 @@ class Launch:
     supervisor prepared. Made per run; the plan itself never changes."""
 
     __slots__ = ("argv", "env", "cwd", "stdio", "source_fds", "cgroup_tasks", "init_fd", "go_r", "msg_w",
-                 "handoff", "pid1_end", "command", "listener", "warnings")
+                 "handoff", "pid1_end", "command", "listener", "warnings", "cpu_time", "tty")
 
     def __init__(self, argv, env, cwd, stdio=None, init_fd=None):
         self.argv, self.env, self.cwd, self.stdio, self.init_fd = argv, env, cwd, stdio, init_fd
         self.source_fds = self.cgroup_tasks = self.go_r = self.msg_w = None
         self.handoff = self.pid1_end = self.command = self.listener = None
+        # per run: the CPU-time budget (seconds) and the terminal relay (terminal.Relay)
+        self.cpu_time = self.tty = None
         self.warnings = []
 
 
@@ -171,7 +173,7 @@ def connect_stdio(plan, launch):
 def close_host_fds(plan, launch):
     # Whatever the supervisor held (bind sources, the cgroup lock, a caller's files) is a
     # handle on the host's file tree; none of it may live on inside the sandbox.
-    close_all_but(launch.msg_w, launch.init_fd)
+    close_all_but(launch.msg_w, launch.init_fd, launch.tty.child_sock if launch.tty else None)
 
 
 def fork_command(plan, launch):
@@ -243,6 +245,36 @@ def become_ids(plan, launch):
 
 
 
+def cpu_time_limit(plan, launch):
+    # RLIMIT_CPU counts whole seconds per process: SIGXCPU at the soft limit, SIGKILL at
+    # the hard one. The supervisor watches the cgroup's total for the exact budget and for
+    # processes the limit does not see; this is the kernel's own backstop. Never raised
+    # above what the profile or the caller already set.
+    if launch.cpu_time is None:
+        return
+    import sys
+    resource = sys.modules["resource"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    seconds = int(launch.cpu_time) + (launch.cpu_time % 1 > 0)
+    if hard != resource.RLIM_INFINITY:
+        seconds = min(seconds, hard)
+    new_soft = seconds if soft == resource.RLIM_INFINITY else min(seconds, soft)
+    new_hard = seconds + 1 if hard == resource.RLIM_INFINITY else min(seconds + 1, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_CPU, (new_soft, new_hard))
+    except (OSError, ValueError) as e:
+        raise SetupError("cpu-time", getattr(e, "errno", 0) or 1, "RLIMIT_CPU %d: %s" % (seconds, e)) from None
+
+
+def own_terminal(plan, launch):
+    # The command's pty comes from the sandbox's own devpts, opened here (after the mounts,
+    # with the command's ids, before Landlock and seccomp); the master goes to the
+    # supervisor (sandbox/terminal.py).
+    if launch.tty is not None:
+        import sys
+        sys.modules["sandbox.terminal"].child(launch.tty)
+
+
 def change_dir(plan, launch):
     try:
         os.chdir(launch.cwd)
@@ -311,7 +343,9 @@ CHILD_STAGES = (
     ("pid1", "fork", fork_command),              # the "command" rows run in the forked child:
     ("command", "setsid", new_session),          # no controlling terminal (TIOCSTI)
     ("command", "ids", become_ids),
+    ("command", "tty", own_terminal),            # the sandbox's own pty: stdio, controlling terminal
     ("command", "rlimits", layer("rlimits")),
+    ("command", "cpu-time", cpu_time_limit),     # RLIMIT_CPU for a CPU-time budget
     ("command", "chdir", change_dir),
     ("command", "close-fds", close_fds),
     ("command", "capabilities", layer("caps")),  # after every privileged step
