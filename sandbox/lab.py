@@ -96,9 +96,10 @@ LESSONS = (
            False, None),
     Lesson("seccomp", "create a nested user namespace (the first step of many kernel exploits)",
            {"seccomp": {"enabled": False}},
-           "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-           "if libc.unshare(0x10000000) == 0:\n    report(True, 'unshare(CLONE_NEWUSER) succeeded: every capability again, in a namespace of its own')\n"
-           "report(False, 'refused: %s' % os.strerror(ctypes.get_errno()))\n",
+           # util-linux's unshare(1) from the host's /usr: the syscall, nothing else
+           "import subprocess\nproc = subprocess.run(['unshare', '--user', 'true'], capture_output=True, text=True)\n"
+           "if proc.returncode == 0:\n    report(True, 'unshare(CLONE_NEWUSER) succeeded: every capability again, in a namespace of its own')\n"
+           "report(False, 'refused: %s' % (proc.stderr.strip().rsplit(': ', 1)[-1] or 'exit %d' % proc.returncode))\n",
            False, None),
     Lesson("landlock", "list the root directory and read /etc/hostname-like files outside the allowed tree",
            {"landlock": {"enabled": False}},

@@ -148,9 +148,9 @@ def test_cli_cpu_time(strict, tmp_path):
     data = json.loads(out.read_text())
     assert data["reason"] == "cpu-time" and data["cpu_time"] == 1.0
     bad = run_cli("run", "--profile", strict, "--cpu-time", "-1", "--", "true")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--cpu-time" in bad.stderr
+    assert bad.returncode == 125 and bad.stderr.count("\n") == 1 and "--cpu-time" in bad.stderr
     zero = run_cli("run", "--profile", strict, "--cpu-time", "0", "--", "true")
-    assert zero.returncode == 2 and zero.stderr.count("\n") == 1 and "cpu_time" in zero.stderr
+    assert zero.returncode == 125 and zero.stderr.count("\n") == 1 and "cpu_time" in zero.stderr
 
 
 def test_the_grader_example_of_docs_api_runs_as_written(strict):
