@@ -611,13 +611,18 @@ examples:
     from .explain import LAYERS, ALIASES
     explain = sub.add_parser("explain", formatter_class=raw, help="what a layer does, what a profile sets, "
                              "what it stops",
-                             description="Explain one isolation layer: what it does, what the profile sets "
-                             "for it, and which attacks it stops.",
+                             description="Explain one isolation layer (what it does, what the profile sets "
+                             "for it, which attacks it stops), one profile key (SECTION.KEY: what it is, what "
+                             "the profile sets, an example) or one audit check (its id: the audit's explanation).",
                              epilog=OTHER_EXIT_CODES + "\n\nlayers: %s\naliases: %s\n\nexamples:\n"
-                             "  pysandbox explain seccomp\n  pysandbox explain limits --profile strict" % (
+                             "  pysandbox explain seccomp\n  pysandbox explain limits --profile strict\n"
+                             "  pysandbox explain filesystem.ro_bind --profile strict\n"
+                             "  pysandbox explain cap-sys-admin" % (
                                  ", ".join(LAYERS), ", ".join("%s=%s" % kv for kv in sorted(ALIASES.items()))))
     # no argparse choices: explain names the layers itself when one is unknown
-    explain.add_argument("layer", metavar="LAYER", help="one of: %s" % ", ".join(LAYERS))
+    explain.add_argument("layer", metavar="LAYER|SECTION.KEY|CHECK-ID",
+                         help="a layer (%s), a profile key such as limits.memory, or an audit check id"
+                         % ", ".join(LAYERS))
     explain.add_argument("--profile", metavar="NAME|PATH", default="default",
                          help="the profile whose settings to show (default: default)")
 

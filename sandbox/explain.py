@@ -97,6 +97,8 @@ ALIASES = {"caps": "capabilities", "nnp": "no_new_privs", "cgroups": "limits", "
 
 
 def main(args):
+    """`explain LAYER|SECTION.KEY|CHECK-ID [--profile NAME]`: a layer, a profile key, or an
+    audit check (the audit's own explanation)."""
     from .errors import UsageError
     profile_name = "default"
     rest = []
@@ -109,14 +111,44 @@ def main(args):
         rest.append(args[i])
         i += 1
     if len(rest) != 1:
-        raise UsageError("usage: pysandbox explain LAYER [--profile NAME] (layers: %s)" % ", ".join(LAYERS))
-    layer = ALIASES.get(rest[0], rest[0])
-    if layer not in LAYERS:
-        raise UsageError("unknown layer %r (layers: %s)" % (rest[0], ", ".join(LAYERS)))
+        raise UsageError("usage: pysandbox explain LAYER|SECTION.KEY|CHECK-ID [--profile NAME] (layers: %s)"
+                         % ", ".join(LAYERS))
+    name = rest[0]
+    layer = ALIASES.get(name, name)
+    if layer in LAYERS:
+        from .profile import load_profile
+        profile = load_profile(profile_name)
+        what, stops, current = LAYERS[layer]
+        sys.stdout.write("%s\n\nWhat it does:\n  %s\n\nWhat profile %r sets:\n  %s\n\nWhat it stops:\n  %s\n" % (
+            layer, what, profile.name, current(profile), stops))
+        return 0
+    from .profile.schema import describe_key, example_of
+    if describe_key(name) is not None:
+        return _explain_key(name, profile_name, describe_key(name), example_of(name))
+    from audit.checks import get
+    if get(name) is not None:
+        # The audit's own explanation (sandbox may call into audit; audit never imports sandbox).
+        from audit.cli import main as audit_main
+        return audit_main(["explain", name])
+    raise UsageError("unknown layer, profile key or audit check %r (layers: %s; keys: see docs/profiles.md; "
+                     "checks: `audit explain --help`)" % (name, ", ".join(LAYERS)))
+
+
+def _explain_key(name, profile_name, description, example):
     from .profile import load_profile
+    from .tomlout import dumps_value
     profile = load_profile(profile_name)
-    what, stops, current = LAYERS[layer]
-    out = sys.stdout
-    out.write("%s\n\nWhat it does:\n  %s\n\nWhat profile %r sets:\n  %s\n\nWhat it stops:\n  %s\n" % (
-        layer, what, profile.name, current(profile), stops))
+    section, _, key = name.partition(".")
+    out = ["%s" % name, "", "What it is:", "  " + description]
+    if key:
+        try:
+            value = getattr(getattr(profile, section), key)
+        except AttributeError:
+            value = None
+        if value is not None:
+            out += ["", "What profile %r sets:" % profile.name, "  %s = %s" % (key, dumps_value(value))]
+    if example:
+        out += ["", "Example (TOML, in [%s]):" % section if key else "Example:", "  " + example]
+    out += ["", "All keys, their defaults and how `extends` merges them: docs/profiles.md"]
+    sys.stdout.write("\n".join(out) + "\n")
     return 0

@@ -97,3 +97,8 @@ def dumps(profile):
             lines.extend(_mount_lines(value.mounts))
         lines.append("")
     return "\n".join(lines)
+
+
+def dumps_value(value):
+    """One value as TOML (for `explain SECTION.KEY`)."""
+    return _value(value)

@@ -105,7 +105,8 @@ def test_explain_every_layer(layer):
 
 def test_explain_unknown_layer():
     proc = run_cli("explain", "magic")
-    assert proc.returncode == 125 and proc.stderr.startswith("pysandbox: unknown layer 'magic'")
+    assert proc.returncode == 125 and proc.stderr.startswith("pysandbox: unknown layer, profile key or audit check 'magic'")
+    assert proc.stderr.count("\n") == 1
 
 
 def test_a_directory_profile_says_so(tmp_path):
@@ -121,3 +122,33 @@ def test_lint_warns_when_cwd_is_nowhere(tmp_path):
     assert "cwd-missing" not in proc.stdout, proc.stdout
     proc = _lint(tmp_path, 'extends = "strict"\n[filesystem]\ncwd = "/tmp/proj"\n')   # /tmp starts empty
     assert "cwd-missing" in proc.stdout, proc.stdout
+
+
+def test_explain_covers_every_profile_key_and_every_audit_check():
+    """Every key of the schema and every audit check has an explanation (one process for all:
+    the explain module is called in-process, as the CLI calls it)."""
+    import contextlib
+    import io
+    from sandbox import explain
+    from sandbox.profile.schema import SCHEMA, Key
+    from audit.checks import all_checks
+    names = []
+    for section, spec in SCHEMA.items():
+        if section and not isinstance(spec, Key):
+            names += ["%s.%s" % (section, key) for key in spec]
+    assert len(names) > 40
+    for name in names + [c.id for c in all_checks()]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert explain.main([name, "--profile", "strict"]) == 0, name
+        text = out.getvalue()
+        assert name in text and len(text) > 60, (name, text)
+        if "." in name:
+            assert "What it is:" in text, (name, text)
+
+
+def test_explain_a_key_shows_the_profiles_value():
+    proc = run_cli("explain", "limits.memory", "--profile", "strict")
+    assert proc.returncode == 0 and "memory = 536870912" in proc.stdout and "Example" in proc.stdout, proc.stdout
+    proc = run_cli("explain", "cap-sys-admin")
+    assert proc.returncode == 0 and "cap-sys-admin" in proc.stdout and "Fix:" in proc.stdout, proc.stdout
