@@ -369,7 +369,7 @@ def cmd_run(args):
         raise SandboxError(message) from None
     except Exception as e:
         if result_file is not None:
-            result_file.fail("internal", internal_message(e), opts.get("--name"), state["profile"])
+            result_file.fail("run", internal_message(e), opts.get("--name"), state["profile"])
         raise
     finally:
         if result_file is not None:
@@ -481,15 +481,16 @@ def describe(error):
     return missing_library_hint(text) or text if isinstance(error, SetupError) else text
 
 
-def internal_message(e):
+def internal_message(e, command="run"):
     """One line for an exception that is not a SandboxError: a system library that cannot
     be loaded (dlopen's OSError through a binding) names its Debian package; anything
-    else is a bug of ours and says so."""
+    else names the command it broke and says it is a bug of ours (every setup stage raises
+    SetupError naming itself, so this is never a stage's failure)."""
     if isinstance(e, (OSError, RuntimeError, ImportError)):
         hint = missing_library_hint("cannot load a system library: %s" % e)
         if hint:
             return hint
-    return "internal error: %s: %s" % (type(e).__name__, e)
+    return "%s: unexpected %s: %s (a bug of pysandbox: please report it)" % (command, type(e).__name__, e)
 
 
 # ---------------------------------------------------------------- argparse: help, man, completion
@@ -812,6 +813,7 @@ COMMANDS = ("run", "profile", "explain", "gc", "delegate", "audit", "lab", "benc
 
 def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
+    command = args[0] if args else "pysandbox"
     try:
         if not args:
             sys.stderr.write(USAGE + "\n")
@@ -845,7 +847,7 @@ def main(argv=None):
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug of ours, or a system library that cannot be loaded: still one line
-        err(internal_message(e))
+        err(internal_message(e, command))
         return EXIT_SETUP
 
 
