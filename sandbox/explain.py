@@ -55,8 +55,10 @@ LAYERS = {
     "landlock": (
         "Landlock is an unprivileged allowlist of file access (and, from ABI 4, TCP ports) that a process "
         "places on itself and its descendants. pysandbox detects the kernel's ABI at run time and handles "
-        "every right it knows; strict grants read+execute on the composed root, read-write on /tmp, /dev/shm "
-        "and read-write binds.",
+        "every right it knows; strict grants read+execute on /usr, /etc, the /bin and /lib links and "
+        "read-only binds, read-write on /tmp, /dev/shm, --tmpfs mounts and read-write binds, and nothing "
+        "on / itself: so under strict `ls /` is refused (Permission denied) by design, while every path "
+        "below the granted ones works. Bind a directory (--ro-bind/--bind) to make it reachable.",
         "Writes anywhere but the allowed paths even where the mount layout or a capability would permit "
         "them; reading outside the allowed set.",
         lambda p: "off" if p.landlock is None else "on%s" % (" (best effort)" if p.landlock.best_effort else "")),
