@@ -230,9 +230,12 @@ def verdict(paths, failing, unknown=0):
 
 
 def worst_severity(report):
-    """The worst severity among active failing findings and escape paths, or None."""
+    """The worst severity among active failing findings and present escape paths, or None.
+    A possible path (a precondition could not be read) is reported, but like an unknown
+    finding it does not decide --fail-on: it says what the audit could not see."""
     ranks = [SEVERITY_RANK[x["severity"]] for x in _active(report["findings"]) if x["status"] == "fail"]
-    ranks += [SEVERITY_RANK[p["severity"]] for p in _active(report["escape_paths"])]
+    ranks += [SEVERITY_RANK[p["severity"]] for p in _active(report["escape_paths"])
+              if p.get("status", "present") == "present"]
     if not ranks:
         return None
     return {rank: name for name, rank in SEVERITY_RANK.items()}[max(ranks)]

@@ -8,7 +8,7 @@ lab itself opened, a nested namespace, a thread count) inside namespaces and dir
 the lab owns, and the host is never written to.
 
 Output: a rich table on a terminal, plain text when piped, `--format json` a list of
-  {"layer", "attack", "off": {"attack_succeeded", "detail", "audit": {"verdict", "failing"}}, "on": {...}}
+  {"layer", "attack", "off": {"attack_succeeded", "detail", "audit": {"verdict", "failing", "unknown"}}, "on": {...}}
 `attack_succeeded` is null when a state cannot be made here (e.g. switching the user
 namespace off needs host root); the detail says why.
 """
@@ -167,15 +167,18 @@ def _audit(pid):
         proc = subprocess.run(_audit_command() + [str(pid), "--format", "json"], capture_output=True, text=True,
                               timeout=60, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return {"verdict": "audit could not run: %s" % e, "failing": []}
+        return {"verdict": "audit could not run: %s" % e, "failing": [], "unknown": []}
     try:
         doc = json.loads(proc.stdout)
     except ValueError:
-        return {"verdict": "audit failed: %s" % (proc.stderr.strip().splitlines() or ["no output"])[-1], "failing": []}
+        return {"verdict": "audit failed: %s" % (proc.stderr.strip().splitlines() or ["no output"])[-1], "failing": [],
+                "unknown": []}
     if "targets" in doc and doc.get("targets"):  # a fleet envelope
         doc = doc["targets"][0]
     failing = sorted(f["id"] for f in doc.get("findings", ()) if f.get("status") == "fail")
-    return {"verdict": doc.get("summary", {}).get("verdict", ""), "failing": failing}
+    # what the audit could not see (e.g. an unprivileged auditor): never shown as a pass
+    unknown = sorted(f["id"] for f in doc.get("findings", ()) if f.get("status") == "unknown")
+    return {"verdict": doc.get("summary", {}).get("verdict", ""), "failing": failing, "unknown": unknown}
 
 
 def _run_state(lesson, profile, ctx, label):
@@ -192,7 +195,7 @@ def _run_state(lesson, profile, ctx, label):
             proc = box.start(argv, env=env, stdin=in_r, stdout=out_w, timeout=60)
         except SandboxError as e:
             return {"attack_succeeded": False, "detail": "the sandbox refused to start: %s" % e,
-                    "audit": {"verdict": "not running", "failing": []}}
+                    "audit": {"verdict": "not running", "failing": [], "unknown": []}}
         finally:
             os.close(in_r)
             os.close(out_w)
@@ -208,7 +211,7 @@ def _run_state(lesson, profile, ctx, label):
                 line += chunk
         # Audit only a sandbox whose attack reported: one that failed during setup is gone
         # (or going), and its PID may already be someone else's.
-        audit = _audit(_command_pid(proc.pid)) if line.endswith(b"\n") else {"verdict": "not running", "failing": []}
+        audit = _audit(_command_pid(proc.pid)) if line.endswith(b"\n") else {"verdict": "not running", "failing": [], "unknown": []}
         os.close(in_w)
         in_w = None
         result = proc.wait()
@@ -246,14 +249,14 @@ def run_lessons(layers=None, base="strict"):
         for lesson in chosen:
             entry = {"layer": lesson.layer, "attack": lesson.attack}
             if lesson.needs_root_off and os.geteuid() != 0:
-                entry["off"] = {"attack_succeeded": None, "audit": {"verdict": "not run", "failing": []},
+                entry["off"] = {"attack_succeeded": None, "audit": {"verdict": "not run", "failing": [], "unknown": []},
                                 "detail": "switching the %s layer off needs host root" % lesson.layer}
             else:
                 try:
                     weaker = strict.with_overrides(lesson.off, source="lab: %s off" % lesson.layer)
                 except SandboxError as e:
                     weaker = None
-                    entry["off"] = {"attack_succeeded": None, "audit": {"verdict": "not run", "failing": []},
+                    entry["off"] = {"attack_succeeded": None, "audit": {"verdict": "not run", "failing": [], "unknown": []},
                                     "detail": "the profile refuses it: %s" % e}
                 if weaker is not None:
                     entry["off"] = _run_state(lesson, weaker, ctx, "off")

@@ -18,4 +18,4 @@ def test_labs_walkthrough_runs(tmp_path):
     proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert "net: connect to a service" in proc.stdout
-    assert "no escape path found" in proc.stdout
+    assert "no escape path" in proc.stdout   # found (root), or proven (an unprivileged auditor sees less)

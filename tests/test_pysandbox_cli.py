@@ -55,7 +55,7 @@ def test_the_commands_own_status_passes_through(status):
     (["profile", "show", "no-such-profile"], "unknown profile 'no-such-profile'"),
     (["profile", "frob"], "profile: argument ACTION: invalid choice: 'frob'"),
     (["explain"], "explain: the following arguments are required: LAYER"),
-    (["explain", "magic"], "unknown layer 'magic'"),
+    (["explain", "magic"], "unknown layer, profile key or audit check 'magic'"),
     (["gc", "extra"], "unrecognized arguments: extra"),
     (["delegate"], "delegate: the following arguments are required: USER"),
 ])
