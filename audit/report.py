@@ -10,9 +10,6 @@ codes and highlighting are off there: target text is never parsed as markup.
 """
 from __future__ import annotations
 
-import json
-import re
-
 from .checks import SEVERITIES, SEVERITY_RANK
 
 SCHEMA = "pysandbox.audit/1"
@@ -343,7 +340,7 @@ class IgnoreEntry:
         return any(n and fnmatchcase(n, self.target) for n in names)
 
 
-_RULE_ID = re.compile(r"^(escape/)?[a-z0-9][a-z0-9-]*$")
+_RULE_ID = r"^(escape/)?[a-z0-9][a-z0-9-]*$"
 
 
 def parse_ignore_file(text, source, known_rules=None, today=None):
@@ -354,6 +351,7 @@ def parse_ignore_file(text, source, known_rules=None, today=None):
     pattern against the target's identity, name, container id (full or 12-character) or image.
     """
     import datetime
+    import re
     import shlex
     today = today or datetime.date.today()
     entries, warnings = [], []
@@ -366,7 +364,7 @@ def parse_ignore_file(text, source, known_rules=None, today=None):
         if not words:
             continue
         rule, fields = words[0], {}
-        if not _RULE_ID.match(rule):
+        if not re.match(_RULE_ID, rule):
             raise IgnoreFileError("%s: %r is not a check id or escape/<id>" % (where, rule))
         if known_rules is not None and rule not in known_rules:
             raise IgnoreFileError("%s: unknown check id %r (see `audit explain`)" % (where, rule))
@@ -421,13 +419,28 @@ _PASS_TITLES = {
 }
 
 
+_CAPABILITY_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+
+
+def _held_capability(title):
+    """"CAP_SYS_ADMIN" of a title "Holds CAP_SYS_ADMIN ...", else None (the regex
+    `Holds (CAP_[A-Z_]+)` matched at the start, without importing re)."""
+    prefix = "Holds CAP_"
+    if not title.startswith(prefix):
+        return None
+    end = len(prefix)
+    while end < len(title) and title[end] in _CAPABILITY_NAME_CHARS:
+        end += 1
+    return title[len("Holds "):end] if end > len(prefix) else None
+
+
 def pass_title(check):
     """A check's title phrased as a pass ("Own PID namespace" for "Shares the host's PID namespace")."""
     if check.id in _PASS_TITLES:
         return _PASS_TITLES[check.id]
-    m = re.match(r"Holds (CAP_[A-Z_]+)", check.title)
-    if m:
-        return "Does not hold %s" % m.group(1)
+    capability = _held_capability(check.title)
+    if capability:
+        return "Does not hold %s" % capability
     return "Not found: %s" % check.title
 
 
@@ -798,4 +811,5 @@ def render_sarif(reports, checks, policy=None):
 def dumps(obj, pretty=False):
     # Indented output goes through json's pure-Python encoder (~10 ms for a report); piped
     # output, which machines read, uses the C encoder.
+    import json
     return json.dumps(obj, indent=2) if pretty else json.dumps(obj)

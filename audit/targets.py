@@ -17,10 +17,7 @@ bundles), never inside the target; JSON from them is bounded in size all the sam
 """
 from __future__ import annotations
 
-import glob
-import json
 import os
-import re
 from collections import namedtuple
 from types import MappingProxyType
 
@@ -107,10 +104,42 @@ def _read_json(path, limit=JSON_LIMIT):
         return None
     if len(data) > limit:
         return None
+    import json
     try:
         return json.loads(data)
     except ValueError:
         return None
+
+
+def glob_star(base, *parts):
+    """glob.glob(os.path.join(base, *parts)) where each part is "*" or a plain name, without
+    importing glob (and re through it): "*" matches every name not starting with "." (a
+    directory where more parts follow), a plain name must exist (lexists, as glob)."""
+    paths = [base]
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        found = []
+        for path in paths:
+            if part != "*":
+                candidate = os.path.join(path, part)
+                if os.path.lexists(candidate) if last else os.path.isdir(candidate):
+                    found.append(candidate)
+                continue
+            try:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        if entry.name.startswith("."):
+                            continue
+                        try:
+                            if not last and not entry.is_dir():
+                                continue
+                        except OSError:
+                            continue
+                        found.append(entry.path)
+            except OSError:
+                continue
+        paths = found
+    return paths
 
 
 def _read_text(path, limit=4096):
@@ -165,6 +194,7 @@ class DockerAPI:
             body = resp.read(16 << 20)
         finally:
             conn.close()
+        import json
         try:
             data = json.loads(body or b"null")
         except ValueError:
@@ -283,7 +313,10 @@ def kubernetes_labels(annotations):
     return out
 
 
-_CGROUP_ID = re.compile(r"(?:docker|libpod|cri-containerd|crio|containerd)[-/]([0-9a-f]{12,64})")
+_CGROUP_ID = r"(?:docker|libpod|cri-containerd|crio|containerd)[-/]([0-9a-f]{12,64})"
+# Every alternative of _CGROUP_ID contains one of these: a cgroup path without them cannot
+# match, and most are checked without importing re (a plain audit never needs it).
+_CGROUP_ID_WORDS = ("docker", "libpod", "crio", "containerd")
 
 
 def _runtime_from_cgroup(pid, proc):
@@ -291,7 +324,10 @@ def _runtime_from_cgroup(pid, proc):
         text = proc.read(pid, "cgroup")
     except ProcError:
         return None, None
-    m = _CGROUP_ID.search(text)
+    m = None
+    if any(word in text for word in _CGROUP_ID_WORDS):
+        import re
+        m = re.search(_CGROUP_ID, text)
     if not m:
         if "kubepods" in text:
             return "kubernetes", None
@@ -335,7 +371,7 @@ def _runc_roots():
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         roots.append(os.path.join(xdg, "runc"))
-    roots.extend(sorted(glob.glob("/run/user/*/runc")))
+    roots.extend(sorted(glob_star("/run/user", "*", "runc")))
     return list(dict.fromkeys(roots))
 
 
@@ -344,7 +380,7 @@ def _crun_roots():
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         roots.append(os.path.join(xdg, "crun"))
-    roots.extend(sorted(glob.glob("/run/user/*/crun")))
+    roots.extend(sorted(glob_star("/run/user", "*", "crun")))
     return list(dict.fromkeys(roots))
 
 
@@ -353,7 +389,7 @@ def runc_states():
     format: init_process_pid, init_process_start, config.labels "bundle=..." and each
     annotation as "key=value")."""
     for root in _runc_roots():
-        for path in glob.glob(os.path.join(root, "*", "state.json")):
+        for path in glob_star(root, "*", "state.json"):
             data = _read_json(path)
             if not isinstance(data, dict):
                 continue
@@ -377,7 +413,7 @@ def crun_states():
     """Containers in crun's state directories: <root>/<id>/status (pid, process-start-time,
     bundle) next to the config.json crun was started with."""
     for root in _crun_roots():
-        for path in glob.glob(os.path.join(root, "*", "status")):
+        for path in glob_star(root, "*", "status"):
             data = _read_json(path)
             if not isinstance(data, dict):
                 continue
@@ -547,6 +583,7 @@ class Resolver:
                                      stdin=subprocess.DEVNULL).stdout.decode("utf-8", "replace")
                 # "runc version 1.1.5+ds1", "crun version 1.8.1", "firejail version 0.9.72",
                 # "systemd 252 (252.39-1~deb12u2)", lxc-start's bare "5.0.2"
+                import re
                 m = re.search(r"(?:version\s+v?|^systemd\s+|^)(\d+(?:\.\d+)*)", out.strip(), re.M)
                 version = m.group(1) if m else None
             except (OSError, subprocess.TimeoutExpired):
@@ -600,7 +637,7 @@ class Resolver:
             bundle = None
         if bundle:
             ns_dir = os.path.dirname(bundle)
-            for task in glob.glob(os.path.join(ns_dir, "*", "init.pid")):
+            for task in glob_star(ns_dir, "*", "init.pid"):
                 text = (_read_text(task, 32) or "").strip()
                 if text.isdigit() and int(text) == root:
                     bundle = os.path.dirname(task)
@@ -914,6 +951,7 @@ class Resolver:
                     return self.describe_pid(inner[0])
         machine = _read_text(os.path.join(MACHINES_DIR, name)) if "/" not in name else None
         if machine:
+            import re
             m = re.search(r"^LEADER=(\d+)$", machine, re.M)
             if m and self.stat(int(m.group(1))):
                 return self.describe_pid(int(m.group(1)))
@@ -974,6 +1012,7 @@ class Resolver:
         except (OSError, subprocess.TimeoutExpired):
             return None
         try:
+            import json
             data = json.loads(out.stdout or b"[]")
         except ValueError:
             return None
@@ -999,7 +1038,7 @@ class Resolver:
 
     def _containerd_tasks(self):
         for base in self._containerd_bases():
-            for task in glob.glob(os.path.join(base, "*", "*")):
+            for task in glob_star(base, "*", "*"):
                 pid_text = (_read_text(os.path.join(task, "init.pid"), 32) or "").strip()
                 if pid_text.isdigit():
                     yield os.path.basename(os.path.dirname(task)), os.path.basename(task), int(pid_text), task
