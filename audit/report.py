@@ -808,8 +808,76 @@ def render_sarif(reports, checks, policy=None):
     }
 
 
+class _NotPlainJSON(Exception):
+    pass
+
+
+def _encode_json(obj, indent):
+    """json.dumps(obj) (indent=None) or json.dumps(obj, indent=indent), the same text, for
+    the plain values a report is made of (dict with str keys, list, tuple, str, int, float,
+    bool, None). Importing json costs a plain audit more than encoding (json imports re
+    and enum); the strings go through json's own C quoting (ensure_ascii, as json.dumps).
+    Anything else raises _NotPlainJSON, and dumps() hands the object to json itself."""
+    from _json import encode_basestring_ascii as quote
+    chunks = []
+    append = chunks.append
+
+    def value(o, level):
+        kind = type(o)
+        if kind is str:
+            append(quote(o))
+        elif o is None:
+            append("null")
+        elif o is True:
+            append("true")
+        elif o is False:
+            append("false")
+        elif kind is int:
+            append(int.__repr__(o))
+        elif kind is float:
+            if o != o or o in (float("inf"), float("-inf")):
+                raise _NotPlainJSON()      # NaN/Infinity: json's own spelling
+            append(float.__repr__(o))
+        elif kind is dict or kind is list or kind is tuple:
+            if not o:
+                append("{}" if kind is dict else "[]")
+                return
+            opening, closing = ("{", "}") if kind is dict else ("[", "]")
+            if indent is None:
+                separator, end = ", ", closing
+            else:
+                inner = "\n" + " " * (indent * (level + 1))
+                opening, separator, end = opening + inner, "," + inner, "\n" + " " * (indent * level) + closing
+            append(opening)
+            first = True
+            if kind is dict:
+                for key, item in o.items():
+                    if type(key) is not str:
+                        raise _NotPlainJSON()
+                    if not first:
+                        append(separator)
+                    first = False
+                    append(quote(key))
+                    append(": ")
+                    value(item, level + 1)
+            else:
+                for item in o:
+                    if not first:
+                        append(separator)
+                    first = False
+                    value(item, level + 1)
+            append(end)
+        else:
+            raise _NotPlainJSON()
+
+    value(obj, 0)
+    return "".join(chunks)
+
+
 def dumps(obj, pretty=False):
-    # Indented output goes through json's pure-Python encoder (~10 ms for a report); piped
-    # output, which machines read, uses the C encoder.
-    import json
-    return json.dumps(obj, indent=2) if pretty else json.dumps(obj)
+    """The report as JSON text: indented for a terminal, one line for a pipe."""
+    try:
+        return _encode_json(obj, 2 if pretty else None)
+    except (_NotPlainJSON, RecursionError, ImportError):
+        import json
+        return json.dumps(obj, indent=2) if pretty else json.dumps(obj)

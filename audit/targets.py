@@ -18,6 +18,7 @@ bundles), never inside the target; JSON from them is bounded in size all the sam
 from __future__ import annotations
 
 import os
+import stat
 from collections import namedtuple
 from types import MappingProxyType
 
@@ -109,6 +110,16 @@ def _read_json(path, limit=JSON_LIMIT):
         return json.loads(data)
     except ValueError:
         return None
+
+
+def _read_fd(fd):
+    """The whole file (as registry.records() reads it: no limit)."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def glob_star(base, *parts):
@@ -445,6 +456,7 @@ class Resolver:
         self._stat_cache = {}
         self._ns_cache = {}
         self._records = None
+        self._registry_bytes = None
 
     # ---------------------------------------------------------- process facts
 
@@ -782,7 +794,7 @@ class Resolver:
         """Label a PID: which runtime made its container, its name, id, image and labels.
         Raises TargetError for what is not a running process (kernel thread, zombie)."""
         self.check_auditable(pid)
-        records = self._pysandbox_records()
+        records = self._pysandbox_records() if self._registry_may_hold(pid) else ()
         for record in records:
             if int(record["pid"]) == pid:
                 return self._pysandbox_info(record)
@@ -793,6 +805,8 @@ class Resolver:
         parent, parent_comm = chain[0] if chain else (0, "")
         found = None
         if runtime_hint != "self":
+            if self._registry_may_hold(root, parent, *[p for p, _ in chain]):
+                records = self._pysandbox_records()
             for record in records:
                 if int(record["pid"]) in (root, parent) or int(record["pid"]) in [p for p, _ in chain]:
                     t = self._pysandbox_info(record)
@@ -963,6 +977,42 @@ class Resolver:
             raise TargetError("ambiguous container id prefix %s: %s" % (
                 printable(repr(prefix)), ", ".join(printable("%s/%s" % (s.runtime, s.id)) for s in matches[:5])))
         return self._running_state(matches[0]) if matches else None
+
+    def _registry_may_hold(self, *pids):
+        """Could a pysandbox state record name one of `pids`? A record's pid is a JSON integer, so its
+        file holds that pid's decimal digits: a registry whose files do not is not parsed
+        (json, and re through it, would cost more than the rest of a plain audit). A file
+        that cannot be read here (a symlink, not a regular file) is one registry.records()
+        cannot read either (it opens with O_NOFOLLOW and skips what fails)."""
+        if self._records is not None:
+            return True
+        if self._registry_bytes is None:
+            try:
+                from pysandbox_common import registry as state
+            except ImportError:
+                return True
+            directory = state.state_dir()
+            contents = []
+            try:
+                names = [n for n in os.listdir(directory) if n.endswith(".json")]
+            except OSError:
+                names = []
+            for name in names:
+                try:
+                    fd = os.open(os.path.join(directory, name),
+                                 os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    if stat.S_ISREG(os.fstat(fd).st_mode):
+                        contents.append(_read_fd(fd))
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            self._registry_bytes = contents
+        wanted = [str(pid).encode() for pid in pids if pid > 0]
+        return any(digits in data for digits in wanted for data in self._registry_bytes)
 
     def _pysandbox_records(self):
         if self._records is None:

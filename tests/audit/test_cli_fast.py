@@ -1,6 +1,7 @@
 """The plain `audit TARGET` path: read by hand (no argparse), no json/re/glob imported, and
 the hand parser and build_parser() kept in step by one table."""
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -96,23 +97,83 @@ def _modules_after(argv, tmp_path):
 
 
 def test_plain_path_imports_no_argparse_json_or_re(tmp_path):
-    """`audit PID`, `audit self` (text, -v, --fail-on, -o FILE) import neither the parser nor
-    json, nor re and glob: the interpreter and the audit's own work are the whole cost."""
+    """`audit PID`, `audit self` (text, -v, --fail-on, -o FILE, --format json) import neither
+    the parser nor json, nor re and glob: the interpreter and the audit's own work are the
+    whole cost."""
     target = subprocess.Popen(["sleep", "60"])
     try:
         for argv in ([str(target.pid)], ["self"], ["-v", str(target.pid)], [str(target.pid), "--fail-on", "critical"],
-                     ["self", "--skip", "lsm-off", "-o", str(tmp_path / "report.txt")]):
+                     ["self", "--skip", "lsm-off", "-o", str(tmp_path / "report.txt")],
+                     [str(target.pid), "--format", "json", "-o", str(tmp_path / "report.json")]):
             rc, modules = _modules_after(argv, tmp_path)
             assert rc in (0, 1) and modules == [], (argv, rc, modules)
     finally:
         target.kill()
         target.wait()
     assert "audit:" in (tmp_path / "report.txt").read_text()
+    assert json.loads((tmp_path / "report.json").read_text())["target"]["pid"] == target.pid
 
 
-def test_json_output_still_imports_json(tmp_path):
-    """The measurement above is not vacuous: the same harness sees json when the report is JSON."""
-    rc, modules = _modules_after(["self", "--format", "json"], tmp_path)
-    assert rc in (0, 1) and "json" in modules
+def test_the_import_harness_sees_what_it_looks_for(tmp_path):
+    """The measurement above is not vacuous: the same harness sees argparse for --help and
+    json when a pysandbox state record names the target (the registry is parsed then)."""
     rc, modules = _modules_after(["--help"], tmp_path)
     assert rc == 0 and "argparse" in modules
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)     # the registry reads only a directory private to its user
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        # A stale record (its supervisor is not alive) whose pid is the target's: parsed, then skipped.
+        (state / "stale-one.json").write_text(json.dumps({"name": "stale-one", "pid": target.pid,
+                                                          "supervisor": 999999999, "profile": "default"}))
+        rc, modules = _modules_after([str(target.pid)], tmp_path)
+        assert rc in (0, 1) and "json" in modules
+    finally:
+        target.kill()
+        target.wait()
+
+
+def test_registry_prefilter_finds_a_live_sandbox_record(tmp_path, monkeypatch):
+    """The pre-filter that spares the registry's JSON only skips records that cannot name the
+    target: a live record whose pid is the target's is found, and labels it pysandbox."""
+    from audit.targets import Resolver
+    monkeypatch.setenv("PYSANDBOX_STATE_DIR", str(tmp_path))
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "other.json").write_text(json.dumps({"name": "other", "pid": 999999998,
+                                                         "supervisor": os.getpid(), "profile": "default"}))
+        assert Resolver().describe_pid(target.pid).runtime != "pysandbox"
+        (tmp_path / "mine.json").write_text(json.dumps({"name": "mine", "pid": target.pid,
+                                                        "supervisor": os.getpid(), "profile": "strict"}))
+        info = Resolver().describe_pid(target.pid)
+        assert info.runtime == "pysandbox" and info.name == "mine"
+    finally:
+        target.kill()
+        target.wait()
+    # (a sandbox's command, a child of the recorded init, found through its ancestors:
+    # test_live_pysandbox.py::test_sandbox_target_fields_and_fleet, on a real sandbox)
+
+
+def _reports():
+    from audit.checks import all_checks
+    from audit.cli import audit_target
+    from audit.report import Policy, fleet, for_output, render_sarif
+    from audit.targets import Resolver
+    policy = Policy(checks=None, skip=[], ignore=[], min_severity=None)
+    one = policy.apply(audit_target(Resolver().resolve("self")))
+    return [for_output(one, policy), fleet([for_output(one, policy)]), render_sarif([one], all_checks(), policy)]
+
+
+@pytest.mark.parametrize("pretty", [False, True])
+def test_json_text_is_json_dumps_text(pretty):
+    """report.dumps writes what json.dumps would, byte for byte (reports, fleet envelope, SARIF,
+    hostile strings, numbers), and hands anything else to json itself."""
+    from audit.report import dumps
+    odd = {"esc": "\x1b]0;title\x07\x1b[2J", "surrogate": "\udcff", "bidi": "\u202e", "accent": "é", "emoji": "\U0001f600",
+           "nested": [[], {}, [{}], (1, 2)], "numbers": [0, -1, 10 ** 30, 0.1, -0.0, 1e300, 1e-7], "flags": [True, False, None]}
+    for doc in _reports() + [odd, [], {}, "x", 3]:
+        assert dumps(doc, pretty) == json.dumps(doc, indent=2 if pretty else None)
+    for doc in ({1: "int key"}, [float("nan")], {"x": float("inf")}):
+        assert dumps(doc, pretty) == json.dumps(doc, indent=2 if pretty else None)
+    with pytest.raises(TypeError):
+        dumps({"x": {1, 2}}, pretty)
