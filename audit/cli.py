@@ -509,10 +509,10 @@ def main(argv=None) -> int:
         if args.format == "json":
             shown = [report.for_output(r, policy) for r in reports]
             doc = report.fleet(shown) if args.all else shown[0]
-            stream.write(report.dumps(doc, to_terminal) + "\n")
+            stream.write(report.dumps(doc, to_terminal, small=not args.all) + "\n")
         elif args.format == "sarif":
             from .checks import all_checks
-            stream.write(report.dumps(report.render_sarif(reports, all_checks(), policy), to_terminal) + "\n")
+            stream.write(report.dumps(report.render_sarif(reports, all_checks(), policy), to_terminal, small=False) + "\n")
         elif to_terminal:
             if args.all:
                 report.render_fleet_rich(reports, stream, verbose=args.verbose, policy=policy)

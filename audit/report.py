@@ -874,10 +874,15 @@ def _encode_json(obj, indent):
     return "".join(chunks)
 
 
-def dumps(obj, pretty=False):
-    """The report as JSON text: indented for a terminal, one line for a pipe."""
-    try:
-        return _encode_json(obj, 2 if pretty else None)
-    except (_NotPlainJSON, RecursionError, ImportError):
-        import json
-        return json.dumps(obj, indent=2) if pretty else json.dumps(obj)
+def dumps(obj, pretty=False, small=True):
+    """The report as JSON text: indented for a terminal, one line for a pipe. `small` (one
+    target's report, a few hundred values) is encoded here, which spares the json import;
+    a large document (a fleet, SARIF over many targets) goes to json's C encoder, which
+    is faster than this file's once there are thousands of values."""
+    if small:
+        try:
+            return _encode_json(obj, 2 if pretty else None)
+        except (_NotPlainJSON, RecursionError, ImportError):
+            pass
+    import json
+    return json.dumps(obj, indent=2) if pretty else json.dumps(obj)

@@ -173,6 +173,7 @@ def test_json_text_is_json_dumps_text(pretty):
            "nested": [[], {}, [{}], (1, 2)], "numbers": [0, -1, 10 ** 30, 0.1, -0.0, 1e300, 1e-7], "flags": [True, False, None]}
     for doc in _reports() + [odd, [], {}, "x", 3]:
         assert dumps(doc, pretty) == json.dumps(doc, indent=2 if pretty else None)
+        assert dumps(doc, pretty, small=False) == json.dumps(doc, indent=2 if pretty else None)
     for doc in ({1: "int key"}, [float("nan")], {"x": float("inf")}):
         assert dumps(doc, pretty) == json.dumps(doc, indent=2 if pretty else None)
     with pytest.raises(TypeError):
