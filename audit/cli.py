@@ -291,6 +291,76 @@ def audit_target(info, active=False, proc=None):
     return report.build(snap, findings, paths, mode="active" if active else "passive")
 
 
+# A passive audit is CPU-bound Python (parsing /proc, walking /dev), so threads share one
+# core (the GIL) and only overlap the reads. With many targets the fleet is split across
+# forked processes, one per CPU: below this many targets per process the fork and the
+# pickling cost more than they save.
+FORK_MIN_TARGETS = 16
+
+
+def _audit_in_processes(targets, processes, one, vanished):
+    """one(target) for every target, in order, by this process and processes-1 forked
+    children (each audits every processes-th target and pickles its reports back through
+    a pipe). A child that fails in any way leaves its share to this process; every child
+    is reaped before this returns. Called before any thread starts (fork copies only the
+    calling thread)."""
+    import pickle
+    shares = [list(range(first, len(targets), processes)) for first in range(processes)]
+    results = [None] * len(targets)
+    pending = []      # (pid, read end, share) of children not yet reaped
+    try:
+        for share in shares[1:]:
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                # The child: its `vanished` starts empty (forked before any audit ran).
+                status = 1
+                try:
+                    os.close(reader)
+                    done = [(i, one(targets[i])) for i in share]
+                    data = memoryview(pickle.dumps((done, list(vanished)), protocol=pickle.HIGHEST_PROTOCOL))
+                    while data:
+                        data = data[os.write(writer, data):]
+                    status = 0
+                finally:
+                    os._exit(status)     # no atexit, no flushing of the parent's buffers
+            os.close(writer)
+            pending.append((pid, reader, share))
+        for i in shares[0]:
+            results[i] = one(targets[i])
+        while pending:
+            pid, reader, share = pending[0]
+            chunks = []
+            try:
+                while True:
+                    chunk = os.read(reader, 1 << 20)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            finally:
+                os.close(reader)
+                pending.pop(0)
+                _, status = os.waitpid(pid, 0)
+            done = None
+            if status == 0:
+                try:
+                    done, child_vanished = pickle.loads(b"".join(chunks))
+                except Exception:
+                    done = None
+            if done is None or [i for i, _ in done] != share:
+                for i in share:
+                    results[i] = one(targets[i])
+                continue
+            for i, report in done:
+                results[i] = report
+            vanished.extend(child_vanished)
+    finally:
+        for pid, reader, _ in pending:
+            os.close(reader)      # a child still writing gets EPIPE and exits
+            os.waitpid(pid, 0)
+    return results
+
+
 def _audit_all(resolver, args):
     from concurrent.futures import ThreadPoolExecutor
     from pysandbox_common.procfs import ProcError
@@ -320,8 +390,12 @@ def _audit_all(resolver, args):
             results = [one(info, active=True) for info in targets]
         else:
             jobs = args.jobs or min(16, 2 * (os.cpu_count() or 1))
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                results = list(pool.map(one, targets))
+            processes = min(jobs, os.cpu_count() or 1, len(targets) // FORK_MIN_TARGETS)
+            if processes >= 2 and progress is None:
+                results = _audit_in_processes(targets, processes, one, vanished)
+            else:
+                with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                    results = list(pool.map(one, targets))
     finally:
         if progress:
             progress.stop()

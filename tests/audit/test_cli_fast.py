@@ -178,3 +178,59 @@ def test_json_text_is_json_dumps_text(pretty):
         assert dumps(doc, pretty) == json.dumps(doc, indent=2 if pretty else None)
     with pytest.raises(TypeError):
         dumps({"x": {1, 2}}, pretty)
+
+
+def _children_of_this_process():
+    out = set()
+    for task in os.listdir("/proc/self/task"):
+        with open("/proc/self/task/%s/children" % task) as f:
+            out.update(int(p) for p in f.read().split())
+    return out
+
+
+def test_fleet_split_across_processes_gives_the_serial_reports():
+    """--all over many targets forks one auditor per CPU: the reports come back in target
+    order, the same as one process makes them, and every child is reaped."""
+    from audit.cli import _audit_in_processes, audit_target
+    from audit.targets import Resolver
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+    try:
+        resolver = Resolver()
+        targets = [resolver.describe_pid(p.pid) for p in sleepers] * 2
+
+        def ids(report):
+            return (report["target"]["pid"], sorted((f["id"], f["status"]) for f in report["findings"]))
+
+        before = _children_of_this_process()
+        vanished = []
+        split = _audit_in_processes(targets, 3, audit_target, vanished)
+        assert _children_of_this_process() == before and vanished == []
+        assert [ids(r) for r in split] == [ids(audit_target(t)) for t in targets]
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+
+
+def test_fleet_child_that_fails_leaves_its_share_to_the_parent():
+    """A child that breaks (here: every audit raises outside the parent) is reaped and its
+    targets are audited by the parent; a target that vanished is reported as such."""
+    from audit.cli import _audit_in_processes
+    parent = os.getpid()
+    seen = []
+
+    def one(target):
+        if os.getpid() != parent:
+            raise RuntimeError("the child breaks")
+        seen.append(target)
+        if target == 4:
+            vanished.append(target)
+            return None
+        return {"target": target}
+
+    before = _children_of_this_process()
+    vanished = []
+    results = _audit_in_processes(list(range(7)), 2, one, vanished)
+    assert _children_of_this_process() == before
+    assert results == [{"target": i} if i != 4 else None for i in range(7)]
+    assert sorted(seen) == list(range(7)) and vanished == [4]
