@@ -4,12 +4,18 @@ Exit codes: 0 done (and nothing unsuppressed at or above --fail-on), 1 a failing
 escape path at or above --fail-on, 2 usage error, a bad ignore file, or a target that does
 not exist, is not a container or vanished mid-audit; 141 the reader closed the pipe (as a
 command killed by SIGPIPE), quietly.
-Heavy modules (rich, concurrent.futures) are imported only where they are used so a
-passive audit of one PID stays well under 100 ms.
+
+A passive audit of one PID is measured in tens of milliseconds, most of it the
+interpreter's and the imports'. So the command line is read by hand first
+(`parse_fast`): the options are one table, AUDIT_OPTIONS, which both that parser and
+`build_parser()` (argparse: --help, the man page, completion, and every error message)
+read, so the two cannot drift apart. Anything the hand parser is not sure of (--help,
+--version, an abbreviation, a bad value, an unknown option, `--`) goes to argparse, which
+then decides as it always did. Heavy modules (argparse, json, rich, concurrent.futures)
+are imported only where they are used.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -18,27 +24,170 @@ from .checks import SEVERITIES, SEVERITY_RANK
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + 13     # what a shell reports for a command killed by SIGPIPE
 DEFAULT_IGNORE_FILE = ".auditignore"
+FORMATS = ("text", "json", "sarif")
+
+# (names, metavar, kind, choices, help). names: "--name" or a tuple whose first is the
+# long name the value is kept under (dest: "--fail-on" -> fail_on). kind: "flag"
+# (store_true), "value" (the last one wins), "list" (repeatable, kept in order) or
+# "count" (a positive integer). choices: the values allowed, or None.
+AUDIT_OPTIONS = (
+    ("--all", None, "flag", None, "audit every container on the host: one row each"),
+    ("--format", None, "value", FORMATS,
+     "text (rich on a terminal), json (schema pysandbox.audit/1; pysandbox.audit-fleet/1 with --all) "
+     "or sarif (SARIF 2.1.0); default text"),
+    (("--output", "-o"), "FILE", "value", None,
+     "write the report to FILE instead of standard output (text is plain)"),
+    ("--fail-on", "SEVERITY", "value", SEVERITIES,
+     "exit 1 when an unsuppressed failing finding or escape path is at or above SEVERITY (%s)"
+     % ", ".join(SEVERITIES)),
+    ("--severity", "LEVEL", "value", SEVERITIES,
+     "show only findings at or above LEVEL (%s); counts and --fail-on still see every finding"
+     % ", ".join(SEVERITIES)),
+    ("--checks", "ID,...", "value", None,
+     "report only these checks (and escape paths resting on them); ids as in `audit explain`, "
+     "escape paths as escape/ID"),
+    ("--skip", "ID", "list", None, "leave out a check or escape/ID (repeatable, or comma-separated)"),
+    ("--ignore-file", "FILE", "value", None,
+     "suppress accepted findings listed in FILE (default: ./%s when present)" % DEFAULT_IGNORE_FILE),
+    ("--active", None, "flag", None,
+     "add harmless proofs run inside the target's namespaces (open-for-write, unshare, probe syscalls)"),
+    ("--docker-socket", "PATH", "value", None,
+     "Docker API socket (default: DOCKER_HOST=unix://..., else /var/run/docker.sock)"),
+    ("--jobs", "N", "count", None, "parallel audits with --all (default: 2 x CPUs, at most 16)"),
+    (("--verbose", "-v"), None, "flag", None,
+     "also list checks that could not be judged, skipped, passed and suppressed"),
+)
+_OPTION_BY_NAME = {}
+for _entry in AUDIT_OPTIONS:
+    for _name in ((_entry[0],) if isinstance(_entry[0], str) else _entry[0]):
+        _OPTION_BY_NAME[_name] = _entry
+del _entry, _name
+
+
+def _dest(names):
+    return (names if isinstance(names, str) else names[0])[2:].replace("-", "_")
+
+
+def _default(kind):
+    return False if kind == "flag" else [] if kind == "list" else None
+
+
+class Options:
+    """The parsed command line, by attribute (as argparse's Namespace)."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def __eq__(self, other):
+        return vars(self) == vars(other)
+
+    def __repr__(self):
+        return "Options(%s)" % ", ".join("%s=%r" % kv for kv in sorted(vars(self).items()))
+
+
+def _positive_int_value(text):
+    """int(text) when it is at least 1, else None (argparse and the hand parser share it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
+def parse_fast(argv):
+    """The command line as Options, or None when argparse must read it.
+
+    Accepts exactly what argparse accepts with the same meaning for the shapes a user types
+    (a TARGET and whole option names, `--opt VALUE` or `--opt=VALUE`, in any order); None
+    for everything else, so a usage error or --help is always argparse's own.
+    """
+    values = {_dest(e[0]): _default(e[2]) for e in AUDIT_OPTIONS}
+    values["format"] = "text"
+    target = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg or arg[0] != "-":
+            if target is not None:
+                return None         # argparse: "unrecognized arguments"
+            target = arg
+            continue
+        name, eq, value = arg.partition("=")
+        entry = _OPTION_BY_NAME.get(name)
+        if entry is None or (eq and not name.startswith("--")):
+            return None             # unknown, abbreviated, clustered, -h, --version, --
+        names, _, kind, choices, _ = entry
+        if kind == "flag":
+            if eq:
+                return None         # argparse: "ignored explicit argument"
+            values[_dest(names)] = True
+            continue
+        if not eq:
+            if i >= len(argv):
+                return None         # argparse: "expected one argument"
+            value = argv[i]
+            i += 1
+            if value[:1] == "-":
+                return None         # argparse may read it as an option: let it decide
+        if choices is not None and value not in choices:
+            return None
+        if kind == "count":
+            value = _positive_int_value(value)
+            if value is None:
+                return None
+        if kind == "list":
+            values[_dest(names)].append(value)
+        else:
+            values[_dest(names)] = value
+    if target == "":
+        return None
+    values["target"] = target
+    return Options(**values)
 
 
 class _UsageError(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
+def _positive_int(text):
+    import argparse
+    value = _positive_int_value(text)
+    if value is None:
+        try:
+            int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a number" % text)
+        raise argparse.ArgumentTypeError("must be at least 1 (got %d)" % int(text))
+    return value
 
 
-class _VersionAction(argparse.Action):
-    """--version, with the version read only when asked (importlib.metadata is not free)."""
+def _argparse_parser_class():
+    """An ArgumentParser whose errors are _UsageError (one line, exit 2), made on first use."""
+    import argparse
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise _UsageError(message)
 
-    def __call__(self, parser, namespace, values, option_string=None):
-        from .report import package_version
-        sys.stdout.write("audit (pysandbox) %s\n" % package_version())
-        parser.exit()
+    return _Parser
+
+
+def _version_action():
+    import argparse
+
+    class _VersionAction(argparse.Action):
+        """--version, with the version read only when asked (importlib.metadata is not free)."""
+
+        def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+            super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            from .report import package_version
+            sys.stdout.write("audit (pysandbox) %s\n" % package_version())
+            parser.exit()
+
+    return _VersionAction
 
 
 EXIT_CODES = """exit codes:
@@ -74,49 +223,38 @@ def build_parser():
     `audit explain ID` is a command word handled before this parser (see
     build_explain_parser): TARGET is positional, so argparse subcommands cannot sit beside it.
     """
-    p = _Parser(prog="audit",
-                usage="audit [OPTIONS] TARGET | audit [OPTIONS] --all | audit explain CHECK_ID",
-                description="Audit a running container's isolation: which checks fail, which could not be\n"
-                            "judged, and which escape paths the gaps add up to. Passive by default: it only\n"
-                            "reads /proc and the target's files. `pysandbox audit ...` is the same command.",
-                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import argparse
+    p = _argparse_parser_class()(
+        prog="audit",
+        usage="audit [OPTIONS] TARGET | audit [OPTIONS] --all | audit explain CHECK_ID",
+        description="Audit a running container's isolation: which checks fail, which could not be\n"
+                    "judged, and which escape paths the gaps add up to. Passive by default: it only\n"
+                    "reads /proc and the target's files. `pysandbox audit ...` is the same command.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", nargs="?", metavar="TARGET",
                    help="a PID, a container id (unique prefix) or name (Docker, Podman, containerd, ...), "
                         "a pysandbox sandbox name, or `self`")
-    p.add_argument("--all", action="store_true", help="audit every container on the host: one row each")
-    p.add_argument("--format", choices=("text", "json", "sarif"), default="text",
-                   help="text (rich on a terminal), json (schema pysandbox.audit/1; "
-                        "pysandbox.audit-fleet/1 with --all) or sarif (SARIF 2.1.0); default text")
-    p.add_argument("-o", "--output", metavar="FILE", default=None,
-                   help="write the report to FILE instead of standard output (text is plain)")
-    p.add_argument("--fail-on", choices=SEVERITIES, default=None, metavar="SEVERITY",
-                   help="exit 1 when an unsuppressed failing finding or escape path is at or above "
-                        "SEVERITY (%s)" % ", ".join(SEVERITIES))
-    p.add_argument("--severity", choices=SEVERITIES, default=None, metavar="LEVEL",
-                   help="show only findings at or above LEVEL (%s); counts and --fail-on still "
-                        "see every finding" % ", ".join(SEVERITIES))
-    p.add_argument("--checks", metavar="ID,...", default=None,
-                   help="report only these checks (and escape paths resting on them); ids as in "
-                        "`audit explain`, escape paths as escape/ID")
-    p.add_argument("--skip", metavar="ID", action="append", default=[],
-                   help="leave out a check or escape/ID (repeatable, or comma-separated)")
-    p.add_argument("--ignore-file", metavar="FILE", default=None,
-                   help="suppress accepted findings listed in FILE (default: ./%s when present)" % DEFAULT_IGNORE_FILE)
-    p.add_argument("--active", action="store_true",
-                   help="add harmless proofs run inside the target's namespaces (open-for-write, "
-                        "unshare, probe syscalls)")
-    p.add_argument("--docker-socket", metavar="PATH", default=None,
-                   help="Docker API socket (default: DOCKER_HOST=unix://..., else /var/run/docker.sock)")
-    p.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
-                   help="parallel audits with --all (default: 2 x CPUs, at most 16)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also list checks that could not be judged, skipped, passed and suppressed")
-    p.add_argument("--version", action=_VersionAction, help="print `audit (pysandbox) VERSION` and exit")
+    for names, metavar, kind, choices, text in AUDIT_OPTIONS:
+        flags = (names,) if isinstance(names, str) else names[::-1]     # short first, as help shows them
+        kwargs = dict(dest=_dest(names), help=text)
+        if kind == "flag":
+            kwargs.update(action="store_true")
+        else:
+            kwargs.update(metavar=metavar, choices=choices, default=_default(kind))
+            if kind == "list":
+                kwargs.update(action="append")
+            elif kind == "count":
+                kwargs.update(type=_positive_int)
+        if names == "--format":
+            kwargs.update(default="text")
+        p.add_argument(*flags, **kwargs)
+    p.add_argument("--version", action=_version_action(), help="print `audit (pysandbox) VERSION` and exit")
     return p
 
 
 def build_explain_parser():
-    p = _Parser(prog="audit explain", usage="audit explain CHECK_ID",
+    import argparse
+    p = _argparse_parser_class()(prog="audit explain", usage="audit explain CHECK_ID",
                 description="Explain a check: what it looks at, how the escape works, how to fix it\n"
                             "(Docker, Kubernetes, pysandbox) and its references (CVE, MITRE ATT&CK,\n"
                             "CIS Docker Benchmark, Kubernetes Pod Security Standards).",
@@ -125,16 +263,6 @@ def build_explain_parser():
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("check_id", metavar="CHECK_ID", help="a check id, e.g. release-agent")
     return p
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1 (got %d)" % value)
-    return value
 
 
 def _fail(message):
@@ -161,6 +289,76 @@ def audit_target(info, active=False, proc=None):
     findings = run_checks(snap)
     paths = find_escape_paths(snap, findings)
     return report.build(snap, findings, paths, mode="active" if active else "passive")
+
+
+# A passive audit is CPU-bound Python (parsing /proc, walking /dev), so threads share one
+# core (the GIL) and only overlap the reads. With many targets the fleet is split across
+# forked processes, one per CPU: below this many targets per process the fork and the
+# pickling cost more than they save.
+FORK_MIN_TARGETS = 16
+
+
+def _audit_in_processes(targets, processes, one, vanished):
+    """one(target) for every target, in order, by this process and processes-1 forked
+    children (each audits every processes-th target and pickles its reports back through
+    a pipe). A child that fails in any way leaves its share to this process; every child
+    is reaped before this returns. Called before any thread starts (fork copies only the
+    calling thread)."""
+    import pickle
+    shares = [list(range(first, len(targets), processes)) for first in range(processes)]
+    results = [None] * len(targets)
+    pending = []      # (pid, read end, share) of children not yet reaped
+    try:
+        for share in shares[1:]:
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                # The child: its `vanished` starts empty (forked before any audit ran).
+                status = 1
+                try:
+                    os.close(reader)
+                    done = [(i, one(targets[i])) for i in share]
+                    data = memoryview(pickle.dumps((done, list(vanished)), protocol=pickle.HIGHEST_PROTOCOL))
+                    while data:
+                        data = data[os.write(writer, data):]
+                    status = 0
+                finally:
+                    os._exit(status)     # no atexit, no flushing of the parent's buffers
+            os.close(writer)
+            pending.append((pid, reader, share))
+        for i in shares[0]:
+            results[i] = one(targets[i])
+        while pending:
+            pid, reader, share = pending[0]
+            chunks = []
+            try:
+                while True:
+                    chunk = os.read(reader, 1 << 20)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            finally:
+                os.close(reader)
+                pending.pop(0)
+                _, status = os.waitpid(pid, 0)
+            done = None
+            if status == 0:
+                try:
+                    done, child_vanished = pickle.loads(b"".join(chunks))
+                except Exception:
+                    done = None
+            if done is None or [i for i, _ in done] != share:
+                for i in share:
+                    results[i] = one(targets[i])
+                continue
+            for i, report in done:
+                results[i] = report
+            vanished.extend(child_vanished)
+    finally:
+        for pid, reader, _ in pending:
+            os.close(reader)      # a child still writing gets EPIPE and exits
+            os.waitpid(pid, 0)
+    return results
 
 
 def _audit_all(resolver, args):
@@ -192,8 +390,12 @@ def _audit_all(resolver, args):
             results = [one(info, active=True) for info in targets]
         else:
             jobs = args.jobs or min(16, 2 * (os.cpu_count() or 1))
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                results = list(pool.map(one, targets))
+            processes = min(jobs, os.cpu_count() or 1, len(targets) // FORK_MIN_TARGETS)
+            if processes >= 2 and progress is None:
+                results = _audit_in_processes(targets, processes, one, vanished)
+            else:
+                with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                    results = list(pool.map(one, targets))
     finally:
         if progress:
             progress.stop()
@@ -349,7 +551,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == "explain":
         return _explain(argv[1:])
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_fast(argv) or build_parser().parse_args(argv)
         _check_options(args)
         policy = _policy(args)
     except _UsageError as exc:
@@ -381,10 +583,10 @@ def main(argv=None) -> int:
         if args.format == "json":
             shown = [report.for_output(r, policy) for r in reports]
             doc = report.fleet(shown) if args.all else shown[0]
-            stream.write(report.dumps(doc, to_terminal) + "\n")
+            stream.write(report.dumps(doc, to_terminal, small=not args.all) + "\n")
         elif args.format == "sarif":
             from .checks import all_checks
-            stream.write(report.dumps(report.render_sarif(reports, all_checks(), policy), to_terminal) + "\n")
+            stream.write(report.dumps(report.render_sarif(reports, all_checks(), policy), to_terminal, small=False) + "\n")
         elif to_terminal:
             if args.all:
                 report.render_fleet_rich(reports, stream, verbose=args.verbose, policy=policy)

@@ -10,9 +10,6 @@ codes and highlighting are off there: target text is never parsed as markup.
 """
 from __future__ import annotations
 
-import json
-import re
-
 from .checks import SEVERITIES, SEVERITY_RANK
 
 SCHEMA = "pysandbox.audit/1"
@@ -346,7 +343,7 @@ class IgnoreEntry:
         return any(n and fnmatchcase(n, self.target) for n in names)
 
 
-_RULE_ID = re.compile(r"^(escape/)?[a-z0-9][a-z0-9-]*$")
+_RULE_ID = r"^(escape/)?[a-z0-9][a-z0-9-]*$"
 
 
 def parse_ignore_file(text, source, known_rules=None, today=None):
@@ -357,6 +354,7 @@ def parse_ignore_file(text, source, known_rules=None, today=None):
     pattern against the target's identity, name, container id (full or 12-character) or image.
     """
     import datetime
+    import re
     import shlex
     today = today or datetime.date.today()
     entries, warnings = [], []
@@ -369,7 +367,7 @@ def parse_ignore_file(text, source, known_rules=None, today=None):
         if not words:
             continue
         rule, fields = words[0], {}
-        if not _RULE_ID.match(rule):
+        if not re.match(_RULE_ID, rule):
             raise IgnoreFileError("%s: %r is not a check id or escape/<id>" % (where, rule))
         if known_rules is not None and rule not in known_rules:
             raise IgnoreFileError("%s: unknown check id %r (see `audit explain`)" % (where, rule))
@@ -424,13 +422,28 @@ _PASS_TITLES = {
 }
 
 
+_CAPABILITY_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+
+
+def _held_capability(title):
+    """"CAP_SYS_ADMIN" of a title "Holds CAP_SYS_ADMIN ...", else None (the regex
+    `Holds (CAP_[A-Z_]+)` matched at the start, without importing re)."""
+    prefix = "Holds CAP_"
+    if not title.startswith(prefix):
+        return None
+    end = len(prefix)
+    while end < len(title) and title[end] in _CAPABILITY_NAME_CHARS:
+        end += 1
+    return title[len("Holds "):end] if end > len(prefix) else None
+
+
 def pass_title(check):
     """A check's title phrased as a pass ("Own PID namespace" for "Shares the host's PID namespace")."""
     if check.id in _PASS_TITLES:
         return _PASS_TITLES[check.id]
-    m = re.match(r"Holds (CAP_[A-Z_]+)", check.title)
-    if m:
-        return "Does not hold %s" % m.group(1)
+    capability = _held_capability(check.title)
+    if capability:
+        return "Does not hold %s" % capability
     return "Not found: %s" % check.title
 
 
@@ -798,7 +811,81 @@ def render_sarif(reports, checks, policy=None):
     }
 
 
-def dumps(obj, pretty=False):
-    # Indented output goes through json's pure-Python encoder (~10 ms for a report); piped
-    # output, which machines read, uses the C encoder.
+class _NotPlainJSON(Exception):
+    pass
+
+
+def _encode_json(obj, indent):
+    """json.dumps(obj) (indent=None) or json.dumps(obj, indent=indent), the same text, for
+    the plain values a report is made of (dict with str keys, list, tuple, str, int, float,
+    bool, None). Importing json costs a plain audit more than encoding (json imports re
+    and enum); the strings go through json's own C quoting (ensure_ascii, as json.dumps).
+    Anything else raises _NotPlainJSON, and dumps() hands the object to json itself."""
+    from _json import encode_basestring_ascii as quote
+    chunks = []
+    append = chunks.append
+
+    def value(o, level):
+        kind = type(o)
+        if kind is str:
+            append(quote(o))
+        elif o is None:
+            append("null")
+        elif o is True:
+            append("true")
+        elif o is False:
+            append("false")
+        elif kind is int:
+            append(int.__repr__(o))
+        elif kind is float:
+            if o != o or o in (float("inf"), float("-inf")):
+                raise _NotPlainJSON()      # NaN/Infinity: json's own spelling
+            append(float.__repr__(o))
+        elif kind is dict or kind is list or kind is tuple:
+            if not o:
+                append("{}" if kind is dict else "[]")
+                return
+            opening, closing = ("{", "}") if kind is dict else ("[", "]")
+            if indent is None:
+                separator, end = ", ", closing
+            else:
+                inner = "\n" + " " * (indent * (level + 1))
+                opening, separator, end = opening + inner, "," + inner, "\n" + " " * (indent * level) + closing
+            append(opening)
+            first = True
+            if kind is dict:
+                for key, item in o.items():
+                    if type(key) is not str:
+                        raise _NotPlainJSON()
+                    if not first:
+                        append(separator)
+                    first = False
+                    append(quote(key))
+                    append(": ")
+                    value(item, level + 1)
+            else:
+                for item in o:
+                    if not first:
+                        append(separator)
+                    first = False
+                    value(item, level + 1)
+            append(end)
+        else:
+            raise _NotPlainJSON()
+
+    value(obj, 0)
+    return "".join(chunks)
+
+
+def dumps(obj, pretty=False, small=True):
+    """The report as JSON text: indented for a terminal, one line for a pipe. `small` (one
+    target's report, a few hundred values) is encoded here, which spares the json import;
+    a large document (a fleet, SARIF over many targets) goes to json's C encoder, which
+    is faster than this file's once there are thousands of values."""
+    if small:
+        try:
+            return _encode_json(obj, 2 if pretty else None)
+        except (_NotPlainJSON, RecursionError, ImportError):
+            pass
+    import json
     return json.dumps(obj, indent=2) if pretty else json.dumps(obj)

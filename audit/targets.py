@@ -17,10 +17,8 @@ bundles), never inside the target; JSON from them is bounded in size all the sam
 """
 from __future__ import annotations
 
-import glob
-import json
 import os
-import re
+import stat
 from collections import namedtuple
 from types import MappingProxyType
 
@@ -107,10 +105,52 @@ def _read_json(path, limit=JSON_LIMIT):
         return None
     if len(data) > limit:
         return None
+    import json
     try:
         return json.loads(data)
     except ValueError:
         return None
+
+
+def _read_fd(fd):
+    """The whole file (as registry.records() reads it: no limit)."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def glob_star(base, *parts):
+    """glob.glob(os.path.join(base, *parts)) where each part is "*" or a plain name, without
+    importing glob (and re through it): "*" matches every name not starting with "." (a
+    directory where more parts follow), a plain name must exist (lexists, as glob)."""
+    paths = [base]
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        found = []
+        for path in paths:
+            if part != "*":
+                candidate = os.path.join(path, part)
+                if os.path.lexists(candidate) if last else os.path.isdir(candidate):
+                    found.append(candidate)
+                continue
+            try:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        if entry.name.startswith("."):
+                            continue
+                        try:
+                            if not last and not entry.is_dir():
+                                continue
+                        except OSError:
+                            continue
+                        found.append(entry.path)
+            except OSError:
+                continue
+        paths = found
+    return paths
 
 
 def _read_text(path, limit=4096):
@@ -165,6 +205,7 @@ class DockerAPI:
             body = resp.read(16 << 20)
         finally:
             conn.close()
+        import json
         try:
             data = json.loads(body or b"null")
         except ValueError:
@@ -283,7 +324,10 @@ def kubernetes_labels(annotations):
     return out
 
 
-_CGROUP_ID = re.compile(r"(?:docker|libpod|cri-containerd|crio|containerd)[-/]([0-9a-f]{12,64})")
+_CGROUP_ID = r"(?:docker|libpod|cri-containerd|crio|containerd)[-/]([0-9a-f]{12,64})"
+# Every alternative of _CGROUP_ID contains one of these: a cgroup path without them cannot
+# match, and most are checked without importing re (a plain audit never needs it).
+_CGROUP_ID_WORDS = ("docker", "libpod", "crio", "containerd")
 
 
 def _runtime_from_cgroup(pid, proc):
@@ -291,7 +335,10 @@ def _runtime_from_cgroup(pid, proc):
         text = proc.read(pid, "cgroup")
     except ProcError:
         return None, None
-    m = _CGROUP_ID.search(text)
+    m = None
+    if any(word in text for word in _CGROUP_ID_WORDS):
+        import re
+        m = re.search(_CGROUP_ID, text)
     if not m:
         if "kubepods" in text:
             return "kubernetes", None
@@ -335,7 +382,7 @@ def _runc_roots():
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         roots.append(os.path.join(xdg, "runc"))
-    roots.extend(sorted(glob.glob("/run/user/*/runc")))
+    roots.extend(sorted(glob_star("/run/user", "*", "runc")))
     return list(dict.fromkeys(roots))
 
 
@@ -344,7 +391,7 @@ def _crun_roots():
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         roots.append(os.path.join(xdg, "crun"))
-    roots.extend(sorted(glob.glob("/run/user/*/crun")))
+    roots.extend(sorted(glob_star("/run/user", "*", "crun")))
     return list(dict.fromkeys(roots))
 
 
@@ -353,7 +400,7 @@ def runc_states():
     format: init_process_pid, init_process_start, config.labels "bundle=..." and each
     annotation as "key=value")."""
     for root in _runc_roots():
-        for path in glob.glob(os.path.join(root, "*", "state.json")):
+        for path in glob_star(root, "*", "state.json"):
             data = _read_json(path)
             if not isinstance(data, dict):
                 continue
@@ -377,7 +424,7 @@ def crun_states():
     """Containers in crun's state directories: <root>/<id>/status (pid, process-start-time,
     bundle) next to the config.json crun was started with."""
     for root in _crun_roots():
-        for path in glob.glob(os.path.join(root, "*", "status")):
+        for path in glob_star(root, "*", "status"):
             data = _read_json(path)
             if not isinstance(data, dict):
                 continue
@@ -409,6 +456,7 @@ class Resolver:
         self._stat_cache = {}
         self._ns_cache = {}
         self._records = None
+        self._registry_bytes = None
 
     # ---------------------------------------------------------- process facts
 
@@ -547,6 +595,7 @@ class Resolver:
                                      stdin=subprocess.DEVNULL).stdout.decode("utf-8", "replace")
                 # "runc version 1.1.5+ds1", "crun version 1.8.1", "firejail version 0.9.72",
                 # "systemd 252 (252.39-1~deb12u2)", lxc-start's bare "5.0.2"
+                import re
                 m = re.search(r"(?:version\s+v?|^systemd\s+|^)(\d+(?:\.\d+)*)", out.strip(), re.M)
                 version = m.group(1) if m else None
             except (OSError, subprocess.TimeoutExpired):
@@ -600,7 +649,7 @@ class Resolver:
             bundle = None
         if bundle:
             ns_dir = os.path.dirname(bundle)
-            for task in glob.glob(os.path.join(ns_dir, "*", "init.pid")):
+            for task in glob_star(ns_dir, "*", "init.pid"):
                 text = (_read_text(task, 32) or "").strip()
                 if text.isdigit() and int(text) == root:
                     bundle = os.path.dirname(task)
@@ -745,7 +794,7 @@ class Resolver:
         """Label a PID: which runtime made its container, its name, id, image and labels.
         Raises TargetError for what is not a running process (kernel thread, zombie)."""
         self.check_auditable(pid)
-        records = self._pysandbox_records()
+        records = self._pysandbox_records() if self._registry_may_hold(pid) else ()
         for record in records:
             if int(record["pid"]) == pid:
                 return self._pysandbox_info(record)
@@ -756,6 +805,8 @@ class Resolver:
         parent, parent_comm = chain[0] if chain else (0, "")
         found = None
         if runtime_hint != "self":
+            if self._registry_may_hold(root, parent, *[p for p, _ in chain]):
+                records = self._pysandbox_records()
             for record in records:
                 if int(record["pid"]) in (root, parent) or int(record["pid"]) in [p for p, _ in chain]:
                     t = self._pysandbox_info(record)
@@ -914,6 +965,7 @@ class Resolver:
                     return self.describe_pid(inner[0])
         machine = _read_text(os.path.join(MACHINES_DIR, name)) if "/" not in name else None
         if machine:
+            import re
             m = re.search(r"^LEADER=(\d+)$", machine, re.M)
             if m and self.stat(int(m.group(1))):
                 return self.describe_pid(int(m.group(1)))
@@ -925,6 +977,42 @@ class Resolver:
             raise TargetError("ambiguous container id prefix %s: %s" % (
                 printable(repr(prefix)), ", ".join(printable("%s/%s" % (s.runtime, s.id)) for s in matches[:5])))
         return self._running_state(matches[0]) if matches else None
+
+    def _registry_may_hold(self, *pids):
+        """Could a pysandbox state record name one of `pids`? A record's pid is a JSON integer, so its
+        file holds that pid's decimal digits: a registry whose files do not is not parsed
+        (json, and re through it, would cost more than the rest of a plain audit). A file
+        that cannot be read here (a symlink, not a regular file) is one registry.records()
+        cannot read either (it opens with O_NOFOLLOW and skips what fails)."""
+        if self._records is not None:
+            return True
+        if self._registry_bytes is None:
+            try:
+                from pysandbox_common import registry as state
+            except ImportError:
+                return True
+            directory = state.state_dir()
+            contents = []
+            try:
+                names = [n for n in os.listdir(directory) if n.endswith(".json")]
+            except OSError:
+                names = []
+            for name in names:
+                try:
+                    fd = os.open(os.path.join(directory, name),
+                                 os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    if stat.S_ISREG(os.fstat(fd).st_mode):
+                        contents.append(_read_fd(fd))
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            self._registry_bytes = contents
+        wanted = [str(pid).encode() for pid in pids if pid > 0]
+        return any(digits in data for digits in wanted for data in self._registry_bytes)
 
     def _pysandbox_records(self):
         if self._records is None:
@@ -974,6 +1062,7 @@ class Resolver:
         except (OSError, subprocess.TimeoutExpired):
             return None
         try:
+            import json
             data = json.loads(out.stdout or b"[]")
         except ValueError:
             return None
@@ -999,7 +1088,7 @@ class Resolver:
 
     def _containerd_tasks(self):
         for base in self._containerd_bases():
-            for task in glob.glob(os.path.join(base, "*", "*")):
+            for task in glob_star(base, "*", "*"):
                 pid_text = (_read_text(os.path.join(task, "init.pid"), 32) or "").strip()
                 if pid_text.isdigit():
                     yield os.path.basename(os.path.dirname(task)), os.path.basename(task), int(pid_text), task

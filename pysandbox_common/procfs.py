@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from collections import namedtuple
 
 # The kernel gives each initial namespace a fixed inode number (include/linux/proc_ns.h);
@@ -145,8 +144,12 @@ def parse_status(text: str) -> dict:
 
 def parse_ns_link(target: str):
     """'pid:[4026531836]' -> 4026531836."""
-    m = re.match(r"^[a-z_]+:\[(\d+)\]$", target)
-    return int(m.group(1)) if m else None
+    # By hand, not with re: the audit's plain path imports no re (its import is ~5 ms).
+    kind, sep, number = target.partition(":[")
+    if not sep or not kind or kind.strip("abcdefghijklmnopqrstuvwxyz_") or not number.endswith("]"):
+        return None
+    number = number[:-1]
+    return int(number) if number.isdecimal() else None
 
 
 def parse_os_release(text: str) -> dict:

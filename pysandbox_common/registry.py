@@ -130,7 +130,6 @@ def exists(name):
 
 def records(directory=None):
     """Every state record, live or stale, as dicts (with "stale": bool added)."""
-    import json
     out = []
     try:
         if directory is None:
@@ -145,6 +144,7 @@ def records(directory=None):
             if not entry.endswith(".json") or not valid_name(entry[:-5]):
                 continue
             try:
+                import json    # only with a record to read: `audit PID` checks the registry every time
                 fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
                 with os.fdopen(fd) as f:
                     record = json.load(f)
