@@ -432,6 +432,11 @@ def _explain(argv):
         "  Kubernetes Pod Security Standards: " + (r["k8s_pss"] or "-"),
         "  docs: docs/audit.md#%s" % chk.id,
     ]
+    from pysandbox_common.teaching import LAB_OF_CHECK
+    if chk.id in LAB_OF_CHECK:
+        layer = LAB_OF_CHECK[chk.id]
+        out += ["", "See it happen:",
+                "  pysandbox lab %s   (the same attack with the %s layer off and on; docs/labs.md)" % (layer, layer)]
     return _emit(lambda out_stream: out_stream.write("\n".join(out) + "\n"))
 
 

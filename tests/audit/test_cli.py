@@ -144,3 +144,19 @@ def test_error_messages_escape_what_the_user_or_target_gave():
     proc = run_audit("no-such\x1b]0;title\x07container", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     _one_line_error(proc)
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+
+
+def test_explain_links_to_the_lab_that_shows_the_gap():
+    """Every check a lab lesson demonstrates names that lesson, and the lesson exists."""
+    import subprocess
+    import sys
+    from pysandbox_common.teaching import LAB_OF_CHECK
+    from audit.checks import get
+    from sandbox.lab import LAYERS
+    assert set(LAB_OF_CHECK.values()) <= set(LAYERS)
+    for check_id, layer in LAB_OF_CHECK.items():
+        assert get(check_id) is not None, check_id
+    proc = subprocess.run([sys.executable, "-m", "audit", "explain", "ns-net-host"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "pysandbox lab net" in proc.stdout, proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "audit", "explain", "sysrq-writable"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "pysandbox lab" not in proc.stdout
