@@ -117,9 +117,28 @@ class Lease:
             os.close(fd)
 
 
-def pool_dir():
+def _open_pool_dir():
+    """A descriptor on <state dir>/idpool, made private (0700) when missing, inside the state
+    directory the registry trusts (ours, nobody else may write it)."""
     from pysandbox_common import registry
-    return os.path.join(registry.state_dir(), "idpool")
+    path = os.path.join(registry.state_dir(), "idpool")
+    try:
+        state = registry._open_dir(create=True)
+        try:
+            try:
+                os.mkdir("idpool", 0o700, dir_fd=state)
+            except FileExistsError:
+                pass
+            fd = os.open("idpool", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=state)
+        finally:
+            os.close(state)
+    except OSError as e:
+        raise SetupError("id-range", e.errno, "%s: %s" % (path, e.strerror)) from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise SetupError("id-range", 1, "%s is not private to this user; refusing to use it" % path)
+    return fd, path
 
 
 def lease(idmap):
@@ -128,18 +147,22 @@ def lease(idmap):
     if idmap is None or idmap.pool is None:
         return Lease(idmap, None)
     import fcntl
-    base, size, count = idmap.pool
-    directory = pool_dir()
+    directory, where = _open_pool_dir()
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise SetupError("idmap", e.errno, "mkdir %s: %s" % (directory, e.strerror)) from None
+        return _take_free_slot(idmap, directory, where, fcntl)
+    finally:
+        os.close(directory)
+
+
+def _take_free_slot(idmap, directory, where, fcntl):
+    base, size, count = idmap.pool
     for slot in range(count):
-        path = os.path.join(directory, "%d.lock" % slot)
+        path = "%s/%d.lock" % (where, slot)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fd = os.open("%d.lock" % slot, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
+                         dir_fd=directory)
         except OSError as e:
-            raise SetupError("idmap", e.errno, "open %s: %s" % (path, e.strerror)) from None
+            raise SetupError("id-range", e.errno, "open %s: %s" % (path, e.strerror)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -147,11 +170,11 @@ def lease(idmap):
             continue
         except OSError as e:
             os.close(fd)
-            raise SetupError("idmap", e.errno, "flock %s: %s" % (path, e.strerror)) from None
+            raise SetupError("id-range", e.errno, "flock %s: %s" % (path, e.strerror)) from None
         return Lease(idmap.on_slot(slot), fd)
-    raise SetupError("idmap", 11, "every range of the host id pool is taken: idmap.pool_size = %d sandboxes "
-                     "run at once already (each maps %d ids from %d on); wait for one to end or raise "
-                     "idmap.pool_size" % (count, size, base))
+    raise SetupError("id-range", 11, "all %d ranges of the host id pool are held by running sandboxes "
+                     "(idmap.pool_size = %d, %d ids each from host id %d on): wait for one to end or raise "
+                     "idmap.pool_size" % (count, count, size, base))
 
 
 def _write(path, text, stage):
