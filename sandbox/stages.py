@@ -223,8 +223,8 @@ def receive_listener(plan, launch):
 
 
 def supervise(plan, launch):
-    from .child import init_loop
-    status = init_loop(launch.command, launch.listener, launch.msg_w)
+    from .pyinit import init_loop
+    status = init_loop(launch.command, launch.listener, launch.msg_w, FORWARDED_SIGNALS)
     channel.send(launch.msg_w, channel.STATUS, status)
     native.exit(0)
 
