@@ -196,3 +196,40 @@ def test_a_pool_past_the_last_host_id_is_refused_at_load(tmp_path):
     bad.write_text('extends = "strict"\n[idmap]\nroot_host_base = 4000000000\npool_size = 65536\n')
     proc = subprocess.run(pysandbox_cmd() + ["profile", "lint", str(bad)], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "pool_size" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@root_only
+def test_threads_of_one_supervisor_starting_at_once_never_share_a_range(tmp_path, monkeypatch):
+    import threading
+    from sandbox import Sandbox, load_profile
+    from sandbox import user
+    monkeypatch.setenv("PYSANDBOX_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(user, "_next_probe", [0])  # as in a fresh process
+    profile = load_profile("strict")
+    started, errors = [], []
+    barrier = threading.Barrier(20)
+
+    def start(k):
+        try:
+            barrier.wait()
+            started.append(Sandbox(profile, name="idpool-thread-%d" % k).start(["sleep", "60"]))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(k,)) for k in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        maps = [host_uid_map(p.pid)[0] for p in started]
+        assert len({m[1] for m in maps}) == 20 and {p.idmap.slot for p in started} == set(range(20))
+        assert all(m[1] == p.idmap.host_uid for m, p in zip(maps, started))
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()
+    # every range is free again; this process goes on round the pool from the last it took
+    again = Sandbox(profile, name="idpool-thread-again").start(["true"])
+    assert again.idmap.slot == 20 and again.wait().exit_code == 0
