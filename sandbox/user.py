@@ -100,7 +100,7 @@ def plan(idmap, inside_uid, inside_gid):
 # too), and a supervisor that dies, however it dies, releases its range with its last
 # descriptor. PID 1 dies with its supervisor (PR_SET_PDEATHSIG), and with it the sandbox,
 # so a released range has no process left running as its ids. The lock files stay: they
-# are the pool (one per range ever held at once), never a sandbox's state.
+# are the pool (at most pool_size empty files), never a sandbox's state.
 
 class Lease:
     """One range of the pool held by this process: `idmap` is the run's map; release()
