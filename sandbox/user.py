@@ -95,9 +95,9 @@ def plan(idmap, inside_uid, inside_gid):
 # Every running sandbox of host root maps its ids onto a range of its own, so that no host
 # process running as one sandbox's ids can signal, ptrace or own files of another's (the
 # way `podman --userns=auto` allocates). Range k is held by flock on its lock file
-# <state dir>/idpool/<k>.lock for the sandbox's whole life: concurrent starts never get the
-# same one (flock is per open file, so two threads of one supervisor exclude each other
-# too), and a supervisor that dies, however it dies, releases its range with its last
+# /run/pysandbox/idpool/<k>.lock (PYSANDBOX_IDPOOL_DIR elsewhere) for the sandbox's whole
+# life: concurrent starts never get the same one (flock is per open file, so two threads of
+# one supervisor exclude each other too), and a supervisor that dies, however it dies, releases its range with its last
 # descriptor. PID 1 dies with its supervisor (PR_SET_PDEATHSIG), and with it the sandbox,
 # so a released range has no process left running as its ids. The lock files stay: they
 # are the pool (at most pool_size empty files), never a sandbox's state.
@@ -117,27 +117,41 @@ class Lease:
             os.close(fd)
 
 
+POOL_DIR = "/run/pysandbox/idpool"
+
+
 def _open_pool_dir():
-    """A descriptor on <state dir>/idpool, made private (0700) when missing, inside the state
-    directory the registry trusts (ours, nobody else may write it)."""
-    from pysandbox_common import registry
-    path = os.path.join(registry.state_dir(), "idpool")
+    """A descriptor on the pool's directory (PYSANDBOX_IDPOOL_DIR, else /run/pysandbox/idpool),
+    made private (0700) when missing, in a parent only we may write. Its own place, not the
+    registry's state directory: that one may be redirected (PYSANDBOX_STATE_DIR) to a directory
+    the registry refuses, and a pool in a directory anyone else can write could have a lock
+    file swapped under a holder, giving two sandboxes one range."""
+    path = os.environ.get("PYSANDBOX_IDPOOL_DIR") or POOL_DIR
+    parent, name = os.path.split(os.path.abspath(path))
     try:
-        state = registry._open_dir(create=True)
         try:
+            os.mkdir(parent, 0o700)
+        except FileExistsError:
+            pass
+        above = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(above)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                raise SetupError("id-range", 1, "%s may be written by others than uid %d; refusing to keep the id "
+                                 "pool's locks there" % (parent, os.geteuid()))
             try:
-                os.mkdir("idpool", 0o700, dir_fd=state)
+                os.mkdir(name, 0o700, dir_fd=above)
             except FileExistsError:
                 pass
-            fd = os.open("idpool", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=state)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=above)
         finally:
-            os.close(state)
+            os.close(above)
     except OSError as e:
         raise SetupError("id-range", e.errno, "%s: %s" % (path, e.strerror)) from None
     st = os.fstat(fd)
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         os.close(fd)
-        raise SetupError("id-range", 1, "%s is not private to this user; refusing to use it" % path)
+        raise SetupError("id-range", 1, "%s is not private to uid %d; refusing to use it" % (path, os.geteuid()))
     return fd, path
 
 

@@ -2,7 +2,8 @@
 running sandbox maps its ids onto a range of its own, root_host_base + k x size, held by flock
 on <state dir>/idpool/<k>.lock for its supervisor's life; rootless keeps the caller's ids.
 
-The tests that allocate point PYSANDBOX_STATE_DIR at a directory of their own: a private pool,
+The tests that allocate point PYSANDBOX_IDPOOL_DIR (and the registry's PYSANDBOX_STATE_DIR) at a
+directory of their own: a private pool,
 so that sandboxes other tests (or other users of this host) run meanwhile never take its
 ranges and the exhaustion test sees exactly its own."""
 import json
@@ -23,7 +24,7 @@ class Held:
     """One CLI run of `profile` that prints its uid_map and holds until stdin closes."""
 
     def __init__(self, profile, state_dir, argv=HOLD, extra=()):
-        env = dict(os.environ, PYSANDBOX_STATE_DIR=str(state_dir))
+        env = private_env(state_dir)
         self.proc = subprocess.Popen(pysandbox_cmd() + ["run", "--profile", str(profile), *extra, "--", *argv],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
@@ -49,6 +50,10 @@ class Held:
                 pass
         self.proc.wait(timeout=60)
         return self.proc.returncode
+
+
+def private_env(directory):
+    return dict(os.environ, PYSANDBOX_STATE_DIR=str(directory), PYSANDBOX_IDPOOL_DIR=str(directory / "idpool"))
 
 
 def host_uid_map(pid):
@@ -92,7 +97,7 @@ def test_the_result_and_the_state_record_show_the_range(tmp_path):
         with open(tmp_path / "idpool-shown.json") as f:
             record = json.load(f)
         assert record["host_ids"]["uid_map"] == [list(inside)] and record["host_ids"]["slot"] == 0
-        env = dict(os.environ, PYSANDBOX_STATE_DIR=str(tmp_path))
+        env = private_env(tmp_path)
         proc = subprocess.run(pysandbox_cmd() + ["run", "--profile", "strict", "--result", str(result), "--", "true"],
                               capture_output=True, text=True, env=env, timeout=60)
         assert proc.returncode == 0, proc.stderr
@@ -123,7 +128,7 @@ def test_exhaustion_is_one_line_naming_the_pool_and_a_killed_supervisors_range_i
     first, second = Held(profile, tmp_path), Held(profile, tmp_path)
     try:
         taken = {first.uid_map()[1], second.uid_map()[1]}
-        env = dict(os.environ, PYSANDBOX_STATE_DIR=str(tmp_path))
+        env = private_env(tmp_path)
         third = subprocess.run(pysandbox_cmd() + ["run", "--profile", str(profile), "--", "true"],
                                capture_output=True, text=True, env=env, timeout=60)
         assert third.returncode == 125
@@ -204,6 +209,7 @@ def test_threads_of_one_supervisor_starting_at_once_never_share_a_range(tmp_path
     from sandbox import Sandbox, load_profile
     from sandbox import user
     monkeypatch.setenv("PYSANDBOX_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("PYSANDBOX_IDPOOL_DIR", str(tmp_path / "idpool"))
     monkeypatch.setattr(user, "_next_probe", [0])  # as in a fresh process
     profile = load_profile("strict")
     started, errors = [], []
@@ -233,3 +239,21 @@ def test_threads_of_one_supervisor_starting_at_once_never_share_a_range(tmp_path
     # every range is free again; this process goes on round the pool from the last it took
     again = Sandbox(profile, name="idpool-thread-again").start(["true"])
     assert again.idmap.slot == 20 and again.wait().exit_code == 0
+
+
+@root_only
+def test_a_pool_directory_others_may_write_is_refused_and_a_hostile_state_dir_is_not_its_business(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    env = dict(os.environ, PYSANDBOX_IDPOOL_DIR=str(shared / "idpool"), PYSANDBOX_STATE_DIR=str(tmp_path / "st"))
+    proc = subprocess.run(pysandbox_cmd() + ["run", "--profile", "strict", "--", "true"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 125 and "id-range" in proc.stderr and str(shared) in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (shared / "idpool").exists()
+    # the registry's directory may be someone else's (it then only warns): the pool is elsewhere
+    env = dict(os.environ, PYSANDBOX_IDPOOL_DIR=str(tmp_path / "idpool"), PYSANDBOX_STATE_DIR=str(shared))
+    proc = subprocess.run(pysandbox_cmd() + ["run", "--profile", "strict", "--", "true"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0 and (tmp_path / "idpool" / "0.lock").exists(), proc.stderr
+
