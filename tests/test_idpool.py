@@ -257,3 +257,20 @@ def test_a_pool_directory_others_may_write_is_refused_and_a_hostile_state_dir_is
                           text=True, env=env, timeout=60)
     assert proc.returncode == 0 and (tmp_path / "idpool" / "0.lock").exists(), proc.stderr
 
+
+
+@root_only
+def test_a_start_failing_after_its_range_was_taken_gives_it_back(tmp_path):
+    # a writable bind of a root-owned directory is refused in the "sources" stage, which runs
+    # after "id-range": the range must be free again for the next start
+    source = tmp_path / "root-owned"
+    source.mkdir(mode=0o755)
+    proc = subprocess.run(pysandbox_cmd() + ["run", "--profile", "strict", "--bind", "%s:/out" % source, "--", "true"],
+                          capture_output=True, text=True, env=private_env(tmp_path), timeout=60)
+    assert proc.returncode == 125 and "sources" in proc.stderr and "owned by host root" in proc.stderr, proc.stderr
+    assert (tmp_path / "idpool" / "0.lock").exists()   # it was taken
+    held = Held("strict", tmp_path)
+    try:
+        assert held.uid_map()[1] == 1_000_000_000       # and given back
+    finally:
+        assert held.end() == 0
