@@ -9,7 +9,7 @@ no task can fork while we SIGKILL the list, then thaws to let the kills land.
 """
 import os
 
-from . import cgroup as cg
+from . import cgroup_fs as cg
 from .errors import SetupError
 
 _PERIOD_US = 100000

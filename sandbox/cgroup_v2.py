@@ -16,7 +16,7 @@ The kernel's rules that decide the order here:
 """
 import os
 
-from . import cgroup as cg
+from . import cgroup_fs as cg
 from .errors import SetupError
 
 _PERIOD_US = 100000

@@ -1,16 +1,12 @@
-"""Child halves: the entry of the cloned PID 1, and the Python init.
+"""The entry of the cloned PID 1.
 
 PID 1 is born by clone() inside the new user and pid namespaces and runs the "pid1"
 rows of stages.CHILD_STAGES; its "fork" stage forks the command, which runs the
 "command" rows and execs. PID 1 then execs the small C init (sandbox/init.c) or
-stays as the Python init below: reaps zombies, forwards signals, reports the
-command's wait status. Messages go to the supervisor on the channel (sandbox/channel.py).
+stays as the Python init (sandbox/pyinit.py): reaps zombies, forwards signals, reports
+the command's wait status. Messages go to the supervisor on the channel (sandbox/channel.py).
 """
-import os
-# _signal, not signal: the public module imports enum, milliseconds on every start.
-import _signal as signal
-
-from . import channel, native, stages
+from . import native, stages
 from .stages import FORWARDED_SIGNALS  # noqa: F401 - part of this module's interface
 
 
@@ -18,60 +14,3 @@ def pid1_main(plan, launch):
     """Entry of the cloned child. Never returns."""
     stages.run(stages.PID1_STAGES, plan, launch)
     native.exit(0)
-
-
-def init_loop(command, listener, msg_w):
-    """Reap every child; forward signals to the command; return the command's status.
-
-    With a seccomp listener, PID 1 also waits for kill-rule notifications: the offending
-    thread stays blocked in the syscall (which never runs) while PID 1 names it to the
-    supervisor and kills the command."""
-    def forward(sig, _frame):
-        try:
-            os.kill(command, sig)
-        except ProcessLookupError:
-            pass
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
-    if listener is None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                return 0
-            if pid == command:
-                return status
-    import select
-    from . import seccomp
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    poller = select.poll()
-    poller.register(wake_r, select.POLLIN)
-    poller.register(listener, select.POLLIN)
-    while True:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return 0
-            if pid == 0:
-                break
-            if pid == command:
-                return status
-        for fd, event in poller.poll():
-            if fd == wake_r:
-                try:
-                    os.read(wake_r, 512)
-                except BlockingIOError:
-                    pass
-            elif event & select.POLLIN:
-                caught = seccomp.receive_notification(listener, 0)
-                if caught is not None:
-                    # the same message the C init sends: pid, syscall number, audit arch
-                    channel.send(msg_w, channel.SECCOMP_KILL, caught["pid"], caught["nr"], caught["arch"])
-                    os.kill(command, signal.SIGKILL)
-                    if caught["pid"] != command:
-                        os.kill(caught["pid"], signal.SIGKILL)
-            else:
-                poller.unregister(listener)

@@ -95,7 +95,9 @@ LESSONS = (
            "report(nnp == '0', 'NoNewPrivs: %s%s' % (nnp, '' if nnp == '0' else ' (execve can never raise privileges)'))\n",
            False, None),
     Lesson("seccomp", "create a nested user namespace (the first step of many kernel exploits)",
-           {"seccomp": {"enabled": False}},
+           # strict has a second wall behind the filter: its user namespace's own
+           # max_user_namespaces = 0 (docs/limits.md); the lesson lifts both
+           {"seccomp": {"enabled": False}, "user_limits": {"max_user_namespaces": 2147483647}},
            # util-linux's unshare(1) from the host's /usr: the syscall, nothing else
            "import subprocess\nproc = subprocess.run(['unshare', '--user', 'true'], capture_output=True, text=True)\n"
            "if proc.returncode == 0:\n    report(True, 'unshare(CLONE_NEWUSER) succeeded: every capability again, in a namespace of its own')\n"

@@ -107,7 +107,7 @@ def build(profile, extra_mounts=((), (), ()), extra_seccomp=None):
             unshare_flags |= native.NS_FLAGS[name]
     if not ns.user and os.geteuid() != 0:
         raise SetupError("userns", 1, "a sandbox without a user namespace needs host root")
-    modules = ["user", "verify", "stages", "channel", "child"]
+    modules = ["user", "verify", "stages", "channel", "child", "pyinit"]
 
     from . import user
     idmap = user.plan(p.idmap, p.idmap.uid, p.idmap.gid) if ns.user else None

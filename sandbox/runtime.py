@@ -95,7 +95,7 @@ class Result:
     """Why and how a sandboxed run ended; the same fields as `--result` JSON."""
 
     FIELDS = ("name", "exit_code", "signal", "reason", "stage", "message", "syscall", "wall", "cpu_user",
-              "cpu_system", "memory_peak", "limits", "warnings", "profile", "cpu_time")
+              "cpu_system", "memory_peak", "limits", "warnings", "profile", "cpu_time", "host_ids")
 
     def __init__(self, **values):
         for field in self.FIELDS:
@@ -292,6 +292,7 @@ class SandboxProcess:
         self.result = None
         self.warnings = []
         self._cgroup = None
+        self.idmap = plan.idmap   # the run's own id map (stage "id-range")
         self._msg_r = self._pidfd = None
         self._registered = False
         self._started = time.monotonic()
@@ -339,10 +340,18 @@ class SandboxProcess:
         if hasattr(self._cgroup, "task_files"):
             self.launch.cgroup_tasks = self._cgroup.task_files()
 
+    def _stage_id_range(self, plan, _):
+        # As host root each running sandbox holds a host id range of its own (user.lease).
+        if plan.idmap is not None and plan.idmap.pool is not None:
+            from . import user
+            held = user.lease(plan.idmap)
+            self._undo.append(held.release)
+            self.idmap = held.idmap
+
     def _stage_sources(self, plan, _):
         from . import mnt
         # idmapped writable binds are made from the run's actual ids (mnt.open_sources)
-        self.launch.source_fds = mnt.open_sources(plan.mounts, plan.idmap)
+        self.launch.source_fds = mnt.open_sources(plan.mounts, self.idmap)
         self._undo.append(self._close_child_ends)
 
     def _stage_channel(self, plan, _):
@@ -384,9 +393,9 @@ class SandboxProcess:
         self._undo.append(lambda: self._close_attr("_pidfd"))
 
     def _stage_idmap(self, plan, _):
-        if plan.idmap is not None:
+        if self.idmap is not None:
             from . import user
-            user.parent(plan.idmap, self.pid)
+            user.parent(self.idmap, self.pid)
 
     def _stage_cgroup_attach(self, plan, launch):
         if self._cgroup is not None and not self.launch.cgroup_tasks:
@@ -406,6 +415,8 @@ class SandboxProcess:
         record = {"name": self.name, "pid": self.pid, "supervisor": os.getpid(), "profile": profile.name,
                   "started": time.time(), "cgroups": list(getattr(self._cgroup, "paths", []) or []),
                   "uid": os.geteuid()}
+        if self.idmap is not None:
+            record["host_ids"] = self.idmap.describe()
         try:
             state.register(record)
             self._registered = True
@@ -642,7 +653,8 @@ class SandboxProcess:
                 syscall = syscall_name(int(fields[1]), int(fields[2]))
         values = dict(name=self.name, wall=round(wall, 6), cpu_user=round(usage.ru_utime, 6),
                       cpu_system=round(usage.ru_stime, 6), warnings=warnings, profile=self.sandbox.profile.name,
-                      signal=None, stage=None, message=None, syscall=None, memory_peak=None, limits=None)
+                      signal=None, stage=None, message=None, syscall=None, memory_peak=None, limits=None,
+                      host_ids=self.idmap.describe() if self.idmap is not None else None)
         cg = None
         if self._cgroup is not None and hasattr(self._cgroup, "verdict"):
             try:
@@ -726,6 +738,7 @@ class Capture:
 SUPERVISOR_STAGES = (
     ("name", SandboxProcess._stage_name),          # a running name is refused, not renamed
     ("cgroup", SandboxProcess._stage_cgroup),      # limits in force from the child's first instruction
+    ("id-range", SandboxProcess._stage_id_range),  # as root: a host id range of its own, held until the end
     ("sources", SandboxProcess._stage_sources),    # bind sources opened with the caller's view and rights
     ("channel", SandboxProcess._stage_channel),
     ("tty", SandboxProcess._stage_tty),            # the socket the pty's master comes back on

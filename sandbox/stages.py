@@ -18,8 +18,9 @@ Why this order (the kernel's rules; see docs/architecture.md):
   supervisor  cgroup before clone (its limits apply from the first instruction), maps
               written from outside the new user namespace, then one byte "go".
   PID 1       join v1 cgroups with host credentials, wait for the maps, take on inside
-              ids, unshare the rest (cgroup namespace only once in the cgroup), build
-              the root, close every host descriptor, fork the command, become init.
+              ids, unshare the rest (cgroup namespace only once in the cgroup), bound
+              the namespace's user.* sysctls (after the last namespace it makes, before
+              /proc/sys turns read-only), build the root, close every host descriptor, fork the command, become init.
   command     setsid (no controlling terminal: TIOCSTI), ids, rlimits, cwd, fds; then
               capabilities after every privileged step; no_new_privs before Landlock
               and an unprivileged filter; verify while any syscall is still allowed;
@@ -222,8 +223,8 @@ def receive_listener(plan, launch):
 
 
 def supervise(plan, launch):
-    from .child import init_loop
-    status = init_loop(launch.command, launch.listener, launch.msg_w)
+    from .pyinit import init_loop
+    status = init_loop(launch.command, launch.listener, launch.msg_w, FORWARDED_SIGNALS)
     channel.send(launch.msg_w, channel.STATUS, status)
     native.exit(0)
 
@@ -336,6 +337,7 @@ CHILD_STAGES = (
     ("pid1", "ids", enter_ids),
     ("pid1", "unshare", unshare_rest),           # mount, net, uts, ipc; cgroup and time last
     ("pid1", "sethostname", set_hostname),
+    ("pid1", "user-limits", layer("user_limits")),  # the namespace's own user.* sysctls, after every unshare
     ("pid1", "loopback", layer("net")),
     ("pid1", "mount", build_root),               # the composed root, pivot_root, masks
     ("pid1", "stdio", connect_stdio),

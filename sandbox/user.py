@@ -19,15 +19,31 @@ from .errors import SetupError
 class IdMap:
     """The maps to write for one sandbox."""
 
-    __slots__ = ("uid_lines", "gid_lines", "method", "inside_uid", "inside_gid", "deny_setgroups", "host_uid")
+    __slots__ = ("uid_lines", "gid_lines", "method", "inside_uid", "inside_gid", "deny_setgroups", "host_uid",
+                 "pool", "slot")
 
-    def __init__(self, uid_lines, gid_lines, method, inside_uid, inside_gid, deny_setgroups, host_uid):
+    def __init__(self, uid_lines, gid_lines, method, inside_uid, inside_gid, deny_setgroups, host_uid,
+                 pool=None, slot=None):
         self.uid_lines, self.gid_lines, self.method = uid_lines, gid_lines, method
         self.inside_uid, self.inside_gid = inside_uid, inside_gid
         self.deny_setgroups, self.host_uid = deny_setgroups, host_uid
+        # pool: (first host id, ids per range, ranges) when each run takes a range of its
+        # own (host root); slot: the range this run holds (IdMap.on_slot)
+        self.pool, self.slot = pool, slot
 
     def describe(self):
-        return {"method": self.method, "uid_map": self.uid_lines, "gid_map": self.gid_lines}
+        out = {"method": self.method, "uid_map": [list(l) for l in self.uid_lines],
+               "gid_map": [list(l) for l in self.gid_lines]}
+        if self.slot is not None:
+            out["slot"] = self.slot
+        return out
+
+    def on_slot(self, slot):
+        """The same map moved onto range `slot` of the pool: host ids base + slot x size."""
+        base, size, _ = self.pool
+        first = base + slot * size
+        return IdMap(((0, first, size),), ((0, first, size),), self.method, self.inside_uid, self.inside_gid,
+                     self.deny_setgroups, first, self.pool, slot)
 
 
 def _subid_range(path, names):
@@ -52,7 +68,11 @@ def plan(idmap, inside_uid, inside_gid):
         base = idmap.root_host_base
         if base <= 0 or base + size > 0xFFFFFFFF:
             raise SetupError("idmap", 0, "root_host_base %d + size %d is not a valid host range" % (base, size))
-        return IdMap(((0, base, size),), ((0, base, size),), "write", inside_uid, inside_gid, False, base)
+        pool = (base, size, idmap.pool_size) if idmap.pool_size else None
+        if pool and base + idmap.pool_size * size > 0xFFFFFFFF:
+            raise SetupError("idmap", 0, "root_host_base %d + pool_size %d x size %d is not a valid host range"
+                             % (base, idmap.pool_size, size))
+        return IdMap(((0, base, size),), ((0, base, size),), "write", inside_uid, inside_gid, False, base, pool)
     import shutil
     if idmap.subuid and shutil.which("newuidmap") and shutil.which("newgidmap"):
         import pwd
@@ -69,6 +89,117 @@ def plan(idmap, inside_uid, inside_gid):
                          "newuidmap", inside_uid, inside_gid, False, euid)
     # One id each way: the caller becomes `inside_uid` inside.
     return IdMap(((inside_uid, euid, 1),), ((inside_gid, egid, 1),), "single", inside_uid, inside_gid, True, euid)
+
+
+# ---- the pool of host id ranges (host root) -------------------------------------------
+# Every running sandbox of host root maps its ids onto a range of its own, so that no host
+# process running as one sandbox's ids can signal, ptrace or own files of another's (the
+# way `podman --userns=auto` allocates). Range k is held by flock on its lock file
+# /run/pysandbox/idpool/<k>.lock (PYSANDBOX_IDPOOL_DIR elsewhere) for the sandbox's whole
+# life: concurrent starts never get the same one (flock is per open file, so two threads of
+# one supervisor exclude each other too), and a supervisor that dies, however it dies, releases its range with its last
+# descriptor. PID 1 dies with its supervisor (PR_SET_PDEATHSIG), and with it the sandbox,
+# so a released range has no process left running as its ids. The lock files stay: they
+# are the pool (at most pool_size empty files), never a sandbox's state.
+
+class Lease:
+    """One range of the pool held by this process: `idmap` is the run's map; release()
+    gives the range back (closing the lock's descriptor)."""
+
+    __slots__ = ("idmap", "fd")
+
+    def __init__(self, idmap, fd):
+        self.idmap, self.fd = idmap, fd
+
+    def release(self):
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+POOL_DIR = "/run/pysandbox/idpool"
+
+
+def _open_pool_dir():
+    """A descriptor on the pool's directory (PYSANDBOX_IDPOOL_DIR, else /run/pysandbox/idpool),
+    made private (0700) when missing, in a parent only we may write. Its own place, not the
+    registry's state directory: that one may be redirected (PYSANDBOX_STATE_DIR) to a directory
+    the registry refuses, and a pool in a directory anyone else can write could have a lock
+    file swapped under a holder, giving two sandboxes one range."""
+    path = os.environ.get("PYSANDBOX_IDPOOL_DIR") or POOL_DIR
+    parent, name = os.path.split(os.path.abspath(path))
+    try:
+        try:
+            os.mkdir(parent, 0o700)
+        except FileExistsError:
+            pass
+        above = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(above)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                raise SetupError("id-range", 1, "%s may be written by others than uid %d; refusing to keep the id "
+                                 "pool's locks there" % (parent, os.geteuid()))
+            try:
+                os.mkdir(name, 0o700, dir_fd=above)
+            except FileExistsError:
+                pass
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=above)
+        finally:
+            os.close(above)
+    except OSError as e:
+        raise SetupError("id-range", e.errno, "%s: %s" % (path, e.strerror)) from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise SetupError("id-range", 1, "%s is not private to uid %d; refusing to use it" % (path, os.geteuid()))
+    return fd, path
+
+
+def lease(idmap):
+    """The run's IdMap: `idmap` itself when it has no pool (rootless, or a pinned
+    root_host_base), else the first free range of the pool, held until release()."""
+    if idmap is None or idmap.pool is None:
+        return Lease(idmap, None)
+    import fcntl
+    directory, where = _open_pool_dir()
+    try:
+        return _take_free_slot(idmap, directory, where, fcntl)
+    finally:
+        os.close(directory)
+
+
+# Where this process's next probe starts: a fresh process takes the lowest free range; one
+# that runs many sandboxes (Sandbox.start in a loop, a density benchmark) goes round the pool
+# from the range after the last it took, instead of probing every range it already holds
+# (each probe is an open and a flock: ~25 us, 26 ms a start with 1000 held). Threads racing
+# on it only probe more: the flock decides.
+_next_probe = [0]
+
+
+def _take_free_slot(idmap, directory, where, fcntl):
+    base, size, count = idmap.pool
+    first = _next_probe[0] % count
+    for step in range(count):
+        slot = (first + step) % count
+        path = "%s/%d.lock" % (where, slot)
+        try:
+            fd = os.open("%d.lock" % slot, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
+                         dir_fd=directory)
+        except OSError as e:
+            raise SetupError("id-range", e.errno, "open %s: %s" % (path, e.strerror)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        except OSError as e:
+            os.close(fd)
+            raise SetupError("id-range", e.errno, "flock %s: %s" % (path, e.strerror)) from None
+        _next_probe[0] = slot + 1
+        return Lease(idmap.on_slot(slot), fd)
+    raise SetupError("id-range", 11, "all %d ranges of the host id pool are held by running sandboxes "
+                     "(idmap.pool_size = %d, %d ids each from host id %d on): wait for one to end or raise "
+                     "idmap.pool_size" % (count, count, size, base))
 
 
 def _write(path, text, stage):

@@ -336,7 +336,9 @@ def test_kill_kills_every_descendant(groups, children, teardown, monkeypatch):
         # as on a host without a v1 freezer: the unified leaf's cgroup.kill tears down
         hierarchies = cgroup.v1_hierarchies()
         hierarchies.pop("freezer", None)
-        monkeypatch.setattr(cgroup, "v1_hierarchies", lambda *a: dict(hierarchies))
+        # cgroup_fs: where cgroup.py and the layouts all look it up
+        from sandbox import cgroup_fs
+        monkeypatch.setattr(cgroup_fs, "v1_hierarchies", lambda *a: dict(hierarchies))
     group = groups("tree-" + teardown.replace(".", ""), Limits(pids=64))
     pid, go = children(_tree_code())
     group.attach(pid)
@@ -648,7 +650,8 @@ def private_parent(monkeypatch):
     """cgroup.PARENT renamed for this test: every directory made here is ours alone."""
     require(ROOT and cgroup.detect() == "v1", "root on a cgroup v1 host")
     name = "pysandbox-t%d" % os.getpid()
-    monkeypatch.setattr(cgroup, "PARENT", name)
+    from sandbox import cgroup_fs
+    monkeypatch.setattr(cgroup_fs, "PARENT", name)
     yield name
     for point in sorted(set(cgroup.v1_hierarchies().values())):
         parent = os.path.join(point, name)
@@ -712,3 +715,18 @@ def test_delegate_makes_nothing_under_the_devices_parent(private_parent):
     if "devices" in hier and list(hier.values()).count(hier["devices"]) == 1:
         assert not os.path.exists(cgroup.v1_parent(hier["devices"], entry.pw_uid))
     assert os.path.isdir(cgroup.v1_parent(hier["pids"], entry.pw_uid))
+
+
+def test_a_name_set_through_cgroup_reaches_the_layouts(monkeypatch):
+    """cgroup.PARENT and cgroup.v1_hierarchies live in cgroup_fs (cgroup.py and the layouts
+    import it; the layouts never import cgroup.py): setting them through `cgroup`, as older
+    callers do, sets them where every layout looks them up."""
+    from sandbox import cgroup_fs, cgroup_v1
+    monkeypatch.setattr(cgroup, "PARENT", "pysandbox-renamed")
+    assert cgroup_fs.PARENT == cgroup.PARENT == "pysandbox-renamed" and "PARENT" not in vars(cgroup)
+    assert cgroup_v1.cg is cgroup_fs and cgroup.v1_parent("/x", uid=0) == "/x/pysandbox-renamed"
+    monkeypatch.setattr(cgroup, "v1_hierarchies", lambda *a: {})
+    assert cgroup_fs.v1_hierarchies() == {} and cgroup.detect(cgroup.parse_mountinfo("")) is None
+    monkeypatch.undo()
+    assert cgroup_fs.PARENT == "pysandbox" and cgroup_fs.v1_hierarchies is not None
+

@@ -570,6 +570,9 @@ def cross_checks(s, fail, geteuid=os.geteuid):
     if idmap.root_host_base + idmap.size > 0xFFFFFFFF:
         fail("root_host_base %d + size %d runs past the last host id" % (idmap.root_host_base, idmap.size),
              "idmap", "root_host_base")
+    if idmap.pool_size and idmap.root_host_base + idmap.pool_size * idmap.size > 0xFFFFFFFF:
+        fail("root_host_base %d + pool_size %d x size %d runs past the last host id"
+             % (idmap.root_host_base, idmap.pool_size, idmap.size), "idmap", "pool_size")
     lim = s["limits"]
     if lim.memory_swap > 0 and lim.memory > 0 and lim.memory_swap < lim.memory:
         fail("memory_swap is memory plus swap and cannot be below memory", "limits", "memory_swap")

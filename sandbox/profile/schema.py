@@ -17,6 +17,7 @@ LEGACY_MOUNT_KEYS = {"ro_bind": "ro-bind", "bind": "bind", "tmpfs": "tmpfs"}
 HOST_NAME_MAX = 64   # sethostname(2): EINVAL above this many bytes
 PID_MAX_LIMIT = 4194304  # pids.max refuses more (the kernel's PID_MAX_LIMIT on 64-bit)
 ID_MAX = 4294967294  # (uid_t)-1 is "no id"
+INT_MAX = 2147483647  # the user.* sysctls are ints (proc_dointvec_minmax, 0..INT_MAX)
 
 
 class Key:
@@ -65,6 +66,9 @@ SCHEMA = {
         root_host_base=Key("int", 1_000_000_000, "As host root: the first host id of the range inside ids "
                            "map onto (never 0).", 0, ID_MAX),
         size=Key("int", 65536, "How many ids are mapped when a range can be mapped.", 1, ID_MAX + 1),
+        pool_size=Key("int", 4096, "As host root: ranges in the pool running sandboxes take one each "
+                      "(root_host_base + k x size, k below pool_size); 0 pins every sandbox to root_host_base.",
+                      0, 65536),
         subuid=Key("bool", True, "Rootless: map a range from /etc/subuid and /etc/subgid through "
                    "newuidmap/newgidmap when available."),
     ),
@@ -130,6 +134,23 @@ SCHEMA = {
         "msgqueue": Key("limit", None, "RLIMIT_MSGQUEUE: bytes in POSIX message queues (size such as 128K)."),
         "memlock": Key("limit", None, "RLIMIT_MEMLOCK: bytes of locked memory (size such as 1M)."),
     },
+    # The user.* sysctls of the sandbox's own user namespace (/proc/sys/user): a new user
+    # namespace starts every one at INT_MAX, so without these only the creator's level bounds
+    # what the sandbox takes of its creator's per-user counts (docs/limits.md).
+    "user_limits": {
+        "max_inotify_instances": Key("int", None, "inotify instances the sandbox's users may hold "
+                                     "(inotify_init1 gets EMFILE beyond).", 0, INT_MAX),
+        "max_inotify_watches": Key("int", None, "inotify watches the sandbox's users may hold "
+                                   "(inotify_add_watch gets ENOSPC beyond).", 0, INT_MAX),
+        "max_fanotify_groups": Key("int", None, "fanotify groups (fanotify_init gets EMFILE beyond; "
+                                   "skipped where the kernel has no fanotify).", 0, INT_MAX),
+        "max_fanotify_marks": Key("int", None, "fanotify marks (fanotify_mark gets ENOSPC beyond; "
+                                  "skipped where the kernel has no fanotify).", 0, INT_MAX),
+        **{"max_%s_namespaces" % kind: Key("int", None, "%s namespaces the sandbox may create inside "
+                                           "(ENOSPC beyond; 0: none)." % label, 0, INT_MAX)
+           for kind, label in (("user", "User"), ("mnt", "Mount"), ("pid", "PID"), ("net", "Network"),
+                               ("uts", "UTS"), ("ipc", "IPC"), ("cgroup", "Cgroup"), ("time", "Time"))},
+    },
     "limits": dict(
         required=Key("bool", False, "Fail the run (exit 125) when a cgroup limit cannot be applied."),
         memory=Key("size", 0, "cgroup memory limit (0: none)."),
@@ -185,6 +206,7 @@ EXAMPLES = {
     "idmap.gid": "gid = 1000",
     "idmap.root_host_base": "root_host_base = 2000000000",
     "idmap.size": "size = 65536",
+    "idmap.pool_size": "pool_size = 4096",
     "filesystem.rootfs": 'rootfs = "/srv/images/alpine"',
     "filesystem.ro_bind": 'ro_bind = ["/srv/data:/data", "/opt/tool"]',
     "filesystem.bind": 'bind = ["/srv/out:/out"]',
@@ -214,6 +236,18 @@ EXAMPLES = {
     "rlimits.sigpending": "sigpending = 256",
     "rlimits.msgqueue": 'msgqueue = "128K"',
     "rlimits.memlock": 'memlock = "1M"',
+    "user_limits.max_inotify_instances": "max_inotify_instances = 32",
+    "user_limits.max_inotify_watches": "max_inotify_watches = 8192",
+    "user_limits.max_fanotify_groups": "max_fanotify_groups = 0",
+    "user_limits.max_fanotify_marks": "max_fanotify_marks = 0",
+    "user_limits.max_user_namespaces": "max_user_namespaces = 0",
+    "user_limits.max_mnt_namespaces": "max_mnt_namespaces = 0",
+    "user_limits.max_pid_namespaces": "max_pid_namespaces = 0",
+    "user_limits.max_net_namespaces": "max_net_namespaces = 0",
+    "user_limits.max_uts_namespaces": "max_uts_namespaces = 0",
+    "user_limits.max_ipc_namespaces": "max_ipc_namespaces = 0",
+    "user_limits.max_cgroup_namespaces": "max_cgroup_namespaces = 0",
+    "user_limits.max_time_namespaces": "max_time_namespaces = 0",
     "limits.memory": 'memory = "512M"',
     "limits.memory_swap": 'memory_swap = "1G"',
     "limits.pids": "pids = 256",
