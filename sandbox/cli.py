@@ -784,7 +784,16 @@ def cmd_delegate(ns):
 
 def cmd_explain(ns):
     from .explain import main as explain_main
-    return explain_main([ns.layer, "--profile", ns.profile])
+    return explain_main([ns.layer, "--profile", ns.profile], explain_check=explain_audit_check)
+
+
+def explain_audit_check(name):
+    """`pysandbox explain CHECK-ID`: the audit's own explanation (exit code), None if no check has that id."""
+    from audit.checks import get
+    if get(name) is None:
+        return None
+    from audit.cli import main as audit_main
+    return audit_main(["explain", name])
 
 
 def cmd_external(name, rest):

@@ -98,9 +98,10 @@ ALIASES = {"caps": "capabilities", "nnp": "no_new_privs", "cgroups": "limits", "
            "mounts": "filesystem", "mount": "filesystem", "idmap": "user", "userns": "user", "net": "network"}
 
 
-def main(args):
+def main(args, explain_check=None):
     """`explain LAYER|SECTION.KEY|CHECK-ID [--profile NAME]`: a layer, a profile key, or an
-    audit check (the audit's own explanation)."""
+    audit check. `explain_check(name)` -> exit code, or None when `name` is no check: the
+    audit's own explanation, handed in by the CLI (the one place sandbox calls into audit)."""
     from .errors import UsageError
     profile_name = "default"
     rest = []
@@ -127,11 +128,10 @@ def main(args):
     from .profile.schema import describe_key, example_of
     if describe_key(name) is not None:
         return _explain_key(name, profile_name, describe_key(name), example_of(name))
-    from audit.checks import get
-    if get(name) is not None:
-        # The audit's own explanation (sandbox may call into audit; audit never imports sandbox).
-        from audit.cli import main as audit_main
-        return audit_main(["explain", name])
+    if explain_check is not None:
+        code = explain_check(name)
+        if code is not None:
+            return code
     raise UsageError("unknown layer, profile key or audit check %r (layers: %s; keys: see docs/profiles.md; "
                      "checks: `audit explain --help`)" % (name, ", ".join(LAYERS)))
 
