@@ -62,6 +62,16 @@ LAYERS = {
         "Writes anywhere but the allowed paths even where the mount layout or a capability would permit "
         "them; reading outside the allowed set.",
         lambda p: "off" if p.landlock is None else "on%s" % (" (best effort)" if p.landlock.best_effort else "")),
+    "user_limits": (
+        "Per-user kernel counts (inotify instances and watches, fanotify groups and marks, user, mount and "
+        "other namespaces) are charged up the user-namespace chain to whoever created the sandbox. PID 1 "
+        "writes /proc/sys/user/max_* inside the sandbox's own user namespace, after the runtime made its "
+        "namespaces and before /proc/sys turns read-only, so each sandbox has a budget of its own.",
+        "A sandbox that takes every inotify instance or namespace of its creator (host root or the rootless "
+        "caller), leaving the creator and other sandboxes with EMFILE or ENOSPC; nested namespaces (the "
+        "second wall behind seccomp under strict).",
+        lambda p: ", ".join("%s=%s" % (k, v) for k, v in sorted(p.user_limits.as_dict().items()) if v is not None)
+        or "none"),
     "limits": (
         "cgroups limit what the sandbox may consume: memory (and swap), processes, CPU time, CPU and IO "
         "weight. pysandbox creates a cgroup per sandbox under its own parent (v2 leaf, or one directory per "
