@@ -175,18 +175,32 @@ def test_an_interactive_shell_has_job_control(strict):
     t.type(b"echo ok$((40+2))\r")
     t.read_until(rb"ok42")
     t.type(b"sleep 30\r")
-    wait_until(lambda: command_running(children(t.proc.pid)[0], "sh") and any(
-        _comm(c) == "sleep" for c in _descendants(children(t.proc.pid)[0])), what="sleep in the shell")
+    wait_until(lambda: _sleep_state(t) == "S", what="sleep running in the shell")
     t.type(b"\x1a")   # ^Z: SIGTSTP to the foreground job, the shell takes the terminal back
     t.read_until(rb"Stopped")
-    t.type(b"kill -9 %1\r")
-    t.read_until(rb"%1\r\n[#$] ")
-    t.type(b"exit\r")       # dash: "You have stopped jobs." once, then a second exit leaves
-    t.read_until(rb"stopped jobs\.[\s\S]*[#$] $")
+    assert _sleep_state(t) == "T"
+    t.type(b"fg\r")   # tcsetpgrp again: the job is the foreground and runs on
+    wait_until(lambda: _sleep_state(t) == "S", what="sleep continued in the foreground")
+    t.type(b"\x03")   # ^C reaches the foreground job, not the shell
+    wait_until(lambda: _sleep_state(t) is None, what="sleep ended by ^C")
+    t.type(b"echo back$((40+2))\r")
+    t.read_until(rb"back42")
     t.type(b"exit\r")
     assert t.finish() == 0, t.text()
     assert "can't access tty" not in t.text() and "job control turned off" not in t.text()
     assert t.after == t.before
+
+
+def _sleep_state(t):
+    """The state letter of the shell's `sleep` (S running, T stopped), None when there is none."""
+    for pid in _descendants(t.proc.pid):
+        if _comm(pid) == "sleep":
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    return f.read().rpartition(")")[2].split()[0]
+            except OSError:
+                return None
+    return None
 
 
 def _comm(pid):
