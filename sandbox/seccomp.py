@@ -1150,6 +1150,14 @@ def emulate(bpf, nr, arch=AUDIT_ARCH_X86_64, args=(0, 0, 0, 0, 0, 0), ip=0):
     raise ValueError("BPF program fell off its end")
 
 
+def _constant_name(value):
+    """An ioctl request's name from CONSTANTS (for describe), else its number in hex."""
+    for name, known in CONSTANTS.items():
+        if known == value and name.startswith(("TC", "TIOC", "FIO")):
+            return name
+    return hex(value)
+
+
 def action_of(ret):
     """SECCOMP_RET value -> ('allow',) / ('errno', n) / ('kill',) / ..."""
     full = ret & 0xFFFF0000
@@ -1199,6 +1207,9 @@ def describe(policy, caps=(), cache_dir=None):
         "allows_tiocsti": (allowed(emulate(bpf, tiocsti, X86, (0, 0x5412))[0])
                            or allowed(emulate(bpf, tiocsti, X86, (0, (1 << 32) | 0x5412))[0])),
         "allows_open_by_handle_at": ok("open_by_handle_at"),
+        # a set-id bit through chmod or a creating openat would survive on a writable bind's host file
+        "allows_setid_modes": ok("fchmodat", 0, 0, 0o4755) or ok("openat", 0, 0, 0o100, 0o2755),
+        "own_terminal_ioctls": [_constant_name(v) for v in policy.own_terminal],
         "unknown_syscalls_enosys": action_of(emulate(bpf, MAX_NR + 1, X86)[0]) == ("errno", ENOSYS),
         "allowed": allow,
         "denied": deny,

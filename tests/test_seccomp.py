@@ -370,8 +370,11 @@ def test_describe_strict(cache_dir):
     facts = seccomp.describe(profile_policy("strict"), cache_dir=cache_dir)
     assert facts["unknown_syscalls_enosys"] is True
     for key in ("allows_io_uring", "allows_userns_creation", "allows_x32", "allows_i386", "allows_tiocsti",
-                "allows_socketcall", "allows_open_by_handle_at"):
+                "allows_socketcall", "allows_open_by_handle_at", "allows_setid_modes"):
         assert facts[key] is False, key
+    assert "TIOCSPGRP" in facts["own_terminal_ioctls"] and "TIOCSTI" not in facts["own_terminal_ioctls"]
+    default = seccomp.describe(profile_policy("default"), cache_dir=cache_dir)
+    assert default["allows_setid_modes"] is True and default["own_terminal_ioctls"] == []
     assert facts["default_action"] == "errno(1)"
     assert "read" in facts["allowed"] and "mount" in facts["denied"]
     assert "socket" in facts["conditional"]
