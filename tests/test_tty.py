@@ -220,7 +220,9 @@ def _descendants(pid):
 
 
 @pytest.mark.parametrize("argv, extra, how, code", [
-    (["sh", "-c", "stty raw -echo; kill -9 $$"], (), None, 137),        # the command SIGKILLed
+    # the command SIGKILLed once the test has seen raw mode (it reads a line first: without it
+    # the run can end, and the terminal be restored, before the test looks)
+    (["sh", "-c", "stty raw -echo; read line; kill -9 $$"], (), "line", 137),
     (["sleep", "30"], ("--timeout", "1"), None, 124),                  # the wall timeout
     (["sleep", "30"], (), signal.SIGTERM, 143),                         # SIGTERM to the supervisor
     (["sleep", "30"], (), signal.SIGHUP, 129),                          # SIGHUP to the supervisor
@@ -228,7 +230,9 @@ def _descendants(pid):
 def test_the_callers_terminal_is_restored_on_every_way_out(strict, argv, extra, how, code):
     t = Terminal(strict, argv, extra=extra)
     t.wait_raw()
-    if how is not None:
+    if how == "line":
+        t.type(b"go\n")
+    elif how is not None:
         wait_until(lambda: command_running((children(t.proc.pid) or [0])[0], "sleep"), what="sleep to run")
         t.proc.send_signal(how)   # reaches the command inside
     assert t.finish() == code, t.text()
