@@ -363,6 +363,12 @@ class SandboxProcess:
 
     def _stage_tty(self, plan, launch):
         if launch.tty is not None:
+            # The command's terminal is the sandbox's own pty: its seccomp program lets it use
+            # it as its own (job control, modes, size; docs/seccomp.md), compiled once per Sandbox.
+            filter_part = plan.layers.get("seccomp")
+            if filter_part is not None:
+                from . import seccomp
+                seccomp.own_terminal_bpf(filter_part)
             launch.tty.open_socket()
             self._undo.append(launch.tty.close_sockets)
 

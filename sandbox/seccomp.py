@@ -45,7 +45,13 @@ OP_NAMES = {"eq": "eq", "==": "eq", "ne": "ne", "!=": "ne", "lt": "lt", "<": "lt
             "gt": "gt", ">": "gt", "ge": "ge", ">=": "ge", "masked_eq": "masked_eq", "&=": "masked_eq"}
 ABIS = ("x86_64", "x32", "i386")
 SECTION_KEYS = ("enabled", "import", "default_action", "default_errno", "allow", "deny", "errno", "kill",
-                "rules", "log", "unknown_syscalls", "abis", "locked")
+                "rules", "log", "unknown_syscalls", "abis", "locked", "own_terminal_ioctls")
+
+# ioctl requests no profile may add to own_terminal_ioctls: no program needs them on its own
+# terminal, and each is an attack tool on a terminal that is not (TIOCSTI/TIOCLINUX inject input,
+# TIOCSETD switches the line discipline, TIOCEXCL/TIOCNXCL lock others out, TIOCCONS redirects
+# the console).
+NEVER_OWN_TERMINAL = ("TIOCSTI", "TIOCLINUX", "TIOCSETD", "TIOCEXCL", "TIOCNXCL", "TIOCCONS")
 
 # Counters for tests and `--verbose`: a warm start shows cache_hits and no compiles.
 stats = {"compiles": 0, "cache_hits": 0, "cache_rejected": 0, "cache_write_errors": 0}
@@ -60,20 +66,41 @@ class SeccompPolicy:
 
     # locked: a filter given on the command line (--seccomp) is stacked on top of this one
     # instead of replacing it (the kernel then answers with the stricter of the two).
-    __slots__ = ("default_action", "rules", "log", "unknown_enosys", "abis", "oci", "source", "locked")
+    # own_terminal: ioctl requests (sorted numbers) allowed on top of the ioctl allowlist when the
+    # only terminal the sandbox can reach is its own pty (see for_own_terminal).
+    __slots__ = ("default_action", "rules", "log", "unknown_enosys", "abis", "oci", "source", "locked",
+                 "own_terminal")
 
     def __init__(self, default_action, rules, log=False, unknown_enosys=True, abis=("x86_64",), oci=None,
-                 source="", locked=False):
+                 source="", locked=False, own_terminal=()):
         for name, value in (("default_action", default_action), ("rules", tuple(rules)), ("log", log),
                             ("unknown_enosys", unknown_enosys), ("abis", tuple(abis)), ("oci", oci),
-                            ("source", source), ("locked", locked)):
+                            ("source", source), ("locked", locked), ("own_terminal", tuple(own_terminal))):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):
         raise AttributeError("seccomp policies are frozen")
 
     def _key(self):
-        return (self.default_action, self.rules, self.unknown_enosys, self.abis, self.oci)
+        return (self.default_action, self.rules, self.unknown_enosys, self.abis, self.oci, self.own_terminal)
+
+    def for_own_terminal(self):
+        """The policy for a run whose stdio terminal is the sandbox's own pty (the supervisor
+        relays it), or None when it would be this one.
+
+        The ioctl allowlist keeps every program away from a terminal that is not its own: the
+        caller's, passed through. With the relay the caller's terminal never enters and the only
+        terminal the sandbox can reach is a pty of its own devpts, so the requests a program makes
+        on its own terminal (job control, its modes, its size) are safe and are added; the
+        section's refusals (TIOCSTI, TIOCLINUX) are checked first and still win.
+        """
+        if not self.own_terminal:
+            return None
+        mask = 0xFFFFFFFF
+        extra = tuple(("ioctl", ("allow",), ((1, "masked_eq", value, mask),)) for value in self.own_terminal)
+        return SeccompPolicy(self.default_action, self.rules + extra, log=self.log,
+                             unknown_enosys=self.unknown_enosys, abis=self.abis, source=self.source,
+                             locked=self.locked)
 
     def __eq__(self, other):
         return isinstance(other, SeccompPolicy) and self._key() == other._key() and self.log == other.log
@@ -269,7 +296,17 @@ def validate_section(raw):
             seen[name] = action
         rules.append((name, action, args))
 
+    # A syscall named by its own name in deny, kill or errno is refused even when a @group of
+    # `allow` has it (strict: `allow = ["@basic"]` with `errno = { openat2 = "ENOSYS" }`); named
+    # in both `allow` and a refusal, it stays a conflict.
+    plain_allow = {n for n in _names_list(raw.get("allow", []))}
+    named_refusals = set(_names_list(raw.get("deny", []))) | set(_names_list(raw.get("kill", [])))
+    if isinstance(raw.get("errno"), dict):
+        for names in raw["errno"]:
+            named_refusals.update(_names_list(names))
     for name in _names(raw.get("allow", []), "allow"):
+        if name in named_refusals and name not in plain_allow:
+            continue
         add(name, ("allow",), (), "allow")
     for name in _names(raw.get("deny", []), "deny"):
         add(name, ("errno", default_errno), (), "deny")
@@ -323,6 +360,7 @@ def validate_section(raw):
     guards = [r for r in rules if r[2] and r[1][0] != "allow"]
     if guards and abis != ["x86_64"]:
         raise ProfileError("non-allow rules with argument conditions need abis = [\"x86_64\"]", key="rules")
+    own_terminal = _own_terminal_ioctls(raw.get("own_terminal_ioctls", []), rules, seen.get("ioctl", default_action))
 
     imported = raw.get("import")
     if imported is not None:
@@ -341,7 +379,41 @@ def validate_section(raw):
     if not enabled:
         return None
     return SeccompPolicy(default_action, tuple(rules), log=log, unknown_enosys=unknown == "enosys",
-                         abis=tuple(abis), locked=locked)
+                         abis=tuple(abis), locked=locked, own_terminal=own_terminal)
+
+
+def _names_list(value):
+    """The plain syscall names (not @groups) of an allow/deny/kill value or an errno key."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, (list, tuple)):
+        return []
+    return [v for v in value if isinstance(v, str) and v and not v.startswith("@")]
+
+
+def _own_terminal_ioctls(raw, rules, fallback):
+    """Validate own_terminal_ioctls; return the requests (sorted numbers) it adds to the ioctl
+    allowlist, or () when there is no allowlist to widen (ioctl allowed or refused outright: the
+    own pty gets what every descriptor gets)."""
+    key = "own_terminal_ioctls"
+    if not isinstance(raw, list):
+        raise ProfileError("expected a list of ioctl request names or numbers", key=key)
+    never = {CONSTANTS[name]: name for name in NEVER_OWN_TERMINAL}
+    values = []
+    for item in raw:
+        value = _value(item, key)
+        if value > 0xFFFFFFFF:
+            raise ProfileError("%r: an ioctl request is a 32-bit number" % (item,), key=key)
+        if value in never:
+            raise ProfileError("%s stays refused on every terminal (no program needs it on its own terminal; "
+                               "it is an attack tool on another's)" % never[value], key=key)
+        values.append(value)
+    allowlist = [args for name, action, args in rules if name == "ioctl" and args and action[0] == "allow"]
+    if not values or not allowlist or fallback[0] == "allow":
+        return ()
+    already = {args[0][2] for args in allowlist if len(args) == 1 and args[0][0] == 1
+               and args[0][3] & 0xFFFFFFFF == 0xFFFFFFFF}
+    return tuple(sorted(set(values) - already))
 
 
 def _action_text(action):
@@ -1078,6 +1150,14 @@ def emulate(bpf, nr, arch=AUDIT_ARCH_X86_64, args=(0, 0, 0, 0, 0, 0), ip=0):
     raise ValueError("BPF program fell off its end")
 
 
+def _constant_name(value):
+    """An ioctl request's name from CONSTANTS (for describe), else its number in hex."""
+    for name, known in CONSTANTS.items():
+        if known == value and name.startswith(("TC", "TIOC", "FIO")):
+            return name
+    return hex(value)
+
+
 def action_of(ret):
     """SECCOMP_RET value -> ('allow',) / ('errno', n) / ('kill',) / ..."""
     full = ret & 0xFFFF0000
@@ -1127,6 +1207,9 @@ def describe(policy, caps=(), cache_dir=None):
         "allows_tiocsti": (allowed(emulate(bpf, tiocsti, X86, (0, 0x5412))[0])
                            or allowed(emulate(bpf, tiocsti, X86, (0, (1 << 32) | 0x5412))[0])),
         "allows_open_by_handle_at": ok("open_by_handle_at"),
+        # a set-id bit through chmod or a creating openat would survive on a writable bind's host file
+        "allows_setid_modes": ok("fchmodat", 0, 0, 0o4755) or ok("openat", 0, 0, 0o100, 0o2755),
+        "own_terminal_ioctls": [_constant_name(v) for v in policy.own_terminal],
         "unknown_syscalls_enosys": action_of(emulate(bpf, MAX_NR + 1, X86)[0]) == ("errno", ENOSYS),
         "allowed": allow,
         "denied": deny,
@@ -1141,7 +1224,11 @@ class SeccompPlan:
     """The layer's part: the compiled programs, and the filters already in force (the command
     inherits the supervisor's own, e.g. when pysandbox runs in a container; ours go on top)."""
 
-    __slots__ = ("bpf", "extra_bpf", "log", "listener", "mode_before", "filters_before")
+    # terminal_policy: the policy for runs that relay the sandbox's own pty (None: the same as the
+    # profile's); its program is compiled on the first such run (own_terminal_bpf) and kept in
+    # `variants`, so a Sandbox compiles it at most once and runs without a pty never do.
+    __slots__ = ("bpf", "extra_bpf", "log", "listener", "mode_before", "filters_before", "terminal_policy", "caps",
+                 "variants")
 
     def __init__(self, **values):
         for key in self.__slots__:
@@ -1168,7 +1255,21 @@ def plan(profile, context):
     fields = native.proc_status()
     return SeccompPlan(bpf=bpf, extra_bpf=extra_bpf, log=bool(getattr(profile.seccomp, "log", False)),
                        listener=notify_kills, mode_before=int(fields.get("Seccomp", "0")),
-                       filters_before=int(fields.get("Seccomp_filters", "0")))
+                       filters_before=int(fields.get("Seccomp_filters", "0")),
+                       terminal_policy=profile.seccomp.for_own_terminal(), caps=tuple(keep), variants={})
+
+
+def own_terminal_bpf(part):
+    """Supervisor, before the clone of a run that relays a pty: the program the command gets
+    (the profile's own when its policy adds nothing for its own terminal)."""
+    bpf = part.variants.get("own_terminal")
+    if bpf is None:
+        if part.terminal_policy is None:
+            bpf = part.bpf
+        else:
+            bpf = compile_policy(part.terminal_policy, caps=part.caps, notify_kills=part.listener)
+        part.variants["own_terminal"] = bpf
+    return bpf
 
 
 def expect(part):
@@ -1182,7 +1283,11 @@ def child(part, launch):
         # a filter stacked from the command line first; the profile's own stays last
         install(part.extra_bpf)
         before += 1
-    install(part.bpf, log=part.log, listener=launch.handoff is not None, handoff=launch.handoff)
+    # A run that relays a pty has its program ready (own_terminal_bpf, in the supervisor); one
+    # that does not — or should the supervisor not have prepared it — gets the profile's own,
+    # the stricter of the two.
+    bpf = part.variants.get("own_terminal", part.bpf) if launch.tty is not None else part.bpf
+    install(bpf, log=part.log, listener=launch.handoff is not None, handoff=launch.handoff)
     # open/read/close only: syscalls the command's own startup needs anyway
     from . import verify
     verify.seccomp_installed(before)

@@ -370,8 +370,11 @@ def test_describe_strict(cache_dir):
     facts = seccomp.describe(profile_policy("strict"), cache_dir=cache_dir)
     assert facts["unknown_syscalls_enosys"] is True
     for key in ("allows_io_uring", "allows_userns_creation", "allows_x32", "allows_i386", "allows_tiocsti",
-                "allows_socketcall", "allows_open_by_handle_at"):
+                "allows_socketcall", "allows_open_by_handle_at", "allows_setid_modes"):
         assert facts[key] is False, key
+    assert "TIOCSPGRP" in facts["own_terminal_ioctls"] and "TIOCSTI" not in facts["own_terminal_ioctls"]
+    default = seccomp.describe(profile_policy("default"), cache_dir=cache_dir)
+    assert default["allows_setid_modes"] is True and default["own_terminal_ioctls"] == []
     assert facts["default_action"] == "errno(1)"
     assert "read" in facts["allowed"] and "mount" in facts["denied"]
     assert "socket" in facts["conditional"]
@@ -489,3 +492,162 @@ def test_ioctl_is_judged_before_the_dispatch_of_other_blocks(cache_dir):
     # ld arch; jeq x86_64; ld nr; jeq ioctl
     assert [struct.unpack("<HBBI", insn)[0] for insn in insns[:4]] == [0x20, 0x15, 0x20, 0x15]
     assert struct.unpack("<HBBI", insns[3])[3] == NR["ioctl"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the sandbox's own terminal: own_terminal_ioctls (issue 9 item 4, issue 10 item 1)
+
+TIOCSPGRP, TIOCNOTTY, TCSETS2 = 0x5410, 0x5422, 0x402C542B
+
+
+def _ioctl(bpf, cmd):
+    return seccomp.action_of(seccomp.emulate(bpf, NR["ioctl"], args=(0, cmd))[0])
+
+
+def test_own_terminal_program_adds_the_own_terminal_requests_only(cache_dir):
+    policy = profile_policy("strict")
+    base = seccomp.compile_policy(policy, cache_dir=cache_dir)
+    own = seccomp.compile_policy(policy.for_own_terminal(), cache_dir=cache_dir)
+    assert own != base
+    for cmd in (TCSETS, TCSETS2, TIOCSPGRP, TIOCSWINSZ, TIOCNOTTY, 0x540B):  # ... TCFLSH
+        assert _ioctl(base, cmd) == ("errno", errno.ENOTTY), cmd
+        assert _ioctl(own, cmd) == ("allow",) and _ioctl(own, (1 << 32) | cmd) == ("allow",), cmd
+    for cmd in (TIOCSTI, TIOCLINUX):
+        assert _ioctl(own, cmd) == ("errno", errno.EPERM)
+    for cmd in (TIOCSETD, TIOCEXCL, 0x540D, 0x541D, 0, 0xFFFFFFFF):  # TIOCNXCL, TIOCCONS, unknown
+        assert _ioctl(own, cmd) == ("errno", errno.ENOTTY), cmd
+    # everything else is judged as before
+    for name in ("read", "getpid", "mount", "ptrace"):
+        assert seccomp.emulate(own, NR[name])[0] == seccomp.emulate(base, NR[name])[0], name
+
+
+def test_own_terminal_program_for_real_on_a_pty(cache_dir):
+    """Installed in a child holding a pty: it may set its modes and size; TIOCEXCL, TIOCSETD and
+    TIOCSTI stay refused."""
+    bpf = seccomp.compile_policy(profile_policy("strict").for_own_terminal(), cache_dir=cache_dir)
+    master, slave = os.openpty()
+    buffer = ctypes.create_string_buffer(64)
+    address = ctypes.addressof(buffer)
+    ldisc = ctypes.c_int(27)
+    try:
+        results, status = in_filtered_child(bpf, [
+            ("tcgets", NR["ioctl"], (slave, TCGETS, address)),
+            ("tcsets", NR["ioctl"], (slave, TCSETS, address)),
+            ("tiocswinsz", NR["ioctl"], (slave, TIOCSWINSZ, address)),
+            ("tiocexcl", NR["ioctl"], (slave, TIOCEXCL, 0)),
+            ("tiocsetd", NR["ioctl"], (slave, TIOCSETD, ctypes.addressof(ldisc))),
+            ("tiocsti", NR["ioctl"], (slave, TIOCSTI, address)),
+        ])
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert os.WIFEXITED(status)
+    assert results == {"tcgets": "ok", "tcsets": "ok", "tiocswinsz": "ok", "tiocexcl": "ENOTTY",
+                       "tiocsetd": "ENOTTY", "tiocsti": "EPERM"}
+
+
+STRICT_IOCTLS = {"allow": ["@basic"], "rules": [
+    {"syscall": "ioctl", "args": [{"index": 1, "op": "masked_eq", "mask": "INT_MASK", "value": "TCGETS"}]},
+    {"syscall": "ioctl", "action": "errno", "errno": "ENOTTY"}]}
+
+
+@pytest.mark.parametrize("value, message", [
+    (["TIOCSTI"], "TIOCSTI stays refused"),
+    (["TCSETS", "TIOCSETD"], "TIOCSETD stays refused"),
+    ([0x540C], "TIOCEXCL stays refused"),
+    (["TIOCNXCL"], "TIOCNXCL"),
+    (["TIOCCONS"], "TIOCCONS"),
+    ("TCSETS", "expected a list"),
+    (["NO_SUCH"], "unknown constant"),
+    ([1 << 32], "32-bit"),
+])
+def test_own_terminal_ioctls_validation(value, message):
+    with pytest.raises(ProfileError) as info:
+        seccomp.validate_section(dict(STRICT_IOCTLS, own_terminal_ioctls=value))
+    assert message in str(info.value) and "own_terminal_ioctls" in str(info.value)
+
+
+def test_own_terminal_ioctls_widen_an_allowlist_or_nothing():
+    policy = seccomp.validate_section(dict(STRICT_IOCTLS, own_terminal_ioctls=["TCSETS", "TCGETS"]))
+    assert policy.own_terminal == (TCSETS,)  # TCGETS is in the allowlist already
+    # without an ioctl allowlist (ioctl allowed outright, as in default) there is nothing to add
+    for raw in ({"allow": ["@basic"]}, {"default_action": "allow", "deny": ["mount"]}):
+        policy = seccomp.validate_section(dict(raw, own_terminal_ioctls=["TCSETS"]))
+        assert policy.own_terminal == () and policy.for_own_terminal() is None
+    assert profile_policy("default").for_own_terminal() is None
+
+
+def test_a_syscall_refused_by_name_wins_over_a_group_of_allow(cache_dir):
+    policy = seccomp.validate_section({"allow": ["@basic"], "errno": {"openat2": "ENOSYS"}})
+    bpf = seccomp.compile_policy(policy, cache_dir=cache_dir)
+    assert seccomp.action_of(seccomp.emulate(bpf, NR["openat2"])[0]) == ("errno", errno.ENOSYS)
+    assert seccomp.allowed(seccomp.emulate(bpf, NR["openat"])[0])
+    with pytest.raises(ProfileError) as info:  # named in both: still a conflict
+        seccomp.validate_section({"allow": ["@basic", "openat2"], "errno": {"openat2": "ENOSYS"}})
+    assert "two different unconditional actions" in str(info.value)
+
+
+def test_the_own_terminal_program_is_compiled_once_per_sandbox(tmp_path, monkeypatch):
+    """Lazily: a run without a pty never compiles it; the first run with one does, later ones reuse it."""
+    from sandbox import Sandbox, load_profile
+    from util import ROOT
+    name = "strict"
+    if not ROOT:
+        path = tmp_path / "strict-nolimits.toml"
+        path.write_text('extends = "strict"\n[limits]\nrequired = false\nmemory = 0\npids = 0\ncpus = 0.0\n')
+        name = str(path)
+    compiled = []
+    real = seccomp.compile_policy
+
+    def counting(policy, *args, **kwargs):
+        compiled.append(policy)
+        return real(policy, *args, **kwargs)
+
+    monkeypatch.setattr(seccomp, "compile_policy", counting)
+    box = Sandbox(load_profile(name))
+    assert box.run(["/bin/true"], tty=False).exit_code == 0
+    part = box.plan().layers["seccomp"]
+    assert part.variants == {} and len(compiled) == 1
+    for _ in range(2):
+        result = box.run(["/bin/sh", "-c", "stty -echo && stty echo"], tty=True)
+        assert (result.reason, result.exit_code) == ("exit", 0), result
+    assert set(part.variants) == {"own_terminal"} and len(compiled) == 2
+    assert compiled[1] == load_profile(name).seccomp.for_own_terminal()
+    # the same sandbox without a pty: the profile's own program, where stty cannot set modes
+    master, slave = os.openpty()
+    try:
+        result = box.start(["/bin/sh", "-c", "stty -echo"], tty=False, stdin=slave).wait()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert result.exit_code != 0 and len(compiled) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# set-id mode bits (issue 10 item 4): strict refuses them in every mode argument
+
+S_ISUID, S_ISGID, S_ISVTX, O_CREAT, O_TMPFILE = 0o4000, 0o2000, 0o1000, 0o100, 0o20200000
+
+
+def test_strict_refuses_setid_modes_in_the_emulator(cache_dir):
+    bpf = seccomp.compile_policy(profile_policy("strict"), cache_dir=cache_dir)
+
+    def judge(name, *args):
+        return seccomp.action_of(seccomp.emulate(bpf, NR[name], args=args)[0])
+
+    EPERM = ("errno", errno.EPERM)
+    for mode in (S_ISUID | 0o755, S_ISGID | 0o755, S_ISUID | S_ISGID, (1 << 40) | S_ISUID, 0o104755):
+        for name, args in (("chmod", (0, mode)), ("fchmod", (3, mode)), ("fchmodat", (-100, 0, mode)),
+                           ("fchmodat2", (-100, 0, mode, 0)), ("mknod", (0, mode, 0)), ("mknodat", (-100, 0, mode, 0)),
+                           ("creat", (0, mode)), ("open", (0, O_CREAT | 1, mode)), ("open", (0, O_TMPFILE | 2, mode)),
+                           ("openat", (-100, 0, O_CREAT | 0o1000, mode)), ("openat", (-100, 0, O_TMPFILE | 2, mode))):
+            assert judge(name, *args) == EPERM, (name, oct(mode))
+    for mode in (0o755, 0o644, S_ISVTX | 0o777, 0):
+        for name, args in (("chmod", (0, mode)), ("fchmod", (3, mode)), ("fchmodat", (-100, 0, mode)),
+                           ("creat", (0, mode)), ("open", (0, O_CREAT | 1, mode)),
+                           ("openat", (-100, 0, O_CREAT | 1, mode)), ("mknodat", (-100, 0, 0o10000 | mode, 0))):
+            assert judge(name, *args) == ("allow",), (name, oct(mode))
+    # without O_CREAT/O_TMPFILE the kernel ignores the mode: junk there is no reason to refuse
+    assert judge("openat", -100, 0, 0, 0o7777) == ("allow",) and judge("open", 0, 2, 0o4755) == ("allow",)
+    # openat2's mode is in memory: ENOSYS, and libc's open/openat never need it
+    assert judge("openat2", -100, 0, 0, 24) == ("errno", errno.ENOSYS)

@@ -175,18 +175,32 @@ def test_an_interactive_shell_has_job_control(strict):
     t.type(b"echo ok$((40+2))\r")
     t.read_until(rb"ok42")
     t.type(b"sleep 30\r")
-    wait_until(lambda: command_running(children(t.proc.pid)[0], "sh") and any(
-        _comm(c) == "sleep" for c in _descendants(children(t.proc.pid)[0])), what="sleep in the shell")
+    wait_until(lambda: _sleep_state(t) == "S", what="sleep running in the shell")
     t.type(b"\x1a")   # ^Z: SIGTSTP to the foreground job, the shell takes the terminal back
     t.read_until(rb"Stopped")
-    t.type(b"kill -9 %1\r")
-    t.read_until(rb"%1\r\n[#$] ")
-    t.type(b"exit\r")       # dash: "You have stopped jobs." once, then a second exit leaves
-    t.read_until(rb"stopped jobs\.[\s\S]*[#$] $")
+    assert _sleep_state(t) == "T"
+    t.type(b"fg\r")   # tcsetpgrp again: the job is the foreground and runs on
+    wait_until(lambda: _sleep_state(t) == "S", what="sleep continued in the foreground")
+    t.type(b"\x03")   # ^C reaches the foreground job, not the shell
+    wait_until(lambda: _sleep_state(t) is None, what="sleep ended by ^C")
+    t.type(b"echo back$((40+2))\r")
+    t.read_until(rb"back42")
     t.type(b"exit\r")
     assert t.finish() == 0, t.text()
     assert "can't access tty" not in t.text() and "job control turned off" not in t.text()
     assert t.after == t.before
+
+
+def _sleep_state(t):
+    """The state letter of the shell's `sleep` (S running, T stopped), None when there is none."""
+    for pid in _descendants(t.proc.pid):
+        if _comm(pid) == "sleep":
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    return f.read().rpartition(")")[2].split()[0]
+            except OSError:
+                return None
+    return None
 
 
 def _comm(pid):
@@ -206,7 +220,9 @@ def _descendants(pid):
 
 
 @pytest.mark.parametrize("argv, extra, how, code", [
-    (["sh", "-c", "stty raw -echo; kill -9 $$"], (), None, 137),        # the command SIGKILLed
+    # the command SIGKILLed once the test has seen raw mode (it reads a line first: without it
+    # the run can end, and the terminal be restored, before the test looks)
+    (["sh", "-c", "stty raw -echo; read line; kill -9 $$"], (), "line", 137),
     (["sleep", "30"], ("--timeout", "1"), None, 124),                  # the wall timeout
     (["sleep", "30"], (), signal.SIGTERM, 143),                         # SIGTERM to the supervisor
     (["sleep", "30"], (), signal.SIGHUP, 129),                          # SIGHUP to the supervisor
@@ -214,7 +230,9 @@ def _descendants(pid):
 def test_the_callers_terminal_is_restored_on_every_way_out(strict, argv, extra, how, code):
     t = Terminal(strict, argv, extra=extra)
     t.wait_raw()
-    if how is not None:
+    if how == "line":
+        t.type(b"go\n")
+    elif how is not None:
         wait_until(lambda: command_running((children(t.proc.pid) or [0])[0], "sleep"), what="sleep to run")
         t.proc.send_signal(how)   # reaches the command inside
     assert t.finish() == code, t.text()

@@ -183,6 +183,9 @@ RAW_KEYS = {
         "unknown_syscalls": "\"enosys\": syscalls newer than the policy knows get ENOSYS so libc falls back.",
         "abis": "Allowed ABIs (x86_64 must be listed; x32 and i386 are refused unless listed).",
         "locked": "A filter given with --seccomp is stacked on this one instead of replacing it.",
+        "own_terminal_ioctls": "ioctl requests added to the section's ioctl allowlist when the command's terminal "
+                               "is the sandbox's own pty (relayed); never TIOCSTI, TIOCLINUX, TIOCSETD, "
+                               "TIOCEXCL, TIOCNXCL, TIOCCONS.",
     },
     "landlock": {
         "enabled": "Apply a Landlock ruleset.",
@@ -267,6 +270,7 @@ EXAMPLES = {
     "seccomp.unknown_syscalls": 'unknown_syscalls = "enosys"',
     "seccomp.abis": 'abis = ["x86_64"]',
     "seccomp.locked": "locked = true",
+    "seccomp.own_terminal_ioctls": 'own_terminal_ioctls = ["TCSETS", "TIOCSPGRP"]',
     "landlock.enabled": "enabled = true",
     "landlock.best_effort": "best_effort = true",
     "landlock.read_only": 'read_only = ["/usr", "/etc"]',

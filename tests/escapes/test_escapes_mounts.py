@@ -102,18 +102,31 @@ def test_irq_counters_are_not_readable(strict):
 
 
 SETID = r"""
-import errno, os, shutil
-shutil.copy('/bin/true', '/out/suid')
-open('/out/sgid', 'w').close()
-for name, mode in (('suid', 0o4755), ('sgid', 0o2755)):
+import errno, os, shutil, stat
+def attempt(name, call):
     try:
-        os.chmod('/out/' + name, mode)
-        print(name, 'chmod-ok')
+        call()
+        print(name, 'ok')
     except OSError as e:
         print(name, errno.errorcode[e.errno])
-fd = os.open('/out/created', os.O_WRONLY | os.O_CREAT, 0o6755)
-os.close(fd)
+shutil.copy('/bin/true', '/out/suid')
+open('/out/sgid', 'w').close()
+attempt('chmod-4755', lambda: os.chmod('/out/suid', 0o4755))
+attempt('chmod-2755', lambda: os.chmod('/out/sgid', 0o2755))
+fd = os.open('/out/suid', os.O_RDONLY)
+attempt('fchmod-6755', lambda: os.fchmod(fd, 0o6755))
+attempt('fchmodat-4755', lambda: os.chmod('suid', 0o4755, dir_fd=os.open('/out', os.O_RDONLY)))
+attempt('open-creat-6755', lambda: os.close(os.open('/out/created', os.O_WRONLY | os.O_CREAT, 0o6755)))
+attempt('open-tmpfile-4755', lambda: os.close(os.open('/out', os.O_WRONLY | os.O_TMPFILE, 0o4755)))
+attempt('mknod-4755', lambda: os.mknod('/out/node', stat.S_IFREG | 0o4755))
+# what programs do stays possible: plain modes, the sticky bit
+attempt('chmod-755', lambda: os.chmod('/out/suid', 0o755))
+attempt('chmod-1777', lambda: os.chmod('/out/sgid', 0o1777))
+attempt('open-creat-755', lambda: os.close(os.open('/out/created', os.O_WRONLY | os.O_CREAT, 0o755)))
 """
+
+SETID_REFUSED = ("chmod-4755", "chmod-2755", "fchmod-6755", "fchmodat-4755", "open-creat-6755", "open-tmpfile-4755",
+                 "mknod-4755")
 
 
 def _bind_dir(tmp_path):
@@ -127,21 +140,54 @@ def _bind_dir(tmp_path):
 def _setid_run(strict, tmp_path):
     out = _bind_dir(tmp_path)
     proc, _ = run_in(strict, *py(SETID), extra=("--bind", "%s:/out" % out))
-    ok(proc)
-    return {name: os.stat(out / name) for name in ("suid", "sgid", "created")}
+    results = dict(line.split() for line in ok(proc).splitlines())
+    return results, {name: os.stat(out / name) for name in ("suid", "sgid", "created")}
 
 
 def test_setid_file_through_a_bind_never_belongs_to_host_root_or_a_sandbox_id(strict, tmp_path):
     expected = (OWNER, OWNER) if ROOT else (os.getuid(), os.getgid())
-    for name, st in _setid_run(strict, tmp_path).items():
+    for name, st in _setid_run(strict, tmp_path)[1].items():
         # whatever mode bits are left, the file is the bind source owner's own
         assert (st.st_uid, st.st_gid) == expected, (name, st.st_uid, st.st_gid)
         assert st.st_uid != 0 and st.st_gid != 0
 
 
-@pytest.mark.xfail(reason="needs the seccomp rule refusing set-id bits in chmod/fchmodat/open modes "
-                          "(the hardening branch's seccomp policy); the mount layer alone cannot refuse a chmod "
-                          "by the file's owner", strict=False)
 def test_no_setid_bit_survives_on_the_host(strict, tmp_path):
-    for name, st in _setid_run(strict, tmp_path).items():
+    """strict's seccomp rules refuse a set-id bit in every mode the sandbox can give a file
+    (chmod, fchmod, fchmodat, creation modes of open/openat/mknod, O_TMPFILE); plain modes and
+    the sticky bit still work. Checked on the host's files."""
+    results, files = _setid_run(strict, tmp_path)
+    for attempt in SETID_REFUSED:
+        assert results.get(attempt) == "EPERM", (attempt, results)
+    for attempt in ("chmod-755", "chmod-1777", "open-creat-755"):
+        assert results.get(attempt) == "ok", (attempt, results)
+    assert not os.path.exists(tmp_path / "out" / "node")
+    assert stat.S_IMODE(files["suid"].st_mode) == 0o755 and files["sgid"].st_mode & stat.S_ISVTX
+    for name, st in files.items():
         assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), (name, oct(st.st_mode))
+
+
+COREUTILS = r"""
+cd /out || exit 9
+cp /bin/true t && install -m 755 /bin/true i && chmod 755 t && mkdir d && chmod 1777 d || exit 10
+./t && ./i || exit 11
+python3 -I -S -c 'open("/out/py", "w").write("x")' || exit 12
+chmod 4755 t 2>err4; echo "chmod4755=$?"
+chmod g+s d 2>errg; echo "chmodgs=$?"
+install -m 4755 /bin/true s 2>erri; echo "install4755=$?"
+cat err4 errg erri
+"""
+
+
+def test_chmod_4755_fails_with_eperm_and_programs_still_work(strict, tmp_path):
+    """The shell's view: coreutils' chmod 4755 and install -m 4755 get EPERM, chmod 755,
+    cp, install -m 755 and python3 work, and nothing on the host carries a set-id bit."""
+    out = _bind_dir(tmp_path)
+    proc, _ = run_in(strict, "/bin/sh", "-c", COREUTILS, extra=("--bind", "%s:/out" % out))
+    text = ok(proc)
+    assert "chmod4755=1" in text and "chmodgs=1" in text and "install4755=1" in text, text
+    assert text.count("Operation not permitted") == 3, text
+    assert (out / "py").read_text() == "x"
+    assert stat.S_IMODE(os.stat(out / "t").st_mode) == 0o755 and stat.S_IMODE(os.stat(out / "i").st_mode) == 0o755
+    for entry in os.scandir(out):
+        assert not entry.stat(follow_symlinks=False).st_mode & (stat.S_ISUID | stat.S_ISGID), entry.name
