@@ -257,9 +257,13 @@ class Docker(Technology):
 
     def start_sleeping(self, count):
         ids = []
-        for _ in range(count):
-            proc = _run([self.client, *self.host, "run", "-d", "--network", "none", self.image, "/bench-probe", "sleep"])
-            ids.append(_check(proc, self.name).strip())
+        try:
+            for _ in range(count):
+                proc = _run([self.client, *self.host, "run", "-d", "--network", "none", self.image, "/bench-probe", "sleep"])
+                ids.append(_check(proc, self.name).strip())
+        except BaseException:
+            self.stop(ids)
+            raise
         return ids
 
     def stop(self, handle):
@@ -284,6 +288,15 @@ class Docker(Technology):
         self.log.close()
         _unmount_under(self.state)
         self.daemon = None
+
+
+def _quiet(argv):
+    """Run a cleanup command; its failure (already gone, timed out) is not the bench's."""
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def _unmount_under(path):
@@ -314,10 +327,12 @@ class Gvisor(Technology):
         os.makedirs(self.root)
         os.makedirs(self.bundles)
         self.serial = 0
+        self.created = []
 
     def _bundle(self, args):
         self.serial += 1
         cid = "pysandbox-bench-%d-%d" % (os.getpid(), self.serial)
+        self.created.append(cid)   # close() ends whatever is left of it, whatever failed
         bundle = os.path.join(self.bundles, cid)
         os.makedirs(bundle)
         config = {
@@ -357,14 +372,17 @@ class Gvisor(Technology):
 
     def stop(self, handle):
         for cid in handle:
-            _run(self._runsc("kill", cid, "KILL"))
+            _quiet(self._runsc("kill", cid, "KILL"))
         for cid in handle:
-            _run(self._runsc("delete", "-force", cid))
+            _quiet(self._runsc("delete", "-force", cid))
 
     def image_mb(self):
         return _dir_mb(self.probe.rootfs)
 
     def close(self):
+        # A run or a detached start that timed out leaves a sandbox (runsc-sandbox, runsc-gofer)
+        # behind: end every container this bench created, then what it mounted.
+        self.stop(getattr(self, "created", ()))
         _unmount_under(self.root)
 
 
