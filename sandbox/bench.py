@@ -104,8 +104,9 @@ class Technology:
         """Run the probe with args to completion; returns its stdout."""
         raise NotImplementedError
 
-    def start_sleeping(self, count):
-        """Start `count` sleeping instances; returns a handle for stop()."""
+    def start_sleeping(self, count, started):
+        """Start `count` sleeping instances, appending each to `started` as it starts (so a
+        failure part-way still leaves stop() everything that runs)."""
         raise NotImplementedError
 
     def stop(self, handle):
@@ -125,8 +126,9 @@ class Host(Technology):
     def run(self, *args):
         return _check(_run([self.probe.path, *args]), self.name)
 
-    def start_sleeping(self, count):
-        return [subprocess.Popen([self.probe.path, "sleep"]) for _ in range(count)]
+    def start_sleeping(self, count, started):
+        for _ in range(count):
+            started.append(subprocess.Popen([self.probe.path, "sleep"]))
 
     def stop(self, handle):
         for proc in handle:
@@ -158,8 +160,9 @@ class Pysandbox(Technology):
                                                          (result.message or (result.stderr or b"").decode()[-300:])))
         return (result.stdout or b"").decode()
 
-    def start_sleeping(self, count):
-        return [self.box.start(["/bench/bench-probe", "sleep"]) for _ in range(count)]
+    def start_sleeping(self, count, started):
+        for _ in range(count):
+            started.append(self.box.start(["/bench/bench-probe", "sleep"]))
 
     def stop(self, handle):
         for proc in handle:
@@ -191,8 +194,9 @@ class Bubblewrap(Technology):
     def run(self, *args):
         return _check(_run(self._argv(*args), timeout=600), self.name)
 
-    def start_sleeping(self, count):
-        return [subprocess.Popen(self._argv("sleep")) for _ in range(count)]
+    def start_sleeping(self, count, started):
+        for _ in range(count):
+            started.append(subprocess.Popen(self._argv("sleep")))
 
     def stop(self, handle):
         Host.stop(self, handle)
@@ -255,16 +259,10 @@ class Docker(Technology):
         return _check(_run([self.client, *self.host, "run", "--rm", "--network", "none", "--tmpfs", "/tmp",
                             self.image, "/bench-probe", *args], timeout=600), self.name)
 
-    def start_sleeping(self, count):
-        ids = []
-        try:
-            for _ in range(count):
-                proc = _run([self.client, *self.host, "run", "-d", "--network", "none", self.image, "/bench-probe", "sleep"])
-                ids.append(_check(proc, self.name).strip())
-        except BaseException:
-            self.stop(ids)
-            raise
-        return ids
+    def start_sleeping(self, count, started):
+        for _ in range(count):
+            proc = _run([self.client, *self.host, "run", "-d", "--network", "none", self.image, "/bench-probe", "sleep"])
+            started.append(_check(proc, self.name).strip())
 
     def stop(self, handle):
         if handle:
@@ -357,18 +355,15 @@ class Gvisor(Technology):
         finally:
             _run(self._runsc("delete", "-force", cid))
 
-    def start_sleeping(self, count):
-        ids = []
+    def start_sleeping(self, count, started):
         for _ in range(count):
             cid, bundle = self._bundle(["sleep"])
+            started.append(cid)
             # No pipes: the detached sandbox keeps its stdio open, and a pipe would never reach EOF.
             rc = subprocess.run(self._runsc("run", "--detach", "--bundle", bundle, cid), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120).returncode
-            ids.append(cid)
             if rc != 0:
-                self.stop(ids)
                 raise RuntimeError("%s: run --detach exited %d" % (self.name, rc))
-        return ids
 
     def stop(self, handle):
         for cid in handle:
@@ -411,12 +406,13 @@ def _median_ms(fn, count):
 
 def _memory_per_instance(tech, count):
     before = _mem_available_kib()
-    handle = tech.start_sleeping(count)
+    started = []
     try:
+        tech.start_sleeping(count, started)
         time.sleep(1.0)   # let every instance reach its sleep (not a synchronisation: a settling delay)
         after = _mem_available_kib()
     finally:
-        tech.stop(handle)
+        tech.stop(started)
     return max(0, (before - after) // count)
 
 
