@@ -78,6 +78,12 @@ def podman_container():
     finally:
         pm("rm", "-f", "-t", "0", name, check=False)
         pm("rmi", "-f", "localhost/pysandbox-audit:1", check=False)
+        # Podman's overlay driver bind-mounts its storage directory onto itself and leaves it
+        # mounted when the podman process ends: unmount what is under the temp dir, deepest first.
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f if line.split()[4].startswith(work + "/")]
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
         # Podman's cgroupfs manager leaves libpod_parent behind; remove what appeared
         # during this test (deepest first; rmdir only succeeds on empty cgroups).
