@@ -627,18 +627,9 @@ def _sanitize_proc_stat(path):
     keeps its file alive and nothing else can reach it. It is a snapshot taken at start
     (cpu lines included: programs such as top see no CPU time pass); the number of fields is
     kept so parsers do not break."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
+    from .native import read_whole
     lines = []
-    for line in b"".join(chunks).decode("ascii", "replace").split("\n"):
+    for line in read_whole(path).decode("ascii", "replace").split("\n"):
         name, _, rest = line.partition(" ")
         if name in ("intr", "softirq"):
             line = name + " " + " ".join("0" for _ in rest.split())

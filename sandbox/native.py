@@ -230,20 +230,25 @@ def clone_process(flags):
     return pid
 
 
-def proc_status(pid="self"):
-    """/proc/PID/status as {field: text} (one read; raises OSError without /proc)."""
-    fd = os.open("/proc/%s/status" % pid, os.O_RDONLY | os.O_CLOEXEC)
+def read_whole(path, chunk=65536):
+    """The bytes of a file read to its end (a /proc file has no size to ask for)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
         while True:
-            chunk = os.read(fd, 8192)
-            if not chunk:
+            data = os.read(fd, chunk)
+            if not data:
                 break
-            chunks.append(chunk)
+            chunks.append(data)
     finally:
         os.close(fd)
+    return b"".join(chunks)
+
+
+def proc_status(pid="self"):
+    """/proc/PID/status as {field: text} (one read; raises OSError without /proc)."""
     fields = {}
-    for line in b"".join(chunks).decode("ascii", "replace").split("\n"):
+    for line in read_whole("/proc/%s/status" % pid, 8192).decode("ascii", "replace").split("\n"):
         key, sep, value = line.partition(":")
         if sep:
             fields[key] = value.strip()
