@@ -13,19 +13,6 @@ from util import ROOT, require, run_cli
 
 
 @pytest.fixture(scope="module")
-def strict(tmp_path_factory):
-    """strict; rootless without delegated cgroups, strict with its limits made optional."""
-    if ROOT:
-        return "strict"
-    from sandbox import cgroup
-    if cgroup.detect() == "v1" and os.path.isdir(cgroup.v1_parent(cgroup.v1_hierarchies()["pids"])):
-        return "strict"
-    path = tmp_path_factory.mktemp("profiles") / "strict-nolimits.toml"
-    path.write_text('extends = "strict"\n[limits]\nrequired = false\nmemory = 0\npids = 0\ncpus = 0.0\n')
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def box(strict):
     from sandbox import Sandbox, load_profile
     with Sandbox(load_profile(strict)) as sandbox:

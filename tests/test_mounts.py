@@ -14,20 +14,6 @@ from util import ROOT, py, require, run_in, pysandbox_cmd
 OWNER = 65534
 
 
-@pytest.fixture(scope="module")
-def strict(tmp_path_factory):
-    """strict; rootless without cgroup delegation strict cannot get its required limits, so
-    the mount checks use strict with limits made optional (as tests/test_runtime.py does)."""
-    if ROOT:
-        return "strict"
-    from sandbox import cgroup
-    if cgroup.detect() == "v1" and os.path.isdir(cgroup.v1_parent(cgroup.v1_hierarchies()["pids"])):
-        return "strict"
-    path = tmp_path_factory.mktemp("profiles") / "strict-nolimits.toml"
-    path.write_text('extends = "strict"\n[limits]\nrequired = false\nmemory = 0\npids = 0\ncpus = 0.0\n')
-    return str(path)
-
-
 def project(tmp_path):
     """A directory under /tmp holding a script, readable by the sandbox either way."""
     directory = tmp_path / "proj"

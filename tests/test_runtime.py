@@ -13,21 +13,6 @@ from util import ROOT, command_running, py, require, run_cli, run_in, pysandbox_
 NS_NAMES = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup", "time")
 
 
-@pytest.fixture(scope="module")
-def strict(tmp_path_factory):
-    """The strict profile; rootless without cgroup delegation it cannot get its required
-    limits (test_rootless_strict_needs_delegation covers that), so the isolation checks
-    use strict with limits made optional."""
-    if ROOT:
-        return "strict"
-    from sandbox import cgroup
-    if cgroup.detect() == "v1" and os.path.isdir(cgroup.v1_parent(cgroup.v1_hierarchies()["pids"])):
-        return "strict"  # root delegated cgroups to this user (`pysandbox delegate`)
-    path = tmp_path_factory.mktemp("profiles") / "strict-nolimits.toml"
-    path.write_text('extends = "strict"\n[limits]\nrequired = false\nmemory = 0\npids = 0\ncpus = 0.0\n')
-    return str(path)
-
-
 def inside(profile, code, *extra, timeout=60):
     proc, _ = run_in(profile, *py(code), extra=extra, timeout=timeout)
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)

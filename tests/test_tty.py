@@ -21,18 +21,6 @@ import pytest
 from util import ROOT, children, command_running, pysandbox_cmd, wait_until
 
 
-@pytest.fixture(scope="module")
-def strict(tmp_path_factory):
-    if ROOT:
-        return "strict"
-    from sandbox import cgroup
-    if cgroup.detect() == "v1" and os.path.isdir(cgroup.v1_parent(cgroup.v1_hierarchies()["pids"])):
-        return "strict"
-    path = tmp_path_factory.mktemp("profiles") / "strict-nolimits.toml"
-    path.write_text('extends = "strict"\n[limits]\nrequired = false\nmemory = 0\npids = 0\ncpus = 0.0\n')
-    return str(path)
-
-
 def _set_size(fd, rows, cols):
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 

@@ -21,18 +21,6 @@ from util import ROOT, py, pysandbox_cmd, run_in
 OWNER = 65534  # as root: the writable bind's owner, neither root nor a sandbox's id
 
 
-@pytest.fixture(scope="module")
-def strict(tmp_path_factory):
-    if ROOT:
-        return "strict"
-    from sandbox import cgroup
-    if cgroup.detect() == "v1" and os.path.isdir(cgroup.v1_parent(cgroup.v1_hierarchies()["pids"])):
-        return "strict"
-    path = tmp_path_factory.mktemp("profiles") / "strict-nolimits.toml"
-    path.write_text('extends = "strict"\n[limits]\nrequired = false\nmemory = 0\npids = 0\ncpus = 0.0\n')
-    return str(path)
-
-
 def ok(proc):
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
     return proc.stdout
