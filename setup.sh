@@ -92,12 +92,13 @@ if [ "${1:-}" != "--test" ]; then
 fi
 
 # Root run: the installed package is under test (the tests dir is not the package root).
-export PYSANDBOX_SHARED=${PYSANDBOX_SHARED:-$(cd .. && pwd)/shared}
+# Reference data (Docker's and Podman's seccomp profiles) comes from the Debian packages
+# above: nothing beside the clone is read.
 status=0
 "$VENV/bin/pytest" -q -p no:cacheprovider tests || status=$?
 
 # Unprivileged run of the same suites, minus what needs host root by nature (Docker,
-# host cgroup trees). The tests and the shared data are copied where that user can read.
+# host cgroup trees). The tests are copied where that user can read.
 id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
 # Rootless strict needs cgroups of its own: delegate them for this run, take them back after.
 "$VENV/bin/pysandbox" delegate "$TEST_USER" >/dev/null
@@ -107,12 +108,11 @@ work=$(mktemp -d /tmp/pysandbox-rootless.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/repo"
 tar --exclude=.git -cf - . | tar -xf - -C "$work/repo"
-[ -d "$PYSANDBOX_SHARED" ] && cp -r "$PYSANDBOX_SHARED" "$work/shared"
 chmod -R a+rX "$work"
 chmod 1777 "$work"
 cd "$work"
 runuser -u "$TEST_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME="/home/$TEST_USER" \
-    CI="${CI:-}" PYSANDBOX_SHARED="$work/shared" \
+    CI="${CI:-}" \
     "$VENV/bin/pytest" -q -p no:cacheprovider -m "not root_only" "$work/repo/tests" || status=$?
 cd - >/dev/null
 "$VENV/bin/pysandbox" delegate --remove "$TEST_USER" >/dev/null || status=$?
