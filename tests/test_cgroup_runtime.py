@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sandbox import cgroup
-from util import require, py
+from util import comm as _comm, py, require
 
 ROOT = os.geteuid() == 0
 HOG = "b = []\nwhile True: b.append(bytearray(8 << 20))"
@@ -123,12 +123,6 @@ def _start_supervisor(state_dir):
     return supervisor, prefix, leaves
 
 
-def _comm(pid):
-    try:
-        with open("/proc/%d/comm" % pid) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _wait_empty(leaves, timeout):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from util import ROOT, children, command_running, pysandbox_cmd, wait_until
+from util import ROOT, children, command_running, comm as _comm, pysandbox_cmd, wait_until
 
 
 def _set_size(fd, rows, cols):
@@ -190,13 +190,6 @@ def _sleep_state(t):
                 return None
     return None
 
-
-def _comm(pid):
-    try:
-        with open("/proc/%d/comm" % pid) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _descendants(pid):

@@ -85,6 +85,15 @@ def wait_until(condition, timeout=30, what="the condition"):
         time.sleep(0.01)
 
 
+def comm(pid):
+    """The command name of `pid` (/proc/PID/comm), None once it is gone."""
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def children(pid):
     """PIDs of the children of `pid` (its main thread's), [] once it is gone."""
     try:

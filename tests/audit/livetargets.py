@@ -16,18 +16,12 @@ from contextlib import contextmanager
 
 import pytest
 
+# one skip helper for the whole suite (skips locally, fails under CI=true); the process
+# helpers too
+from util import children as _children, comm as _comm, require  # noqa: E402,F401
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-IN_CI = os.environ.get("CI", "").lower() == "true"
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
-
-
-def require(condition, reason):
-    """Skip outside CI, fail in CI: a missing prerequisite must not pass silently there."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail("prerequisite missing under CI=true: " + reason)
-    pytest.skip(reason)
 
 
 def run_audit(*args, env=None, check_rc=None):
@@ -127,20 +121,6 @@ class Target:
         self.pid = pid
 
 
-def _children(pid):
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def _comm(pid):
-    try:
-        with open("/proc/%d/comm" % pid) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 @contextmanager

@@ -10,16 +10,11 @@ import subprocess
 
 import pytest
 
+from util import children as _children
+
 from livetargets import (busybox_root, require, resolver, root_only, run_audit, stop_process,
                          wait_for)
 
-
-def _children(pid):
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
 
 
 def _exe(pid):

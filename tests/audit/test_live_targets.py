@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from livetargets import require, resolver, run_audit, state_of, stop_process, wait_for
+from util import children as _children
 
 HOST_NOTE = "not isolated: a host process"
 
@@ -164,9 +165,3 @@ def test_a_contained_process_cannot_pose_as_a_launcher(tmp_path):
         stop_process(proc, [p for p in _children(proc.pid)])
 
 
-def _children(pid):
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(k) for k in f.read().split()]
-    except OSError:
-        return []

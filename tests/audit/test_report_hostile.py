@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import pytest
 
 from livetargets import REPO, require
+from util import children as _children, comm as _comm
 
 OSC_TITLE = "\x1b]0;pwned-title\x07"
 CLEAR = "\x1b[2J"
@@ -92,20 +93,6 @@ def hostile_target(tmp_path):
         proc.stderr.close()
 
 
-def _children(pid):
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def _comm(pid):
-    try:
-        with open("/proc/%d/comm" % pid) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _env(**extra):
