@@ -272,8 +272,13 @@ def _unmount_under(root):
 
 @pytest.fixture(scope="session")
 def docker_daemon(stage_dir):
+    yield from private_dockerd(stage_dir)
+
+
+def private_dockerd(stage_dir, extra_args=()):
     """A private dockerd (own socket, data and exec root, no bridge, no iptables) with an
-    image imported from a busybox-static root; stopped by its PID at the end."""
+    image imported from a busybox-static root; stopped by its PID at the end. `extra_args`
+    go to dockerd (tests/oci registers runtimes with them)."""
     root_only()
     for tool in ("dockerd", "docker", "runc"):
         require(shutil.which(tool), "%s not installed (Debian package docker.io)" % tool)
@@ -287,7 +292,7 @@ def docker_daemon(stage_dir):
     proc = subprocess.Popen(
         ["dockerd", "-H", "unix://" + sock, "--data-root", os.path.join(root, "data"),
          "--exec-root", os.path.join(root, "exec"), "--pidfile", os.path.join(root, "docker.pid"),
-         "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false"],
+         "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false", *extra_args],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     docker = Docker(root, sock, proc.pid)
     try:
