@@ -54,9 +54,12 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 # --rootfs image too), built by pip through setup.py. Without it the runtime falls back
 # to its Python init; a pip too old to run the build step gets it compiled here.
 [ -x "$SITE/sandbox/pysandbox-init" ] || gcc -static -Os -Wall -o "$SITE/sandbox/pysandbox-init" sandbox/init.c
-for name in pysandbox audit; do
-    if [ "$name" = pysandbox ]; then call="from sandbox.cli import entry; entry()"
-    else call="from audit.cli import main; sys.exit(main())"; fi
+for name in pysandbox audit pysandbox-oci; do
+    case $name in
+        pysandbox) call="from sandbox.cli import entry; entry()" ;;
+        audit) call="from audit.cli import main; sys.exit(main())" ;;
+        pysandbox-oci) call="from sandbox.oci.cli import entry; entry()" ;;
+    esac
     cat > "$VENV/bin/$name" <<LAUNCHER
 #!$VENV/bin/python3 -ISXfrozen_modules=on
 import sys
@@ -74,6 +77,7 @@ chmod -R a+rX "$PREFIX"
 if [ "${PYSANDBOX_LINK:-1}" != 0 ]; then
     ln -sf "$VENV/bin/pysandbox" /usr/local/bin/pysandbox
     ln -sf "$VENV/bin/audit" /usr/local/bin/audit
+    ln -sf "$VENV/bin/pysandbox-oci" /usr/local/bin/pysandbox-oci
     mkdir -p /usr/local/share/man/man1 /usr/share/bash-completion/completions /usr/local/share/zsh/site-functions
     for name in pysandbox audit; do
         ln -sf "$PREFIX/share/man/man1/$name.1" /usr/local/share/man/man1/$name.1
