@@ -11,6 +11,8 @@ import time
 
 from .spec import SpecError
 
+DEFAULT_ALLOWED_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
+                           "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm")
 RESOURCE_KEYS = ("memory", "pids", "cpu", "blockIO", "hugepageLimits", "devices", "unified", "network", "rdma")
 V1_NAMED = {"name=systemd"}
 
@@ -184,6 +186,10 @@ def writes(resources):
                 kind, major, minor, entry.get("access") or "rwm")
             out.append(("devices", "devices.allow" if entry.get("allow") else "devices.deny", rule,
                         "linux.resources.devices"))
+        # The devices every container has (runtime-spec "Default Devices") and its own ptys stay
+        # usable whatever the rules above denied (runc appends the same list).
+        for rule in DEFAULT_ALLOWED_DEVICES:
+            out.append(("devices", "devices.allow", rule, "linux.resources.devices (default devices)"))
     return out
 
 

@@ -406,8 +406,8 @@ CONTAINER_STAGES = (
     ("rootfs", stage_rootfs),              # /, the rootfs, the spec's mounts, devices
     ("hooks", stage_hooks),                # prestart + createRuntime (runtime), createContainer (here)
     ("pivot_root", stage_pivot),
+    ("sysctl", stage_sysctl),              # before the read-only paths make /proc/sys read-only
     ("masks", stage_masks),                # masked and read-only paths
-    ("sysctl", stage_sysctl),
     ("console", stage_console),            # setsid; the pty to the console socket
     ("root-readonly", stage_root_readonly),
     ("oom_score_adj", stage_oom),
@@ -429,24 +429,36 @@ CONTAINER_STAGES = (
 
 
 def run_stages(table, plan, launch):
+    """Run a stage table in the child; on failure report it and exit 1. Never returns on failure
+    and never lets an exception escape into the caller's code (this is a forked child)."""
     name = None
     try:
         for name, step in table:
             step(plan, launch)
     except BaseException as error:  # noqa: B036 - every failure must reach the runtime
-        message = describe(name, error)
-        if launch.channel is not None:
-            try:
-                err = getattr(error, "errno", 0) or 0
-                _send(launch.channel, b"E" + ("%s\0%d\0%s" % (name, err, message)).encode(errors="replace"))
-            except OSError:
-                pass
-        else:
-            try:
-                os.write(2, ("pysandbox-oci: %s\n" % message).encode(errors="replace"))
-            except OSError:
-                pass
-        os._exit(1)
+        try:
+            _report(name, error, launch)
+        finally:
+            os._exit(1)
+
+
+def _report(name, error, launch):
+    message = describe(name, error)
+    if TRACE:
+        TRACE.print_exc()
+    if launch.channel is not None:
+        err = getattr(error, "errno", 0) or 0
+        try:
+            _send(launch.channel, b"E" + ("%s\0%d\0%s" % (name, err, message)).encode(errors="replace"))
+            return
+        except OSError:
+            pass
+    os.write(2, ("pysandbox-oci: %s\n" % message).encode(errors="replace"))
+
+
+# PYSANDBOX_OCI_TRACE=1: the child prints the traceback of a failing stage (imported before the
+# clone: after pivot_root the host's modules are gone)
+TRACE = __import__("traceback") if os.environ.get("PYSANDBOX_OCI_TRACE") else None
 
 
 def describe(stage, error):
