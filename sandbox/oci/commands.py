@@ -182,6 +182,9 @@ def cmd_delete(store, glob, options, positional, log):
         state_text = hooks.state_json(cid, "stopped", 0, state["bundle"], state.get("annotations"))
         for warning in hooks.run("poststop", _hooks(state, "poststop"), state_text):
             log.warning(warning)
+        if state.get("profile"):
+            from .strict import release_id_range
+            release_id_range(store.dir(cid))
         store.remove(cid)
     finally:
         os.close(lock)

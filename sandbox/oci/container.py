@@ -41,7 +41,8 @@ class Launch:
         self.cgroup_dirs = []
         self.container_id = ""
         self.in_userns = False
-        self.executable = None
+        self.executable = self.rootfs_fd = self.rootfs_dir = None
+        self.bind_fds = {}
         self.__dict__.update(values)
 
 
@@ -56,8 +57,18 @@ def _recv(sock):
 # ---- the container's stages (in the cloned child) ------------------------------------------
 
 def stage_sync(plan, launch):
-    if _recv(launch.channel) != b"G":
+    message, fds, _, _ = socket.recv_fds(launch.channel, 16, 1 + len(plan.mounts))
+    if message != b"G":
         os._exit(1)  # the runtime gave up before the maps were written
+    if fds:
+        # strict: the rootfs idmapped onto our ids and detached copies of the bind sources, made
+        # by the runtime: in our user namespace the host's directories above them (mode 0700 or
+        # 0710, owned by host root) cannot even be walked through. The rootfs is attached on a
+        # directory of the state dir we can reach, and the plan follows it there.
+        launch.rootfs_fd = fds[0]
+        binds = [i for i, m in enumerate(plan.mounts) if m.bind]
+        launch.bind_fds = dict(zip(binds, fds[1:]))
+        return plan.replace(rootfs=launch.rootfs_dir)
 
 
 def stage_setns(plan, launch):
@@ -106,11 +117,9 @@ def stage_hostname(plan, launch):
 
 
 def stage_rootfs(plan, launch):
-    rootfs.prepare(plan)
-    if plan.idmap_rootfs:
-        from . import strict
-        strict.idmap_rootfs(plan, launch)
-    rootfs.mount_all(plan, launch.cgroup_dirs)
+    rootfs.prepare(plan, launch.rootfs_fd)
+    launch.rootfs_fd = None
+    rootfs.mount_all(plan, launch.cgroup_dirs, launch.bind_fds)
     rootfs.devices(plan, launch.in_userns)
 
 
@@ -180,12 +189,13 @@ def stage_root_readonly(plan, launch):
         rootfs.root_readonly()
 
 
-def stage_oom(plan, launch):
-    value = plan.process.oom_score_adj
+def write_oom_score_adj(pid, value):
+    """process.oomScoreAdj, written by the runtime from outside: inside, once the ids changed, the
+    process is not dumpable and its /proc files belong to host root."""
     if value is None:
         return
     try:
-        with open("/proc/self/oom_score_adj", "w") as f:
+        with open("/proc/%d/oom_score_adj" % pid, "w") as f:
             f.write(str(value))
     except OSError as e:
         raise SpecError("process.oomScoreAdj %d: %s (lowering it needs CAP_SYS_RESOURCE)" % (value, e.strerror)) \
@@ -277,13 +287,7 @@ def apply_capabilities(sets):
             raise SetupError("capabilities", capng.errno() or 1, "%s refused" % what)
 
     # CAP_SETPCAP must be effective to cut the bounding set: raise effective to permitted first.
-    capng.capng_clear(caps.CAPNG_SELECT_ALL)
-    for number in range(last_cap() + 1):
-        if have["CapPrm"] >> number & 1:
-            capng.capng_update(caps.CAPNG_ADD, caps.CAPNG_EFFECTIVE | caps.CAPNG_PERMITTED, number)
-        if have["CapInh"] >> number & 1:
-            capng.capng_update(caps.CAPNG_ADD, caps.CAPNG_INHERITABLE, number)
-    apply(caps.CAPNG_SELECT_CAPS, "raising effective")
+    raise_effective(capng, have)
     capng.capng_clear(caps.CAPNG_SELECT_ALL)
     apply(caps.CAPNG_SELECT_AMBIENT, "clearing ambient")
     for number in numbers["bounding"]:
@@ -311,6 +315,22 @@ def apply_capabilities(sets):
         if now[key] != want:
             raise SetupError("capabilities", 1, "capabilities: %s is %#x after setup, expected %#x"
                              % (kind, now[key], want))
+
+
+def raise_effective(capng=None, have=None):
+    """effective := permitted (capset may raise effective within permitted)."""
+    from .. import caps
+    from pysandbox_common.capnames import last_cap
+    capng = capng or caps.backend()
+    have = have or caps.current()
+    capng.capng_clear(caps.CAPNG_SELECT_ALL)
+    for number in range(last_cap() + 1):
+        if have["CapPrm"] >> number & 1:
+            capng.capng_update(caps.CAPNG_ADD, caps.CAPNG_EFFECTIVE | caps.CAPNG_PERMITTED, number)
+        if have["CapInh"] >> number & 1:
+            capng.capng_update(caps.CAPNG_ADD, caps.CAPNG_INHERITABLE, number)
+    if capng.capng_apply(caps.CAPNG_SELECT_CAPS) != 0:
+        raise SetupError("capabilities", capng.errno() or 1, "capabilities: raising effective refused")
 
 
 def stage_cwd(plan, launch):
@@ -410,7 +430,6 @@ CONTAINER_STAGES = (
     ("masks", stage_masks),                # masked and read-only paths
     ("console", stage_console),            # setsid; the pty to the console socket
     ("root-readonly", stage_root_readonly),
-    ("oom_score_adj", stage_oom),
     ("rlimits", stage_rlimits),
     ("close-fds", stage_close_fds),
     ("seccomp-early", stage_seccomp_early),  # only without no_new_privs (needs CAP_SYS_ADMIN)
@@ -434,7 +453,8 @@ def run_stages(table, plan, launch):
     name = None
     try:
         for name, step in table:
-            step(plan, launch)
+            # a stage may hand on a changed plan (a copy: the frozen plan itself never changes)
+            plan = step(plan, launch) or plan
     except BaseException as error:  # noqa: B036 - every failure must reach the runtime
         try:
             _report(name, error, launch)
@@ -481,6 +501,8 @@ def preload(plan):
     native.libc()
     if plan.landlock is not None:
         from .. import landlock  # noqa: F401
+    if plan.profile:
+        from . import strict  # noqa: F401
 
 
 # ---- the runtime's half ---------------------------------------------------------------------
@@ -524,6 +546,9 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
     child = 0
     groups = None
     try:
+        if plan.idmap_rootfs:
+            from . import strict
+            plan = strict.ids_for(plan, store.dir(container_id))
         fifo = store.fifo(container_id)
         os.mkfifo(fifo, 0o622)
         groups = cgroups.ContainerCgroups(cgroups.paths_for(plan.cgroups_path, container_id, systemd))
@@ -541,7 +566,15 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
             console_fd = console.detach()
         elif plan.process.terminal:
             raise SpecError("process.terminal is true but no --console-socket was given")
-        launch = Launch(channel=theirs, fifo_fd=fifo_fd, console_fd=console_fd, preserve_fds=preserve_fds,
+        rootfs_dir = None
+        if plan.idmap_rootfs:
+            # Where the child attaches the idmapped rootfs in its own mount namespace: a directory
+            # every user namespace can walk to (an engine's --root may be mode 0700). The host's
+            # directory stays empty: the child's / is a slave, nothing propagates back.
+            from .strict import ATTACH_DIR
+            rootfs_dir = ATTACH_DIR
+            os.makedirs(rootfs_dir, 0o755, exist_ok=True)
+        launch = Launch(rootfs_dir=rootfs_dir, channel=theirs, fifo_fd=fifo_fd, console_fd=console_fd, preserve_fds=preserve_fds,
                         no_pivot=no_pivot, cgroup_dirs=groups.layout(), container_id=container_id,
                         in_userns=bool(plan.ns("user")[0]))
         preload(plan)
@@ -555,9 +588,19 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
         if console_fd is not None:
             os.close(console_fd)
         groups.attach(child)
+        write_oom_score_adj(child, plan.process.oom_score_adj)
         if plan.ns("user")[0] and not plan.ns("user")[1]:
             write_maps(child, plan)
-        _send(ours, b"G")
+        if plan.idmap_rootfs:
+            from . import strict
+            trees = strict.detached_trees(plan, child)
+            try:
+                socket.send_fds(ours, [b"G"], trees)
+            finally:
+                for fd in trees:
+                    os.close(fd)
+        else:
+            _send(ours, b"G")
         pid = child
         while True:
             message = _recv(ours)
@@ -606,6 +649,9 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
                 pass
         if groups is not None:
             groups.remove()
+        if plan.idmap_rootfs:
+            from . import strict
+            strict.release_id_range(store.dir(container_id))
         store.remove(container_id)
         raise
     finally:

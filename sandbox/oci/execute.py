@@ -57,11 +57,13 @@ def _process(store, cid, state, options, positional):
         raw["noNewPrivileges"] = True
     if state.get("profile"):
         raw["noNewPrivileges"] = True  # strict: never without it
-    process = process_from(raw, saved)
-    if state.get("profile") and any(process.capabilities[k] for k in process.capabilities):
+    if state.get("profile"):
+        # strict: what --cap or the process file ask for is refused if it reaches the host, and
+        # nothing else is kept either (the container runs with no capabilities)
         from .strict import refuse_capabilities
-        refuse_capabilities(process.capabilities)
-    return process
+        refuse_capabilities(process_from(raw, saved).capabilities)
+        raw["capabilities"] = {}
+    return process_from(raw, saved)
 
 
 def run(store, glob, options, positional, log):

@@ -89,9 +89,20 @@ def _mount_point(path, is_dir):
             raise SpecError("mount point %s: %s" % (path, e.strerror)) from None
 
 
-def prepare(plan):
+def prepare(plan, rootfs_fd=None):
     native.mount(None, "/", None, MS_REC | MS_SLAVE, stage="rootfs: make / slave")
-    native.mount(plan.rootfs, plan.rootfs, None, MS_BIND | MS_REC, stage="rootfs: bind")
+    if rootfs_fd is not None:
+        attach(rootfs_fd, plan.rootfs, "rootfs")
+    else:
+        native.mount(plan.rootfs, plan.rootfs, None, MS_BIND | MS_REC, stage="rootfs: bind")
+
+
+def attach(fd, target, what):
+    """move_mount(2) of a detached tree (made by the runtime) onto `target`."""
+    MOVE_MOUNT_F_EMPTY_PATH = 4
+    rc = native.syscall("move_mount", fd, b"", -100, target.encode(), MOVE_MOUNT_F_EMPTY_PATH)
+    native.check(rc, "mount", "attaching %s at %s" % (what, target))
+    os.close(fd)
 
 
 def _flags_kept(path):
@@ -103,15 +114,20 @@ def _flags_kept(path):
         return 0
 
 
-def mount_all(plan, cgroup_dirs):
-    for m in plan.mounts:
+def mount_all(plan, cgroup_dirs, bind_fds=None):
+    for index, m in enumerate(plan.mounts):
         target = secure_join(plan.rootfs, m.destination)
         if m.type in ("cgroup", "cgroup2"):
             _cgroup(m, target, cgroup_dirs)
             continue
         if m.bind:
-            _mount_point(target, os.path.isdir(m.source))
-            native.mount(m.source, target, None, m.flags & (MS_BIND | MS_REC), stage="mount: " + m.label)
+            fd = (bind_fds or {}).get(index)
+            if fd is not None:
+                _mount_point(target, stat.S_ISDIR(os.fstat(fd).st_mode))
+                attach(fd, target, m.source)
+            else:
+                _mount_point(target, os.path.isdir(m.source))
+                native.mount(m.source, target, None, m.flags & (MS_BIND | MS_REC), stage="mount: " + m.label)
             extra = m.flags & ~(MS_BIND | MS_REC | MS_REMOUNT)
             if extra:
                 native.mount(None, target, None, MS_BIND | MS_REMOUNT | extra | _flags_kept(target) & ~m.clear,
