@@ -93,7 +93,8 @@ class Log:
 
     def warning(self, message):
         self._write("warning", message)
-        sys.stderr.write("pysandbox-oci: warning: %s\n" % _printable(message))
+        if not self.path:  # with a log the engine reads it there; stderr may be the container's
+            sys.stderr.write("pysandbox-oci: warning: %s\n" % _printable(message))
 
     def debug(self, message):
         if self.debug_on:

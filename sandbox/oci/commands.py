@@ -50,7 +50,7 @@ def cmd_create(store, glob, options, positional, log):
     plan = spec.load(options.get("--bundle") or os.getcwd(), _profile(glob))
     container.create(store, positional[0], plan, pid_file=options.get("--pid-file", ""),
                      console_socket=options.get("--console-socket", ""), no_pivot=bool(options.get("--no-pivot")),
-                     preserve_fds=_preserve(options), systemd=_systemd(glob))
+                     preserve_fds=_preserve(options), systemd=_systemd(glob), warn=log.warning)
 
 
 def _locked(store, container_id):
@@ -365,7 +365,7 @@ def cmd_run(store, glob, options, positional, log):
     pid = container.create(store, cid, plan, pid_file=options.get("--pid-file", ""),
                            console_socket=options.get("--console-socket", ""),
                            no_pivot=bool(options.get("--no-pivot")), preserve_fds=_preserve(options),
-                           systemd=_systemd(glob))
+                           systemd=_systemd(glob), warn=log.warning)
     cmd_start(store, glob, {}, [cid], log)
     if options.get("--detach"):
         return 0

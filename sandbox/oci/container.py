@@ -271,7 +271,8 @@ def become_user(process):
 
 
 def stage_capabilities(plan, launch):
-    apply_capabilities(plan.process.capabilities)
+    for warning in apply_capabilities(plan.process.capabilities):
+        _send(launch.channel, b"W" + warning.encode())
 
 
 def apply_capabilities(sets):
@@ -299,12 +300,17 @@ def apply_capabilities(sets):
         for number in numbers[kind]:
             capng.capng_update(caps.CAPNG_ADD, flag, number)
     apply(caps.CAPNG_SELECT_CAPS, "capset")
+    warnings = []
     if numbers["ambient"]:
-        # the kernel raises an ambient capability only if it is permitted and inheritable
+        # The kernel raises an ambient capability only if it is permitted and inheritable. runc's
+        # own `runc spec` lists ambient ones without inheritable and runs (they mean nothing to
+        # uid 0): those are left out with a warning, as runc does, never silently.
         lacking = set(numbers["ambient"]) - (set(numbers["permitted"]) & set(numbers["inheritable"]))
         if lacking:
-            raise SetupError("capabilities", 1, "process.capabilities.ambient: %s must also be in permitted "
-                             "and inheritable" % ", ".join(sorted(caps.names(sum(1 << n for n in lacking)))))
+            warnings.append("process.capabilities.ambient: %s not raised (not in both permitted and "
+                            "inheritable)" % ", ".join(sorted(caps.names(sum(1 << n for n in lacking)))))
+            numbers["ambient"] = sorted(set(numbers["ambient"]) - lacking)
+    if numbers["ambient"]:
         for number in numbers["ambient"]:
             capng.capng_update(caps.CAPNG_ADD, caps.CAPNG_AMBIENT, number)
         apply(caps.CAPNG_SELECT_AMBIENT, "ambient set")
@@ -315,6 +321,7 @@ def apply_capabilities(sets):
         if now[key] != want:
             raise SetupError("capabilities", 1, "capabilities: %s is %#x after setup, expected %#x"
                              % (kind, now[key], want))
+    return warnings
 
 
 def raise_effective(capng=None, have=None):
@@ -353,11 +360,19 @@ def lookup(process):
     else:
         candidates = [os.path.join(d or ".", name) for d in env.get("PATH", "/usr/local/sbin:/usr/local/bin:"
                                                                       "/usr/sbin:/usr/bin:/sbin:/bin").split(":")]
+    found_unexecutable = None
     for path in candidates:
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    raise SpecError('exec: "%s": executable file not found in $PATH' % name, ) if "/" not in name else \
-        SpecError('exec: "%s": no such file or executable' % name)
+        if os.path.isfile(path):
+            if os.access(path, os.X_OK):
+                return path
+            found_unexecutable = found_unexecutable or path
+    # The texts runc gives: engines map them to 127 ("not found", "no such file or directory")
+    # and 126 ("permission denied").
+    if found_unexecutable:
+        raise SpecError('exec: "%s": permission denied' % name)
+    if "/" in name:
+        raise SpecError('exec: "%s": stat %s: no such file or directory' % (name, name))
+    raise SpecError('exec: "%s": executable file not found in $PATH' % name)
 
 
 def stage_ready(plan, launch):
@@ -538,7 +553,7 @@ def write_maps(pid, plan):
 
 
 def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=False, preserve_fds=0,
-           systemd=False):
+           systemd=False, warn=None):
     import datetime
     import pwd
     from . import cgroups
@@ -619,6 +634,9 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
                 hooks.run("prestart", plan.hooks.get("prestart", ()), state)
                 hooks.run("createRuntime", plan.hooks.get("createRuntime", ()), state)
                 _send(ours, b"h")
+            elif kind == b"W":
+                if warn is not None:
+                    warn(body.decode(errors="replace"))
             elif kind == b"R":
                 break
         os.close(fifo_fd)

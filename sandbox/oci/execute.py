@@ -204,7 +204,7 @@ def _inside(process, console_fd, preserve, bpf, extra_bpf, landlock_plan, errors
     if bpf and not process.no_new_privileges:
         seccomp.install(bpf)
     container.become_user(process)
-    container.apply_capabilities(process.capabilities)
+    container.apply_capabilities(process.capabilities)  # warnings: none reach a detached exec
     try:
         os.chdir(process.cwd)
     except OSError as e:
