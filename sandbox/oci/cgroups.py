@@ -9,7 +9,7 @@ name: never dropped. Only directories this runtime created are removed, deepest 
 import os
 import time
 
-from .spec import SpecError
+from .errors import SpecError
 
 DEFAULT_ALLOWED_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
                            "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm")

@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import SetupError
-from .spec import SpecError
+from .errors import SpecError
 
 VERSION_TEXT = "pysandbox-oci version %s\nspec: 1.0.2\n"
 

@@ -5,7 +5,7 @@ import time
 
 from . import hooks
 from .cgroups import ContainerCgroups
-from .spec import SpecError
+from .errors import SpecError
 from .state import NotFound, Store, oci_state, status
 
 SIGNALS = {
@@ -46,8 +46,8 @@ def _preserve(options):
 
 
 def cmd_create(store, glob, options, positional, log):
-    from . import container, spec
-    plan = spec.load(options.get("--bundle") or os.getcwd(), _profile(glob))
+    from . import bundle, container
+    plan = bundle.load(options.get("--bundle") or os.getcwd(), _profile(glob))
     container.create(store, positional[0], plan, pid_file=options.get("--pid-file", ""),
                      console_socket=options.get("--console-socket", ""), no_pivot=bool(options.get("--no-pivot")),
                      preserve_fds=_preserve(options), systemd=_systemd(glob), warn=log.warning)
@@ -356,10 +356,10 @@ def cmd_spec(store, glob, options, positional, log):
 
 
 def cmd_run(store, glob, options, positional, log):
-    from . import container, spec
+    from . import bundle, container
     import signal
     cid = positional[0]
-    plan = spec.load(options.get("--bundle") or os.getcwd(), _profile(glob))
+    plan = bundle.load(options.get("--bundle") or os.getcwd(), _profile(glob))
     import ctypes
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: the container stays our child
     pid = container.create(store, cid, plan, pid_file=options.get("--pid-file", ""),

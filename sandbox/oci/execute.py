@@ -14,8 +14,9 @@ import os
 
 
 from .. import native
-from . import container
-from .spec import SpecError, NAMESPACE_FLAGS, JOIN_ORDER, read_json, process_from
+from . import capsets, container
+from .errors import SpecError
+from .spec import NAMESPACE_FLAGS, JOIN_ORDER, read_json, process_from
 from .state import status
 
 NS_FILES = {"user": "user", "cgroup": "cgroup", "ipc": "ipc", "uts": "uts", "network": "net", "pid": "pid",
@@ -204,7 +205,7 @@ def _inside(process, console_fd, preserve, bpf, extra_bpf, landlock_plan, errors
     if bpf and not process.no_new_privileges:
         seccomp.install(bpf)
     container.become_user(process)
-    container.apply_capabilities(process.capabilities)  # warnings: none reach a detached exec
+    capsets.apply(process.capabilities)  # its warnings: an exec'd process has no log to reach
     try:
         os.chdir(process.cwd)
     except OSError as e:

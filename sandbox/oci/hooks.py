@@ -3,7 +3,7 @@ container's state as JSON on stdin, and its timeout; a failing prestart/createRu
 createContainer/startContainer hook fails the operation (its stderr in the message), a failing
 poststart/poststop hook is logged and the operation goes on (runtime-spec config.md "Hooks").
 """
-from .spec import SpecError
+from .errors import SpecError
 
 FATAL = ("prestart", "createRuntime", "createContainer", "startContainer")
 

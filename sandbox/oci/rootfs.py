@@ -18,7 +18,8 @@ import os
 import stat
 
 from .. import native
-from .spec import SpecError, MS_BIND, MS_REC, MS_REMOUNT, MS_RDONLY, MS_SLAVE
+from .errors import SpecError
+from .spec import MS_BIND, MS_REC, MS_REMOUNT, MS_RDONLY, MS_SLAVE
 
 MS_MOVE = 8192
 MNT_DETACH = 2

@@ -9,12 +9,9 @@ so `create` never starts a container that would miss something its spec asked fo
 import os
 
 from ..plan import Frozen
+from .errors import SpecError
 
 OCI_VERSION = "1.0.2"
-
-
-class SpecError(Exception):
-    """config.json (or a process.json for exec) asks for something invalid or impossible."""
 
 
 NAMESPACE_FLAGS = {
@@ -149,21 +146,6 @@ def read_json(path, what):
     if not isinstance(data, dict):
         raise SpecError("%s %s: expected a JSON object" % (what, path))
     return data
-
-
-def load(bundle, profile_name=""):
-    """The plan for the bundle at `bundle` (its config.json), tightened by `profile_name`."""
-    bundle = os.path.abspath(bundle)
-    if not os.path.isdir(bundle):
-        raise SpecError("bundle %s: not a directory" % bundle)
-    config = read_json(os.path.join(bundle, "config.json"), "config")
-    annotations = _get(config, "annotations", dict, "", {})
-    profile_name = profile_name or annotations.get("org.pysandbox.profile", "")
-    plan = from_config(config, bundle)
-    if profile_name:
-        from . import strict
-        plan = strict.tighten(plan, profile_name)
-    return plan
 
 
 def from_config(config, bundle):

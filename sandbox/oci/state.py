@@ -10,7 +10,7 @@ freezer is frozen, created while exec.fifo exists, running otherwise.
 import os
 import re
 
-from .spec import SpecError
+from .errors import SpecError
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,1023}$")
 

@@ -28,7 +28,8 @@ import os
 
 from pysandbox_common.containers import (OCI_READONLY_PATHS, RUNTIME_MASKED_PATHS, RUNTIME_SOCKET_NAMES,
                                          RUNTIME_SOCKET_PATHS)
-from .spec import SpecError, DEFAULT_DEVICES, MS_RDONLY, RLIMITS
+from .errors import SpecError
+from .spec import DEFAULT_DEVICES, MS_RDONLY, RLIMITS
 
 DANGEROUS_CAPABILITIES = frozenset((
     "SYS_ADMIN", "SYS_MODULE", "SYS_RAWIO", "SYS_PTRACE", "SYS_BOOT", "SYS_TIME", "NET_ADMIN",
@@ -350,7 +351,7 @@ def _idmapped_overlay(plan, options, userns):
         try:
             # a non-zero fsuid drops the file capabilities from the effective set; overlayfs needs
             # them to clean its work directory (left mode 000 by the engine's own mount)
-            from .container import raise_effective
+            from .capsets import raise_effective
             raise_effective()
             _fsconfig(fs, FSCONFIG_CMD_CREATE, None)
         finally:
