@@ -47,10 +47,11 @@ def _preserve(options):
 
 def cmd_create(store, glob, options, positional, log):
     from . import bundle, container
+    systemd = _systemd(glob)
     plan = bundle.load(options.get("--bundle") or os.getcwd(), _profile(glob))
     container.create(store, positional[0], plan, pid_file=options.get("--pid-file", ""),
                      console_socket=options.get("--console-socket", ""), no_pivot=bool(options.get("--no-pivot")),
-                     preserve_fds=_preserve(options), systemd=_systemd(glob), warn=log.warning)
+                     preserve_fds=_preserve(options), systemd=systemd, warn=log.warning)
 
 
 def _locked(store, container_id):
@@ -359,13 +360,14 @@ def cmd_run(store, glob, options, positional, log):
     from . import bundle, container
     import signal
     cid = positional[0]
+    systemd = _systemd(glob)
     plan = bundle.load(options.get("--bundle") or os.getcwd(), _profile(glob))
     import ctypes
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: the container stays our child
     pid = container.create(store, cid, plan, pid_file=options.get("--pid-file", ""),
                            console_socket=options.get("--console-socket", ""),
                            no_pivot=bool(options.get("--no-pivot")), preserve_fds=_preserve(options),
-                           systemd=_systemd(glob), warn=log.warning)
+                           systemd=systemd, warn=log.warning)
     cmd_start(store, glob, {}, [cid], log)
     if options.get("--detach"):
         return 0

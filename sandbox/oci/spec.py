@@ -352,7 +352,11 @@ def _process(raw):
     for name in CAP_SETS:
         values = _get(caps, name, list, "process.capabilities", [])
         for value in values:
-            if not isinstance(value, str) or normalize(value) not in CAP_NUMBER:
+            try:
+                known = isinstance(value, str) and normalize(value) in CAP_NUMBER
+            except ValueError:
+                known = False
+            if not known:
                 raise SpecError("process.capabilities.%s: unknown capability %r" % (name, value))
         cap_sets.append(tuple(sorted({normalize(v) for v in values})))
     rlimits = []
