@@ -328,3 +328,33 @@ def test_strict_container_runs_on_its_own_host_ids_with_its_rootfs_owned(tmp_pat
     leftovers = [os.path.join(p, "pysandbox-oci-test") for _, p, _ in cgroups.hierarchies()
                  if os.path.exists(os.path.join(p, "pysandbox-oci-test"))]
     assert leftovers == []
+
+
+def test_lifecycle_of_a_rootless_spec_as_any_user(tmp_path):
+    """`spec --rootless` then run, as whoever runs the suite (root, and the unprivileged test user):
+    the caller is root inside a user namespace of one id, the state lives under --root and is gone
+    after the run."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+    bundle = tmp_path / "b"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+    os.symlink("busybox", bundle / "rootfs" / "bin" / "sh")
+    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=False, args=["sh", "-c", "cat /proc/self/uid_map; exit 3"])
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = tmp_path / "state"
+    done = oci("--root", str(root), "run", "--bundle", str(bundle), "rl")
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.split() == ["0", str(os.geteuid()), "1"]
+    assert os.listdir(root) == []
+
+
+def test_a_root_directory_someone_else_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps(base_config()))
+    done = oci("--root", str(shared), "create", "--bundle", str(tmp_path), "x")
+    assert done.returncode == 1 and "only it can write" in done.stderr

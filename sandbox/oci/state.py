@@ -54,6 +54,12 @@ class Store:
 
     def ensure_root(self):
         os.makedirs(self.root, mode=0o711, exist_ok=True)
+        # A root another user made (or a symlink planted in /tmp) would let them swap our state:
+        # it must be our own directory, writable by nobody else.
+        import stat
+        st = os.lstat(self.root)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise SpecError("--root %s: not a directory of this user's that only it can write" % self.root)
 
     def lock(self, container_id, create=False):
         """An exclusive flock on the container (held until the returned fd is closed)."""
