@@ -75,7 +75,7 @@ class Log:
         import time
         now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
         if self.fmt == "json":
-            import json
+            from . import fastjson as json
             line = json.dumps({"level": level, "msg": message, "time": now})
         else:
             line = 'time="%s" level=%s msg=%s' % (now, level, _quote(message))

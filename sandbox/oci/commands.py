@@ -93,7 +93,7 @@ def _hooks(state, kind):
 
 
 def cmd_state(store, glob, options, positional, log):
-    import json
+    from . import fastjson as json
     state = store.load(positional[0])
     sys.stdout.write(json.dumps(oci_state(store, positional[0], state), indent=2) + "\n")
 
@@ -129,8 +129,8 @@ def _signal(pid, started, sig):
     try:
         if start_time(pid)[0] != started:
             return False
-        import signal as signal_module
-        signal_module.pidfd_send_signal(pidfd, sig)
+        import _signal  # not `signal`: it imports enum, milliseconds on every kill
+        _signal.pidfd_send_signal(pidfd, sig)
         return True
     except ProcessLookupError:
         return False
@@ -237,7 +237,7 @@ def cmd_resume(store, glob, options, positional, log):
 
 
 def cmd_ps(store, glob, options, positional, log):
-    import json
+    from . import fastjson as json
     cid = positional[0]
     state = store.load(cid)
     pids = ContainerCgroups.from_state(state.get("cgroups")).pids()
@@ -266,7 +266,7 @@ def cmd_ps(store, glob, options, positional, log):
 
 
 def cmd_list(store, glob, options, positional, log):
-    import json
+    from . import fastjson as json
     rows = []
     for cid in store.ids():
         try:
@@ -289,7 +289,7 @@ def cmd_list(store, glob, options, positional, log):
 
 
 def cmd_update(store, glob, options, positional, log):
-    import json
+    from . import fastjson as json
     cid = positional[0]
     lock, state = _locked(store, cid)
     try:
@@ -320,7 +320,7 @@ def cmd_update(store, glob, options, positional, log):
 
 
 def cmd_features(store, glob, options, positional, log):
-    import json
+    from . import fastjson as json
     from pysandbox_common.capnames import CAPABILITIES
     from pysandbox_common import VERSION
     from .spec import MOUNT_FLAGS, PROPAGATION, NAMESPACE_FLAGS
@@ -345,14 +345,14 @@ def cmd_features(store, glob, options, positional, log):
 
 
 def cmd_spec(store, glob, options, positional, log):
-    import json
+    from . import fastjson as json
     bundle = options.get("--bundle") or os.getcwd()
     path = os.path.join(bundle, "config.json")
     if os.path.exists(path):
         raise SpecError("File %s exists. Remove it first" % path)
     from .template import default_spec
     with open(path, "w") as f:
-        json.dump(default_spec(rootless=bool(options.get("--rootless"))), f, indent=2)
+        f.write(json.dumps(default_spec(rootless=bool(options.get("--rootless"))), indent=2))
         f.write("\n")
 
 

@@ -18,11 +18,10 @@ this one: after a fork for a joined pid namespace), R (ready), E<stage>\\0<errno
 Runtime -> child: G (cgroups joined, maps written), h (hooks done).
 """
 import os
-import socket
 
 from .. import native
 from ..errors import SetupError
-from . import capsets, hooks, rootfs
+from . import capsets, fdpass, hooks, rootfs
 from .errors import SpecError
 from .spec import NAMESPACE_FLAGS
 
@@ -58,7 +57,7 @@ def _recv(sock):
 # ---- the container's stages (in the cloned child) ------------------------------------------
 
 def stage_sync(plan, launch):
-    message, fds, _, _ = socket.recv_fds(launch.channel, 16, 1 + len(plan.mounts))
+    message, fds = fdpass.recv_fds(launch.channel, 16, 1 + len(plan.mounts))
     if message != b"G":
         os._exit(1)  # the runtime gave up before the maps were written
     if fds:
@@ -168,9 +167,9 @@ def open_console(process, console_fd, bind_console):
     height, width = process.console_size
     if height and width:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-    sock = socket.socket(fileno=console_fd)
+    sock = fdpass.from_fd(console_fd)
     try:
-        socket.send_fds(sock, [name.encode()], [master])
+        fdpass.send_fds(sock, name.encode(), [master])
     finally:
         sock.close()
         os.close(master)
@@ -444,8 +443,12 @@ def describe(stage, error):
 
 
 def preload(plan):
-    """Import and load what the child needs after pivot_root (the host's files are gone then)."""
-    import fcntl, termios, struct, select, resource, subprocess, json  # noqa: E401,F401
+    """Import and load what the child needs after pivot_root (the host's files are gone then);
+    only what this plan uses: every import is time on each `create`."""
+    import select, resource  # noqa: E401,F401
+    from . import fastjson  # noqa: F401  (the hooks' state)
+    if plan.process.terminal:
+        import fcntl, termios, struct  # noqa: E401,F401
     from .. import caps, seccomp  # noqa: F401
     from pysandbox_common import capnames  # noqa: F401
     caps.preload()
@@ -490,7 +493,6 @@ def write_maps(pid, plan):
 
 def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=False, preserve_fds=0,
            systemd=False, warn=None):
-    import datetime
     import pwd
     from . import cgroups
     lock = store.lock(container_id, create=True)
@@ -505,13 +507,12 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
         groups = cgroups.ContainerCgroups(cgroups.paths_for(plan.cgroups_path, container_id, systemd))
         groups.create()
         groups.apply(plan.resources)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = fdpass.pair()
         fifo_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         console_fd = None
         if console_socket:
-            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                console.connect(console_socket)
+                console = fdpass.connect(console_socket)
             except OSError as e:
                 raise SpecError("--console-socket %s: %s" % (console_socket, e.strerror)) from None
             console_fd = console.detach()
@@ -546,7 +547,7 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
             from . import strict
             trees = strict.detached_trees(plan, child)
             try:
-                socket.send_fds(ours, [b"G"], trees)
+                fdpass.send_fds(ours, b"G", trees)
             finally:
                 for fd in trees:
                     os.close(fd)
@@ -585,7 +586,7 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
         store.save(container_id, {
             "ociVersion": plan.config.get("ociVersion", "1.0.2"), "id": container_id, "pid": pid,
             "pid_start": started, "bundle": plan.bundle, "rootfs": plan.rootfs,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z"),
+            "created": _utc_now(),
             "annotations": plan.annotations, "owner": owner, "cgroups": groups.to_state(),
             "hooks": {k: [list(h[:3]) + [h[3]] for h in plan.hooks.get(k, ())] for k in ("poststart", "poststop")},
             "namespaces": [list(n) for n in plan.namespaces], "profile": plan.profile,
@@ -610,6 +611,13 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
         raise
     finally:
         os.close(lock)
+
+
+def _utc_now():
+    """RFC 3339 with microseconds, as runc writes `created` (without importing datetime)."""
+    import time
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%06dZ" % int(now % 1 * 1e6)
 
 
 def _process_state(plan):

@@ -94,13 +94,12 @@ def run(store, glob, options, positional, log):
         joins.append((kind, os.open(theirs, os.O_RDONLY | os.O_CLOEXEC)))
     console_fd = None
     if process.terminal:
-        import socket
+        from . import fdpass
         path = options.get("--console-socket")
         if not path:
             raise SpecError("exec --tty needs --console-socket")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(path)
+            sock = fdpass.connect(path)
         except OSError as e:
             raise SpecError("--console-socket %s: %s" % (path, e.strerror)) from None
         console_fd = sock.detach()

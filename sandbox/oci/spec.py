@@ -133,7 +133,7 @@ def _get(obj, key, kind, where, default=None):
 
 
 def read_json(path, what):
-    import json
+    from . import fastjson as json
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read())

@@ -8,11 +8,16 @@ started (its start time in /proc/PID/stat matches), and not a zombie; then pause
 freezer is frozen, created while exec.fifo exists, running otherwise.
 """
 import os
-import re
 
 from .errors import SpecError
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,1023}$")
+ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.-")
+
+
+def valid_id(text):
+    """Letters, digits and _+.- (runc's rule), starting with a letter or digit; at most 1024."""
+    return bool(text) and len(text) <= 1024 and text[0].isascii() and text[0].isalnum() and \
+        set(text) <= ID_CHARS
 
 
 class NotFound(SpecError):
@@ -29,7 +34,7 @@ def default_root():
 
 
 def check_id(container_id):
-    if not ID_PATTERN.match(container_id or "") or container_id in (".", ".."):
+    if not valid_id(container_id or "") or container_id in (".", ".."):
         raise SpecError("invalid container id %r: letters, digits and _+.- only" % container_id)
     return container_id
 
@@ -82,7 +87,7 @@ class Store:
         return fd
 
     def load(self, container_id):
-        import json
+        from . import fastjson as json
         try:
             with open(os.path.join(self.dir(container_id), "state.json"), "rb") as f:
                 return json.loads(f.read())
@@ -92,11 +97,11 @@ class Store:
             raise SpecError("container %s: state.json is damaged" % container_id) from None
 
     def save(self, container_id, state):
-        import json
+        from . import fastjson as json
         directory = self.dir(container_id)
         tmp = os.path.join(directory, ".state.json.tmp")
         with open(tmp, "w") as f:
-            json.dump(state, f)
+            f.write(json.dumps(state))
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, os.path.join(directory, "state.json"))
@@ -106,7 +111,7 @@ class Store:
             names = sorted(os.listdir(self.root))
         except FileNotFoundError:
             return []
-        return [n for n in names if ID_PATTERN.match(n) and os.path.exists(os.path.join(self.root, n, "state.json"))]
+        return [n for n in names if valid_id(n) and os.path.exists(os.path.join(self.root, n, "state.json"))]
 
     def remove(self, container_id):
         import shutil
