@@ -358,3 +358,40 @@ def test_a_root_directory_someone_else_can_write_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(base_config()))
     done = oci("--root", str(shared), "create", "--bundle", str(tmp_path), "x")
     assert done.returncode == 1 and "only it can write" in done.stderr
+
+
+@pytest.mark.root_only
+def test_update_changes_the_running_containers_cgroup(tmp_path):
+    """`update --resources -` (what `docker update` sends) and the flag form, on a detached run;
+    a limit the host cannot take is refused with the file it tried."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+    bundle = tmp_path / "b"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
+    config = base_config()
+    config["process"]["args"] = ["sleep", "60"]
+    config["linux"]["cgroupsPath"] = "/pysandbox-oci-test/update-%d" % os.getpid()
+    config["linux"]["resources"] = {"memory": {"limit": 64 << 20}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = str(tmp_path / "state")
+    # the container keeps the stdio it was given: not the pipes of a captured run
+    assert subprocess.run([RUNTIME, "--root", root, "run", "--detach", "--bundle", str(bundle), "u1"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=30).returncode == 0
+    try:
+        memory = [p for _, p, c in cgroups.hierarchies() if "memory" in c][0]
+        limit_file = os.path.join(memory, "pysandbox-oci-test", "update-%d" % os.getpid(), "memory.limit_in_bytes")
+        assert int(open(limit_file).read()) == 64 << 20
+        done = subprocess.run([RUNTIME, "--root", root, "update", "--resources", "-", "u1"],
+                              input=json.dumps({"memory": {"limit": 96 << 20}}), text=True, capture_output=True)
+        assert done.returncode == 0, done.stderr
+        assert int(open(limit_file).read()) == 96 << 20
+        assert oci("--root", root, "update", "--memory", str(80 << 20), "u1").returncode == 0
+        assert int(open(limit_file).read()) == 80 << 20
+        refused = subprocess.run([RUNTIME, "--root", root, "update", "--resources", "-", "u1"],
+                                 input=json.dumps({"unified": {"memory.max": "1G"}}), text=True, capture_output=True)
+        assert refused.returncode == 1 and "memory.max" in refused.stderr
+    finally:
+        assert oci("--root", root, "delete", "--force", "u1").returncode == 0
+    assert not os.path.exists(os.path.join(memory, "pysandbox-oci-test"))
