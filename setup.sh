@@ -44,7 +44,10 @@ fi
 # the bench's VM row then says what is missing.
 VM_DIR=$PREFIX/share/vm
 if [ ! -s "$VM_DIR/vmlinuz" ]; then
-    kernel_pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
+    kernel_pkg=$(kernel_pkg)
+    # No package lists yet (a fresh image): fetch them once, then name the kernel again.
+    [ -n "$kernel_pkg" ] || { apt-get update -qq && kernel_pkg=$(kernel_pkg); } || true
     fetch=$(mktemp -d /tmp/pysandbox-vmlinuz.XXXXXX)
     ( cd "$fetch" && { apt-get download -qq -o APT::Sandbox::User=root "$kernel_pkg" 2>/dev/null ||
         { apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root "$kernel_pkg"; }; } &&
