@@ -395,3 +395,50 @@ def test_update_changes_the_running_containers_cgroup(tmp_path):
     finally:
         assert oci("--root", root, "delete", "--force", "u1").returncode == 0
     assert not os.path.exists(os.path.join(memory, "pysandbox-oci-test"))
+
+
+@pytest.mark.root_only
+def test_strict_pod_shares_the_sandbox_containers_user_namespace(tmp_path):
+    """A Kubernetes pod as the CRI makes it: a sandbox container, then a container joining its
+    network, ipc and uts namespaces by path. Under strict the sandbox gets its own user namespace
+    and id range; the joining container enters that user namespace too (a namespace can only be
+    joined from the user namespace that owns it) and gets a new pid namespace made inside it."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+
+    def make(name, args, joins=None):
+        bundle = tmp_path / name
+        (bundle / "rootfs" / "bin").mkdir(parents=True)
+        shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+        for applet in ("sh", "sleep", "cat", "readlink"):
+            os.symlink("busybox", bundle / "rootfs" / "bin" / applet)
+        config = base_config(hostname="" if joins else "pod")
+        config["process"]["args"] = args
+        config["linux"]["namespaces"] = [{"type": "pid"}, {"type": "mount"}, {"type": "cgroup"}] + (
+            [{"type": t, "path": "/proc/%d/ns/%s" % (joins, f)} for t, f in
+             (("network", "net"), ("ipc", "ipc"), ("uts", "uts"))] if joins else
+            [{"type": t} for t in ("network", "ipc", "uts")])
+        (bundle / "config.json").write_text(json.dumps(config))
+        return str(bundle)
+
+    root = str(tmp_path / "state")
+    sandbox_bundle = make("sandbox", ["sleep", "60"])
+    assert subprocess.run([RUNTIME, "--root", root, "--profile", "strict", "run", "--detach", "--bundle",
+                           sandbox_bundle, "pause"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+    try:
+        pid = json.loads(oci("--root", root, "state", "pause").stdout)["pid"]
+        app = make("app", ["sh", "-c", "cat /proc/self/uid_map; readlink /proc/self/ns/net; echo pid=$$"], joins=pid)
+        done = oci("--root", root, "--profile", "strict", "run", "--bundle", app, "app")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        with open("/proc/%d/uid_map" % pid) as f:
+            assert lines[0].split() == f.read().split()  # one id range for the pod
+        assert lines[1] == os.readlink("/proc/%d/ns/net" % pid)
+        assert lines[2] == "pid=1"  # a pid namespace of its own, made inside the pod's user namespace
+        # a host-made namespace cannot be joined under strict: refused with the reason
+        host_joiner = make("hostjoin", ["true"], joins=os.getpid())
+        refused = oci("--root", root, "--profile", "strict", "run", "--bundle", host_joiner, "hj")
+        assert refused.returncode == 1 and "the host's" in refused.stderr
+    finally:
+        assert oci("--root", root, "delete", "--force", "pause").returncode == 0
+    assert os.listdir(root) == []

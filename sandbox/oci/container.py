@@ -57,6 +57,11 @@ def _recv(sock):
 # ---- the container's stages (in the cloned child) ------------------------------------------
 
 def stage_sync(plan, launch):
+    if plan.ns("user")[1]:
+        # A joined user namespace first, and say so: the runtime idmaps the rootfs onto it and
+        # reads its maps through /proc/<our pid>, which must show the joined namespace by then.
+        _setns(plan.ns("user")[1], "user")
+        _send(launch.channel, b"J")
     message, fds = fdpass.recv_fds(launch.channel, 16, 1 + len(plan.mounts))
     if message != b"G":
         os._exit(1)  # the runtime gave up before the maps were written
@@ -72,14 +77,19 @@ def stage_sync(plan, launch):
 
 
 def stage_setns(plan, launch):
-    # Joined namespaces, user first (it grants the capabilities the others need).
+    # Joined namespaces (the user namespace was joined first, in sync: it grants the
+    # capabilities the others need).
     for kind, path in plan.namespaces:
-        if path:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                native.check(native.libc().setns(fd, NAMESPACE_FLAGS[kind]), "setns", "%s %s" % (kind, path))
-            finally:
-                os.close(fd)
+        if path and kind != "user":
+            _setns(path, kind)
+
+
+def _setns(path, kind):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        native.check(native.libc().setns(fd, NAMESPACE_FLAGS[kind]), "setns", "%s %s" % (kind, path))
+    finally:
+        os.close(fd)
 
 
 def stage_root_in_userns(plan, launch):
@@ -100,7 +110,8 @@ def stage_fork(plan, launch):
     # A joined pid namespace, or a new time namespace, applies to children only.
     joined_pid = plan.ns("pid")[1]
     new_time = plan.ns("time")[0] and not plan.ns("time")[1]
-    if not (joined_pid or new_time):
+    unshared_pid = plan.unshare_flags & NAMESPACE_FLAGS["pid"]
+    if not (joined_pid or new_time or unshared_pid):
         return
     child = os.fork()
     if child:
@@ -499,7 +510,7 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
     child = 0
     groups = None
     try:
-        if plan.idmap_rootfs:
+        if plan.idmap_rootfs and not plan.ns("user")[1]:
             from . import strict
             plan = strict.ids_for(plan, store.dir(container_id))
         fifo = store.fifo(container_id)
@@ -541,6 +552,10 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
             os.close(console_fd)
         groups.attach(child)
         write_oom_score_adj(child, plan.process.oom_score_adj)
+        if plan.ns("user")[1]:
+            joined = _recv(ours)
+            if joined != b"J":
+                _raise_child_error(joined, "joining the user namespace %s" % plan.ns("user")[1])
         if plan.ns("user")[0] and not plan.ns("user")[1]:
             write_maps(child, plan)
         if plan.idmap_rootfs:
@@ -560,8 +575,7 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
                 raise SpecError("container init exited during setup")
             kind, body = message[:1], message[1:]
             if kind == b"E":
-                stage, _, rest = body.decode(errors="replace").partition("\0")
-                raise SpecError(rest.partition("\0")[2] or stage)
+                _raise_child_error(message, "setup")
             if kind == b"P":
                 pid = int(body)
                 os.waitpid(child, 0)  # the intermediate exits once it has forked the container process
@@ -611,6 +625,16 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
         raise
     finally:
         os.close(lock)
+
+
+def _raise_child_error(message, what):
+    """The child's E<stage>\\0<errno>\\0<text> as the error of this command."""
+    if not message:
+        raise SpecError("container init exited during %s" % what)
+    if message[:1] != b"E":
+        raise SpecError("container init: unexpected message during %s" % what)
+    stage, _, rest = message[1:].decode(errors="replace").partition("\0")
+    raise SpecError(rest.partition("\0")[2] or stage)
 
 
 def _utc_now():

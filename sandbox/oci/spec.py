@@ -101,11 +101,17 @@ class ContainerPlan(Frozen):
                 return True, path
         return False, ""
 
+    def _at_clone(self, name, path):
+        # clone() makes the new user and pid namespaces; but a namespace is owned by the user
+        # namespace of its creator, so when the user namespace is joined (a pod's) the new pid
+        # namespace is made after the join, by unshare, or the container's /proc mount is refused
+        return not path and (name == "user" or name == "pid" and not self.ns("user")[1])
+
     @property
     def clone_flags(self):
         flags = 0
         for name, path in self.namespaces:
-            if not path and name in ("user", "pid"):
+            if self._at_clone(name, path):
                 flags |= NAMESPACE_FLAGS[name]
         return flags
 
@@ -113,7 +119,7 @@ class ContainerPlan(Frozen):
     def unshare_flags(self):
         flags = 0
         for name, path in self.namespaces:
-            if not path and name not in ("user", "pid"):
+            if not path and not self._at_clone(name, path):
                 flags |= NAMESPACE_FLAGS[name]
         return flags
 

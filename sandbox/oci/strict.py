@@ -120,8 +120,15 @@ def tighten(plan, profile_name):
     if not plan.ns("user")[0]:
         if os.geteuid() != 0:
             _fail("without a user namespace in the spec, a rootless runtime cannot add one with many ids")
-        uid_maps = gid_maps = ()  # a range of the pool, taken by create (ids_for)
-        namespaces.append(("user", ""))
+        uid_maps = gid_maps = ()
+        pod_userns = _joined_owner(plan)
+        if pod_userns is None:
+            namespaces.append(("user", ""))  # a range of the pool, taken by create (ids_for)
+        else:
+            # A pod: its containers join the sandbox container's namespaces, which (made under
+            # strict) belong to the sandbox's user namespace; the container joins that one too, so
+            # the pod shares one id range, and it can enter what it joins.
+            namespaces.append(("user", pod_userns))
         idmap_rootfs = True
     bounds = {k: () for k in ("bounding", "effective", "permitted", "inheritable", "ambient")}
     rlimits = {name: (number, name, soft, hard) for number, name, soft, hard in plan.process.rlimits}
@@ -205,6 +212,50 @@ def landlock_plan():
 
 
 # ---- per-container host ids ------------------------------------------------------------------
+
+NS_GET_USERNS = 0xB701
+_KEEP_OPEN = []  # descriptors the child of this create joins through /proc/self/fd
+
+
+def _joined_owner(plan):
+    """None when no namespace is joined by path; else the path of the user namespace owning the
+    joined ones (one for all, and not the host's: a container cannot be remapped into a
+    namespace the host's root made)."""
+    import fcntl
+    joined = [(kind, path) for kind, path in plan.namespaces if path]
+    if not joined:
+        return None
+    owners = {}
+    for kind, path in joined:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            owner = fcntl.ioctl(fd, NS_GET_USERNS)
+        except OSError as e:
+            os.close(fd)
+            _fail("cannot tell which user namespace owns %s namespace %s (%s)" % (kind, path, e.strerror))
+        os.close(fd)
+        owners.setdefault(os.fstat(owner).st_ino, []).append((kind, path, owner))
+    host = {os.stat("/proc/self/ns/user").st_ino}
+    try:
+        host.add(os.stat("/proc/1/ns/user").st_ino)  # refused where root lacks CAP_SYS_PTRACE
+    except OSError:
+        pass
+    for inode, entries in owners.items():
+        if inode in host:
+            for _, _, fd in sum(owners.values(), []):
+                os.close(fd)
+            kind, path, _ = entries[0]
+            _fail("it joins the %s namespace %s, which the host's root made: strict cannot remap the "
+                  "container into it (create the pod's sandbox with the same runtime and profile)" % (kind, path))
+    if len(owners) > 1:
+        _fail("the namespaces it joins belong to different user namespaces")
+    keep = next(iter(owners.values()))[0][2]
+    for _, _, fd in sum(owners.values(), [])[1:]:
+        os.close(fd)
+    os.set_inheritable(keep, True)
+    _KEEP_OPEN.append(keep)
+    return "/proc/self/fd/%d" % keep
+
 
 def ids_for(plan, state_dir):
     """The plan with the container's own host id range (strict added the user namespace)."""
@@ -308,7 +359,17 @@ def _fsconfig(fs, kind, key, value=None, aux=0):
                         % (key or "create", os.strerror(err)))
 
 
-def _idmapped_overlay(plan, options, userns):
+def _outside_root(pid, name):
+    """The host id of the container's root, from its user namespace's map (the pod's when joined)."""
+    with open("/proc/%d/%s" % (pid, name)) as f:
+        for line in f:
+            inside, outside, _ = (int(x) for x in line.split())
+            if inside == 0:
+                return outside
+    raise SpecError("--profile strict: the container's user namespace maps no root")
+
+
+def _idmapped_overlay(plan, options, userns, pid):
     """The image's overlay mounted again from the same layers, each layer idmapped (overlayfs
     itself cannot be idmapped, its layers can: kernel >= 5.19, descriptors as layers >= 6.x)."""
     from .. import native
@@ -345,7 +406,7 @@ def _idmapped_overlay(plan, options, userns):
         # work directory, copy-up): through the idmapped layers only the container's ids exist,
         # so the superblock is created as the container's root (fsuid/fsgid; capabilities stay).
         libc = native.libc()
-        base_uid, base_gid = plan.uid_mappings[0][1], plan.gid_mappings[0][1]
+        base_uid, base_gid = _outside_root(pid, "uid_map"), _outside_root(pid, "gid_map")
         libc.setfsgid(base_gid)
         libc.setfsuid(base_uid)
         try:
@@ -389,7 +450,7 @@ def open_idmapped_rootfs(plan, pid):
     try:
         fstype, options = _rootfs_mount(plan.rootfs)
         if fstype == "overlay":
-            return _idmapped_overlay(plan, options, userns)
+            return _idmapped_overlay(plan, options, userns, pid)
         return _idmapped_tree(plan.rootfs, userns)
     finally:
         os.close(userns)
