@@ -442,3 +442,35 @@ def test_strict_pod_shares_the_sandbox_containers_user_namespace(tmp_path):
     finally:
         assert oci("--root", root, "delete", "--force", "pause").returncode == 0
     assert os.listdir(root) == []
+
+
+def test_a_create_killed_half_way_leaves_what_delete_removes(tmp_path):
+    """SIGKILL of `create` while the container is half set up (a prestart hook kills its
+    parent, the runtime): the container's process sees the channel close and exits, and
+    `delete --force` removes the state and the cgroups it had made."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+    bundle = tmp_path / "b"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+    os.symlink("busybox", bundle / "rootfs" / "bin" / "sh")
+    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=False, args=["sh", "-c", "sleep 100"])
+    config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "kill -9 $PPID"]}]}
+    config["linux"]["cgroupsPath"] = "/pysandbox-oci-test/killed-%d" % os.getpid()
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = tmp_path / "state"
+    done = oci("--root", str(root), "create", "--bundle", str(bundle), "k1")
+    assert done.returncode == -9
+    state = json.loads(oci("--root", str(root), "state", "k1").stdout)
+    assert state["status"] == "stopped"
+    created_state = json.loads((root / "k1" / "state.json").read_text())
+    created = created_state["cgroups"]["created"]
+    assert created_state["child_pid"] > 0
+    assert oci("--root", str(root), "delete", "--force", "k1").returncode == 0
+    assert os.listdir(root) == []
+    assert [d for d in created if os.path.exists(d)] == []
+    # the container's half-made process is gone (or only a zombie for init to reap)
+    from sandbox.oci.state import start_time
+    started, letter = start_time(created_state["child_pid"])
+    assert started != created_state["child_start"] or letter in ("Z", "X")

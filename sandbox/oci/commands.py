@@ -122,6 +122,8 @@ def parse_signal(text):
 def _signal(pid, started, sig):
     """Signal pid only if it is still the process we started (pidfd: no PID-reuse race)."""
     from .state import start_time
+    if not pid or pid <= 0:
+        return False
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -172,6 +174,10 @@ def cmd_delete(store, glob, options, positional, log):
         if current in ("running", "paused") and not options.get("--force"):
             raise SpecError("cannot delete container %s that is not stopped: %s" % (cid, current))
         groups = ContainerCgroups.from_state(state.get("cgroups"))
+        if state.get("creating"):
+            # left by a create that died half-way: its child exits when the channel closes,
+            # but may not have yet
+            _signal(state.get("child_pid") or 0, state.get("child_start"), 9)
         if current != "stopped":
             _kill_all(store, cid, state, groups)
         else:

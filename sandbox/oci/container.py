@@ -516,7 +516,18 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
         fifo = store.fifo(container_id)
         os.mkfifo(fifo, 0o622)
         groups = cgroups.ContainerCgroups(cgroups.paths_for(plan.cgroups_path, container_id, systemd))
-        groups.create()
+        # What a `delete --force` needs to clean up if this process dies half-way (SIGKILL, OOM):
+        # recorded before each thing exists, the cgroups' own list once they do.
+        creating = {"ociVersion": plan.config.get("ociVersion", "1.0.2"), "id": container_id, "pid": 0,
+                    "bundle": plan.bundle, "rootfs": plan.rootfs, "creating": True,
+                    "runtime_pid": os.getpid(), "runtime_start": _own_start_time(),
+                    "cgroups": {"dirs": groups.dirs, "created": groups.created}, "profile": plan.profile,
+                    "annotations": plan.annotations}
+        store.save(container_id, creating, sync=False)
+        try:
+            groups.create()
+        finally:
+            store.save(container_id, creating, sync=False)
         groups.apply(plan.resources)
         ours, theirs = fdpass.pair()
         fifo_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -550,6 +561,9 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
         theirs.close()
         if console_fd is not None:
             os.close(console_fd)
+        from .state import start_time
+        creating.update(child_pid=child, child_start=start_time(child)[0])
+        store.save(container_id, creating, sync=False)
         groups.attach(child)
         write_oom_score_adj(child, plan.process.oom_score_adj)
         if plan.ns("user")[1]:
@@ -625,6 +639,11 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
         raise
     finally:
         os.close(lock)
+
+
+def _own_start_time():
+    from .state import start_time
+    return start_time(os.getpid())[0]
 
 
 def _raise_child_error(message, what):

@@ -96,14 +96,15 @@ class Store:
         except ValueError:
             raise SpecError("container %s: state.json is damaged" % container_id) from None
 
-    def save(self, container_id, state):
+    def save(self, container_id, state, sync=True):
         from . import fastjson as json
         directory = self.dir(container_id)
         tmp = os.path.join(directory, ".state.json.tmp")
         with open(tmp, "w") as f:
             f.write(json.dumps(state))
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.rename(tmp, os.path.join(directory, "state.json"))
 
     def ids(self):
@@ -133,6 +134,12 @@ class Store:
 def status(store, container_id, state):
     """created | running | paused | stopped, from the kernel's view of the recorded process."""
     pid = state.get("pid") or 0
+    if state.get("creating"):
+        # `create` still at work (its own process alive), or it died half-way: then stopped, and
+        # `delete` removes what it left
+        runtime = state.get("runtime_pid") or 0
+        alive = runtime > 0 and start_time(runtime)[0] == state.get("runtime_start")
+        return "creating" if alive else "stopped"
     if pid <= 0:
         return "stopped"
     started, letter = start_time(pid)
