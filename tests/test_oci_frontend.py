@@ -474,3 +474,35 @@ def test_a_create_killed_half_way_leaves_what_delete_removes(tmp_path):
     from sandbox.oci.state import start_time
     started, letter = start_time(created_state["child_pid"])
     assert started != created_state["child_start"] or letter in ("Z", "X")
+
+
+def test_many_containers_at_once_leave_nothing(tmp_path):
+    """40 `run`s of one bundle started together (distinct ids, one --root): every one exits with
+    its own status, and the root, the cgroups and the id pool hold nothing afterwards."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+    bundle = tmp_path / "b"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+    os.symlink("busybox", bundle / "rootfs" / "bin" / "sh")
+    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=False, args=["sh", "-c", 'exit "$CODE"'])
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = tmp_path / "state"
+    procs = []
+    for i in range(40):
+        config["process"]["env"] = ["PATH=/bin", "CODE=%d" % (i % 7)]
+        sub = tmp_path / ("b%d" % i)
+        sub.mkdir()
+        os.symlink(bundle / "rootfs", sub / "rootfs")
+        (sub / "config.json").write_text(json.dumps(config))
+        procs.append(subprocess.Popen([RUNTIME, "--root", str(root), "run", "--bundle", str(sub), "m%d" % i],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    codes = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert [c for c, _ in codes] == [i % 7 for i in range(40)], [e for _, e in codes if e][:3]
+    assert os.listdir(root) == []
+    leftovers = [os.path.join(p, "pysandbox-oci", "m%d" % i) for _, p, _ in cgroups.hierarchies()
+                 for i in range(40) if os.path.exists(os.path.join(p, "pysandbox-oci", "m%d" % i))]
+    assert leftovers == []
+    # the shared default parent goes with the last container, whichever container made it
+    assert [p for _, p, _ in cgroups.hierarchies() if os.path.exists(os.path.join(p, "pysandbox-oci"))] == []

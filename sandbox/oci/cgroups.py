@@ -13,6 +13,7 @@ from .errors import SpecError
 
 DEFAULT_ALLOWED_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
                            "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm")
+DEFAULT_PARENT = "pysandbox-oci"  # cgroupsPath when the spec gives none: /pysandbox-oci/<id>
 RESOURCE_KEYS = ("memory", "pids", "cpu", "blockIO", "hugepageLimits", "devices", "unified", "network", "rdma")
 V1_NAMED = {"name=systemd"}
 
@@ -77,7 +78,7 @@ def paths_for(cgroups_path, container_id, systemd=False):
     if systemd or (cgroups_path.count(":") == 2 and not cgroups_path.startswith("/")):
         inner = expand_systemd(cgroups_path or "system.slice:pysandbox:" + container_id)
     else:
-        inner = cgroups_path or "/pysandbox-oci/" + container_id
+        inner = cgroups_path or "/%s/%s" % (DEFAULT_PARENT, container_id)
     out = {}
     own = own_cgroup() if not inner.startswith("/") else {}
     for version, point, controllers in hierarchies():
@@ -225,6 +226,16 @@ class ContainerCgroups:
         return None
 
     def create(self):
+        # Parents are shared (/pysandbox-oci/<id> for every container): making them and removing
+        # the last one's parent happen under one lock, so a delete never removes the parent a
+        # concurrent create is about to make its cgroup in.
+        lock = _parents_lock()
+        try:
+            self._create()
+        finally:
+            _release(lock)
+
+    def _create(self):
         cpuset_points = {point for _, point, controllers in hierarchies() if "cpuset" in controllers}
         for point, directory in list(self.dirs.items()):
             missing = []
@@ -330,7 +341,10 @@ class ContainerCgroups:
         """Remove the directories this runtime made (deepest first), waiting for tasks to leave."""
         deadline = time.monotonic() + timeout
         left = []
+        lock = None
         for d in sorted(self.created, key=lambda p: -p.count("/")):
+            if lock is None and d not in self.dirs.values():
+                lock = _parents_lock()  # the leaves are gone: now the shared parents
             while True:
                 try:
                     os.rmdir(d)
@@ -338,9 +352,50 @@ class ContainerCgroups:
                 except FileNotFoundError:
                     break
                 except OSError as e:
+                    if e.errno == 16 and _has_children(d):
+                        break  # a parent we made that another container's cgroup now lives in
                     if e.errno == 16 and time.monotonic() < deadline:  # EBUSY: tasks still leaving
                         time.sleep(0.002)
                         continue
                     left.append("%s: %s" % (d, e.strerror))
                     break
+        # The default parent /pysandbox-oci is this runtime's own: whoever leaves it empty
+        # removes it, whichever container made it.
+        for point, directory in self.dirs.items():
+            parent = os.path.dirname(directory)
+            if os.path.basename(parent) == DEFAULT_PARENT and os.path.dirname(parent) == point:
+                if lock is None:
+                    lock = _parents_lock()
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    pass  # another container's cgroup is still in it
+        _release(lock)
         return left
+
+
+def _has_children(directory):
+    try:
+        with os.scandir(directory) as entries:
+            return any(entry.is_dir(follow_symlinks=False) for entry in entries)
+    except OSError:
+        return False
+
+
+PARENTS_LOCK = "/run/pysandbox-oci-cgroups.lock"
+
+
+def _parents_lock():
+    import fcntl
+    try:
+        fd = os.open(PARENTS_LOCK if os.geteuid() == 0 else "/tmp/pysandbox-oci-cgroups-%d.lock" % os.geteuid(),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _release(fd):
+    if fd is not None and fd is not False:
+        os.close(fd)
