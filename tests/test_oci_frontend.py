@@ -506,3 +506,43 @@ def test_many_containers_at_once_leave_nothing(tmp_path):
     assert leftovers == []
     # the shared default parent goes with the last container, whichever container made it
     assert [p for _, p, _ in cgroups.hierarchies() if os.path.exists(os.path.join(p, "pysandbox-oci"))] == []
+
+
+def test_seccomp_flags_are_honoured_or_refused(bundle_dir):
+    config = base_config()
+    config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+                                  "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_ERRNO"}]}
+    plan = plan_of(bundle_dir, config)
+    assert plan.seccomp_log and plan.seccomp_bpf
+    config["linux"]["seccomp"]["flags"] = ["SECCOMP_FILTER_FLAG_SPEC_ALLOW"]
+    with pytest.raises(SpecError, match="SPEC_ALLOW"):
+        plan_of(bundle_dir, config)
+
+
+def test_concurrent_calls_on_one_container(tmp_path):
+    """The engine's shim and a user race: states, kills and ten deletes of one container at once.
+    Every call answers cleanly and the container is removed exactly once."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+    bundle = tmp_path / "b"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
+    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=False, args=["sleep", "100"])
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = str(tmp_path / "state")
+    assert subprocess.run([RUNTIME, "--root", root, "run", "--detach", "--bundle", str(bundle), "race"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=30).returncode == 0
+    calls = [["state", "race"]] * 5 + [["kill", "race", "KILL"]] * 3 + [["delete", "--force", "race"]] * 10
+    procs = [subprocess.Popen([RUNTIME, "--root", root, *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c in calls]
+    results = [(c, p.wait(timeout=60), p.stderr.read()) for c, p in zip(calls, procs)]
+    for command, code, err in results:
+        assert "Traceback" not in err
+        if command[0] == "delete":
+            assert code == 0, err
+        else:  # before the delete, or after it: "does not exist" / "not running", never a crash
+            assert code == 0 or "does not exist" in err or "not running" in err, err
+    assert os.listdir(root) == []

@@ -254,7 +254,7 @@ def stage_seccomp_early(plan, launch):
     # what follows (Docker's does).
     if plan.seccomp_bpf and not plan.process.no_new_privileges:
         from .. import seccomp
-        seccomp.install(plan.seccomp_bpf)
+        seccomp.install(plan.seccomp_bpf, log=plan.seccomp_log)
 
 
 def stage_user(plan, launch):
@@ -360,7 +360,7 @@ def stage_landlock(plan, launch):
 def stage_seccomp(plan, launch):
     from .. import seccomp
     if plan.seccomp_bpf and plan.process.no_new_privileges:
-        seccomp.install(plan.seccomp_bpf)
+        seccomp.install(plan.seccomp_bpf, log=plan.seccomp_log)
     if plan.extra_bpf:
         # the profile's filter stacked on the spec's: the kernel answers with the stricter verdict
         seccomp.install(plan.extra_bpf)

@@ -85,7 +85,7 @@ class ContainerPlan(Frozen):
         "uid_mappings", "gid_mappings",                  # ((inside, host, size), ...)
         "hostname", "domainname",
         "mounts", "devices", "masked_paths", "readonly_paths", "rootfs_propagation",
-        "sysctl", "process", "seccomp_bpf", "seccomp_nnp_late",
+        "sysctl", "process", "seccomp_bpf", "seccomp_nnp_late", "seccomp_log",
         "hooks",             # {kind: ((path, args, env, timeout), ...)}
         "cgroups_path", "resources", "annotations",
         "profile",           # "" or the pysandbox profile that tightened it ("strict")
@@ -216,6 +216,7 @@ def from_config(config, bundle):
         masked_paths=tuple(_paths(linux, "maskedPaths")), readonly_paths=tuple(_paths(linux, "readonlyPaths")),
         rootfs_propagation=propagation, sysctl=tuple(sorted(sysctl.items())), process=process,
         seccomp_bpf=bpf, seccomp_nnp_late=process.no_new_privileges, hooks=hooks,
+        seccomp_log="SECCOMP_FILTER_FLAG_LOG" in ((seccomp or {}).get("flags") or ()),
         cgroups_path=cgroups_path, resources=resources, annotations=dict(_get(config, "annotations", dict, "", {})),
         profile="", extra_bpf=None, landlock=None, idmap_rootfs=False)
 
@@ -418,8 +419,10 @@ def _seccomp(raw, process):
     if raw.get("listenerPath"):
         raise SpecError("linux.seccomp.listenerPath: seccomp notify agents are not supported")
     for flag in raw.get("flags") or ():
-        if flag not in ("SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG"):
-            raise SpecError("linux.seccomp.flags: %r is not supported" % flag)
+        # TSYNC means nothing to a single-threaded process; LOG is honoured (seccomp_log);
+        # SPEC_ALLOW would switch off the speculative store bypass mitigation: refused
+        if flag not in ("SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG"):
+            raise SpecError("linux.seccomp.flags: %r is not supported by pysandbox-oci" % flag)
     try:
         parsed = oci_seccomp.parse(raw, "linux.seccomp")
         policy = seccomp.SeccompPolicy(parsed[0], (), oci=parsed, source="config.json")
