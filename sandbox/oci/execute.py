@@ -36,6 +36,13 @@ def _process(store, cid, state, options, positional):
                "capabilities": saved.get("capabilities") or {},
                "noNewPrivileges": bool(saved.get("no_new_privileges"))}
     raw = dict(raw)
+    # LSM labels: meaningless without the LSM on the host (as in config.json), refused with it
+    if options.get("--apparmor"):
+        raw["apparmorProfile"] = options["--apparmor"]
+    if options.get("--process-label"):
+        raw["selinuxLabel"] = options["--process-label"]
+    if options.get("--cgroup"):
+        raise SpecError("exec --cgroup: joining a sub-cgroup is not supported by pysandbox-oci")
     if options.get("--tty"):
         raw["terminal"] = True
     if options.get("--cwd"):
