@@ -23,10 +23,11 @@ fi
 # and the peers we compare with; Docker's and Podman's default seccomp profiles (test data).
 # Docker's: golang-github-docker-docker-dev (matches docker.io), Podman's: golang-github-containers-common (/usr/share/containers/seccomp.json).
 # The man pages and completions are checked with man-db/groff, bash-completion and zsh.
+# qemu-system-x86: the bench's virtual machine row (a guest kernel is fetched below).
 PACKAGES="python3 python3-venv python3-cap-ng libseccomp2 libcap-ng0 uidmap util-linux iproute2 procps
 gcc libc6-dev docker.io podman busybox-static bubblewrap crun runc firejail
 golang-github-docker-docker-dev golang-github-containers-common lxc systemd-container runsc
-man-db groff-base bash-completion zsh"
+man-db groff-base bash-completion zsh qemu-system-x86"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -35,6 +36,26 @@ if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# The guest kernel of the bench's QEMU row: Debian's generic kernel, downloaded and unpacked
+# into $PREFIX/share/vm, never installed on the host (no /boot entry, no initramfs hooks, no
+# modules). Only the vmlinuz is kept; the bench writes its own initramfs. A failure warns:
+# the bench's VM row then says what is missing.
+VM_DIR=$PREFIX/share/vm
+if [ ! -s "$VM_DIR/vmlinuz" ]; then
+    kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
+    kernel_pkg=$(kernel_pkg)
+    # No package lists yet (a fresh image): fetch them once, then name the kernel again.
+    [ -n "$kernel_pkg" ] || { apt-get update -qq && kernel_pkg=$(kernel_pkg); } || true
+    fetch=$(mktemp -d /tmp/pysandbox-vmlinuz.XXXXXX)
+    ( cd "$fetch" && { apt-get download -qq -o APT::Sandbox::User=root "$kernel_pkg" 2>/dev/null ||
+        { apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root "$kernel_pkg"; }; } &&
+      dpkg-deb --fsys-tarfile ./*.deb | tar -xf - --wildcards './boot/vmlinuz-*' &&
+      mkdir -p "$VM_DIR" && install -m 0644 boot/vmlinuz-* "$VM_DIR/vmlinuz" &&
+      echo "$kernel_pkg" > "$VM_DIR/kernel-package" ) ||
+        echo "setup.sh: warning: no guest kernel for the bench's VM row (${kernel_pkg:-linux-image-amd64})" >&2
+    rm -rf "$fetch"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -54,9 +75,12 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 # --rootfs image too), built by pip through setup.py. Without it the runtime falls back
 # to its Python init; a pip too old to run the build step gets it compiled here.
 [ -x "$SITE/sandbox/pysandbox-init" ] || gcc -static -Os -Wall -o "$SITE/sandbox/pysandbox-init" sandbox/init.c
-for name in pysandbox audit; do
-    if [ "$name" = pysandbox ]; then call="from sandbox.cli import entry; entry()"
-    else call="from audit.cli import main; sys.exit(main())"; fi
+for name in pysandbox audit pysandbox-oci; do
+    case $name in
+        pysandbox) call="from sandbox.cli import entry; entry()" ;;
+        audit) call="from audit.cli import main; sys.exit(main())" ;;
+        pysandbox-oci) call="from sandbox.oci.cli import entry; entry()" ;;
+    esac
     cat > "$VENV/bin/$name" <<LAUNCHER
 #!$VENV/bin/python3 -ISXfrozen_modules=on
 import sys
@@ -74,6 +98,7 @@ chmod -R a+rX "$PREFIX"
 if [ "${PYSANDBOX_LINK:-1}" != 0 ]; then
     ln -sf "$VENV/bin/pysandbox" /usr/local/bin/pysandbox
     ln -sf "$VENV/bin/audit" /usr/local/bin/audit
+    ln -sf "$VENV/bin/pysandbox-oci" /usr/local/bin/pysandbox-oci
     mkdir -p /usr/local/share/man/man1 /usr/share/bash-completion/completions /usr/local/share/zsh/site-functions
     for name in pysandbox audit; do
         ln -sf "$PREFIX/share/man/man1/$name.1" /usr/local/share/man/man1/$name.1

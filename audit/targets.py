@@ -451,6 +451,7 @@ class Resolver:
         self.explicit_socket = bool(docker_socket)
         self._versions = {}
         self._binary_versions = {}
+        self._binary_names = {}
         self._host = None
         self._state_cache = None     # runc/crun state, read once per Resolver
         self._stat_cache = {}
@@ -598,6 +599,9 @@ class Resolver:
                 import re
                 m = re.search(r"(?:version\s+v?|^systemd\s+|^)(\d+(?:\.\d+)*)", out.strip(), re.M)
                 version = m.group(1) if m else None
+                # what the binary says it is ("pysandbox-oci version 0.2.0"): an engine may
+                # call it through a wrapper of another name (Docker's runtimeArgs scripts)
+                self._binary_names[binary] = (out.split() or [""])[0].lower()
             except (OSError, subprocess.TimeoutExpired):
                 version = None
         self._binary_versions[binary] = version
@@ -617,6 +621,13 @@ class Resolver:
         config = data.get("Config") or {}
         labels = config.get("Labels") or {}
         versions = dict(self._versions[api.runtime])
+        runtime_name = (data.get("HostConfig") or {}).get("Runtime") or ""
+        if runtime_name not in ("", "runc", "io.containerd.runc.v2"):
+            # another OCI runtime than the daemon's default (--runtime NAME): the daemon's
+            # component versions describe runc, not it; the shim's BinaryName says which it is
+            bundle = find_bundle(pid or init, self.proc)
+            versions = {k: v for k, v in versions.items() if k not in ("runc", "crun")}
+            versions.update(self._shim_versions(bundle) if bundle else {})
         return self._describe(pid or init, api.runtime, data.get("Id"), name, versions,
                               inspect=_inspect_summary(data), image=config.get("Image"),
                               labels=labels if isinstance(labels, dict) else {}, notes=notes)
@@ -682,8 +693,10 @@ class Resolver:
         if isinstance(options, dict):
             binary = options.get("binary_name") or options.get("BinaryName") or binary
         version = self._binary_version(binary)
-        name = os.path.basename(binary)
-        return {("crun" if "crun" in name else "runc"): version} if version else {}
+        name = self._binary_names.get(binary) or os.path.basename(binary)
+        # the runtime the shim runs (BinaryName): runc, crun, or pysandbox's own OCI runtime
+        component = "pysandbox-oci" if "pysandbox" in name else "crun" if "crun" in name else "runc"
+        return {component: version} if version else {}
 
     def _docker_by_id(self, cid, pid):
         if not self.docker:

@@ -8,7 +8,8 @@ the overhead of CPU work, syscalls, file I/O and loopback TCP against the bare h
 Technologies: the host itself (the baseline), pysandbox strict (the Python API, prepared
 once, as a grader uses it), bubblewrap, Docker (a private daemon this command starts and
 stops when none is running), gVisor's runsc (ptrace platform) and a QEMU virtual machine
-(only when qemu is installed; on hosts without working KVM it is emulation and labelled so).
+(when qemu and a guest kernel are installed: the probe is the init of an initramfs written
+here; on hosts without working KVM it is emulation and labelled so).
 A technology that is missing gets a row saying why, never a made-up number.
 
 Every measurement is taken in this one run, so the ratios compare like with like.
@@ -114,6 +115,20 @@ class Technology:
 
     def image_mb(self):
         return None
+
+    def sizes(self, sizes, quick):
+        """The counts this technology is measured with (a VM caps them)."""
+        return sizes
+
+    def startup_ms(self, count):
+        return _median_ms(lambda: self.run("true"), count)
+
+    def memory_per_instance(self, count):
+        return _memory_per_instance(self, count)
+
+    def run_batch(self, commands):
+        """Run the probe once per argv in `commands`, in order; their stdouts."""
+        return [self.run(*command) for command in commands]
 
     def close(self):
         pass
@@ -381,15 +396,335 @@ class Gvisor(Technology):
         _unmount_under(self.root)
 
 
+# The guest's init (bench_probe.c as /init) frames everything it says with this tag.
+GUEST_TAG = "pysandbox-bench: "
+# ./setup.sh unpacks Debian's kernel into $PREFIX/share/vm, beside the venv at $PREFIX/venv.
+GUEST_KERNEL_ENV = "PYSANDBOX_BENCH_KERNEL"
+
+
+def guest_kernel():
+    """The guest kernel the QEMU row boots: $PYSANDBOX_BENCH_KERNEL, else the one setup.sh put in
+    this installation's prefix. The interpreter is $PREFIX/venv/bin/python3 (sys.prefix is not
+    the venv: the launcher runs Python with -S, and site.py is what would set it)."""
+    if os.environ.get(GUEST_KERNEL_ENV):
+        return os.environ[GUEST_KERNEL_ENV]
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(sys.executable))))
+    return os.path.join(prefix, "share", "vm", "vmlinuz")
+
+
+def _cpio_newc(entries):
+    """An uncompressed initramfs: the kernel's own "newc" cpio format (ASCII hex headers, names
+    and data each padded to 4 bytes, a TRAILER!!! entry last). Written here, so no host tool and
+    no privilege is needed for the device node: the kernel creates it while unpacking."""
+    out = bytearray()
+    for ino, (name, mode, data, rdev) in enumerate(list(entries) + [("TRAILER!!!", 0, b"", (0, 0))], 1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        out += b"070701" + "".join("%08X" % v for v in fields).encode() + encoded
+        out += b"\0" * (-len(out) % 4)
+        out += data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+def _pvh_vmlinux(bzimage, dest):
+    """Unpack the ELF vmlinux from an xz or gzip bzImage when it carries a PVH entry note, so QEMU
+    boots it directly: under emulation the bzImage's own decompressor costs about 6 s per boot
+    (measured here), the unpacking here about 1.5 s once. Returns dest, or None (boot the bzImage)."""
+    import lzma
+    import struct
+    import zlib
+    with open(bzimage, "rb") as f:
+        image = f.read()
+    # x86 boot protocol: setup_sects at 0x1f1 (0 means 4), payload_offset/length at 0x248.
+    if len(image) < 0x250 or image[0x202:0x206] != b"HdrS":
+        return None
+    offset, length = struct.unpack_from("<II", image, 0x248)
+    payload = image[((image[0x1f1] or 4) + 1) * 512 + offset:][:length]
+    try:
+        if payload.startswith(b"\xfd7zXZ\x00"):
+            elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+        elif payload.startswith(b"\x1f\x8b"):
+            elf = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload)
+        else:
+            return None
+    except (lzma.LZMAError, zlib.error):
+        return None
+    if not _has_pvh_note(elf):
+        return None
+    with open(dest, "wb") as f:
+        f.write(elf)
+    return dest
+
+
+def _has_pvh_note(elf):
+    """Whether a 64-bit ELF has Xen's PHYS32_ENTRY note (type 18), the entry QEMU's PVH boot uses."""
+    import struct
+    if elf[:5] != b"\x7fELF\x02":
+        return False
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for i in range(phnum):
+        p_type, = struct.unpack_from("<I", elf, phoff + i * phentsize)
+        p_offset, = struct.unpack_from("<Q", elf, phoff + i * phentsize + 8)
+        p_filesz, = struct.unpack_from("<Q", elf, phoff + i * phentsize + 32)
+        if p_type != 4:   # PT_NOTE
+            continue
+        at, end = p_offset, p_offset + p_filesz
+        while at + 12 <= end:
+            namesz, descsz, note_type = struct.unpack_from("<III", elf, at)
+            name = elf[at + 12:at + 12 + namesz]
+            if name == b"Xen\0" and note_type == 18:
+                return True
+            at += 12 + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
+    return False
+
+
+def _pss_kib(pid):
+    """Proportional set size of a process: its private pages plus its share of shared ones."""
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    raise OSError("no Pss in /proc/%d/smaps_rollup" % pid)
+
+
+def _kvm_refusal():
+    """Why KVM cannot boot the stock guest kernel here (None: worth a probe boot)."""
+    if not os.path.exists("/dev/kvm"):
+        return "no /dev/kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not open to this user"
+    vendors = [m for m in ("kvm_intel", "kvm_amd") if os.path.isdir("/sys/module/" + m)]
+    if os.path.isdir("/sys/module/kvm_pvm") and not vendors:
+        # PVM virtualises in software on a host without hardware virtualisation of its own:
+        # its KVM runs only guest kernels built for PVM, a stock kernel never boots.
+        return "/dev/kvm here is PVM (module kvm_pvm), which runs only guest kernels built for PVM"
+    return None
+
+
+class Guest:
+    """One QEMU virtual machine running the probe as its init; its serial console is our pipe."""
+
+    def __init__(self, argv, log):
+        self.started = time.perf_counter()
+        self.log = log
+        self.log.flush()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+        self.buffer = b""
+        self.lines = []
+
+    def read_until(self, word, timeout):
+        """The guest's tagged lines up to `word` (the tag's first word); raises if the VM ends or
+        the timeout passes first."""
+        import select
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while True:
+            while b"\n" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace").strip()
+                self.lines.append(line)
+                at = line.find(GUEST_TAG)
+                if at >= 0 and line[at + len(GUEST_TAG):].split(" ")[0] == word:
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError("qemu: no %r from the guest within %d s; last output: %s"
+                                   % (word, timeout, " / ".join(self.lines[-3:])))
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.proc.wait()
+                    raise RuntimeError("qemu exited %s before the guest said %r; last output: %s%s"
+                                       % (self.proc.returncode, word, " / ".join(self.lines[-3:]), self._log_tail()))
+                self.buffer += chunk
+
+    def _log_tail(self):
+        try:
+            with open(self.log.name, "rb") as f:
+                tail = f.read()[-300:].decode(errors="replace").strip()
+        except OSError:
+            return ""
+        return "; qemu said: " + tail if tail else ""
+
+    def results(self):
+        """(exit status, ns or None) of each script line, from the framed output."""
+        out, pending = [], None
+        for line in self.lines:
+            at = line.find(GUEST_TAG)
+            if at < 0:
+                continue
+            words = line[at + len(GUEST_TAG):].split()
+            if words[0] == "result":
+                pending = words[1]
+            elif words[0] == "exit":
+                out.append((int(words[1]), pending))
+                pending = None
+        return out
+
+    def end(self):
+        """Stop the VM (our child, by its PID) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
 class Qemu(Technology):
     name = "QEMU virtual machine"
+    # A VM per start and per instance: emulated boots take seconds, so fewer of them.
+    caps = {True: {"starts": 3, "instances": 2}, False: {"starts": 5, "instances": 4}}
+    memory_mib = 256   # guest RAM: room for the 48 MiB file of the full I/O test in its tmpfs
+    boot_timeout = 180
 
     def prepare(self, probe, workdir):
-        qemu = shutil.which("qemu-system-x86_64")
-        if not qemu:
-            raise Unavailable("qemu is not installed (Debian package qemu-system-x86); a VM needs a kernel and "
-                              "an image of its own, which this command does not download")
-        raise Unavailable("a VM row needs a guest kernel and initramfs; none is configured (see docs/labs.md)")
+        super().prepare(probe, workdir)
+        self.qemu = shutil.which("qemu-system-x86_64")
+        if not self.qemu:
+            raise Unavailable("qemu is not installed (Debian package qemu-system-x86)")
+        self.kernel = guest_kernel()
+        if not os.path.isfile(self.kernel):
+            raise Unavailable("no guest kernel at %s (./setup.sh unpacks Debian's linux-image there; "
+                              "or set %s)" % (self.kernel, GUEST_KERNEL_ENV))
+        if not os.access(self.kernel, os.R_OK):
+            raise Unavailable("the guest kernel %s is not readable by this user" % self.kernel)
+        self.dir = os.path.join(workdir, "vm")
+        os.makedirs(self.dir)
+        self.log = open(os.path.join(self.dir, "qemu.log"), "wb")
+        self.guests = []
+        self.serial = 0
+        try:
+            self._choose_kernel_and_accel(probe)
+        except BaseException:
+            self.close()
+            raise
+
+    def _choose_kernel_and_accel(self, probe):
+        with open(probe.path, "rb") as f:
+            self.probe_bytes = f.read()
+        try:
+            self.boot_kernel = _pvh_vmlinux(self.kernel, os.path.join(self.dir, "vmlinux")) or self.kernel
+        except OSError as e:
+            raise Unavailable("reading the guest kernel %s: %s" % (self.kernel, e.strerror))
+        refusal = _kvm_refusal()
+        self.accel = "tcg"
+        if refusal is None:
+            # Hardware KVM may work: one probe boot, and emulation when it does not reach init.
+            self.accel = "kvm"
+            guest = self._boot("true")
+            try:
+                guest.read_until("ready", 30)
+            except RuntimeError as e:
+                self.accel = "tcg"
+                refusal = "a probe boot with KVM did not reach init (%s)" % str(e)[:120]
+            finally:
+                guest.end()
+        if self.accel == "kvm":
+            self.name = "QEMU VM (KVM)"
+            how = "hardware virtualisation (KVM)"
+        else:
+            self.name = "QEMU VM, emulation (TCG)"
+            how = "QEMU's emulation (TCG, no KVM: %s), so every guest instruction is translated" % refusal
+        self.notes = ("%s; guest: %s booted %s with a %.1f MiB initramfs whose init is the bench probe, %d MiB RAM; "
+                      "start = launch to the guest's init; memory = PSS of each idle qemu process; "
+                      "I/O in the initramfs' tmpfs; image = kernel + initramfs"
+                      % (how, self._release(), "directly (PVH, its vmlinux unpacked once)"
+                         if self.boot_kernel != self.kernel else "from its bzImage",
+                         len(self._initrd("true")) / (1 << 20), self.memory_mib))
+
+    def _release(self):
+        named = os.path.join(os.path.dirname(self.kernel), "kernel-package")
+        try:
+            with open(named) as f:
+                return "Debian's " + f.read().strip()
+        except OSError:
+            return os.path.basename(self.kernel)
+
+    def _initrd(self, script):
+        import stat
+        return _cpio_newc([
+            ("dev", stat.S_IFDIR | 0o755, b"", (0, 0)),
+            # The kernel opens /dev/console for init's stdio before anything is mounted.
+            ("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)),
+            ("tmp", stat.S_IFDIR | 0o1777, b"", (0, 0)),
+            ("init", stat.S_IFREG | 0o755, self.probe_bytes, (0, 0)),
+            ("bench-script", stat.S_IFREG | 0o644, script.encode(), (0, 0)),
+        ])
+
+    def _boot(self, script):
+        """Start a VM whose init runs `script` (one probe command per line)."""
+        self.serial += 1
+        initrd = os.path.join(self.dir, "initrd-%d.cpio" % self.serial)
+        with open(initrd, "wb") as f:
+            f.write(self._initrd(script + "\n"))
+        argv = [self.qemu, "-accel", self.accel, "-m", str(self.memory_mib), "-nodefaults", "-no-user-config",
+                "-display", "none", "-serial", "stdio", "-no-reboot", "-kernel", self.boot_kernel, "-initrd", initrd,
+                # panic=-1: a guest panic reboots at once, and -no-reboot turns that into qemu's exit.
+                "-append", "console=ttyS0 quiet panic=-1"]
+        guest = Guest(argv, self.log)
+        self.guests.append(guest)   # close() ends it whatever fails
+        return guest
+
+    def sizes(self, sizes, quick):
+        return dict(sizes, **self.caps[quick])
+
+    def startup_ms(self, count):
+        times = []
+        for _ in range(count):
+            guest = self._boot("true")
+            try:
+                guest.read_until("ready", self.boot_timeout)
+                times.append((time.perf_counter() - guest.started) * 1000)
+                guest.read_until("done", 60)
+            finally:
+                guest.end()
+        return round(statistics.median(times), 2)
+
+    def run_batch(self, commands):
+        """All the commands in one boot (each still a fresh process in the guest)."""
+        guest = self._boot("\n".join(" ".join(c) for c in commands))
+        try:
+            guest.read_until("done", self.boot_timeout + 600)
+        finally:
+            guest.end()
+        results = guest.results()
+        if len(results) != len(commands):
+            raise RuntimeError("qemu: %d results for %d commands" % (len(results), len(commands)))
+        for command, (status, ns) in zip(commands, results):
+            if status != 0 or ns is None:
+                raise RuntimeError("qemu: %s exited %d in the guest" % (" ".join(command), status))
+        return [ns for _status, ns in results]
+
+    def run(self, *args):
+        return self.run_batch([args])[0]
+
+    def start_sleeping(self, count, started):
+        for _ in range(count):
+            started.append(self._boot("sleep"))
+        for guest in started:
+            guest.read_until("ready", self.boot_timeout)
+
+    def memory_per_instance(self, count):
+        started = []
+        try:
+            self.start_sleeping(count, started)
+            time.sleep(1.0)   # a settling delay after init (not a synchronisation), as for the others
+            return sum(_pss_kib(guest.proc.pid) for guest in started) // count
+        finally:
+            self.stop(started)
+
+    def stop(self, handle):
+        for guest in handle:
+            guest.end()
+
+    def image_mb(self):
+        return round((os.path.getsize(self.kernel) + len(self._initrd("true"))) / (1 << 20), 1)
+
+    def close(self):
+        self.stop(getattr(self, "guests", ()))
+        if getattr(self, "log", None):
+            self.log.close()
 
 
 TECHNOLOGIES = (Host, Pysandbox, Bubblewrap, Docker, Gvisor, Qemu)
@@ -439,16 +774,20 @@ def measure(quick=False, budget_mib=None, only=None, progress=None):
                 row["notes"] = "not measured: %s" % e
                 rows.append(row)
                 continue
+            row["technology"], row["notes"] = tech.name, tech.notes
+            counts = tech.sizes(sizes, quick)
             try:
-                row["startup_ms"] = _median_ms(lambda: tech.run("true"), sizes["starts"])
-                per = _memory_per_instance(tech, sizes["instances"])
+                row["startup_ms"] = tech.startup_ms(counts["starts"])
+                per = tech.memory_per_instance(counts["instances"])
                 row["memory_kib_per_instance"] = per
                 row["density"] = {"budget_mib": budget_kib >> 10, "instances": (budget_kib // per) if per else None,
-                                  "measured_with": sizes["instances"]}
+                                  "measured_with": counts["instances"]}
+                commands = [(workload, *{"cpu": (str(counts["cpu"]),), "syscall": (str(counts["syscall"]),),
+                                         "io": (str(counts["io_mib"]), "/tmp"), "net": (str(counts["net_mib"]),)}[workload])
+                            for workload in WORKLOADS for _ in range(3)]
+                outputs = iter(tech.run_batch(commands))
                 for workload in WORKLOADS:
-                    args = {"cpu": (str(sizes["cpu"]),), "syscall": (str(sizes["syscall"]),),
-                            "io": (str(sizes["io_mib"]), "/tmp"), "net": (str(sizes["net_mib"]),)}[workload]
-                    elapsed = min(int(tech.run(workload, *args).strip()) for _ in range(3))
+                    elapsed = min(int(next(outputs).strip()) for _ in range(3))
                     if cls is Host:
                         baseline[workload] = elapsed
                     row["overhead"][workload] = {"ns": elapsed, "percent": round((elapsed / baseline[workload] - 1) * 100, 1)

@@ -1,7 +1,7 @@
 /*
  * The workload of `pysandbox bench`: one static binary that runs unchanged on the host,
- * in a sandbox, in a container image and under gVisor, so every technology is measured
- * doing exactly the same work.
+ * in a sandbox, in a container image, under gVisor and as PID 1 of a QEMU guest, so every
+ * technology is measured doing exactly the same work.
  *
  *   bench-probe true              exit 0 at once (start-up time)
  *   bench-probe sleep             block until killed (memory per instance)
@@ -10,20 +10,36 @@
  *   bench-probe io MB DIR         write MB MiB to a file in DIR, fsync, read it back
  *   bench-probe net MB            send MB MiB over TCP on 127.0.0.1 to a forked reader
  * Each measuring mode prints the elapsed nanoseconds of its work on stdout.
+ *
+ * As /init of the VM's initramfs (PID 1, argv[0] "/init") it brings up the guest's loopback,
+ * prints GUEST_READY on the serial console, runs each line of /bench-script as the modes
+ * above (one forked child per line, so each is a fresh process as elsewhere), framing each
+ * result as "<GUEST_TAG>result <ns>" and "<GUEST_TAG>exit <status>", then reboots; QEMU runs
+ * with -no-reboot, so the reboot ends the VM.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#define GUEST_TAG "pysandbox-bench: "
+#define GUEST_READY GUEST_TAG "ready"
+
+/* Prefix of the result line: empty on the host, GUEST_TAG in the VM (kernel messages may
+ * share the console). */
+static const char *result_prefix = "";
 
 static long long now_ns(void)
 {
@@ -98,7 +114,7 @@ static int net(long mib)
 	return 0;
 }
 
-int main(int argc, char **argv)
+static int run_mode(int argc, char **argv)
 {
 	if (argc < 2)
 		return 2;
@@ -126,6 +142,63 @@ int main(int argc, char **argv)
 		return 2;
 	if (rc)
 		return 1;
-	printf("%lld\n", now_ns() - start);
+	printf("%s%lld\n", result_prefix, now_ns() - start);
 	return 0;
+}
+
+/* The kernel creates lo down in every network namespace, the guest's first one too; the
+ * net mode needs 127.0.0.1. */
+static int loopback_up(void)
+{
+	struct ifreq ifr = {0};
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	strcpy(ifr.ifr_name, "lo");
+	if (fd < 0 || ioctl(fd, SIOCGIFFLAGS, &ifr))
+		return -1;
+	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+	int rc = ioctl(fd, SIOCSIFFLAGS, &ifr);
+	close(fd);
+	return rc;
+}
+
+static int guest_init(void)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (loopback_up())
+		printf(GUEST_TAG "warning: lo stays down\n");
+	result_prefix = GUEST_TAG "result ";
+	printf(GUEST_READY "\n");
+	FILE *script = fopen("/bench-script", "r");
+	char line[512];
+	while (script && fgets(line, sizeof(line), script)) {
+		char *args[8] = {"bench-probe"};
+		int count = 1;
+		for (char *word = strtok(line, " \n"); word && count < 7; word = strtok(NULL, " \n"))
+			args[count++] = word;
+		args[count] = NULL;
+		fflush(stdout);
+		pid_t child = fork();
+		if (child == 0) {
+			int rc = run_mode(count, args);
+			fflush(stdout);   /* _exit does not flush stdio */
+			_exit(rc);
+		}
+		int status = 0;
+		while (child > 0 && waitpid(child, &status, 0) < 0)
+			;
+		printf(GUEST_TAG "exit %d\n", child > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : 255);
+	}
+	printf(GUEST_TAG "done\n");
+	fflush(stdout);
+	sync();
+	reboot(RB_AUTOBOOT);
+	for (;;)
+		pause();   /* PID 1 must not exit: the kernel would panic */
+}
+
+int main(int argc, char **argv)
+{
+	if (getpid() == 1 && !strcmp(argv[0], "/init"))
+		return guest_init();
+	return run_mode(argc, argv);
 }

@@ -44,6 +44,12 @@ def load(path):
         _fail("%s: %s" % (path, e.strerror or e))
     except ValueError as e:
         _fail("%s: not JSON: %s" % (path, e))
+    return parse(data, path)
+
+
+def parse(data, path):
+    """An OCI seccomp object (a profile file's content, or config.json's linux.seccomp) as
+    nested tuples; `path` names it in errors."""
     if not isinstance(data, dict):
         _fail("%s: expected a JSON object" % path)
     default = _action(data.get("defaultAction"), data.get("defaultErrnoRet"), "defaultAction")
