@@ -517,3 +517,139 @@ def test_user_namespace_with_id_mappings(runtime, make_container):
     status = proc_status(c.pid)
     assert status["Uid"].split()[0] == "200000" and status["Gid"].split()[0] == "200000"
     assert ns_inode(c.pid, "user") != ns_inode(os.getpid(), "user")
+
+
+# ------------------------------------------------------------------ more of the command line
+
+def test_version(runtime):
+    done = runtime("--version", root=False)
+    assert done.stdout.strip() and "version" in done.stdout.lower()
+
+
+def test_update_resources_from_stdin(runtime, make_container):
+    def edit(config):
+        config["linux"]["resources"] = {"memory": {"limit": 64 * 1024 * 1024}, "pids": {"limit": 50}}
+
+    c = make_container("update", edit=edit)
+    runtime("update", "--resources", "-", c.cid,
+            input=json.dumps({"memory": {"limit": 32 * 1024 * 1024}, "pids": {"limit": 30}}))
+    dirs = cgroup_dirs(c.config["linux"]["cgroupsPath"])
+    with open(os.path.join(next(d for d in dirs if "/memory/" in d), "memory.limit_in_bytes")) as f:
+        assert int(f.read()) == 32 * 1024 * 1024
+    with open(os.path.join(next(d for d in dirs if "/pids/" in d), "pids.max")) as f:
+        assert f.read().strip() == "30"
+
+
+def test_run_in_the_foreground(runtime, oci_workdir):
+    from ocitools import make_bundle
+    cid = unique_id("run")
+    bundle = make_bundle(oci_workdir, cid, args=["/bin/sh", "-c", "echo run-out; exit 5"])
+    try:
+        done = runtime("run", "--bundle", bundle, cid, check=False)
+        assert (done.returncode, done.stdout) == (5, "run-out\n"), done.stderr
+        # run is create + start + wait + delete: nothing is left of it
+        assert runtime("state", cid, check=False).returncode != 0
+        assert cgroup_dirs("/" + cid) == []
+    finally:
+        runtime("delete", "--force", cid, check=False)
+
+
+def test_kill_all_reaches_every_process(runtime, make_container):
+    c = make_container("killall", args=["/bin/sh", "-c", "sleep 3600 & sleep 3600 & echo ready; wait"])
+    c.wait_output("ready")
+    pids = json.loads(runtime("ps", "--format", "json", c.cid).stdout)
+    assert len(pids) == 3
+    runtime("kill", "--all", c.cid, "KILL")
+    assert c.wait() == {"signal": 9}
+    wait_until(lambda: not any(os.path.exists("/proc/%d/stat" % p) and _state_of(p) != "Z" for p in pids),
+               what="every process of the container to end")
+
+
+def _state_of(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_ps_table(runtime, make_container):
+    c = make_container("pstable")
+    lines = runtime("ps", c.cid).stdout.splitlines()
+    header = lines[0].split()
+    assert "PID" in header
+    column = header.index("PID")
+    assert str(c.pid) in [line.split()[column] for line in lines[1:]]
+
+
+def test_create_flags_engines_send(runtime, make_container):
+    # containerd's shim and conmon send these; they must be accepted
+    c = make_container("flags", create_args=("--no-new-keyring",))
+    assert runtime.state(c.cid)["status"] == "running"
+
+
+def test_preserve_fds(runtime, oci_workdir):
+    from ocitools import make_bundle
+    cid = unique_id("fds")
+    bundle = make_bundle(oci_workdir, cid, args=["/bin/sh", "-c", "echo via-fd3 >&3"])
+    target = os.path.join(bundle, "fd3.out")
+    script = 'exec 3>"$1"; shift; exec "$@"'
+    try:
+        done = subprocess.run(["/bin/sh", "-c", script, "sh", target,
+                               *runtime.argv("run", "--preserve-fds", "1", "--bundle", bundle, cid)],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        with open(target) as f:
+            assert f.read() == "via-fd3\n"
+    finally:
+        runtime("delete", "--force", cid, check=False)
+
+
+def test_concurrent_execs(runtime, make_container):
+    from concurrent.futures import ThreadPoolExecutor
+    c = make_container("concurrent")
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        results = list(pool.map(lambda i: runtime("exec", c.cid, "/bin/sh", "-c", "echo $$", check=False),
+                                range(5)))
+    assert [r.returncode for r in results] == [0] * 5, [r.stderr for r in results]
+    assert len({r.stdout for r in results}) == 5
+    assert runtime.state(c.cid)["status"] == "running"
+
+
+def test_exec_tty_through_the_console_socket(runtime, make_container, oci_workdir):
+    c = make_container("exectty")
+    sock_path = os.path.join(oci_workdir, unique_id("execconsole") + ".sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    server.listen(1)
+    received = []
+    thread = threading.Thread(target=_receive_fd, args=(server, received), daemon=True)
+    thread.start()
+    err_path = os.path.join(oci_workdir, unique_id("execerr"))
+    try:
+        with open(err_path, "wb") as err:
+            # as containerd's shim does: a terminal exec is detached, its pty master sent to the socket
+            proc = subprocess.Popen(runtime.argv("exec", "--detach", "--tty", "--console-socket", sock_path,
+                                                 "--pid-file", err_path + ".pid", c.cid,
+                                                 "/bin/sh", "-c", "tty; echo exec-tty-done; sleep 3600"),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        thread.join(20)
+        assert len(received) == 1, "no pty master received for exec --tty"
+        master = received[0]
+        output = b""
+        while b"exec-tty-done" not in output:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert proc.wait(timeout=30) == 0, open(err_path).read()
+        assert re.search(rb"/dev/pts/\d+", output) and b"exec-tty-done" in output, output
+        with open(err_path + ".pid") as f:
+            assert int(f.read()) in json.loads(runtime("ps", "--format", "json", c.cid).stdout)
+        os.close(master)
+    finally:
+        server.close()
+        os.unlink(sock_path)

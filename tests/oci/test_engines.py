@@ -295,6 +295,39 @@ def test_docker_strict_container_audited(docker, cleanup, oci_runtime):
         assert high, "runc's container should fail checks of high severity"
 
 
+def _host_view(pid):
+    with open("/proc/%d/uid_map" % pid) as f:
+        uid_map = [line.split() for line in f]
+    with open("/proc/%d/status" % pid) as f:
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    return uid_map, status
+
+
+def test_docker_strict_container_seen_from_the_host(docker, cleanup, oci_runtime):
+    if not is_pysandbox(oci_runtime):
+        pytest.skip("profiles are pysandbox-oci's: the reference runtime runs the entry as the default")
+    cname = detached(docker, "strict-host", runtime="pysbx-strict")
+    cleanup.append(cname)
+    uid_map, status = _host_view(int(inspect(docker, cname, "{{.State.Pid}}")))
+    assert uid_map != [["0", "0", "4294967295"]], "strict gives the container a user namespace"
+    assert int(uid_map[0][1]) != 0 and status["Uid"].split()[0] != "0"      # root inside is no host root
+    assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+
+
+def test_docker_strict_refuses_what_it_forbids(docker, oci_runtime):
+    if not is_pysandbox(oci_runtime):
+        pytest.skip("profiles are pysandbox-oci's: the reference runtime has nothing to refuse")
+    for opts in (["--cap-add", "SYS_ADMIN"], ["--pid", "host"], ["-v", "/:/host"]):
+        done = drun(docker, "--rm", *opts, docker.image, "true", runtime="pysbx-strict")
+        assert done.returncode != 0, opts
+        assert "strict" in done.stderr and "Traceback" not in done.stderr, (opts, done.stderr)
+    # the same through the default entry: exactly what the spec asks, like runc
+    done = drun(docker, "--rm", "--cap-add", "SYS_ADMIN", docker.image, "true")
+    assert done.returncode == 0, done.stderr
+
+
 # ------------------------------------------------------------------ Podman
 
 def _libpod_cgroups():
@@ -379,6 +412,20 @@ def test_podman_exec_and_stop(podman, oci_runtime):
         assert (done.returncode, done.stdout) == (5, "42\n"), done.stderr
         pm("stop", "-t", "1", cname)            # sleep as PID 1 ignores SIGTERM: killed after 1 s
         assert pm("inspect", "-f", "{{.State.ExitCode}}", cname).stdout.strip() == "137"
+    finally:
+        pm("rm", "-f", "-t", "0", cname, check=False)
+
+
+def test_podman_strict_by_annotation(podman, oci_runtime):
+    pm, image = podman
+    if not is_pysandbox(oci_runtime):
+        pytest.skip("the annotation org.pysandbox.profile is pysandbox-oci's")
+    cname = "ocit-podman-strict-%d" % os.getpid()
+    try:
+        pm("run", "-d", "--name", cname, "--annotation", "org.pysandbox.profile=strict", image, "sleep", "3600")
+        uid_map, status = _host_view(int(pm("inspect", "-f", "{{.State.Pid}}", cname).stdout))
+        assert uid_map != [["0", "0", "4294967295"]] and int(status["CapEff"], 16) == 0
+        pm("stop", "-t", "1", cname)
     finally:
         pm("rm", "-f", "-t", "0", cname, check=False)
 
