@@ -102,12 +102,13 @@ def unique_id(tag):
     return "ocit-%s-%d-%d" % (tag, os.getpid(), _counter[0])
 
 
-def make_bundle(workdir, cid, edit=None, args=("/bin/sleep", "3600")):
+def make_bundle(workdir, cid, edit=None, args=("/bin/sleep", "3600"), rootless=False):
     """A bundle (runc's default spec, as tests/audit/livetargets.py builds it, plus the
-    applets these tests use) with a unique absolute cgroupsPath; `edit(config)` changes it."""
+    applets these tests use) with a unique absolute cgroupsPath; `edit(config)` changes it.
+    rootless: runc's rootless spec (a user namespace mapping root to the caller, no cgroups)."""
     require(shutil.which("runc"), "runc (the reference spec generator) not installed (Debian package runc)")
     path = os.path.join(workdir, cid)
-    oci_bundle(path)
+    oci_bundle(path, rootless=rootless)
     rootfs = os.path.join(path, "rootfs")
     for applet in APPLETS:
         link = os.path.join(rootfs, "bin", applet)
@@ -117,7 +118,8 @@ def make_bundle(workdir, cid, edit=None, args=("/bin/sleep", "3600")):
     with open(os.path.join(path, "config.json")) as f:
         config = json.load(f)
     config["process"]["args"] = list(args)
-    config["linux"]["cgroupsPath"] = "/" + cid
+    if not rootless:
+        config["linux"]["cgroupsPath"] = "/" + cid
     if edit:
         edit(config)
     with open(os.path.join(path, "config.json"), "w") as f:
