@@ -218,7 +218,9 @@ class Dockerd:
     def cli(self, *args):
         done = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            raise RuntimeError("docker %s: %s" % (args[0], done.stderr.strip()[-300:]))
+            # the daemon's error is the first line (docker adds a hint about --help after it)
+            first = next((line for line in done.stderr.splitlines() if line.strip()), "")
+            raise RuntimeError("docker %s: %s" % (args[0], first.strip()[-300:]))
         return done.stdout
 
     def run_once(self, name):
