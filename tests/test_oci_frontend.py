@@ -595,3 +595,31 @@ def test_any_wrong_type_anywhere_is_a_spec_error_never_a_crash(bundle_dir):
                 crashes.setdefault(type(e).__name__ + ": " + str(e)[:80], path + (repr(replacement),))
     assert tried > 500
     assert crashes == {}, "\n".join("%s at %s" % kv for kv in crashes.items())
+
+
+@pytest.mark.root_only
+def test_audit_finds_a_pysandbox_oci_container_by_id_and_pid(tmp_path):
+    """A container run with pysandbox-oci under its default root is an audit target by its id and
+    by its PID, named with the runtime that made it."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+    bundle = tmp_path / "b"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
+    config = base_config()
+    config["process"]["args"] = ["sleep", "60"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    cid = "audit-oci-%d" % os.getpid()
+    assert subprocess.run([RUNTIME, "run", "--detach", "--bundle", str(bundle), cid], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+    try:
+        pid = json.loads(oci("state", cid).stdout)["pid"]
+        audit = os.path.join(sys.prefix, "bin", "audit")
+        for target in (cid, str(pid)):
+            done = subprocess.run([audit, target, "--format", "json"], capture_output=True, text=True, timeout=60)
+            report = json.loads(done.stdout)
+            assert report["target"]["runtime"] == "pysandbox-oci", report["target"]
+            assert report["target"]["container_id"] == cid
+            assert "pysandbox-oci" in report["target"]["runtime_version"]
+    finally:
+        assert oci("delete", "--force", cid).returncode == 0
