@@ -441,6 +441,37 @@ def crun_states():
                                os.path.exists(os.path.join(state_dir, "exec.fifo")))
 
 
+def _pysandbox_oci_roots():
+    from pysandbox_common.containers import OCI_RUNTIME_NAME, OCI_STATE_ROOT
+    roots = [OCI_STATE_ROOT, "/tmp/%s-%d" % (OCI_RUNTIME_NAME, os.geteuid())]
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        roots.append(os.path.join(xdg, OCI_RUNTIME_NAME))
+    roots.extend(sorted(glob_star("/run/user", "*", OCI_RUNTIME_NAME)))
+    return list(dict.fromkeys(roots))
+
+
+def pysandbox_oci_states():
+    """Containers pysandbox-oci runs under its default roots: <root>/<id>/state.json (pid,
+    pid_start, bundle, annotations; exec.fifo while created and not started)."""
+    from pysandbox_common.containers import OCI_RUNTIME_NAME
+    for root in _pysandbox_oci_roots():
+        for path in glob_star(root, "*", "state.json"):
+            data = _read_json(path)
+            if not isinstance(data, dict) or data.get("creating"):
+                continue
+            try:
+                pid = int(data.get("pid") or 0)
+                start = int(data.get("pid_start") or 0)
+            except (TypeError, ValueError):
+                continue
+            state_dir = os.path.dirname(path)
+            annotations = data.get("annotations") if isinstance(data.get("annotations"), dict) else {}
+            bundle = data.get("bundle") if isinstance(data.get("bundle"), str) else None
+            yield RuntimeState(OCI_RUNTIME_NAME, data.get("id") or os.path.basename(state_dir), pid, start,
+                               bundle, None, annotations, os.path.exists(os.path.join(state_dir, "exec.fifo")))
+
+
 # ------------------------------------------------------------------ resolution
 
 class Resolver:
@@ -786,7 +817,7 @@ class Resolver:
 
     def _states(self):
         if self._state_cache is None:
-            self._state_cache = list(runc_states()) + list(crun_states())
+            self._state_cache = list(runc_states()) + list(crun_states()) + list(pysandbox_oci_states())
         return self._state_cache
 
     def _from_state(self, pid, state, root_stat=None):

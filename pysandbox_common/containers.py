@@ -30,3 +30,8 @@ RUNTIME_SOCKET_PATHS = (
 
 # Severity scale of audit findings and profile lint messages, worst first.
 SEVERITIES = ("critical", "high", "medium", "low", "info")
+
+# Where pysandbox-oci keeps its containers' state (its default --root as host root; rootless
+# $XDG_RUNTIME_DIR/pysandbox-oci or /tmp/pysandbox-oci-<uid>): the auditor finds them there.
+OCI_RUNTIME_NAME = "pysandbox-oci"
+OCI_STATE_ROOT = "/run/pysandbox-oci"

@@ -52,6 +52,9 @@ def parse(data, path):
     nested tuples; `path` names it in errors."""
     if not isinstance(data, dict):
         _fail("%s: expected a JSON object" % path)
+    for key in ("syscalls", "archMap", "architectures", "flags"):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            _fail("%s: %s: expected a list" % (path, key))
     default = _action(data.get("defaultAction"), data.get("defaultErrnoRet"), "defaultAction")
     arches = []
     for entry in data.get("archMap") or ():
@@ -90,7 +93,7 @@ def parse(data, path):
 def _action(name, errno_ret, where):
     if name == "SCMP_ACT_NOTIFY":
         _fail(where + ": SCMP_ACT_NOTIFY needs a seccomp agent, which pysandbox does not run")
-    if name not in ACTIONS:
+    if not isinstance(name, str) or name not in ACTIONS:
         _fail("%s: unknown action %r (known: %s)" % (where, name, ", ".join(sorted(ACTIONS))))
     kind = ACTIONS[name]
     if kind == "errno":

@@ -546,3 +546,80 @@ def test_concurrent_calls_on_one_container(tmp_path):
         else:  # before the delete, or after it: "does not exist" / "not running", never a crash
             assert code == 0 or "does not exist" in err or "not running" in err, err
     assert os.listdir(root) == []
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, prefix + (index,))
+
+
+def test_any_wrong_type_anywhere_is_a_spec_error_never_a_crash(bundle_dir):
+    """Every field of a full config replaced by every JSON type in turn: the front-end accepts it
+    or says what is wrong (SpecError), and nothing else escapes (no TypeError, KeyError...)."""
+    import copy
+    config = base_config()
+    config["linux"].update(resources={"memory": {"limit": 1 << 26}, "pids": {"limit": 10},
+                                      "devices": [{"allow": False, "access": "rwm"}]},
+                           sysctl={"net.ipv4.ip_forward": "0"}, maskedPaths=["/proc/kcore"],
+                           readonlyPaths=["/proc/sys"], devices=[{"path": "/dev/fuse", "type": "c", "major": 10,
+                                                                  "minor": 229}],
+                           seccomp={"defaultAction": "SCMP_ACT_ALLOW",
+                                    "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_ERRNO"}]})
+    config["process"].update(rlimits=[{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 10}], terminal=False,
+                             consoleSize={"height": 1, "width": 1}, oomScoreAdj=0)
+    config["hooks"] = {"prestart": [{"path": "/bin/true", "args": ["true"], "timeout": 1}]}
+    config["mounts"].append({"destination": "/t", "type": "tmpfs", "source": "tmpfs", "options": ["size=1k"]})
+    tried = 0
+    crashes = {}
+    for path in list(_paths(config)):
+        if not path:
+            continue
+        for replacement in (None, 7, -1, "x", "", [], {}, True, [1], {"a": 1}):
+            mutated = copy.deepcopy(config)
+            target = mutated
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = replacement
+            tried += 1
+            try:
+                plan = spec.from_config(mutated, bundle_dir)
+                cgroups.writes(plan.resources)  # what create would write, checked at load
+            except SpecError:
+                pass
+            except Exception as e:  # noqa: BLE001 - the point: collect every other escape
+                crashes.setdefault(type(e).__name__ + ": " + str(e)[:80], path + (repr(replacement),))
+    assert tried > 500
+    assert crashes == {}, "\n".join("%s at %s" % kv for kv in crashes.items())
+
+
+@pytest.mark.root_only
+def test_audit_finds_a_pysandbox_oci_container_by_id_and_pid(tmp_path):
+    """A container run with pysandbox-oci under its default root is an audit target by its id and
+    by its PID, named with the runtime that made it."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+    bundle = tmp_path / "b"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
+    config = base_config()
+    config["process"]["args"] = ["sleep", "60"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    cid = "audit-oci-%d" % os.getpid()
+    assert subprocess.run([RUNTIME, "run", "--detach", "--bundle", str(bundle), cid], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+    try:
+        pid = json.loads(oci("state", cid).stdout)["pid"]
+        audit = os.path.join(sys.prefix, "bin", "audit")
+        for target in (cid, str(pid)):
+            done = subprocess.run([audit, target, "--format", "json"], capture_output=True, text=True, timeout=60)
+            report = json.loads(done.stdout)
+            assert report["target"]["runtime"] == "pysandbox-oci", report["target"]
+            assert report["target"]["container_id"] == cid
+            assert "pysandbox-oci" in report["target"]["runtime_version"]
+    finally:
+        assert oci("delete", "--force", cid).returncode == 0

@@ -95,16 +95,73 @@ def paths_for(cgroups_path, container_id, systemd=False):
     return out
 
 
+_INT, _STR, _BOOL = "int", "str", "bool"
+_DEVICE_RATE = {"major": _INT, "minor": _INT, "rate": _INT}
+# linux.resources as the runtime-spec types it: a field this runtime would not apply is refused
+# here by name (never dropped), so a typo or a newer field fails create instead of going unheard.
+RESOURCE_SCHEMA = {
+    "memory": {"limit": _INT, "reservation": _INT, "swap": _INT, "kernel": _INT, "kernelTCP": _INT,
+               "swappiness": _INT, "disableOOMKiller": _BOOL, "useHierarchy": _BOOL},
+    "cpu": {"shares": _INT, "quota": _INT, "burst": _INT, "period": _INT, "realtimeRuntime": _INT,
+            "realtimePeriod": _INT, "cpus": _STR, "mems": _STR, "idle": _INT},
+    "pids": {"limit": _INT},
+    "blockIO": {"weight": _INT, "leafWeight": _INT,
+                "weightDevice": [{"major": _INT, "minor": _INT, "weight": _INT, "leafWeight": _INT}],
+                "throttleReadBpsDevice": [_DEVICE_RATE], "throttleWriteBpsDevice": [_DEVICE_RATE],
+                "throttleReadIOPSDevice": [_DEVICE_RATE], "throttleWriteIOPSDevice": [_DEVICE_RATE]},
+    "hugepageLimits": [{"pageSize": _STR, "limit": _INT}],
+    "devices": [{"allow": _BOOL, "type": _STR, "major": _INT, "minor": _INT, "access": _STR}],
+    "unified": "unified",
+    "network": {"classID": _INT, "priorities": [{"name": _STR, "priority": _INT}]},
+    "rdma": "rdma",
+}
+
+
+def _check(value, schema, where):
+    kinds = {_INT: int, _STR: str, _BOOL: bool}
+    if isinstance(schema, str) and schema in kinds:
+        if not isinstance(value, kinds[schema]) or (schema == _INT and isinstance(value, bool)):
+            raise SpecError("%s: expected %s" % (where, {"int": "an integer", "str": "a string",
+                                                          "bool": "true or false"}[schema]))
+    elif isinstance(schema, list):
+        if not isinstance(value, list):
+            raise SpecError("%s: expected a list" % where)
+        for i, item in enumerate(value):
+            _check(item, schema[0], "%s[%d]" % (where, i))
+    elif isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise SpecError("%s: expected an object" % where)
+        for key, item in value.items():
+            if key not in schema:
+                raise SpecError("%s.%s: not a field pysandbox-oci applies" % (where, key))
+            if item is not None:
+                _check(item, schema[key], "%s.%s" % (where, key))
+    elif schema == "unified":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise SpecError("%s: expected an object of file names and string values" % where)
+    elif schema == "rdma":
+        if not isinstance(value, dict):
+            raise SpecError("%s: expected an object" % where)
+
+
 def validate(resources):
     """Shape checks before any fork (the values are checked by the kernel as they are written)."""
     if not isinstance(resources, dict):
         raise SpecError("linux.resources: expected an object")
-    for key in resources:
-        if key not in RESOURCE_KEYS:
+    for key, value in resources.items():
+        if key not in RESOURCE_SCHEMA:
             raise SpecError("linux.resources.%s: unknown resource" % key)
+        if value is not None:
+            _check(value, RESOURCE_SCHEMA[key], "linux.resources." + key)
     for key in ("network", "rdma"):
         if resources.get(key):
             raise SpecError("linux.resources.%s: this host has no %s controller" % (key, key))
+    for entry in resources.get("hugepageLimits") or ():
+        if "/" in (entry.get("pageSize") or "/") or ".." in entry.get("pageSize", ""):
+            raise SpecError("linux.resources.hugepageLimits: pageSize %r is not a page size" % entry.get("pageSize"))
+    for entry in resources.get("devices") or ():
+        if (entry.get("type") or "a") not in ("a", "b", "c") or not set(entry.get("access") or "rwm") <= set("rwm"):
+            raise SpecError("linux.resources.devices: type must be a, b or c and access of r, w, m")
 
 
 def _write(directory, name, value, what):
@@ -147,11 +204,17 @@ def writes(resources):
         out.append(("memory", "memory.swappiness", mem["swappiness"], "linux.resources.memory.swappiness"))
     if mem.get("disableOOMKiller"):
         out.append(("memory", "memory.oom_control", 1, "linux.resources.memory.disableOOMKiller"))
+    for key, name in (("kernel", "memory.kmem.limit_in_bytes"), ("kernelTCP", "memory.kmem.tcp.limit_in_bytes")):
+        if mem.get(key):
+            out.append(("memory", name, mem[key], "linux.resources.memory." + key))
+    if mem.get("useHierarchy") is not None:
+        out.append(("memory", "memory.use_hierarchy", int(mem["useHierarchy"]), "linux.resources.memory.useHierarchy"))
     pids = resources.get("pids") or {}
     if pids.get("limit") is not None:
         out.append(("pids", "pids.max", pids["limit"] if pids["limit"] > 0 else "max", "linux.resources.pids.limit"))
     cpu = resources.get("cpu") or {}
     for key, name in (("shares", "cpu.shares"), ("period", "cpu.cfs_period_us"), ("quota", "cpu.cfs_quota_us"),
+                      ("burst", "cpu.cfs_burst_us"), ("idle", "cpu.idle"),
                       ("realtimePeriod", "cpu.rt_period_us"), ("realtimeRuntime", "cpu.rt_runtime_us")):
         if cpu.get(key):
             out.append(("cpu", name, cpu[key], "linux.resources.cpu." + key))

@@ -26,7 +26,8 @@ class NotFound(SpecError):
 
 def default_root():
     if os.geteuid() == 0:
-        return "/run/pysandbox-oci"
+        from pysandbox_common.containers import OCI_STATE_ROOT
+        return OCI_STATE_ROOT
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
     if runtime_dir and os.path.isdir(runtime_dir) and os.stat(runtime_dir).st_uid == os.geteuid():
         return os.path.join(runtime_dir, "pysandbox-oci")

@@ -47,6 +47,7 @@ ADDED_NAMESPACES = ("cgroup",)
 ID_POOL_BASE, ID_RANGE, ID_POOL_SLOTS = 3_000_000_000, 65536, 1024
 ID_POOL_DIR = "/run/pysandbox-oci-ids"
 ATTACH_DIR = "/run/pysandbox-oci-rootfs"
+PRIVATE_WORKDIR = "pysandbox-oci-work"  # beside a volatile overlay's upper directory
 STRICT_RLIMITS = {"RLIMIT_CORE": 0, "RLIMIT_SIGPENDING": 256, "RLIMIT_MSGQUEUE": 128 * 1024,
                   "RLIMIT_MEMLOCK": 1024 * 1024, "RLIMIT_NOFILE": 1048576}
 
@@ -396,6 +397,12 @@ def _idmapped_overlay(plan, options, userns, pid):
             tree = _idmapped_tree(layer, userns, recursive=False)
             opened.append(tree)
             _fsconfig(fs, FSCONFIG_SET_FD, "lowerdir+", None, tree)
+        if os.path.exists(os.path.join(work, "work", "incompat", "volatile")):
+            # The engine mounted it `volatile` (Podman does): overlayfs refuses a second mount on
+            # that work directory. A work directory of our own beside it, on the same filesystem
+            # as the upper one as overlayfs requires; it holds only overlayfs' scratch files.
+            work = os.path.join(os.path.dirname(upper), PRIVATE_WORKDIR)
+            os.makedirs(work, 0o700, exist_ok=True)
         top = _idmapped_tree(os.path.dirname(upper), userns, recursive=False)
         opened.append(top)
         for key, name in (("upperdir", upper), ("workdir", work)):
