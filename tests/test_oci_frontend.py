@@ -623,3 +623,28 @@ def test_audit_finds_a_pysandbox_oci_container_by_id_and_pid(tmp_path):
             assert "pysandbox-oci" in report["target"]["runtime_version"]
     finally:
         assert oci("delete", "--force", cid).returncode == 0
+
+
+def test_ps_lists_the_container_with_or_without_a_cgroup(tmp_path):
+    """As root the container's cgroup says which processes are its; rootless without delegated
+    cgroups its own pid namespace does (never an empty answer for a running container)."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+    bundle = tmp_path / "b"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
+    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
+    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=False, args=["sleep", "60"])
+    (bundle / "config.json").write_text(json.dumps(config))
+    root = str(tmp_path / "state")
+    assert subprocess.run([RUNTIME, "--root", root, "run", "--detach", "--bundle", str(bundle), "ps1"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=30).returncode == 0
+    try:
+        pid = json.loads(oci("--root", root, "state", "ps1").stdout)["pid"]
+        done = oci("--root", root, "ps", "--format", "json", "ps1")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [pid]
+    finally:
+        assert oci("--root", root, "delete", "--force", "ps1").returncode == 0

@@ -246,7 +246,8 @@ def cmd_ps(store, glob, options, positional, log):
     from . import fastjson as json
     cid = positional[0]
     state = store.load(cid)
-    pids = ContainerCgroups.from_state(state.get("cgroups")).pids()
+    groups = ContainerCgroups.from_state(state.get("cgroups"))
+    pids = groups.pids() if groups.dirs else _pids_by_namespace(store, cid, state)
     fmt = options.get("--format", "table")
     if fmt == "json":
         sys.stdout.write(json.dumps(pids) + "\n")
@@ -269,6 +270,29 @@ def cmd_ps(store, glob, options, positional, log):
         fields = line.split()
         if len(fields) > column and fields[column].isdigit() and int(fields[column]) in keep:
             sys.stdout.write(line + "\n")
+
+
+def _pids_by_namespace(store, cid, state):
+    """Without a cgroup (rootless, nothing delegated): the processes in the container's own pid
+    namespace, found by its inode in /proc. A container sharing a pid namespace has no such set."""
+    if status(store, cid, state) == "stopped":
+        return []
+    try:
+        inode = os.stat("/proc/%d/ns/pid" % state["pid"]).st_ino
+    except OSError as e:
+        raise SpecError("ps: cannot read the pid namespace of %s: %s" % (cid, e.strerror)) from None
+    if inode == os.stat("/proc/self/ns/pid").st_ino:
+        raise SpecError("ps: container %s has no cgroup and shares this pid namespace: its processes "
+                        "cannot be told apart" % cid)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat("/proc/%s/ns/pid" % entry).st_ino == inode:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return sorted(found)
 
 
 def cmd_list(store, glob, options, positional, log):
