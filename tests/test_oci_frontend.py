@@ -172,6 +172,36 @@ def oci(*args, env=None):
     return subprocess.run([RUNTIME, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
+def busybox_bundle(path, args, rootless=False):
+    """A bundle at `path`: a rootfs of static busybox and its applets, the config (base_config,
+    or `spec --rootless`'s) running `args`. Returns (bundle, config); write_config() saves it."""
+    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
+    (path / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, path / "rootfs" / "bin" / "busybox")
+    for applet in ("sh", "sleep", "cat", "readlink"):
+        os.symlink("busybox", path / "rootfs" / "bin" / applet)
+    if rootless:
+        assert oci("spec", "--rootless", "--bundle", str(path)).returncode == 0
+        config = json.loads((path / "config.json").read_text())
+        config["process"]["terminal"] = False
+    else:
+        config = base_config()
+    config["process"]["args"] = list(args)
+    write_config(path, config)
+    return path, config
+
+
+def write_config(bundle, config):
+    (bundle / "config.json").write_text(json.dumps(config))
+
+
+def run_detached(root, bundle, cid, *flags):
+    """`run --detach`: the container keeps the stdio it is given, so never a captured pipe."""
+    return subprocess.run([RUNTIME, "--root", str(root), *flags, "run", "--detach", "--bundle", str(bundle), cid],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=30).returncode
+
+
 @pytest.mark.parametrize("args, words", [
     (["frobnicate"], "unknown command"),
     (["--bogus", "list"], "unknown global flag"),
@@ -299,17 +329,12 @@ def test_strict_container_runs_on_its_own_host_ids_with_its_rootfs_owned(tmp_pat
     """A real run: strict's user namespace on a range of the pool, the rootfs idmapped so the
     container's root owns the image's files (a file it writes is the image owner's on disk), no
     capabilities, two filters; the range, the cgroups and the state are gone after delete."""
-    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-    bundle = tmp_path / "bundle"
-    (bundle / "rootfs" / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-    os.symlink("busybox", bundle / "rootfs" / "bin" / "sh")
-    config = base_config(hostname="strict")
-    config["process"]["args"] = ["sh", "-c", "cat /proc/self/uid_map; grep -E 'CapEff|NoNewPrivs|Seccomp_filters' "
-                                             "/proc/self/status; echo made > /written; ls -n /bin/busybox"]
+    bundle, config = busybox_bundle(tmp_path / "bundle", [
+        "sh", "-c", "cat /proc/self/uid_map; grep -E 'CapEff|NoNewPrivs|Seccomp_filters' /proc/self/status; "
+        "echo made > /written; ls -n /bin/busybox"])
     config["linux"]["namespaces"].append({"type": "cgroup"})
     config["linux"]["cgroupsPath"] = "/pysandbox-oci-test/strict-%d" % os.getpid()
-    (bundle / "config.json").write_text(json.dumps(config))
+    write_config(bundle, config)
     root = tmp_path / "state"
     done = oci("--root", str(root), "--profile", "strict", "run", "--bundle", str(bundle), "s1")
     assert done.returncode == 0, done.stderr
@@ -334,15 +359,7 @@ def test_lifecycle_of_a_rootless_spec_as_any_user(tmp_path):
     """`spec --rootless` then run, as whoever runs the suite (root, and the unprivileged test user):
     the caller is root inside a user namespace of one id, the state lives under --root and is gone
     after the run."""
-    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-    bundle = tmp_path / "b"
-    (bundle / "rootfs" / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-    os.symlink("busybox", bundle / "rootfs" / "bin" / "sh")
-    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
-    config = json.loads((bundle / "config.json").read_text())
-    config["process"].update(terminal=False, args=["sh", "-c", "cat /proc/self/uid_map; exit 3"])
-    (bundle / "config.json").write_text(json.dumps(config))
+    bundle, _ = busybox_bundle(tmp_path / "b", ["sh", "-c", "cat /proc/self/uid_map; exit 3"], rootless=True)
     root = tmp_path / "state"
     done = oci("--root", str(root), "run", "--bundle", str(bundle), "rl")
     assert done.returncode == 3, done.stderr
@@ -364,21 +381,12 @@ def test_a_root_directory_someone_else_can_write_is_refused(tmp_path):
 def test_update_changes_the_running_containers_cgroup(tmp_path):
     """`update --resources -` (what `docker update` sends) and the flag form, on a detached run;
     a limit the host cannot take is refused with the file it tried."""
-    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-    bundle = tmp_path / "b"
-    (bundle / "rootfs" / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
-    config = base_config()
-    config["process"]["args"] = ["sleep", "60"]
+    bundle, config = busybox_bundle(tmp_path / "b", ["sleep", "60"])
     config["linux"]["cgroupsPath"] = "/pysandbox-oci-test/update-%d" % os.getpid()
     config["linux"]["resources"] = {"memory": {"limit": 64 << 20}}
-    (bundle / "config.json").write_text(json.dumps(config))
+    write_config(bundle, config)
     root = str(tmp_path / "state")
-    # the container keeps the stdio it was given: not the pipes of a captured run
-    assert subprocess.run([RUNTIME, "--root", root, "run", "--detach", "--bundle", str(bundle), "u1"],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          timeout=30).returncode == 0
+    assert run_detached(root, bundle, "u1") == 0
     try:
         memory = [p for _, p, c in cgroups.hierarchies() if "memory" in c][0]
         limit_file = os.path.join(memory, "pysandbox-oci-test", "update-%d" % os.getpid(), "memory.limit_in_bytes")
@@ -403,28 +411,19 @@ def test_strict_pod_shares_the_sandbox_containers_user_namespace(tmp_path):
     network, ipc and uts namespaces by path. Under strict the sandbox gets its own user namespace
     and id range; the joining container enters that user namespace too (a namespace can only be
     joined from the user namespace that owns it) and gets a new pid namespace made inside it."""
-    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-
     def make(name, args, joins=None):
-        bundle = tmp_path / name
-        (bundle / "rootfs" / "bin").mkdir(parents=True)
-        shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-        for applet in ("sh", "sleep", "cat", "readlink"):
-            os.symlink("busybox", bundle / "rootfs" / "bin" / applet)
-        config = base_config(hostname="" if joins else "pod")
-        config["process"]["args"] = args
+        bundle, config = busybox_bundle(tmp_path / name, args)
+        config["hostname"] = "" if joins else "pod"
         config["linux"]["namespaces"] = [{"type": "pid"}, {"type": "mount"}, {"type": "cgroup"}] + (
             [{"type": t, "path": "/proc/%d/ns/%s" % (joins, f)} for t, f in
              (("network", "net"), ("ipc", "ipc"), ("uts", "uts"))] if joins else
             [{"type": t} for t in ("network", "ipc", "uts")])
-        (bundle / "config.json").write_text(json.dumps(config))
+        write_config(bundle, config)
         return str(bundle)
 
     root = str(tmp_path / "state")
     sandbox_bundle = make("sandbox", ["sleep", "60"])
-    assert subprocess.run([RUNTIME, "--root", root, "--profile", "strict", "run", "--detach", "--bundle",
-                           sandbox_bundle, "pause"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+    assert run_detached(root, sandbox_bundle, "pause", "--profile", "strict") == 0
     try:
         pid = json.loads(oci("--root", root, "state", "pause").stdout)["pid"]
         app = make("app", ["sh", "-c", "cat /proc/self/uid_map; readlink /proc/self/ns/net; echo pid=$$"], joins=pid)
@@ -448,17 +447,10 @@ def test_a_create_killed_half_way_leaves_what_delete_removes(tmp_path):
     """SIGKILL of `create` while the container is half set up (a prestart hook kills its
     parent, the runtime): the container's process sees the channel close and exits, and
     `delete --force` removes the state and the cgroups it had made."""
-    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-    bundle = tmp_path / "b"
-    (bundle / "rootfs" / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-    os.symlink("busybox", bundle / "rootfs" / "bin" / "sh")
-    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
-    config = json.loads((bundle / "config.json").read_text())
-    config["process"].update(terminal=False, args=["sh", "-c", "sleep 100"])
+    bundle, config = busybox_bundle(tmp_path / "b", ["sh", "-c", "sleep 100"], rootless=True)
     config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "kill -9 $PPID"]}]}
     config["linux"]["cgroupsPath"] = "/pysandbox-oci-test/killed-%d" % os.getpid()
-    (bundle / "config.json").write_text(json.dumps(config))
+    write_config(bundle, config)
     root = tmp_path / "state"
     done = oci("--root", str(root), "create", "--bundle", str(bundle), "k1")
     assert done.returncode == -9
@@ -479,15 +471,8 @@ def test_a_create_killed_half_way_leaves_what_delete_removes(tmp_path):
 def test_many_containers_at_once_leave_nothing(tmp_path):
     """40 `run`s of one bundle started together (distinct ids, one --root): every one exits with
     its own status, and the root, the cgroups and the id pool hold nothing afterwards."""
-    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-    bundle = tmp_path / "b"
-    (bundle / "rootfs" / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-    os.symlink("busybox", bundle / "rootfs" / "bin" / "sh")
-    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
-    config = json.loads((bundle / "config.json").read_text())
-    config["process"].update(terminal=False, args=["sh", "-c", 'exit "$CODE"'])
-    (bundle / "config.json").write_text(json.dumps(config))
+    bundle, config = busybox_bundle(tmp_path / "b", ["sh", "-c", 'exit "$CODE"'], rootless=True)
+    write_config(bundle, config)
     root = tmp_path / "state"
     procs = []
     for i in range(40):
@@ -522,19 +507,10 @@ def test_seccomp_flags_are_honoured_or_refused(bundle_dir):
 def test_concurrent_calls_on_one_container(tmp_path):
     """The engine's shim and a user race: states, kills and ten deletes of one container at once.
     Every call answers cleanly and the container is removed exactly once."""
-    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-    bundle = tmp_path / "b"
-    (bundle / "rootfs" / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
-    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
-    config = json.loads((bundle / "config.json").read_text())
-    config["process"].update(terminal=False, args=["sleep", "100"])
-    (bundle / "config.json").write_text(json.dumps(config))
+    bundle, config = busybox_bundle(tmp_path / "b", ["sleep", "100"], rootless=True)
+    write_config(bundle, config)
     root = str(tmp_path / "state")
-    assert subprocess.run([RUNTIME, "--root", root, "run", "--detach", "--bundle", str(bundle), "race"],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          timeout=30).returncode == 0
+    assert run_detached(root, bundle, "race") == 0
     calls = [["state", "race"]] * 5 + [["kill", "race", "KILL"]] * 3 + [["delete", "--force", "race"]] * 10
     procs = [subprocess.Popen([RUNTIME, "--root", root, *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for c in calls]
@@ -601,17 +577,11 @@ def test_any_wrong_type_anywhere_is_a_spec_error_never_a_crash(bundle_dir):
 def test_audit_finds_a_pysandbox_oci_container_by_id_and_pid(tmp_path):
     """A container run with pysandbox-oci under its default root is an audit target by its id and
     by its PID, named with the runtime that made it."""
-    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-    bundle = tmp_path / "b"
-    (bundle / "rootfs" / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
-    config = base_config()
-    config["process"]["args"] = ["sleep", "60"]
-    (bundle / "config.json").write_text(json.dumps(config))
+    bundle, config = busybox_bundle(tmp_path / "b", ["sleep", "60"])
+    write_config(bundle, config)
     cid = "audit-oci-%d" % os.getpid()
     assert subprocess.run([RUNTIME, "run", "--detach", "--bundle", str(bundle), cid], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode == 0  # default root
     try:
         pid = json.loads(oci("state", cid).stdout)["pid"]
         audit = os.path.join(sys.prefix, "bin", "audit")
@@ -628,19 +598,10 @@ def test_audit_finds_a_pysandbox_oci_container_by_id_and_pid(tmp_path):
 def test_ps_lists_the_container_with_or_without_a_cgroup(tmp_path):
     """As root the container's cgroup says which processes are its; rootless without delegated
     cgroups its own pid namespace does (never an empty answer for a running container)."""
-    require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-    bundle = tmp_path / "b"
-    (bundle / "rootfs" / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-    os.symlink("busybox", bundle / "rootfs" / "bin" / "sleep")
-    assert oci("spec", "--rootless", "--bundle", str(bundle)).returncode == 0
-    config = json.loads((bundle / "config.json").read_text())
-    config["process"].update(terminal=False, args=["sleep", "60"])
-    (bundle / "config.json").write_text(json.dumps(config))
+    bundle, config = busybox_bundle(tmp_path / "b", ["sleep", "60"], rootless=True)
+    write_config(bundle, config)
     root = str(tmp_path / "state")
-    assert subprocess.run([RUNTIME, "--root", root, "run", "--detach", "--bundle", str(bundle), "ps1"],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          timeout=30).returncode == 0
+    assert run_detached(root, bundle, "ps1") == 0
     try:
         pid = json.loads(oci("--root", root, "state", "ps1").stdout)["pid"]
         done = oci("--root", root, "ps", "--format", "json", "ps1")
