@@ -180,8 +180,10 @@ class Pool:
         self._runs = 0
         self._broken = self._closed = False
 
-    def take(self, name):
-        """A fresh cgroup set for a run (made ahead, or now under `name`)."""
+    def take(self):
+        """A fresh cgroup set for a run (made ahead, or now). Its name is the pool's own, never
+        the sandbox's: a named sandbox's next run starts while the last one's set still waits
+        for removal under its name."""
         with self._lock:
             self._runs += 1
             self._in_flight += 1
@@ -189,7 +191,7 @@ class Pool:
             if self._fresh and self._owner == os.getpid():
                 return self._fresh.pop()
         try:
-            return create(name, self.limits)
+            return create(self._new_name(), self.limits)
         except BaseException:
             self.done()
             raise

@@ -359,7 +359,7 @@ class SandboxProcess:
             return
         pool = self.sandbox._cgroups
         if pool is not None and pool.limits is plan.cgroup_limits:
-            self._cgroup, self._pool = pool.take(self.name), pool
+            self._cgroup, self._pool = pool.take(), pool
         else:
             from . import cgroup
             self._cgroup = cgroup.create(self.name, plan.cgroup_limits)
