@@ -16,12 +16,8 @@ def _pooled_box(strict):
     return box
 
 
-def _cgroup_of(result_proc):
-    return list(getattr(result_proc._cgroup, "paths", []) or [])
-
-
-def _tasks(path):
-    return cgroup.procs(path)
+def _cgroup_of(proc):
+    return list(getattr(proc._cgroup, "paths", []) or [])
 
 
 def test_every_run_gets_cgroups_no_earlier_run_touched(strict):
@@ -47,7 +43,7 @@ def test_every_run_gets_cgroups_no_earlier_run_touched(strict):
         for group in fresh:
             for path in group.paths:
                 if "/devices/" not in path:
-                    assert _tasks(path) == [], "a cgroup made ahead has a task before its run"
+                    assert cgroup.procs(path) == [], "a cgroup made ahead has a task before its run"
     finally:
         box.close()
     assert [p for p in seen if os.path.exists(p)] == []
