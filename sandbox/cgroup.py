@@ -151,6 +151,111 @@ def create(name, limits, uid=None, root=None, layout=None):
                         % str(e).split(": ", 1)[-1])
 
 
+class Pool:
+    """The cgroups of one Sandbox's runs, made ahead and removed after the verdict.
+
+    A run takes a *fresh* set (made for it and never joined by anything: `take`), or makes
+    one on the spot when none is ready; after the verdict it hands its set back (`retire`)
+    and the set is removed later, never reused. `tend()` does that later work — remove the
+    retired sets, make fresh ones up to the number of runs lately in flight — and the
+    supervisor calls it while it would only wait (a run's child is setting itself up), so
+    neither mkdir nor rmdir sits between a caller and its verdict. `close()` removes
+    everything (Sandbox.close, and at exit). A reused Sandbox only: its first run makes its
+    own set and makes none ahead, so a one-shot run (the CLI) pays nothing for the pool.
+
+    Liveness is each set's own: a fresh set holds its primary lock like a running one, so a
+    dead supervisor's spares are orphans `gc` removes. A forked copy of the supervisor never
+    takes the parent's spares (they would put two sandboxes in one cgroup)."""
+
+    MAX_SPARES = 8
+
+    def __init__(self, limits, new_name):
+        import _thread
+        self.limits, self._new_name = limits, new_name
+        self._lock = _thread.allocate_lock()
+        self._owner = os.getpid()
+        self._fresh, self._retired = [], []
+        self._making = 0
+        self._in_flight = self._wanted = 0
+        self._runs = 0
+        self._broken = self._closed = False
+
+    def take(self):
+        """A fresh cgroup set for a run (made ahead, or now). Its name is the pool's own, never
+        the sandbox's: a named sandbox's next run starts while the last one's set still waits
+        for removal under its name."""
+        with self._lock:
+            self._runs += 1
+            self._in_flight += 1
+            self._wanted = max(self._wanted, self._in_flight)
+            if self._fresh and self._owner == os.getpid():
+                return self._fresh.pop()
+        try:
+            return create(self._new_name(), self.limits)
+        except BaseException:
+            self.done()
+            raise
+
+    def done(self):
+        with self._lock:
+            self._in_flight -= 1
+
+    def retire(self, group):
+        """A finished run's set: removed by the next tend() (or close), never reused."""
+        with self._lock:
+            self._in_flight -= 1
+            if self._owner == os.getpid() and not self._closed:
+                self._retired.append(group)
+                return
+        group.destroy()
+
+    def tend(self):
+        """Remove the retired sets, then make fresh ones up to the runs lately in flight."""
+        while True:
+            with self._lock:
+                if not self._retired:
+                    break
+                group = self._retired.pop()
+            group.destroy()
+        while True:
+            with self._lock:
+                want = min(self._wanted, self.MAX_SPARES) if self._runs > 1 else 0
+                if self._broken or self._closed or self._owner != os.getpid() \
+                        or len(self._fresh) + self._making >= want:
+                    return
+                self._making += 1
+            group = None
+            try:
+                group = create(self._new_name(), self.limits)
+            except Exception:
+                # a spare is only a head start: the run makes its own set and reports what fails
+                self._broken = True
+            finally:
+                with self._lock:
+                    self._making -= 1
+                    if group is not None and not self._closed:
+                        self._fresh.append(group)
+                        group = None
+            if group is not None:
+                group.destroy()  # the pool was closed while this one was being made
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+            groups = self._retired + self._fresh if self._owner == os.getpid() else []
+            self._retired, self._fresh = [], []
+        for group in groups:
+            try:
+                group.destroy()
+            except Exception:
+                pass
+
+    def held(self):
+        """The sets this pool holds now (fresh and retired), for tests and the note."""
+        with self._lock:
+            return list(self._fresh), list(self._retired)
+
+
 def gc(verbose=False, full=None):
     """Remove orphaned sandbox cgroups (supervisor dead, no task left) and stale state files.
 

@@ -455,6 +455,7 @@ def _run(parsed, result_file, state):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
     result = proc.wait()
+    box.close()  # its run's cgroups: entry() ends with os._exit, which runs no atexit hook
     quiet = opts.get("--quiet")
     if not quiet:
         for warning in result.warnings or ():

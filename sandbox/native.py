@@ -288,3 +288,36 @@ def run_stage(name, step, plan, launch):
     """Run one named stage of a stage table. The recording fake replaces this to record
     the order and to make a chosen stage fail; the real layer just runs it."""
     return step(plan, launch)
+
+
+_libc_holding_gil = None
+
+
+def clone_process_holding_gil(flags):
+    """clone_process, safe when other threads run Python code: the syscall is made
+    without releasing the GIL, as os.fork does.
+
+    A ctypes.CDLL call releases the GIL around the foreign call; if another thread takes it
+    during clone, the child is born with a copy of the GIL locked by a thread it does not
+    have, and hangs for ever re-acquiring it on the way back from ctypes (holding a copy of
+    every descriptor the supervisor had: the stdin of other runs never sees EOF). A
+    ctypes.PyDLL function keeps the GIL for the whole call."""
+    import ctypes
+    import _signal
+    global _libc_holding_gil
+    if _libc_holding_gil is None:
+        lib = ctypes.PyDLL(None, use_errno=True)
+        lib.syscall.restype = ctypes.c_long
+        _libc_holding_gil = lib
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _libc_holding_gil.syscall(ctypes.c_long(NR["clone"]), ctypes.c_long(flags | int(_signal.SIGCHLD)),
+                                    ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        fail("clone", err)
+    return pid

@@ -33,6 +33,24 @@ _counter = [0]
 # (_thread's: `threading` costs an import on the run path).
 _running_names = set()
 _names_lock = _thread.allocate_lock()
+# The cgroup pools of the Sandboxes alive in this process: whatever they still hold goes
+# at exit (Sandbox.close removes its own earlier).
+_pools = set()
+
+
+def _generated_name(kind="sbx"):
+    with _names_lock:
+        _counter[0] += 1
+        return "%s-%d-%d" % (kind, os.getpid(), _counter[0])
+
+
+def _close_pools():
+    for pool in list(_pools):
+        pool.close()
+
+
+# atexit is built into the interpreter: no import cost on the run path.
+__import__("atexit").register(_close_pools)
 
 
 class ArgumentError(SandboxError, ValueError):
@@ -142,6 +160,7 @@ class Sandbox:
         # a second seccomp policy installed before the profile's own (both apply)
         self.extra_seccomp = extra_seccomp
         self._plan = None
+        self._cgroups = None  # cgroup.Pool of this sandbox's runs (made with the plan)
 
     def __enter__(self):
         return self
@@ -151,7 +170,12 @@ class Sandbox:
         return False
 
     def close(self):
-        """Release what preparation holds open (the init binary's descriptor)."""
+        """Release what preparation holds (the init binary's descriptor) and every cgroup
+        made ahead or waiting for removal; runs still going remove their own."""
+        pool, self._cgroups = self._cgroups, None
+        if pool is not None:
+            _pools.discard(pool)
+            pool.close()
         if self._init_fd is not None:
             os.close(self._init_fd)
             self._init_fd = None
@@ -177,6 +201,10 @@ class Sandbox:
             init_path = os.path.join(os.path.dirname(__file__), "pysandbox-init")
             if os.environ.get("PYSANDBOX_INIT", "x") and os.path.exists(init_path):
                 self._init_fd = os.open(init_path, os.O_PATH | os.O_CLOEXEC)
+            if plan.cgroup_limits is not None:
+                from . import cgroup
+                self._cgroups = cgroup.Pool(plan.cgroup_limits, _generated_name)
+                _pools.add(self._cgroups)
             self._plan = plan
         return self._plan
 
@@ -196,12 +224,7 @@ class Sandbox:
         if tty not in (None, True, False):
             raise ArgumentError("tty must be None, True or False, got %r" % (tty,))
         plan = self.plan()
-        if self.name:
-            name = self.name
-        else:
-            with _names_lock:
-                _counter[0] += 1
-                name = "sbx-%d-%d" % (os.getpid(), _counter[0])
+        name = self.name or _generated_name()
         environment = dict(plan.env)
         if env:
             environment.update(env)
@@ -297,6 +320,8 @@ class SandboxProcess:
         self._registered = False
         self._started = time.monotonic()
         self._undo = []
+        self._pool = None        # the cgroup.Pool the run's cgroup came from
+        self._ended = False      # the verdict is in: the cgroup goes back to the pool to be removed
         with _names_lock:
             if name in _running_names:
                 raise SandboxError("a sandbox named %r is already running in this process; "
@@ -332,8 +357,12 @@ class SandboxProcess:
     def _stage_cgroup(self, plan, launch):
         if plan.cgroup_limits is None:
             return
-        from . import cgroup
-        self._cgroup = cgroup.create(self.name, plan.cgroup_limits)
+        pool = self.sandbox._cgroups
+        if pool is not None and pool.limits is plan.cgroup_limits:
+            self._cgroup, self._pool = pool.take(), pool
+        else:
+            from . import cgroup
+            self._cgroup = cgroup.create(self.name, plan.cgroup_limits)
         self._undo.append(self._destroy_cgroup)
         if getattr(self._cgroup, "warning", None):
             self.warnings.append(self._cgroup.warning)
@@ -373,7 +402,7 @@ class SandboxProcess:
             self._undo.append(launch.tty.close_sockets)
 
     def _stage_clone(self, plan, launch):
-        pid = native.clone_process(plan.clone_flags)
+        pid = native.clone_process_holding_gil(plan.clone_flags)
         if pid == 0:
             from .child import pid1_main
             pid1_main(plan, self.launch)
@@ -474,10 +503,16 @@ class SandboxProcess:
 
     def _destroy_cgroup(self):
         if self._cgroup is not None:
+            if self._pool is not None and self._ended:
+                # after the verdict: removed while the supervisor next waits (Pool.tend)
+                self._pool.retire(self._cgroup)
+                return
             try:
                 self._cgroup.destroy()
             except Exception:
                 pass
+            if self._pool is not None:
+                self._pool.done()
 
     def _cleanup(self):
         self._unwind()
@@ -541,6 +576,14 @@ class SandboxProcess:
             poller.register(write_fd, select.POLLOUT)
         if relay is not None:
             relay.attach(poller, self)
+        pool = self.sandbox._cgroups
+        if pool is not None:
+            # The child is setting itself up: the time to remove the cgroups of finished
+            # runs and make the next runs' ones (nothing here may fail the run).
+            try:
+                pool.tend()
+            except Exception:
+                pass
         msg_open = True
         exited = False
         while not exited:
@@ -619,6 +662,7 @@ class SandboxProcess:
         if streams:
             self.result.stdout, self.result.stdout_truncated = streams[1].take()
             self.result.stderr, self.result.stderr_truncated = streams[2].take()
+        self._ended = True
         self._cleanup()
         return self.result
 
