@@ -29,6 +29,9 @@ from .errors import SetupError
 ARCH = "x86_64"
 
 NR = {
+    "setgroups": 116,
+    "setresuid": 117,
+    "setresgid": 119,
     "clone": 56,
     "pivot_root": 155,
     "seccomp": 317,
@@ -321,3 +324,21 @@ def clone_process_holding_gil(flags):
     if pid < 0:
         fail("clone", err)
     return pid
+
+
+# Credentials in the cloned child by the raw syscalls, not glibc's set*id: glibc makes every
+# thread of the process take the change (a signal to each, then a wait), and a child cloned
+# from a supervisor whose other threads were mid-creation can wait for ever on threads it
+# never had. The child is single-threaded: the raw call changes the whole process.
+def setresuid(uid):
+    check(syscall("setresuid", uid, uid, uid), "setresuid", "uid %d" % uid)
+
+
+def setresgid(gid):
+    check(syscall("setresgid", gid, gid, gid), "setresgid", "gid %d" % gid)
+
+
+def setgroups(groups):
+    import ctypes
+    array = (ctypes.c_uint * max(1, len(groups)))(*groups)
+    check(syscall("setgroups", len(groups), array), "setgroups", " ".join(map(str, groups)))

@@ -249,14 +249,14 @@ def enter(idmap):
     kernel lets us (not when setgroups is denied)."""
     if not idmap.deny_setgroups:
         try:
-            os.setgroups([])
+            native.setgroups([])
         except OSError as e:
             raise SetupError("setgroups", e.errno) from None
     uid = idmap.inside_uid if idmap.method == "single" else 0
     gid = idmap.inside_gid if idmap.method == "single" else 0
     try:
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
+        native.setresgid(gid)
+        native.setresuid(uid)
     except OSError as e:
         raise SetupError("setresuid", e.errno) from None
 
@@ -277,7 +277,7 @@ def become(idmap, keep_caps):
     if keep_caps and idmap.inside_uid != 0:
         keep_caps_across_setuid()
     try:
-        os.setresgid(idmap.inside_gid, idmap.inside_gid, idmap.inside_gid)
-        os.setresuid(idmap.inside_uid, idmap.inside_uid, idmap.inside_uid)
+        native.setresgid(idmap.inside_gid)
+        native.setresuid(idmap.inside_uid)
     except OSError as e:
         raise SetupError("setresuid", e.errno) from None
