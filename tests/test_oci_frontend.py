@@ -609,3 +609,29 @@ def test_ps_lists_the_container_with_or_without_a_cgroup(tmp_path):
         assert json.loads(done.stdout) == [pid]
     finally:
         assert oci("--root", root, "delete", "--force", "ps1").returncode == 0
+
+
+KEYRING_PROBE = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+                 "print(libc.syscall(250, 0, -3, 0))")  # keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING)
+
+
+def test_each_container_gets_a_session_keyring_of_its_own(tmp_path):
+    """As runc: a new session keyring per container (the caller's keys are not the container's);
+    --no-new-keyring keeps the caller's."""
+    require(os.path.exists("/usr/bin/python3"), "Debian's python3 is not installed")
+    bundle, config = busybox_bundle(tmp_path / "b", ["/usr/bin/python3", "-I", "-S", "-c", KEYRING_PROBE],
+                                    rootless=True)
+    for path in ("/usr", "/lib", "/lib64"):
+        if os.path.isdir(path):
+            config["mounts"].append({"destination": path, "type": "bind", "source": path,
+                                     "options": ["rbind", "ro"]})
+    write_config(bundle, config)
+    root = str(tmp_path / "state")
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    mine = libc.syscall(250, 0, -3, 1)  # create ours if the test runs without one
+    fresh = oci("--root", root, "run", "--bundle", str(bundle), "k1")
+    kept = oci("--root", root, "run", "--no-new-keyring", "--bundle", str(bundle), "k2")
+    assert fresh.returncode == 0 and kept.returncode == 0, (fresh.stderr, kept.stderr)
+    assert int(fresh.stdout) > 0 and int(fresh.stdout) != mine
+    assert int(kept.stdout) == mine

@@ -21,7 +21,7 @@ GLOBAL_FLAGS = {"--root": True, "--log": True, "--log-format": True, "--debug": 
 # command -> {flag: takes a value}; short aliases map onto long ones
 COMMANDS = {
     "create": {"--bundle": True, "--pid-file": True, "--console-socket": True, "--no-pivot": False,
-               "--no-new-keyring": False, "--preserve-fds": True, "--pidfd-socket": True},
+               "--no-new-keyring": False, "--preserve-fds": True},
     "run": {"--bundle": True, "--pid-file": True, "--console-socket": True, "--no-pivot": False,
             "--no-new-keyring": False, "--preserve-fds": True, "--detach": False, "--keep": False},
     "start": {}, "state": {}, "pause": {}, "resume": {}, "features": {},
@@ -36,7 +36,7 @@ COMMANDS = {
     "exec": {"--process": True, "--detach": False, "--tty": False, "--pid-file": True, "--console-socket": True,
              "--preserve-fds": True, "--cwd": True, "--env": True, "--user": True, "--additional-gids": True,
              "--cap": True, "--no-new-privs": False, "--process-label": True, "--apparmor": True,
-             "--cgroup": True, "--ignore-paused": False, "--pidfd-socket": True},
+             "--cgroup": True, "--ignore-paused": False},
 }
 SHORT = {"-b": "--bundle", "-d": "--detach", "-t": "--tty", "-p": "--process", "-e": "--env", "-u": "--user",
          "-g": "--additional-gids", "-c": "--cap", "-a": "--all", "-f": "--force", "-q": "--quiet",

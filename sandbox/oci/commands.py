@@ -51,7 +51,8 @@ def cmd_create(store, glob, options, positional, log):
     plan = bundle.load(options.get("--bundle") or os.getcwd(), _profile(glob))
     container.create(store, positional[0], plan, pid_file=options.get("--pid-file", ""),
                      console_socket=options.get("--console-socket", ""), no_pivot=bool(options.get("--no-pivot")),
-                     preserve_fds=_preserve(options), systemd=systemd, warn=log.warning)
+                     preserve_fds=_preserve(options), systemd=systemd, warn=log.warning,
+                     new_keyring=not options.get("--no-new-keyring"))
 
 
 def _locked(store, container_id):
@@ -397,7 +398,8 @@ def cmd_run(store, glob, options, positional, log):
     pid = container.create(store, cid, plan, pid_file=options.get("--pid-file", ""),
                            console_socket=options.get("--console-socket", ""),
                            no_pivot=bool(options.get("--no-pivot")), preserve_fds=_preserve(options),
-                           systemd=systemd, warn=log.warning)
+                           systemd=systemd, warn=log.warning,
+                           new_keyring=not options.get("--no-new-keyring"))
     cmd_start(store, glob, {}, [cid], log)
     if options.get("--detach"):
         return 0

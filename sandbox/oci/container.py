@@ -38,6 +38,7 @@ class Launch:
         self.channel = self.fifo_fd = self.console_fd = None
         self.preserve_fds = 0
         self.no_pivot = False
+        self.new_keyring = True
         self.cgroup_dirs = []
         self.container_id = ""
         self.in_userns = False
@@ -117,6 +118,20 @@ def stage_fork(plan, launch):
     if child:
         _send(launch.channel, b"P%d" % child)
         os._exit(0)
+
+
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def stage_keyring(plan, launch):
+    # A session keyring of the container's own (runc's default; --no-new-keyring keeps the
+    # caller's): without it the container reads and links into the keys of whoever started it.
+    if launch.new_keyring:
+        import ctypes
+        name = ctypes.c_char_p(("_ses." + launch.container_id).encode())
+        rc = native.libc().syscall(250, KEYCTL_JOIN_SESSION_KEYRING, name, 0, 0, 0)  # keyctl
+        if rc < 0 and native.errno() != 38:  # ENOSYS: a kernel without keys has none to share
+            native.fail("keyring", native.errno(), "joining a new session keyring")
 
 
 def stage_hostname(plan, launch):
@@ -383,6 +398,7 @@ CONTAINER_STAGES = (
     ("userns-root", stage_root_in_userns),
     ("unshare", stage_unshare),            # the other new namespaces (cgroup: now that we are in it)
     ("fork", stage_fork),                  # only for a joined pid or a new time namespace
+    ("keyring", stage_keyring),            # a session keyring of its own (--no-new-keyring: the caller's)
     ("hostname", stage_hostname),
     ("rootfs", stage_rootfs),              # /, the rootfs, the spec's mounts, devices
     ("hooks", stage_hooks),                # prestart + createRuntime (runtime), createContainer (here)
@@ -503,7 +519,7 @@ def write_maps(pid, plan):
 
 
 def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=False, preserve_fds=0,
-           systemd=False, warn=None):
+           systemd=False, warn=None, new_keyring=True):
     import pwd
     from . import cgroups
     lock = store.lock(container_id, create=True)
@@ -548,7 +564,8 @@ def create(store, container_id, plan, pid_file="", console_socket="", no_pivot=F
             from .strict import ATTACH_DIR
             rootfs_dir = ATTACH_DIR
             os.makedirs(rootfs_dir, 0o755, exist_ok=True)
-        launch = Launch(rootfs_dir=rootfs_dir, channel=theirs, fifo_fd=fifo_fd, console_fd=console_fd, preserve_fds=preserve_fds,
+        launch = Launch(rootfs_dir=rootfs_dir, new_keyring=new_keyring,
+                        channel=theirs, fifo_fd=fifo_fd, console_fd=console_fd, preserve_fds=preserve_fds,
                         no_pivot=no_pivot, cgroup_dirs=groups.layout(), container_id=container_id,
                         in_userns=bool(plan.ns("user")[0]))
         preload(plan)
