@@ -209,30 +209,6 @@ def pidfd_open(pid):
     return check(syscall("pidfd_open", pid, 0), "pidfd_open")
 
 
-def clone_process(flags):
-    """fork(2) with namespace flags: the child starts inside the new namespaces.
-
-    Python's os.fork cannot pass clone flags, and unshare(CLONE_NEWPID) would leave the
-    caller outside its own pid namespace (only its children enter it), costing one more
-    process. The raw clone syscall with no new stack behaves like fork; the interpreter's
-    own fork hooks run around it so the child's runtime state (locks, thread ids) is reset
-    exactly as os.fork would reset it.
-    """
-    import ctypes
-    import _signal
-    api = ctypes.pythonapi
-    api.PyOS_BeforeFork()
-    pid = syscall("clone", flags | int(_signal.SIGCHLD), 0, 0, 0, 0)
-    if pid == 0:
-        api.PyOS_AfterFork_Child()
-        return 0
-    err = errno()
-    api.PyOS_AfterFork_Parent()
-    if pid < 0:
-        fail("clone", err)
-    return pid
-
-
 def read_whole(path, chunk=65536):
     """The bytes of a file read to its end (a /proc file has no size to ask for)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -296,9 +272,15 @@ def run_stage(name, step, plan, launch):
 _libc_holding_gil = None
 
 
-def clone_process_holding_gil(flags):
-    """clone_process, safe when other threads run Python code: the syscall is made
-    without releasing the GIL, as os.fork does.
+def clone_process(flags):
+    """fork(2) with namespace flags: the child starts inside the new namespaces.
+
+    Python's os.fork cannot pass clone flags, and unshare(CLONE_NEWPID) would leave the
+    caller outside its own pid namespace (only its children enter it), costing one more
+    process. The raw clone syscall with no new stack behaves like fork; the interpreter's
+    own fork hooks run around it so the child's runtime state (locks, thread ids) is reset
+    exactly as os.fork would reset it. The syscall is made without releasing the GIL, as
+    os.fork does, so it is safe while other threads run Python code:
 
     A ctypes.CDLL call releases the GIL around the foreign call; if another thread takes it
     during clone, the child is born with a copy of the GIL locked by a thread it does not

@@ -402,7 +402,7 @@ class SandboxProcess:
             self._undo.append(launch.tty.close_sockets)
 
     def _stage_clone(self, plan, launch):
-        pid = native.clone_process_holding_gil(plan.clone_flags)
+        pid = native.clone_process(plan.clone_flags)
         if pid == 0:
             from .child import pid1_main
             pid1_main(plan, self.launch)

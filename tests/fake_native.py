@@ -80,8 +80,6 @@ class FakeNative:
                      "waitpid", "wait4", "pidfd_send_signal", "exit", "fork", "execve", "prctl", "unshare",
                      "sethostname"):
             monkeypatch.setattr(native, name, getattr(self, name))
-        # the supervisor's clone (the GIL-holding one, safe with threads) is the same fake
-        monkeypatch.setattr(native, "clone_process_holding_gil", self.clone_process)
         monkeypatch.setattr(cgroup, "create", lambda name, limits, **kw: FakeCgroup(self, name))
         monkeypatch.setattr(mnt, "open_sources", self.open_sources)
         monkeypatch.setattr(user, "write_maps", lambda pid, idmap: self.record.append(("idmap", pid)))
