@@ -324,3 +324,14 @@ def setgroups(groups):
     import ctypes
     array = (ctypes.c_uint * max(1, len(groups)))(*groups)
     check(syscall("setgroups", len(groups), array), "setgroups", " ".join(map(str, groups)))
+
+
+def close_all_but(*keep):
+    """Close every descriptor above 2 except those in `keep` (None entries ignored): what a
+    process about to become a sandbox or a container must not carry in."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd is not None and fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    # close_range(2) underneath: no upper bound to guess (nofile may exceed 65536)
+    os.closerange(low, 0x7FFFFFFF)

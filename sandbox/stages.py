@@ -174,7 +174,7 @@ def connect_stdio(plan, launch):
 def close_host_fds(plan, launch):
     # Whatever the supervisor held (bind sources, the cgroup lock, a caller's files) is a
     # handle on the host's file tree; none of it may live on inside the sandbox.
-    close_all_but(launch.msg_w, launch.init_fd, launch.tty.child_sock if launch.tty else None)
+    native.close_all_but(launch.msg_w, launch.init_fd, launch.tty.child_sock if launch.tty else None)
 
 
 def fork_command(plan, launch):
@@ -285,7 +285,7 @@ def change_dir(plan, launch):
 
 def close_fds(plan, launch):
     if plan.close_fds:
-        close_all_but(launch.msg_w, launch.handoff)
+        native.close_all_but(launch.msg_w, launch.handoff)
 
 
 
@@ -313,15 +313,6 @@ def exec_command(plan, launch):
         code = EXIT_NOTFOUND if e.errno in (2, 20) else EXIT_NOEXEC
         channel.send(launch.msg_w, channel.ERROR, "exec", e.errno, "%s: %s" % (argv[0], e.strerror))
         native.exit(code)
-
-
-def close_all_but(*keep):
-    low = 3
-    for fd in sorted(fd for fd in keep if fd is not None):
-        os.closerange(low, fd)
-        low = fd + 1
-    # close_range(2) underneath: no upper bound to guess (nofile may exceed 65536)
-    os.closerange(low, 0x7FFFFFFF)
 
 
 # ---- the table ----------------------------------------------------------------------

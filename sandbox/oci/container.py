@@ -247,20 +247,12 @@ def apply_rlimits(process):
 def stage_close_fds(plan, launch):
     keep = {launch.channel.fileno(), launch.fifo_fd}
     keep.update(range(3, 3 + launch.preserve_fds))
-    close_fds_except(keep)
+    native.close_all_but(*keep)
     for fd in range(3, 3 + launch.preserve_fds):
         try:
             os.set_inheritable(fd, True)
         except OSError:
             pass
-
-
-def close_fds_except(keep):
-    low = 3
-    for fd in sorted(k for k in keep if k is not None and k >= 3):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 0x7FFFFFFF)
 
 
 def stage_seccomp_early(plan, launch):

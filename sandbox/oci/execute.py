@@ -69,9 +69,9 @@ def _process(store, cid, state, options, positional):
         # strict: what --cap or the process file ask for is refused if it reaches the host, and
         # nothing else is kept either (the container runs with no capabilities)
         from .strict import refuse_capabilities
-        refuse_capabilities(process_from(raw, saved).capabilities)
+        refuse_capabilities(process_from(raw).capabilities)
         raw["capabilities"] = {}
-    return process_from(raw, saved)
+    return process_from(raw)
 
 
 def run(store, glob, options, positional, log):
@@ -200,7 +200,7 @@ def _inside(process, console_fd, preserve, bpf, extra_bpf, landlock_plan, errors
     os.setsid()
     if process.terminal:
         container.open_console(process, console_fd, bind_console=False)
-    container.close_fds_except(set(range(3, 3 + preserve)) | {errors_w})
+    native.close_all_but(errors_w, *range(3, 3 + preserve))
     for fd in range(3, 3 + preserve):
         try:
             os.set_inheritable(fd, True)

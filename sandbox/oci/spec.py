@@ -85,7 +85,7 @@ class ContainerPlan(Frozen):
         "uid_mappings", "gid_mappings",                  # ((inside, host, size), ...)
         "hostname", "domainname",
         "mounts", "devices", "masked_paths", "readonly_paths", "rootfs_propagation",
-        "sysctl", "process", "seccomp_bpf", "seccomp_nnp_late", "seccomp_log",
+        "sysctl", "process", "seccomp_bpf", "seccomp_log",
         "hooks",             # {kind: ((path, args, env, timeout), ...)}
         "cgroups_path", "resources", "annotations",
         "profile",           # "" or the pysandbox profile that tightened it ("strict")
@@ -215,7 +215,7 @@ def from_config(config, bundle):
         hostname=hostname, domainname=domainname, mounts=mounts, devices=devices,
         masked_paths=tuple(_paths(linux, "maskedPaths")), readonly_paths=tuple(_paths(linux, "readonlyPaths")),
         rootfs_propagation=propagation, sysctl=tuple(sorted(sysctl.items())), process=process,
-        seccomp_bpf=bpf, seccomp_nnp_late=process.no_new_privileges, hooks=hooks,
+        seccomp_bpf=bpf, hooks=hooks,
         seccomp_log="SECCOMP_FILTER_FLAG_LOG" in ((seccomp or {}).get("flags") or ()),
         cgroups_path=cgroups_path, resources=resources, annotations=dict(_get(config, "annotations", dict, "", {})),
         profile="", extra_bpf=None, landlock=None, idmap_rootfs=False)
@@ -453,6 +453,6 @@ def _hooks(raw):
     return out
 
 
-def process_from(raw, base):
+def process_from(raw):
     """A Process for `exec` from a process.json (validated like config.json's process)."""
     return _process(raw)

@@ -174,8 +174,7 @@ def tighten(plan, profile_name):
     return plan.replace(namespaces=tuple(namespaces), uid_mappings=uid_maps, gid_mappings=gid_maps,
                         process=process, extra_bpf=extra_bpf, resources=resources, mounts=mounts,
                         masked_paths=masked, readonly_paths=readonly, profile="strict", sysctl=sysctl,
-                        landlock=landlock_plan(), idmap_rootfs=idmap_rootfs,
-                        seccomp_nnp_late=True)
+                        landlock=landlock_plan(), idmap_rootfs=idmap_rootfs)
 
 
 def _clamp_groups(value):
