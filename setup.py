@@ -1,10 +1,13 @@
-"""Build step of the package: the sandbox's PID 1 (sandbox/init.c), compiled into it.
+"""Build step of the package: the sandbox's PID 1 (sandbox/init.c) and the compiled child
+(sandbox/stager.c, which includes the init), compiled into it.
 
 Everything else is declared in pyproject.toml. The runtime execs `sandbox/pysandbox-init`
 once the command runs (a few hundred KiB per idle sandbox instead of a Python
-interpreter, and about 90 ms less per start than the Python init); so `pip install .`
-and the wheel must carry it, compiled. It is linked statically because it also runs as
-PID 1 inside `--rootfs` images, whose libc may differ from the host's or be absent.
+interpreter, and about 90 ms less per start than the Python init), and starts
+`sandbox/pysandbox-stage` to run the child's stages from a compiled plan (sandbox/stager.py);
+so `pip install .` and the wheel must carry both, compiled. They are linked statically
+because they also run as PID 1 inside `--rootfs` images, whose libc may differ from the
+host's or be absent (and a static program starts without the dynamic loader's work).
 The wheel is therefore a platform wheel (py3-none-linux_<arch>): the binary does not
 depend on the Python version, only on the machine.
 """
@@ -21,29 +24,31 @@ try:  # setuptools >= 70 carries bdist_wheel itself; before that it lives in `wh
 except ImportError:  # pragma: no cover - depends on the build environment
     from wheel.bdist_wheel import bdist_wheel
 
-INIT_SOURCE = os.path.join("sandbox", "init.c")
-INIT_BINARY = "pysandbox-init"
+# (source, binary, optimisation): the init is small and idle; the stager runs every start
+PROGRAMS = ((os.path.join("sandbox", "init.c"), "pysandbox-init", "-Os"),
+            (os.path.join("sandbox", "stager.c"), "pysandbox-stage", "-O2"))
 
 
 class BuildWithInit(build_py):
-    """build_py, then `cc -static -Os sandbox/init.c -o <build>/sandbox/pysandbox-init`."""
+    """build_py, then `cc -static sandbox/<program>.c -o <build>/sandbox/<binary>` for each program."""
 
     def run(self):
         super().run()
         compiler = os.environ.get("CC", "gcc")
         if shutil.which(compiler) is None:
-            raise SystemExit("setup.py: %s not found: the sandbox's init (sandbox/init.c) is compiled at install "
-                             "time; on Debian: apt-get install gcc libc6-dev" % compiler)
-        target = os.path.join(self.build_lib, "sandbox", INIT_BINARY)
-        self.mkpath(os.path.dirname(target))
-        command = [compiler, "-static", "-Os", "-Wall", "-o", target, INIT_SOURCE]
-        self.announce(" ".join(command), level=2)
-        try:
-            subprocess.run(command, check=True)
-        except subprocess.CalledProcessError as e:
-            raise SystemExit("setup.py: compiling %s failed (exit %d); a static link needs libc6-dev"
-                             % (INIT_SOURCE, e.returncode)) from None
-        os.chmod(target, 0o755)
+            raise SystemExit("setup.py: %s not found: the sandbox's init and stager (sandbox/*.c) are compiled at "
+                             "install time; on Debian: apt-get install gcc libc6-dev" % compiler)
+        for source, binary, optimise in PROGRAMS:
+            target = os.path.join(self.build_lib, "sandbox", binary)
+            self.mkpath(os.path.dirname(target))
+            command = [compiler, "-static", optimise, "-Wall", "-o", target, source]
+            self.announce(" ".join(command), level=2)
+            try:
+                subprocess.run(command, check=True)
+            except subprocess.CalledProcessError as e:
+                raise SystemExit("setup.py: compiling %s failed (exit %d); a static link needs libc6-dev"
+                                 % (source, e.returncode)) from None
+            os.chmod(target, 0o755)
 
 
 class PlatformWheel(bdist_wheel):

@@ -75,6 +75,8 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 # --rootfs image too), built by pip through setup.py. Without it the runtime falls back
 # to its Python init; a pip too old to run the build step gets it compiled here.
 [ -x "$SITE/sandbox/pysandbox-init" ] || gcc -static -Os -Wall -o "$SITE/sandbox/pysandbox-init" sandbox/init.c
+# The compiled child (sandbox/stager.c); without it every run takes the Python stages.
+[ -x "$SITE/sandbox/pysandbox-stage" ] || gcc -static -O2 -Wall -o "$SITE/sandbox/pysandbox-stage" sandbox/stager.c
 for name in pysandbox audit pysandbox-oci; do
     case $name in
         pysandbox) call="from sandbox.cli import entry; entry()" ;;

@@ -90,13 +90,10 @@ static void drop_privileges(void)
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 }
 
-int main(int argc, char **argv)
+/* The init's whole life: returns its exit status once the command has ended. The
+ * stager (stager.c) includes this file and calls it in PID 1 directly, without an exec. */
+static int init_loop(pid_t command, int msg, int sock)
 {
-	if (argc < 3)
-		return 125;
-	pid_t command = (pid_t)atoi(argv[1]);
-	int msg = atoi(argv[2]);
-	int sock = argc > 3 ? atoi(argv[3]) : -1;
 	int listener = -1;
 	char line[128];
 
@@ -160,3 +157,12 @@ int main(int argc, char **argv)
 		}
 	}
 }
+
+#ifndef PYSANDBOX_STAGER
+int main(int argc, char **argv)
+{
+	if (argc < 3)
+		return 125;
+	return init_loop((pid_t)atoi(argv[1]), atoi(argv[2]), argc > 3 ? atoi(argv[3]) : -1);
+}
+#endif

@@ -260,8 +260,8 @@ def _touch(path):
         raise SetupError("mknod", e.errno, "%s: %s" % (path, os.strerror(e.errno))) from None
 
 
-def _write_file(path, text, mode=0o644):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+def _write_file(path, text, mode=0o644, flags=os.O_CREAT | os.O_TRUNC):
+    fd = os.open(path, os.O_WRONLY | flags | os.O_CLOEXEC, mode)
     try:
         os.write(fd, text.encode())
     finally:
@@ -516,30 +516,42 @@ def _attach(fd, target, is_dir):
 
 
 def build(mp, source_fds):
-    """Child half: compose the root and pivot into it. Runs as the sandbox's PID 1."""
-    k.mount(None, "/", None, k.MS_REC | k.MS_PRIVATE, None, "make-rprivate")
-    k.mount("tmpfs", BASE, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=1m", "mount-scratch")
-    os.mkdir(BASE + NEW, 0o755)
-    os.mkdir(BASE + OLD, 0o755)
-    k.pivot_root(BASE, BASE + OLD)
-    os.chdir("/")
+    """Child half: compose the root and pivot into it. Runs as the sandbox's PID 1.
 
-    sources = list(source_fds) if source_fds is not None else None
-    if mp.rootfs and sources is not None:
-        rootfs_fd = sources.pop(0)
+    The sequence is `operations(...)`, the one description of it; this runs it here, and
+    the compiled child (sandbox/stager.c) runs the same list."""
+    execute(operations(mp, source_fds is not None), source_fds)
+
+
+def operations(mp, have_sources):
+    """The mount stage as a list of operations (tuples, see `execute`), in the kernel's
+    order (module docstring). The host's layout (which of /usr's siblings are links, the
+    links in /etc) is read while the list is made: in the child before its first pivot, or
+    in the supervisor compiling the program ahead (sandbox/stager.py); both see the host's /."""
+    host = ""
+    ops = [("mount", None, "/", None, k.MS_REC | k.MS_PRIVATE, None, "make-rprivate"),
+           ("mount", "tmpfs", BASE, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=1m", "mount-scratch"),
+           ("mkdir", BASE + NEW, 0o755, False), ("mkdir", BASE + OLD, 0o755, False),
+           ("pivot", BASE, BASE + OLD), ("chdir", "/")]
+    # With sources the rootfs is the first detached tree, the user's binds follow it.
+    shift = 1 if (mp.rootfs and have_sources) else 0
+
+    def bind(src, dst, is_dir, readonly, stage="bind"):
+        ops.extend([("mount_point", dst, is_dir), ("mount", src, dst, None, k.MS_BIND | k.MS_REC, None, stage),
+                    ("restrict", dst, readonly, stage)])
+
     # 1. the runtime's base
     if mp.rootfs:
-        src = rootfs_fd if sources is not None else OLD + mp.rootfs
+        src = OLD + mp.rootfs
         if mp.overlay:
-            if sources is not None:
-                _attach(src, "/.lower-root", True)
+            if have_sources:
+                ops.append(("attach", 0, "/.lower-root", True))
                 src = "/.lower-root"
-            _overlay(src, NEW, "root")
-        elif sources is not None:
-            _attach(src, NEW, True)
+            ops.extend(_overlay_ops(src, NEW, "root"))
+        elif have_sources:
+            ops.append(("attach", 0, NEW, True))
         else:
-            k.mount(src, NEW, None, k.MS_BIND | k.MS_REC, None, "rootfs")
-            restrict(NEW, False, "rootfs")
+            ops.extend([("mount", src, NEW, None, k.MS_BIND | k.MS_REC, None, "rootfs"), ("restrict", NEW, False, "rootfs")])
         # Every mount target must exist, and an image's symlinks must not steer one: until
         # the pivot, an absolute link in the image (x -> /oldroot/tmp) resolves against the
         # scratch root, i.e. onto the host. Targets are made (and checked) component by
@@ -547,80 +559,165 @@ def build(mp, source_fds):
         # inside an earlier user mount gets its mount point when that mount is in place.
         targets = [("/tmp", True), ("/proc", True), ("/dev", True)] + ([("/sys", True)] if mp.sys == "ro" else []) \
             + [(m.target, m.is_dir) for m in mp.mounts if m.parent is None]
-        for path, is_dir in targets:
-            _make_target_in_root(NEW, path, is_dir)
+        ops.extend(("target_in_root", NEW, path, is_dir) for path, is_dir in targets)
         if mp.readonly_root and not mp.overlay:
-            make_readonly(NEW, "rootfs-ro")
+            ops.append(("restrict", NEW, True, "rootfs-ro"))
     else:
-        k.mount("tmpfs", NEW, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=16m", "mount-root")
+        ops.append(("mount", "tmpfs", NEW, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=16m", "mount-root"))
         for name in mp.root_links:
-            host = OLD + "/" + name
-            if os.path.islink(host):
-                os.symlink(os.readlink(host), NEW + "/" + name)
-            elif os.path.isdir(host):
-                _bind(host, NEW + "/" + name, True, not mp.overlay)
+            seen = host + "/" + name
+            if os.path.islink(seen):
+                ops.append(("symlink", os.readlink(seen), NEW + "/" + name))
+            elif os.path.isdir(seen):
+                bind(OLD + "/" + name, NEW + "/" + name, True, not mp.overlay)
         if mp.base_etc:
-            _compose_etc(mp)
+            etc = NEW + "/etc"
+            ops.append(("mkdirs", etc, 0o755))
+            for name, is_link, is_dir in mp.etc:
+                if is_link:
+                    ops.append(("symlink", os.readlink(host + "/etc/" + name), etc + "/" + name))
+                else:
+                    bind(OLD + "/etc/" + name, etc + "/" + name, is_dir, True, "bind-etc")
+            hostname = mp.hostname or "sandbox"
+            for name, text in (("passwd", mp.passwd), ("group", "root:x:0:\nnogroup:x:65534:\n"),
+                               ("hostname", hostname + "\n"),
+                               ("hosts", "127.0.0.1\tlocalhost %s\n::1\tlocalhost\n" % hostname)):
+                ops.append(("write", etc + "/" + name, text, os.O_CREAT | os.O_TRUNC, 0o644, "mount"))
     if mp.base_tmp:
-        _mkdirs(NEW + "/tmp", 0o1777)
-        k.mount("tmpfs", NEW + "/tmp", "tmpfs", k.MS_NOSUID | k.MS_NODEV,
-                "mode=1777,size=%d" % max(mp.tmp_size, 4096), "mount-tmp")
+        ops.extend([("mkdirs", NEW + "/tmp", 0o1777),
+                    ("mount", "tmpfs", NEW + "/tmp", "tmpfs", k.MS_NOSUID | k.MS_NODEV,
+                     "mode=1777,size=%d" % max(mp.tmp_size, 4096), "mount-tmp")])
     if mp.proc:
-        _mkdirs(NEW + "/proc")
-        k.mount("proc", NEW + "/proc", "proc", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, None, "mount-proc")
+        ops.extend([("mkdirs", NEW + "/proc", 0o755),
+                    ("mount", "proc", NEW + "/proc", "proc", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, None, "mount-proc")])
         if mp.proc_stat == "sanitized":
-            _sanitize_proc_stat(NEW + "/proc/stat")
-    _compose_dev(mp.pty_max)
+            ops.append(("proc_stat", NEW + "/proc/stat", "/.proc-stat"))
+    ops.extend(_dev_ops(mp.pty_max))
     if mp.sys == "ro":
-        _mkdirs(NEW + "/sys")
-        try:
-            k.mount("sysfs", NEW + "/sys", "sysfs", k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, None,
-                    "mount-sys")
-        except SetupError:
-            # A fresh sysfs needs a network namespace of our own; with the host's network
-            # only a read-only bind of the host's /sys is possible.
-            _bind(OLD + "/sys", NEW + "/sys", True, True, "mount-sys")
+        ops.extend([("mkdirs", NEW + "/sys", 0o755), ("mount_sysfs", NEW + "/sys", OLD + "/sys")])
     # 2. the user's mounts, in the order given (plan refused any that would hide an earlier one)
     for mount in mp.mounts:
-        _mount_user(mp, mount, sources)
+        target = NEW + mount.target
+        # The mount point is made (or found) component by component without following a
+        # symlink: inside an earlier bind a link could otherwise steer the mount elsewhere.
+        ops.append(("target_in_root", NEW, mount.target, mount.is_dir))
+        if mount.kind == "tmpfs":
+            options = mount.options
+            data = "mode=%o,uid=%d,gid=%d" % (int(options.get("mode", 0o755)), mp.uid, mp.gid)
+            if options.get("size"):
+                data += ",size=%d" % int(options["size"])
+            ops.append(("mount", "tmpfs", target, "tmpfs", k.MS_NOSUID | k.MS_NODEV, data, "tmpfs"))
+        elif mp.overlay and not mount.writable and mount.is_dir and not mp.rootfs:
+            lower = OLD + mount.source
+            if have_sources:
+                lower = "/.lower-%d" % mount.index
+                ops.append(("attach", mount.index + shift, lower, True))
+            ops.extend(_overlay_ops(lower, target, str(mount.index)))
+        elif have_sources:
+            ops.append(("attach", mount.index + shift, target, mount.is_dir))
+        else:
+            bind(OLD + mount.source, target, mount.is_dir, not mount.writable)
 
-    k.umount2(OLD, k.MNT_DETACH, "umount-oldroot")
-    os.chdir(NEW)
-    k.pivot_root(".", ".")
-    k.umount2(".", k.MNT_DETACH, "umount-scratch")
-    os.chdir("/")
-    _mask(mp.masked, mp.readonly)
+    ops.extend([("umount", OLD, k.MNT_DETACH, "umount-oldroot"), ("chdir", NEW), ("pivot", ".", "."),
+                ("umount", ".", k.MNT_DETACH, "umount-scratch"), ("chdir", "/"),
+                ("mask", tuple(mp.masked), tuple(mp.readonly))])
     if mp.readonly_root and not mp.rootfs:
-        k.mount(None, "/", None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV, None,
-                "remount-root-ro")
+        ops.append(("mount", None, "/", None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV, None,
+                    "remount-root-ro"))
+    return ops
 
 
-def _mount_user(mp, mount, sources):
-    target = NEW + mount.target
-    # The mount point is made (or found) component by component without following a
-    # symlink: inside an earlier bind a link could otherwise steer the mount elsewhere.
-    _make_target_in_root(NEW, mount.target, mount.is_dir)
-    if mount.kind == "tmpfs":
-        options = mount.options
-        data = "mode=%o,uid=%d,gid=%d" % (int(options.get("mode", 0o755)), mp.uid, mp.gid)
-        if options.get("size"):
-            data += ",size=%d" % int(options["size"])
-        k.mount("tmpfs", target, "tmpfs", k.MS_NOSUID | k.MS_NODEV, data, "tmpfs")
-        return
-    fd = sources[mount.index] if sources is not None else None
-    if mp.overlay and not mount.writable and mount.is_dir and not mp.rootfs:
-        lower = OLD + mount.source
-        if fd is not None:
-            lower = "/.lower-%d" % mount.index
-            _attach(fd, lower, True)
-        _overlay(lower, target, str(mount.index))
-    elif fd is not None:
-        _attach(fd, target, mount.is_dir)
-    else:
-        _bind(OLD + mount.source, target, mount.is_dir, not mount.writable)
+def _overlay_ops(lower, target, tag):
+    """Copy-on-write over `lower`: the upper layer is a tmpfs, so writes never reach the host."""
+    upper = "/.overlay-" + tag
+    return [("mkdir", upper, 0o755, False),
+            ("mount", "tmpfs", upper, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755", "overlay-upper"),
+            ("mkdir", upper + "/u", 0o755, False), ("mkdir", upper + "/w", 0o755, False),
+            ("mount", "overlay", target, "overlay", 0,
+             "lowerdir=%s,upperdir=%s/u,workdir=%s/w,userxattr" % (lower, upper, upper), "overlay")]
 
 
-def _sanitize_proc_stat(path):
+def _dev_ops(pty_max=PTY_MAX_DEFAULT):
+    dev = NEW + "/dev"
+    ops = [("mkdirs", dev, 0o755),
+           ("mount", "tmpfs", dev, "tmpfs", k.MS_NOSUID | k.MS_NOEXEC, "mode=0755,size=64k", "mount-dev")]
+    for name in DEV_NODES:
+        # mknod is refused in a user namespace; a bind of the host's node works, and the
+        # bind keeps the host devtmpfs mount's (absent) nodev flag.
+        ops.extend([("write", dev + "/" + name, "", os.O_CREAT, 0o644, "mknod"),
+                    ("mount", OLD + "/dev/" + name, dev + "/" + name, None, k.MS_BIND, None, "bind-dev")])
+    ops.extend([("mkdir", dev + "/pts", 0o755, False),
+                ("mount", "devpts", dev + "/pts", "devpts", k.MS_NOSUID | k.MS_NOEXEC,
+                 # max=: the instance's own bound. The kernel's pool (kernel.pty.max) is shared by
+                 # every devpts instance but the host's (which keeps kernel.pty.reserve), so without
+                 # it one sandbox could take every pty and leave the others ENOSPC.
+                 "newinstance,ptmxmode=0666,mode=0620,max=%d" % pty_max, "mount-devpts"),
+                ("mkdir", dev + "/shm", 0o1777, False),
+                ("mount", "tmpfs", dev + "/shm", "tmpfs", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, "mode=1777,size=64m",
+                 "mount-shm")])
+    ops.extend(("symlink", target, dev + "/" + name) for name, target in DEV_LINKS)
+    ops.append(("mount", None, dev, None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.MS_NOSUID | k.MS_NOEXEC, None,
+                "remount-dev-ro"))
+    return ops
+
+
+def execute(ops, source_fds):
+    """Run mount operations here (the Python child); sandbox/stager.c has the same meanings."""
+    for op in ops:
+        kind, args = op[0], op[1:]
+        if kind == "mount":
+            src, target, fstype, flags, data, label = args
+            k.mount(src, target, fstype, flags, data, label)
+        elif kind == "mkdir":
+            path, mode, exist_ok = args
+            try:
+                os.mkdir(path, mode)
+            except FileExistsError:
+                if not exist_ok:
+                    raise
+        elif kind == "mkdirs":
+            _mkdirs(*args)
+        elif kind == "mount_point":
+            _mount_point(*args)
+        elif kind == "restrict":
+            restrict(*args)
+        elif kind == "symlink":
+            os.symlink(*args)
+        elif kind == "pivot":
+            k.pivot_root(*args)
+        elif kind == "chdir":
+            os.chdir(args[0])
+        elif kind == "umount":
+            k.umount2(*args)
+        elif kind == "attach":
+            index, target, is_dir = args
+            _attach(source_fds[index], target, is_dir)
+        elif kind == "target_in_root":
+            _make_target_in_root(*args)
+        elif kind == "proc_stat":
+            _sanitize_proc_stat(*args)
+        elif kind == "mask":
+            _mask(*args)
+        elif kind == "write":
+            path, text, flags, mode, label = args
+            try:
+                _write_file(path, text, mode, flags)
+            except OSError as e:
+                raise SetupError(label, e.errno, "%s: %s" % (path, e.strerror)) from None
+        elif kind == "mount_sysfs":
+            target, host_sys = args
+            try:
+                k.mount("sysfs", target, "sysfs", k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, None,
+                        "mount-sys")
+            except SetupError:
+                # A fresh sysfs needs a network namespace of our own; with the host's network
+                # only a read-only bind of the host's /sys is possible.
+                _bind(host_sys, target, True, True, "mount-sys")
+        else:
+            raise SetupError("mount", 22, "unknown mount operation %r" % kind)
+
+
+def _sanitize_proc_stat(path, copy="/.proc-stat"):
     """Bind a copy of /proc/stat with the per-IRQ (intr) and softirq counters zeroed over it.
 
     The copy is written to the scratch tmpfs, which is detached after the pivot: the bind
@@ -634,61 +731,10 @@ def _sanitize_proc_stat(path):
         if name in ("intr", "softirq"):
             line = name + " " + " ".join("0" for _ in rest.split())
         lines.append(line)
-    copy = "/.proc-stat"
     _write_file(copy, "\n".join(lines), 0o444)
     k.mount(copy, path, None, k.MS_BIND, None, "proc-stat")
     k.mount(None, path, None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC,
             None, "proc-stat")
-
-
-def _overlay(lower, target, tag):
-    """Copy-on-write over `lower`: the upper layer is a tmpfs, so writes never reach the host."""
-    upper = "/.overlay-" + tag
-    os.mkdir(upper, 0o755)
-    k.mount("tmpfs", upper, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755", "overlay-upper")
-    os.mkdir(upper + "/u", 0o755)
-    os.mkdir(upper + "/w", 0o755)
-    k.mount("overlay", target, "overlay", 0,
-            "lowerdir=%s,upperdir=%s/u,workdir=%s/w,userxattr" % (lower, upper, upper), "overlay")
-
-
-def _compose_etc(mp):
-    etc = NEW + "/etc"
-    _mkdirs(etc)
-    for name, is_link, is_dir in mp.etc:
-        host = OLD + "/etc/" + name
-        if is_link:
-            os.symlink(os.readlink(host), etc + "/" + name)
-        else:
-            _bind(host, etc + "/" + name, is_dir, True, "bind-etc")
-    _write_file(etc + "/passwd", mp.passwd)
-    _write_file(etc + "/group", "root:x:0:\nnogroup:x:65534:\n")
-    _write_file(etc + "/hostname", (mp.hostname or "sandbox") + "\n")
-    _write_file(etc + "/hosts", "127.0.0.1\tlocalhost %s\n::1\tlocalhost\n" % (mp.hostname or "sandbox"))
-
-
-def _compose_dev(pty_max=PTY_MAX_DEFAULT):
-    dev = NEW + "/dev"
-    _mkdirs(dev)
-    k.mount("tmpfs", dev, "tmpfs", k.MS_NOSUID | k.MS_NOEXEC, "mode=0755,size=64k", "mount-dev")
-    for name in DEV_NODES:
-        # mknod is refused in a user namespace; a bind of the host's node works, and the
-        # bind keeps the host devtmpfs mount's (absent) nodev flag.
-        _touch(dev + "/" + name)
-        k.mount(OLD + "/dev/" + name, dev + "/" + name, None, k.MS_BIND, None, "bind-dev")
-    os.mkdir(dev + "/pts", 0o755)
-    k.mount("devpts", dev + "/pts", "devpts", k.MS_NOSUID | k.MS_NOEXEC,
-            # max=: the instance's own bound. The kernel's pool (kernel.pty.max) is shared by
-            # every devpts instance but the host's (which keeps kernel.pty.reserve), so without
-            # it one sandbox could take every pty and leave the others ENOSPC.
-            "newinstance,ptmxmode=0666,mode=0620,max=%d" % pty_max, "mount-devpts")
-    os.mkdir(dev + "/shm", 0o1777)
-    k.mount("tmpfs", dev + "/shm", "tmpfs", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, "mode=1777,size=64m",
-            "mount-shm")
-    for name, target in DEV_LINKS:
-        os.symlink(target, dev + "/" + name)
-    k.mount(None, dev, None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.MS_NOSUID | k.MS_NOEXEC, None,
-            "remount-dev-ro")
 
 
 def _mask(masked, readonly):

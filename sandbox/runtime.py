@@ -161,6 +161,9 @@ class Sandbox:
         self.extra_seccomp = extra_seccomp
         self._plan = None
         self._cgroups = None  # cgroup.Pool of this sandbox's runs (made with the plan)
+        self._program = None  # stager.Program: the compiled child, or None (Python stages)
+        self.stager_reason = None  # why the Python stages run this sandbox (None: they do not)
+        self._program_plan = None  # the plan _program (or stager_reason) is about
 
     def __enter__(self):
         return self
@@ -179,6 +182,9 @@ class Sandbox:
         if self._init_fd is not None:
             os.close(self._init_fd)
             self._init_fd = None
+        program, self._program = self._program, None
+        if program is not None:
+            program.close()
         self._plan = None
 
     def __del__(self):
@@ -201,12 +207,29 @@ class Sandbox:
             init_path = os.path.join(os.path.dirname(__file__), "pysandbox-init")
             if os.environ.get("PYSANDBOX_INIT", "x") and os.path.exists(init_path):
                 self._init_fd = os.open(init_path, os.O_PATH | os.O_CLOEXEC)
+            # The child's side compiled for the stager (sandbox/stager.py), when the plan is
+            # one it covers; otherwise every run takes the Python stages.
+            self._program_for(plan)
             if plan.cgroup_limits is not None:
                 from . import cgroup
                 self._cgroups = cgroup.Pool(plan.cgroup_limits, _generated_name)
                 _pools.add(self._cgroups)
             self._plan = plan
         return self._plan
+
+    def _program_for(self, plan):
+        """The compiled child of exactly this plan (None: the Python stages run it)."""
+        program = self._program
+        if program is not None and program.plan is plan and program.fd is not None:
+            return program
+        if program is None and self.stager_reason is not None and self._program_plan is plan:
+            return None
+        from . import stager
+        if program is not None:
+            program.close()
+        self._program, self.stager_reason = stager.prepare(plan)
+        self._program_plan = plan
+        return self._program
 
     # -- running ---------------------------------------------------------------------
     def start(self, argv, env=None, cwd=None, stdin=None, stdout=None, stderr=None, timeout=None,
@@ -321,6 +344,7 @@ class SandboxProcess:
         self._started = time.monotonic()
         self._undo = []
         self._pool = None        # the cgroup.Pool the run's cgroup came from
+        self.executor = "python"  # who ran the child's stages: "python" or "stager" (compiled)
         self._ended = False      # the verdict is in: the cgroup goes back to the pool to be removed
         with _names_lock:
             if name in _running_names:
@@ -402,6 +426,11 @@ class SandboxProcess:
             self._undo.append(launch.tty.close_sockets)
 
     def _stage_clone(self, plan, launch):
+        program = self.sandbox._program_for(plan)
+        if program is not None:
+            from . import stager
+            if stager.usable_for(launch):
+                return self._spawn_stager(stager, program, launch)
         pid = native.clone_process(plan.clone_flags)
         if pid == 0:
             from .child import pid1_main
@@ -411,6 +440,35 @@ class SandboxProcess:
         self._undo.append(self._reap)
         # The child's ends and the bind sources live on in the child only.
         self._close_child_ends()
+
+    def _spawn_stager(self, stager, program, launch):
+        """clone through the compiled child: the stager (posix_spawn, no copy of this
+        process) clones PID 1 as our child and reports its PID on the birth pipe."""
+        stager_pid, birth_r = stager.spawn(program, launch)
+        self.executor = "stager"
+        try:
+            self._close_child_ends()
+            data = b""
+            while True:
+                chunk = native.read(birth_r, 32)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            native.close(birth_r)
+            native.waitpid(stager_pid, 0)
+        if not data.endswith(b"\n"):
+            # the stager failed before PID 1 existed: its error is on the channel
+            from . import channel
+            messages = channel.decode(native.read(self._msg_r, 65536))
+            for kind, fields in messages:
+                if kind == channel.ERROR:
+                    stage, err, message = fields
+                    prefix = stage + ": "
+                    raise SetupError(stage, int(err), message[len(prefix):] if message.startswith(prefix) else message)
+            raise SetupError("clone", 0, "the stager ended without starting the sandbox")
+        self.pid = int(data)
+        self._undo.append(self._reap)
 
     def _close_child_ends(self):
         """Close the descriptors meant for the child, once: each is forgotten as it is

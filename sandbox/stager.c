@@ -1,0 +1,1043 @@
+/*
+ * pysandbox-stage: the sandbox's child side, compiled. The supervisor starts it with
+ * posix_spawn (a vfork: nothing of the supervisor's Python heap is copied), hands it
+ * the plan as a program (sandbox/stager.py compiles stages.CHILD_STAGES into it, once
+ * per Sandbox) and the run's own values as arguments. It clones PID 1 into the new
+ * user and pid namespaces as the supervisor's own child (CLONE_PARENT), reports its
+ * PID and exits; PID 1 then runs the program's operations in order, forks the command
+ * (which runs the command's operations and execs) and becomes the init (init.c).
+ *
+ * Why: on a virtual machine each page fault and each page-table copy costs microseconds;
+ * a Python child forked from the supervisor pays for its heap twice (fork and
+ * copy-on-write), about two thirds of a run. The operations are the same kernel calls
+ * the Python stages make, in the same order, named the same way in errors.
+ *
+ * usage: pysandbox-stage PROGRAM_FD MSG_FD GO_FD BIRTH_FD CPU_SECONDS CWD
+ *                        NSOURCES FD... NCGROUPS TASKS_FILE... -- ARGV...
+ * The environment is the command's. Errors: one channel line "E <stage> <errno>
+ * <message>" on MSG_FD, exit 125 (127/126 when the command cannot be executed).
+ */
+#define _GNU_SOURCE
+#define PYSANDBOX_STAGER
+#include "init.c"
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <linux/landlock.h>
+#include <linux/filter.h>
+#include <net/if.h>
+#include <sched.h>
+#include <stdint.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <dirent.h>
+#include <grp.h>
+
+#include "stager.h"
+
+#define EXIT_SETUP 125
+#define EXIT_NOEXEC 126
+#define EXIT_NOTFOUND 127
+#define MAX_ARGS 65536
+
+struct op {
+	uint32_t code, nargs;
+	const char **arg;
+	uint32_t *len;
+};
+
+static struct op *ops;
+static size_t nops;
+static int msg_fd = -1, go_fd = -1;
+static const char *stage = "stager";
+static char **command_argv;
+static const char *run_cwd;
+static long cpu_seconds = -1;
+static int *source_fds;
+static int nsources;
+static char **cgroup_tasks;
+static int ncgroups;
+
+/* ---- reporting ------------------------------------------------------------------ */
+
+static void clean(char *text)
+{
+	for (; *text; text++)
+		if (*text == '\t' || *text == '\n')
+			*text = ' ';
+}
+
+static void send_error(int err, const char *message)
+{
+	char line[1024], text[900];
+	snprintf(text, sizeof(text), "%s", message);
+	clean(text);
+	snprintf(line, sizeof(line), CHANNEL_ERROR "\t%s\t%d\t%s\n", stage, err, text);
+	say(msg_fd, line);
+}
+
+static void send_warning(const char *message)
+{
+	char line[1024], text[1000];
+	snprintf(text, sizeof(text), "%s", message);
+	clean(text);
+	snprintf(line, sizeof(line), CHANNEL_WARNING "\t%s\n", text);
+	say(msg_fd, line);
+}
+
+/* "<stage>: <what>: <strerror>" (or "<stage>: <label>: <what>: ..." when the
+ * operation's own label differs from the stage), then exit 125: the Python stages'
+ * SetupError text, as stages.report_failure sends it. */
+static __attribute__((noreturn)) void fail(int err, const char *label, const char *fmt, ...)
+{
+	char what[700], message[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	const char *sep = what[0] ? ": " : "";
+	if (label && strcmp(label, stage) != 0)
+		snprintf(message, sizeof(message), "%s: %s: %s%s%s", stage, label, what, sep,
+			 err ? strerror(err) : "failed");
+	else
+		snprintf(message, sizeof(message), "%s: %s%s%s", stage, what, sep, err ? strerror(err) : "failed");
+	send_error(err, message);
+	_exit(EXIT_SETUP);
+}
+
+#define CHECK(rc, label, ...) do { if ((rc) < 0) fail(errno, label, __VA_ARGS__); } while (0)
+
+/* ---- the program ---------------------------------------------------------------- */
+
+static uint32_t get32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t num(const struct op *op, uint32_t i)
+{
+	const unsigned char *p = (const unsigned char *)op->arg[i];
+	uint64_t v = 0;
+	for (int b = 7; b >= 0; b--)
+		v = v << 8 | p[b];
+	return v;
+}
+
+static const char *str(const struct op *op, uint32_t i)
+{
+	return op->arg[i];
+}
+
+/* Reads the whole program and splits it into operations; every length is checked
+ * against the buffer (the program comes from the supervisor, but a short read or a
+ * bug must end in an error, not a wild pointer). */
+static void load_program(int fd)
+{
+	size_t size = 0, cap = 65536;
+	int seekable = 1;
+	unsigned char *buf = malloc(cap);
+	for (;;) {
+		if (size == cap) {
+			cap *= 2;
+			buf = realloc(buf, cap);
+		}
+		if (!buf)
+			fail(ENOMEM, NULL, "program");
+		/* pread: the sealed memfd is shared by concurrent runs (no common offset); a
+		 * pipe is read as a stream */
+		ssize_t n = seekable ? pread(fd, buf + size, cap - size, (off_t)size) : read(fd, buf + size, cap - size);
+		if (n < 0 && errno == ESPIPE && seekable) {
+			seekable = 0;
+			continue;
+		}
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			fail(errno, NULL, "read the program");
+		}
+		if (n == 0)
+			break;
+		size += (size_t)n;
+	}
+	close(fd);
+	if (size < 8 || memcmp(buf, STAGER_MAGIC, 4) != 0 || get32(buf + 4) != STAGER_VERSION)
+		fail(EINVAL, NULL, "not a program of this version (%zu bytes)", size);
+	size_t pos = 8, count = 0, capops = 64;
+	ops = calloc(capops, sizeof(*ops));
+	while (pos < size) {
+		if (count == capops) {
+			capops *= 2;
+			ops = realloc(ops, capops * sizeof(*ops));
+		}
+		if (!ops || pos + 8 > size)
+			fail(EINVAL, NULL, "truncated program at %zu", pos);
+		struct op *op = &ops[count];
+		memset(op, 0, sizeof(*op));
+		op->code = get32(buf + pos);
+		op->nargs = get32(buf + pos + 4);
+		pos += 8;
+		if (op->nargs > MAX_ARGS || op->nargs > (size - pos) / 5)
+			fail(EINVAL, NULL, "operation %u has %u arguments", op->code, op->nargs);
+		op->arg = calloc(op->nargs + 1, sizeof(*op->arg));
+		op->len = calloc(op->nargs + 1, sizeof(*op->len));
+		if (!op->arg || !op->len)
+			fail(ENOMEM, NULL, "program");
+		for (uint32_t i = 0; i < op->nargs; i++) {
+			if (pos + 4 > size)
+				fail(EINVAL, NULL, "truncated program at %zu", pos);
+			uint32_t len = get32(buf + pos);
+			pos += 4;
+			/* every argument is stored with a NUL after it (strings and numbers alike) */
+			if (len == 0 || pos + len > size || buf[pos + len - 1] != 0)
+				fail(EINVAL, NULL, "bad argument at %zu", pos);
+			op->arg[i] = (const char *)buf + pos;
+			op->len[i] = len - 1;
+			pos += len;
+		}
+		count++;
+	}
+	nops = count;
+}
+
+/* ---- helpers the operations share ---------------------------------------------- */
+
+static void write_file(const char *path, const char *data, size_t len, int flags, mode_t mode, const char *label)
+{
+	int fd = open(path, flags | O_WRONLY | O_CLOEXEC, mode);
+	CHECK(fd, label, "%s", path);
+	while (len > 0) {
+		ssize_t n = write(fd, data, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			fail(errno, label, "write %s", path);
+		}
+		data += n;
+		len -= (size_t)n;
+	}
+	close(fd);
+}
+
+static void mkdirs(const char *path, mode_t mode)
+{
+	char buf[4096];
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(buf, mode) < 0 && errno != EEXIST)
+			fail(errno, "mkdir", "%s", buf);
+		*p = '/';
+	}
+	if (mkdir(buf, mode) < 0 && errno != EEXIST)
+		fail(errno, "mkdir", "%s", buf);
+}
+
+static void mount_point(const char *path, int is_dir)
+{
+	if (is_dir) {
+		mkdirs(path, 0755);
+		return;
+	}
+	char dir[4096];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = 0;
+		mkdirs(dir, 0755);
+	}
+	struct stat st;
+	if (lstat(path, &st) < 0) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+		CHECK(fd, "mknod", "%s", path);
+		close(fd);
+	}
+}
+
+static unsigned long mount_flags_of(const char *path)
+{
+	/* the flags the kernel locks on a mount inherited from a more privileged namespace */
+	struct statvfs st;
+	unsigned long flags = 0;
+	if (statvfs(path, &st) < 0)
+		return 0;
+	if (st.f_flag & ST_NOEXEC)
+		flags |= MS_NOEXEC;
+	if (st.f_flag & ST_NOATIME)
+		flags |= MS_NOATIME;
+	if (st.f_flag & ST_NODIRATIME)
+		flags |= MS_NODIRATIME;
+	if (st.f_flag & ST_RELATIME)
+		flags |= MS_RELATIME;
+	if (st.f_flag & ST_RDONLY)
+		flags |= MS_RDONLY;
+	return flags;
+}
+
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x1
+#define MOUNT_ATTR_NOSUID 0x2
+#define MOUNT_ATTR_NODEV 0x4
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+
+struct mount_attr_v0 {
+	uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+/* mnt.restrict: nosuid, nodev (and read-only) recursively */
+static void restrict_mount(const char *path, int readonly, const char *label)
+{
+	struct mount_attr_v0 attr = {MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (readonly ? MOUNT_ATTR_RDONLY : 0), 0, 0, 0};
+	if (syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &attr, sizeof(attr)) == 0)
+		return;
+	unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | mount_flags_of(path) | (readonly ? MS_RDONLY : 0);
+	CHECK(mount(NULL, path, NULL, flags, NULL), label, "%s", path);
+}
+
+static void target_in_root(const char *root, const char *path, int is_dir)
+{
+	char buf[4096], done[4096] = "";
+	snprintf(buf, sizeof(buf), "%s", path);
+	int fd = open(root, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	CHECK(fd, "mount-target", "%s", root);
+	char *save = NULL;
+	char *part = strtok_r(buf, "/", &save);
+	while (part) {
+		char *next = strtok_r(NULL, "/", &save);
+		int last = next == NULL;
+		size_t used = strlen(done);
+		snprintf(done + used, sizeof(done) - used, "/%s", part);
+		struct stat st;
+		if (fstatat(fd, part, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			if (errno != ENOENT)
+				fail(errno, "mount-target", "%s", path);
+			int rc;
+			if (last && !is_dir) {
+				rc = openat(fd, part, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+				if (rc >= 0)
+					close(rc);
+			} else {
+				rc = mkdirat(fd, part, 0755);
+			}
+			CHECK(rc, "mount-target", "%s", path);
+			CHECK(fstatat(fd, part, &st, AT_SYMLINK_NOFOLLOW), "mount-target", "%s", path);
+		}
+		if (S_ISLNK(st.st_mode))
+			fail(ELOOP, "mount-target", "%s: there is a symlink at %s; refusing to mount through it", path, done);
+		if (!last) {
+			int nfd = openat(fd, part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			CHECK(nfd, "mount-target", "%s", path);
+			close(fd);
+			fd = nfd;
+		}
+		part = next;
+	}
+	close(fd);
+}
+
+static int is_null_device(const struct stat *st)
+{
+	return S_ISCHR(st->st_mode) && st->st_rdev == makedev(1, 3);
+}
+
+/* mnt._mask: masked paths (a directory under an empty read-only tmpfs, anything else
+ * under the null device, checked before and after the bind), then read-only paths */
+static void mask_paths(const struct op *op)
+{
+	uint32_t nmasked = (uint32_t)num(op, 0);
+	int null_fd = open("/dev/null", O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	CHECK(null_fd, "mask", "/dev/null");
+	struct stat st;
+	CHECK(fstat(null_fd, &st), "mask", "/dev/null");
+	if (!is_null_device(&st))
+		fail(0, "mask", "/dev/null is not the null device");
+	char null_src[64];
+	snprintf(null_src, sizeof(null_src), "/proc/self/fd/%d", null_fd);
+	for (uint32_t i = 1; i <= nmasked; i++) {
+		const char *path = str(op, i);
+		if (lstat(path, &st) < 0) {
+			if (errno == ENOENT)
+				continue;
+			fail(errno, "mask", "%s", path);
+		}
+		if (S_ISDIR(st.st_mode)) {
+			CHECK(mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=0555"),
+			      "mask", "%s", path);
+		} else if (S_ISLNK(st.st_mode)) {
+			continue;
+		} else {
+			CHECK(mount(null_src, path, NULL, MS_BIND, NULL), "mask", "%s", path);
+			struct stat check;
+			if (stat(path, &check) < 0 || !is_null_device(&check))
+				fail(0, "mask", "%s is not masked by /dev/null after the bind", path);
+		}
+	}
+	close(null_fd);
+	for (uint32_t i = nmasked + 1; i < op->nargs; i++) {
+		const char *path = str(op, i);
+		if (access(path, F_OK) < 0)
+			continue;
+		CHECK(mount(path, path, NULL, MS_BIND | MS_REC, NULL), "readonly-path", "%s", path);
+		restrict_mount(path, 1, "readonly-path");
+	}
+}
+
+/* mnt._sanitize_proc_stat: a copy of /proc/stat with the intr and softirq counters
+ * zeroed, bound read-only over it (the copy lives on the scratch tmpfs) */
+static void proc_stat(const char *path, const char *copy)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	CHECK(fd, "proc-stat", "%s", path);
+	size_t cap = 1 << 16, size = 0;
+	char *in = malloc(cap);
+	for (;;) {
+		if (size + 1 >= cap)
+			in = realloc(in, cap *= 2);
+		if (!in)
+			fail(ENOMEM, "proc-stat", "%s", path);
+		ssize_t n = read(fd, in + size, cap - size - 1);
+		CHECK(n, "proc-stat", "%s", path);
+		if (n == 0)
+			break;
+		size += (size_t)n;
+	}
+	close(fd);
+	in[size] = 0;
+	char *out = malloc(size + 1);
+	size_t o = 0;
+	char *line = in;
+	while (*line) {
+		char *end = strchr(line, '\n');
+		size_t len = end ? (size_t)(end - line) : strlen(line);
+		int zero = (len > 5 && strncmp(line, "intr ", 5) == 0) || (len > 8 && strncmp(line, "softirq ", 8) == 0);
+		if (zero) {
+			const char *name = line[0] == 'i' ? "intr" : "softirq";
+			size_t nlen = strlen(name);
+			memcpy(out + o, name, nlen);
+			o += nlen;
+			/* one "0" per field, so parsers see as many fields */
+			int in_field = 0;
+			for (size_t i = nlen; i < len; i++) {
+				if (line[i] == ' ') {
+					in_field = 0;
+				} else if (!in_field) {
+					in_field = 1;
+					out[o++] = ' ';
+					out[o++] = '0';
+				}
+			}
+		} else {
+			memcpy(out + o, line, len);
+			o += len;
+		}
+		if (!end)
+			break;
+		out[o++] = '\n';
+		line = end + 1;
+	}
+	write_file(copy, out, o, O_CREAT | O_TRUNC, 0444, "proc-stat");
+	free(in);
+	free(out);
+	CHECK(mount(copy, path, NULL, MS_BIND, NULL), "proc-stat", "%s", path);
+	CHECK(mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL),
+	      "proc-stat", "%s", path);
+}
+
+static void attach(int fd, const char *target, int is_dir)
+{
+	mount_point(target, is_dir);
+	CHECK(syscall(SYS_move_mount, fd, "", AT_FDCWD, target, 0x4 /* MOVE_MOUNT_F_EMPTY_PATH */), "bind", "%s", target);
+}
+
+/* ---- the command's layers ------------------------------------------------------ */
+
+static int status_field(const char *name, char *value, size_t size)
+{
+	int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	char buf[8192];
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	size_t len = strlen(name);
+	for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+		if (strncmp(line, name, len) == 0 && line[len] == ':') {
+			char *v = line + len + 1;
+			while (*v == ' ' || *v == '\t')
+				v++;
+			size_t l = strcspn(v, "\n");
+			if (l >= size)
+				l = size - 1;
+			memcpy(value, v, l);
+			value[l] = 0;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static void verify_fail(const char *layer, const char *fmt, ...)
+{
+	char what[700], message[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	/* verify's own words (verify._fail): stage "verify: <layer>" */
+	char full_stage[64];
+	snprintf(full_stage, sizeof(full_stage), "verify: %s", layer);
+	stage = full_stage;
+	snprintf(message, sizeof(message), "verify: %s: %s", layer, what);
+	send_error(0, message);
+	_exit(EXIT_SETUP);
+}
+
+/* verify.check for the expectations the program carries: arguments are key/value pairs */
+static void verify(const struct op *op)
+{
+	char value[128];
+	for (uint32_t i = 0; i + 1 < op->nargs; i += 2) {
+		const char *key = str(op, i);
+		const char *want = str(op, i + 1);
+		if (strncmp(key, "status:", 7) == 0) {
+			/* a /proc/self/status field, compared as text or as a hex mask */
+			const char *field = key + 7;
+			const char *layer = strncmp(field, "Cap", 3) == 0 ? "capabilities"
+					    : strcmp(field, "NoNewPrivs") == 0 ? "no_new_privs" : "seccomp";
+			if (status_field(field, value, sizeof(value)) < 0)
+				verify_fail(layer, "cannot read %s from /proc/self/status", field);
+			if (strncmp(field, "Cap", 3) == 0) {
+				unsigned long long have = strtoull(value, NULL, 16), wanted = strtoull(want, NULL, 16);
+				if (have != wanted)
+					verify_fail(layer, "%s is %#llx, expected %#llx", field, have, wanted);
+			} else if (strcmp(value, want) != 0) {
+				verify_fail(layer, "%s is %s, expected %s", field, value, want);
+			}
+		} else if (strcmp(key, "map") == 0) {
+			char path[64], buf[4096];
+			snprintf(path, sizeof(path), "/proc/self/%s", want);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				verify_fail("id maps", "cannot read %s: %s", path, strerror(errno));
+			ssize_t n = read(fd, buf, sizeof(buf) - 1);
+			close(fd);
+			buf[n > 0 ? n : 0] = 0;
+			for (char *line = buf; *line;) {
+				long long inside, outside, count;
+				if (sscanf(line, "%lld %lld %lld", &inside, &outside, &count) != 3)
+					verify_fail("id maps", "unreadable %s line", want);
+				if (outside <= 0 && 0 < outside + count)
+					verify_fail("id maps", "%s maps inside id %lld onto host id 0", want, inside - outside);
+				char *nl = strchr(line, '\n');
+				if (!nl)
+					break;
+				line = nl + 1;
+			}
+		} else if (strcmp(key, "masked") == 0) {
+			struct stat st;
+			if (stat(want, &st) < 0 || is_null_device(&st))
+				continue;
+			if (S_ISDIR(st.st_mode)) {
+				DIR *d = opendir(want);
+				if (!d)
+					continue;
+				int entries = 0;
+				struct dirent *e;
+				while ((e = readdir(d)))
+					if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+						entries++;
+				closedir(d);
+				if (entries)
+					verify_fail("masked paths", "%s is a directory with %d entries, expected it masked", want, entries);
+				struct statvfs vfs;
+				if (statvfs(want, &vfs) == 0 && !(vfs.f_flag & ST_RDONLY))
+					verify_fail("masked paths", "%s is an empty but writable directory, expected a read-only tmpfs", want);
+				continue;
+			}
+			int fd = open(want, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+			if (fd >= 0) {
+				close(fd);
+				verify_fail("masked paths", "%s can be opened for reading, expected it masked", want);
+			}
+		} else if (strcmp(key, "readonly") == 0) {
+			struct stat st;
+			if (stat(want, &st) < 0)
+				continue;
+			if (S_ISDIR(st.st_mode)) {
+				struct statvfs vfs;
+				if (statvfs(want, &vfs) == 0 && !(vfs.f_flag & ST_RDONLY))
+					verify_fail("readonly paths", "%s is on a writable mount", want);
+				continue;
+			}
+			/* opened and closed at once, nothing is ever written */
+			int fd = open(want, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+			if (fd >= 0) {
+				close(fd);
+				verify_fail("readonly paths", "%s can be opened for writing", want);
+			}
+			if (errno != EROFS && errno != EACCES && errno != EPERM)
+				verify_fail("readonly paths", "%s: opening for writing failed with %s, expected EROFS or EACCES",
+					    want, strerror(errno));
+		} else if (strcmp(key, "landlock-list") == 0 || strcmp(key, "landlock-write") == 0) {
+			int list = key[9] == 'l';
+			int fd = open(want, (list ? O_RDONLY | O_DIRECTORY : O_WRONLY | O_NOCTTY | O_NONBLOCK) | O_CLOEXEC);
+			if (fd >= 0) {
+				close(fd);
+				verify_fail("landlock", "the process is not Landlock-restricted: %s %s outside the allowed set "
+					    "succeeded", list ? "listing" : "opening for writing", want);
+			}
+			if (errno != EACCES)
+				verify_fail("landlock", "probe: %s %s failed with %s, expected EACCES",
+					    list ? "listing" : "opening for writing", want, strerror(errno));
+		} else if (strcmp(key, "fds") == 0) {
+			/* only 0, 1, 2 and the channel may be open */
+			DIR *d = opendir("/proc/self/fd");
+			if (!d)
+				verify_fail("descriptors", "cannot list /proc/self/fd: %s", strerror(errno));
+			int own = dirfd(d);
+			struct dirent *e;
+			while ((e = readdir(d))) {
+				if (e->d_name[0] == '.')
+					continue;
+				int fd = atoi(e->d_name);
+				if (fd <= 2 || fd == own || fd == msg_fd)
+					continue;
+				char link[64], target[256] = "?";
+				snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+				ssize_t n = readlink(link, target, sizeof(target) - 1);
+				target[n > 0 ? n : 1] = 0;
+				verify_fail("descriptors", "fd %d (%s) is open, expected only 0, 1, 2, %d", fd, target, msg_fd);
+			}
+			closedir(d);
+		}
+	}
+}
+
+static void set_caps(uint64_t keep, uint64_t ambient)
+{
+	/* caps.apply: bounding set first (needs CAP_SETPCAP, still effective), then the
+	 * ambient set cleared, then permitted/effective/inheritable exactly `keep`, then the
+	 * ambient capabilities raised (they must be permitted and inheritable). After
+	 * setresuid() with KEEP_CAPS the effective set is empty: it is raised from the
+	 * permitted set first (capset may raise effective within permitted). */
+	struct __user_cap_header_struct current_header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct current[2];
+	CHECK(syscall(SYS_capget, &current_header, current), "capabilities", "capget");
+	if (current[0].effective != current[0].permitted || current[1].effective != current[1].permitted) {
+		current[0].effective = current[0].permitted;
+		current[1].effective = current[1].permitted;
+		CHECK(syscall(SYS_capset, &current_header, current), "capabilities", "raising effective");
+	}
+	for (int cap = 0; cap <= 63; cap++) {
+		if (keep >> cap & 1)
+			continue;
+		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+			if (errno == EINVAL)
+				break;
+			fail(errno, "capabilities", "PR_CAPBSET_DROP %d", cap);
+		}
+	}
+	CHECK(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "capabilities", "clear the ambient set");
+	struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct data[2];
+	for (int i = 0; i < 2; i++) {
+		data[i].effective = data[i].permitted = data[i].inheritable = (uint32_t)(keep >> (32 * i));
+	}
+	CHECK(syscall(SYS_capset, &header, data), "capabilities", "capset");
+	for (int cap = 0; cap <= 63; cap++)
+		if (ambient >> cap & 1)
+			CHECK(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), "capabilities", "ambient %d", cap);
+}
+
+struct ruleset_attr_v3 {
+	uint64_t handled_access_fs, handled_access_net, scoped;
+};
+
+struct path_beneath {
+	uint64_t allowed_access;
+	int32_t parent_fd;
+} __attribute__((packed));
+
+struct net_port {
+	uint64_t allowed_access, port;
+};
+
+/* landlock.apply with every mask computed by the supervisor for this kernel's ABI:
+ * args handled_fs, handled_net, scoped, attr_size, file_rights, then rules as
+ * (kind "p" path access flags | kind "n" right port) */
+static void landlock(const struct op *op)
+{
+	struct ruleset_attr_v3 attr = {num(op, 0), num(op, 1), num(op, 2)};
+	size_t attr_size = (size_t)num(op, 3);
+	uint64_t file_rights = num(op, 4);
+	int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, attr_size, 0);
+	CHECK(ruleset, "landlock", "landlock_create_ruleset");
+	for (uint32_t i = 5; i < op->nargs;) {
+		const char *kind = str(op, i);
+		if (kind[0] == 'p' && i + 3 < op->nargs) {
+			const char *path = str(op, i + 1);
+			uint64_t access = num(op, i + 2), flags = num(op, i + 3);
+			i += 4;
+			int fd = open(path, O_PATH | O_CLOEXEC);
+			if (fd < 0) {
+				char text[600];
+				if (flags & 2) /* listed in the profile */
+					fail(errno, "landlock", "%s: %s (listed in the profile)", path, strerror(errno));
+				if (flags & 1) { /* essential */
+					snprintf(text, sizeof(text), "landlock: %s: %s; no rule added", path, strerror(errno));
+					send_warning(text);
+				}
+				continue;
+			}
+			struct stat st;
+			if (fstat(fd, &st) == 0 && !S_ISDIR(st.st_mode))
+				access &= file_rights;
+			struct path_beneath rule = {access, fd};
+			CHECK(syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &rule, 0), "landlock",
+			      "landlock_add_rule %s", path);
+			close(fd);
+		} else if (kind[0] == 'n' && i + 2 < op->nargs) {
+			struct net_port rule = {num(op, i + 1), num(op, i + 2)};
+			i += 3;
+			CHECK(syscall(SYS_landlock_add_rule, ruleset, 2 /* LANDLOCK_RULE_NET_PORT */, &rule, 0), "landlock",
+			      "landlock_add_rule port %llu", (unsigned long long)rule.port);
+		} else {
+			fail(EINVAL, "landlock", "bad rule in the program");
+		}
+	}
+	CHECK(syscall(SYS_landlock_restrict_self, ruleset, 0), "landlock", "landlock_restrict_self");
+	close(ruleset);
+}
+
+static void seccomp_filter(const struct op *op)
+{
+	/* args: BPF, flags, filters expected after it */
+	if (op->len[0] == 0 || op->len[0] % 8 || op->len[0] / 8 > 4096)
+		fail(EINVAL, "seccomp", "invalid BPF program (%u bytes)", op->len[0]);
+	struct sock_fprog prog = {.len = (unsigned short)(op->len[0] / 8), .filter = (struct sock_filter *)op->arg[0]};
+	CHECK(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, (unsigned int)num(op, 1), &prog), "seccomp", "");
+}
+
+static void seccomp_installed(uint64_t filters)
+{
+	/* verify.seccomp_installed: open/read/close only, which the command's exec needs anyway */
+	char value[32], want[32];
+	if (status_field("Seccomp", value, sizeof(value)) < 0 || strcmp(value, "2") != 0)
+		verify_fail("seccomp", "Seccomp mode is %s after installing the filter, expected 2", value);
+	snprintf(want, sizeof(want), "%llu", (unsigned long long)filters);
+	if (status_field("Seccomp_filters", value, sizeof(value)) < 0 || strcmp(value, want) != 0)
+		verify_fail("seccomp", "%s seccomp filters after installing, expected %s", value, want);
+}
+
+static void exec_command(void)
+{
+	execvpe(command_argv[0], command_argv, environ);
+	int err = errno;
+	char message[600];
+	snprintf(message, sizeof(message), "%s: %s", command_argv[0], strerror(err));
+	stage = "exec";
+	send_error(err, message);
+	_exit(err == ENOENT || err == ENOTDIR ? EXIT_NOTFOUND : EXIT_NOEXEC);
+}
+
+static void supervisor_alive(void)
+{
+	/* Changing credentials clears the parent-death signal: set again, then make sure the
+	 * supervisor did not die in between (its end of the channel would be gone). */
+	CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "pdeathsig", "");
+	struct pollfd p = {.fd = msg_fd, .events = 0};
+	if (poll(&p, 1, 0) > 0)
+		_exit(EXIT_SETUP);
+}
+
+/* ---- the interpreter --------------------------------------------------------- */
+
+static void run(size_t from)
+{
+	pid_t command = -1;
+	for (size_t index = from; index < nops; index++) {
+		const struct op *op = &ops[index];
+		switch (op->code) {
+		case OP_STAGE:
+			stage = str(op, 0);
+			break;
+		case OP_PDEATHSIG:
+			CHECK(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "pdeathsig", "");
+			break;
+		case OP_JOIN_CGROUPS:
+			for (int i = 0; i < ncgroups; i++)
+				write_file(cgroup_tasks[i], "0", 1, 0, 0, NULL);
+			break;
+		case OP_WAIT_GO: {
+			char byte = 0;
+			ssize_t n;
+			do
+				n = read(go_fd, &byte, 1);
+			while (n < 0 && errno == EINTR);
+			if (n != 1 || byte != 'G')
+				_exit(EXIT_SETUP);
+			close(go_fd);
+			break;
+		}
+		case OP_ENTER_IDS:
+			if (num(op, 0))
+				CHECK(syscall(SYS_setgroups, 0, NULL), "setgroups", "");
+			CHECK(syscall(SYS_setresgid, (gid_t)num(op, 2), (gid_t)num(op, 2), (gid_t)num(op, 2)), "setresuid", "");
+			CHECK(syscall(SYS_setresuid, (uid_t)num(op, 1), (uid_t)num(op, 1), (uid_t)num(op, 1)), "setresuid", "");
+			supervisor_alive();
+			break;
+		case OP_UNSHARE:
+			CHECK(unshare((int)num(op, 0)), "unshare", "");
+			break;
+		case OP_SETHOSTNAME:
+			CHECK(sethostname(str(op, 0), op->len[0]), "sethostname", "");
+			break;
+		case OP_WRITE:
+			/* path, data, open flags, mode, label */
+			write_file(str(op, 0), str(op, 1), op->len[1], (int)num(op, 2), (mode_t)num(op, 3), str(op, 4));
+			break;
+		case OP_LOOPBACK: {
+			int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+			CHECK(fd, "loopback", "socket");
+			struct ifreq req;
+			memset(&req, 0, sizeof(req));
+			strcpy(req.ifr_name, "lo");
+			CHECK(ioctl(fd, SIOCGIFFLAGS, &req), "loopback", "SIOCGIFFLAGS lo");
+			req.ifr_flags |= IFF_UP | IFF_RUNNING;
+			CHECK(ioctl(fd, SIOCSIFFLAGS, &req), "loopback", "SIOCSIFFLAGS lo");
+			close(fd);
+			break;
+		}
+		case OP_MOUNT: {
+			/* source, target, fstype, flags, data, label ("" = none) */
+			const char *src = op->len[0] ? str(op, 0) : NULL, *fstype = op->len[2] ? str(op, 2) : NULL;
+			const char *data = op->len[4] ? str(op, 4) : NULL;
+			CHECK(mount(src, str(op, 1), fstype, (unsigned long)num(op, 3), data), str(op, 5), "%s", str(op, 1));
+			break;
+		}
+		case OP_MOUNT_SYSFS: {
+			/* a fresh sysfs needs a network namespace of our own; else a read-only bind */
+			const char *target = str(op, 0);
+			if (mount("sysfs", target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+				CHECK(mount(str(op, 1), target, NULL, MS_BIND | MS_REC, NULL), "mount-sys", "%s", target);
+				restrict_mount(target, 1, "mount-sys");
+			}
+			break;
+		}
+		case OP_RESTRICT:
+			restrict_mount(str(op, 0), (int)num(op, 1), str(op, 2));
+			break;
+		case OP_MKDIR:
+			if (mkdir(str(op, 0), (mode_t)num(op, 1)) < 0 && !(errno == EEXIST && num(op, 2)))
+				fail(errno, "mkdir", "%s", str(op, 0));
+			break;
+		case OP_MKDIRS:
+			mkdirs(str(op, 0), (mode_t)num(op, 1));
+			break;
+		case OP_MOUNT_POINT:
+			mount_point(str(op, 0), (int)num(op, 1));
+			break;
+		case OP_SYMLINK:
+			CHECK(symlink(str(op, 0), str(op, 1)), "symlink", "%s", str(op, 1));
+			break;
+		case OP_PIVOT:
+			CHECK(syscall(SYS_pivot_root, str(op, 0), str(op, 1)), "pivot_root", "");
+			break;
+		case OP_CHDIR:
+			CHECK(chdir(str(op, 0)), "chdir", "%s", str(op, 0));
+			break;
+		case OP_UMOUNT:
+			CHECK(umount2(str(op, 0), (int)num(op, 1)), str(op, 2), "");
+			break;
+		case OP_ATTACH: {
+			uint64_t which = num(op, 0);
+			if ((int)which >= nsources)
+				fail(EBADF, "bind", "source %llu of %d", (unsigned long long)which, nsources);
+			attach(source_fds[which], str(op, 1), (int)num(op, 2));
+			break;
+		}
+		case OP_TARGET_IN_ROOT:
+			target_in_root(str(op, 0), str(op, 1), (int)num(op, 2));
+			break;
+		case OP_PROC_STAT:
+			proc_stat(str(op, 0), str(op, 1));
+			break;
+		case OP_MASK:
+			mask_paths(op);
+			break;
+		case OP_CLOSE_HOST_FDS:
+			/* everything but stdio and the channel: the bind sources, whatever the
+			 * supervisor's process held */
+			for (int i = 0; i < nsources; i++)
+				close(source_fds[i]);
+			nsources = 0;
+			if (msg_fd > 3)
+				syscall(SYS_close_range, 3, msg_fd - 1, 0);
+			syscall(SYS_close_range, msg_fd + 1, ~0U, 0);
+			break;
+		case OP_FORK:
+			command = fork();
+			CHECK(command, "fork", "");
+			if (command > 0) {
+				/* PID 1 goes on after the command's operations */
+				while (index + 1 < nops && ops[index + 1].code != OP_INIT)
+					index++;
+			}
+			break;
+		case OP_SIGNALS: {
+			static const int reset[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT,
+						    SIGALRM, SIGPIPE, SIGCHLD};
+			for (size_t i = 0; i < sizeof(reset) / sizeof(reset[0]); i++)
+				signal(reset[i], SIG_DFL);
+			if (num(op, 0))
+				CHECK(setsid(), "setsid", "");
+			break;
+		}
+		case OP_BECOME_IDS:
+			/* uid, gid, keep capabilities across setresuid */
+			if (num(op, 2) && num(op, 0) != 0)
+				CHECK(prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keepcaps", "");
+			CHECK(syscall(SYS_setresgid, (gid_t)num(op, 1), (gid_t)num(op, 1), (gid_t)num(op, 1)), "setresuid", "");
+			CHECK(syscall(SYS_setresuid, (uid_t)num(op, 0), (uid_t)num(op, 0), (uid_t)num(op, 0)), "setresuid", "");
+			break;
+		case OP_RLIMITS:
+			for (uint32_t i = 0; i + 2 < op->nargs; i += 3) {
+				struct rlimit limit = {(rlim_t)num(op, i + 1), (rlim_t)num(op, i + 2)};
+				CHECK(setrlimit((int)num(op, i), &limit), "rlimits", "");
+			}
+			break;
+		case OP_CPU_TIME:
+			if (cpu_seconds >= 0) {
+				struct rlimit limit;
+				CHECK(getrlimit(RLIMIT_CPU, &limit), "cpu-time", "RLIMIT_CPU");
+				rlim_t soft = (rlim_t)cpu_seconds, hard = (rlim_t)cpu_seconds + 1;
+				if (limit.rlim_max != RLIM_INFINITY && soft > limit.rlim_max)
+					soft = limit.rlim_max;
+				if (limit.rlim_cur != RLIM_INFINITY && soft > limit.rlim_cur)
+					soft = limit.rlim_cur;
+				if (limit.rlim_max != RLIM_INFINITY && hard > limit.rlim_max)
+					hard = limit.rlim_max;
+				struct rlimit wanted = {soft, hard};
+				CHECK(setrlimit(RLIMIT_CPU, &wanted), "cpu-time", "RLIMIT_CPU %ld", cpu_seconds);
+			}
+			break;
+		case OP_CWD:
+			if (chdir(run_cwd) < 0)
+				fail(errno, "chdir", "cwd %s", run_cwd);
+			break;
+		case OP_CLOSE_FDS:
+			if (msg_fd > 3)
+				syscall(SYS_close_range, 3, msg_fd - 1, 0);
+			syscall(SYS_close_range, msg_fd + 1, ~0U, 0);
+			break;
+		case OP_CAPS:
+			set_caps(num(op, 0), num(op, 1));
+			break;
+		case OP_NO_NEW_PRIVS:
+			CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs", "");
+			break;
+		case OP_LANDLOCK:
+			landlock(op);
+			break;
+		case OP_WARN:
+			send_warning(str(op, 0));
+			break;
+		case OP_VERIFY:
+			verify(op);
+			break;
+		case OP_SECCOMP:
+			seccomp_filter(op);
+			break;
+		case OP_SECCOMP_CHECK:
+			seccomp_installed(num(op, 0));
+			break;
+		case OP_EXEC:
+			exec_command();
+			break;
+		case OP_INIT:
+			if (command <= 0)
+				_exit(EXIT_SETUP); /* the command's operations never reach here */
+			_exit(init_loop(command, msg_fd, -1));
+		default:
+			fail(EINVAL, NULL, "unknown operation %u", op->code);
+		}
+	}
+	_exit(EXIT_SETUP);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 9)
+		return EXIT_SETUP;
+	int program_fd = atoi(argv[1]);
+	msg_fd = atoi(argv[2]);
+	go_fd = atoi(argv[3]);
+	int birth_fd = atoi(argv[4]);
+	cpu_seconds = strcmp(argv[5], "-") ? atol(argv[5]) : -1;
+	run_cwd = argv[6];
+	int i = 7;
+	nsources = atoi(argv[i++]);
+	if (nsources < 0 || i + nsources >= argc)
+		return EXIT_SETUP;
+	source_fds = calloc((size_t)nsources + 1, sizeof(int));
+	for (int s = 0; s < nsources; s++)
+		source_fds[s] = atoi(argv[i++]);
+	ncgroups = atoi(argv[i++]);
+	if (ncgroups < 0 || i + ncgroups >= argc)
+		return EXIT_SETUP;
+	cgroup_tasks = argv + i;
+	i += ncgroups;
+	if (strcmp(argv[i], "--") != 0 || i + 1 >= argc)
+		return EXIT_SETUP;
+	/* Everything is copied out of the argument area, which is then overwritten: other
+	 * processes of the sandbox can read PID 1's /proc/1/cmdline, and it must name no host
+	 * path (the stager's, the run's cgroups). */
+	int ncommand = argc - (i + 1);
+	command_argv = calloc((size_t)ncommand + 1, sizeof(char *));
+	for (int a = 0; a < ncommand; a++)
+		command_argv[a] = strdup(argv[i + 1 + a]);
+	char **tasks = calloc((size_t)ncgroups + 1, sizeof(char *));
+	for (int c = 0; c < ncgroups; c++)
+		tasks[c] = strdup(cgroup_tasks[c]);
+	cgroup_tasks = tasks;
+	run_cwd = strdup(run_cwd);
+	char *area_end = argv[argc - 1] + strlen(argv[argc - 1]);
+	memset(argv[0], 0, (size_t)(area_end - argv[0]));
+	strcpy(argv[0], "pysandbox-init");
+
+	/* posix_spawn's dup2 onto themselves cleared close-on-exec; the command must not
+	 * inherit any of them (the channel stays open until its exec, as in the Python stages) */
+	int own[] = {program_fd, msg_fd, go_fd, birth_fd};
+	for (size_t f = 0; f < sizeof(own) / sizeof(own[0]); f++)
+		fcntl(own[f], F_SETFD, FD_CLOEXEC);
+	for (int s = 0; s < nsources; s++)
+		fcntl(source_fds[s], F_SETFD, FD_CLOEXEC);
+
+	stage = "clone";
+	load_program(program_fd);
+	if (nops == 0 || ops[0].code != OP_CLONE)
+		fail(EINVAL, NULL, "the program does not start with clone");
+	/* PID 1 is the supervisor's child, as with the Python stages' clone: the supervisor
+	 * writes its maps, waits for it and reaps it; this process only reports its PID. */
+	long pid = syscall(SYS_clone, (unsigned long)num(&ops[0], 0) | CLONE_PARENT, NULL, NULL, NULL, NULL);
+	CHECK(pid, "clone", "");
+	if (pid > 0) {
+		char line[32];
+		snprintf(line, sizeof(line), "%ld\n", pid);
+		say(birth_fd, line);
+		_exit(0);
+	}
+	close(birth_fd);
+	run(1);
+	return EXIT_SETUP;
+}

@@ -1,0 +1,418 @@
+"""The compiled child: stages.CHILD_STAGES turned into a program for sandbox/stager.c.
+
+A run's child side is the same list of kernel calls whoever makes them. The Python
+stages make them in a child forked from the supervisor, which on this kind of machine
+(a VM: every page fault and page-table copy traps) costs two copies of a Python heap
+per run. The stager is a small static program started with posix_spawn (a vfork); it
+runs the calls from a program compiled here once per Sandbox.
+
+`compile(plan)` walks CHILD_STAGES in order and asks each stage's compiler (COMPILERS,
+by the stage's process and name) for its operations. A stage without a compiler, or a
+plan feature a compiler does not take, raises Unsupported: the Sandbox then runs the
+Python stages (never a run with a layer left out). Per run the supervisor also uses the
+Python stages when a run needs what only they do (a pty relay) or when the native layer
+is replaced by the recording fake (tests that drive single stages).
+
+The program: b"PSBX", a version, then operations: (code, number of arguments,
+arguments); every argument is length-prefixed bytes with a NUL after them, numbers are
+8 bytes little-endian. OPS below is the one list of operation names; sandbox/stager.h is
+generated from it (`python3 -m sandbox.stager > sandbox/stager.h`, checked by a test).
+"""
+import os
+
+from . import native
+from .errors import SetupError
+
+MAGIC = b"PSBX"
+VERSION = 1
+
+# name: what it does (stager.c has one case per name, in this order)
+OPS = (
+    ("clone", "the namespaces clone() makes (always first; the stager itself runs it)"),
+    ("stage", "the stage later errors are reported under"),
+    ("pdeathsig", "PR_SET_PDEATHSIG SIGKILL"),
+    ("join_cgroups", "write 0 to the run's v1 tasks files"),
+    ("wait_go", "wait for the supervisor's G"),
+    ("enter_ids", "setgroups(none)?, uid, gid inside the user namespace"),
+    ("unshare", "unshare(flags)"),
+    ("sethostname", "sethostname"),
+    ("write", "path, data, open flags, mode, label"),
+    ("loopback", "bring lo up"),
+    ("mount", "source, target, fstype, flags, data, label"),
+    ("mount_sysfs", "a fresh sysfs or a read-only bind of the host's"),
+    ("restrict", "nosuid, nodev (, read-only) recursively"),
+    ("mkdir", "path, mode, exist_ok"),
+    ("mkdirs", "path, mode"),
+    ("mount_point", "path, is_dir"),
+    ("symlink", "target, path"),
+    ("pivot", "new root, put old"),
+    ("chdir", "path"),
+    ("umount", "path, flags, label"),
+    ("attach", "source index, target, is_dir (move_mount of a detached tree)"),
+    ("target_in_root", "root, path, is_dir (made without following a link)"),
+    ("proc_stat", "path, copy"),
+    ("mask", "number of masked paths, masked paths, read-only paths"),
+    ("close_host_fds", "everything but stdio and the channel"),
+    ("fork", "fork the command; PID 1 goes on at init"),
+    ("signals", "default dispositions; setsid when set"),
+    ("become_ids", "uid, gid, keep capabilities"),
+    ("rlimits", "(resource, soft, hard)..."),
+    ("cpu_time", "RLIMIT_CPU from the run's budget"),
+    ("cwd", "chdir to the run's directory"),
+    ("close_fds", "everything but stdio and the channel"),
+    ("caps", "keep mask, ambient mask"),
+    ("no_new_privs", "PR_SET_NO_NEW_PRIVS"),
+    ("landlock", "ruleset masks and rules"),
+    ("warn", "a warning for the caller"),
+    ("verify", "expectations, as key/value pairs"),
+    ("seccomp", "BPF, flags"),
+    ("seccomp_check", "filters expected after ours"),
+    ("exec", "execvpe the command"),
+    ("init", "PID 1 becomes the init (init.c)"),
+)
+CODES = {name: code for code, (name, _) in enumerate(OPS)}
+RLIM_INFINITY = (1 << 64) - 1
+
+
+class Unsupported(Exception):
+    """The plan needs something only the Python stages do (the reason is the message)."""
+
+
+def _arg(value):
+    if isinstance(value, bool) or isinstance(value, int):
+        number = int(value)
+        if number < 0:
+            number &= RLIM_INFINITY
+        data = number.to_bytes(8, "little")
+    elif isinstance(value, str):
+        data = value.encode()
+        if b"\0" in data:
+            raise Unsupported("a NUL in %r" % value)
+    elif isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    elif value is None:
+        data = b""
+    else:
+        raise TypeError("program argument %r" % (value,))
+    return len(data) + 1, data + b"\0"
+
+
+def encode(operations):
+    out = [MAGIC, VERSION.to_bytes(4, "little")]
+    for op in operations:
+        name, args = op[0], op[1:]
+        out.append(CODES[name].to_bytes(4, "little") + len(args).to_bytes(4, "little"))
+        for value in args:
+            length, data = _arg(value)
+            out.append(length.to_bytes(4, "little") + data)
+    return b"".join(out)
+
+
+# ---- the stages' compilers (process, stage name) -> function(plan) -> [operations] -----
+
+def _pid1_ids(plan):
+    idmap = plan.idmap
+    if idmap is None:
+        return []
+    uid = idmap.inside_uid if idmap.method == "single" else 0
+    gid = idmap.inside_gid if idmap.method == "single" else 0
+    return [("enter_ids", not idmap.deny_setgroups, uid, gid)]
+
+
+def _user_limits(plan):
+    from .user_limits import SYSCTL_DIR
+    return [("write", SYSCTL_DIR + name, b"%d" % value, 0, 0, "user-limits")
+            for name, value in plan.layers.get("user_limits") or ()]
+
+
+def _mount(plan):
+    if plan.mounts is None:
+        return []
+    from . import mnt
+    # As host root the supervisor opens the bind sources (mnt.open_sources); rootless the
+    # child binds by path. The same process compiles and runs, so this holds per run.
+    ops = []
+    for op in mnt.operations(plan.mounts, os.geteuid() == 0):
+        if op[0] == "mask":  # (masked paths, read-only paths): flattened, with the first count
+            masked, readonly = op[1], op[2]
+            op = ("mask", len(masked), *masked, *readonly)
+        ops.append(op)
+    return ops
+
+
+def _fork(plan):
+    part = plan.layers.get("seccomp")
+    if part is not None and part.listener:
+        raise Unsupported("a seccomp kill report (notify listener)")
+    return [("fork",)]
+
+
+def _command_ids(plan):
+    if plan.idmap is None:
+        return []
+    return [("become_ids", plan.idmap.inside_uid, plan.idmap.inside_gid, plan.layers.get("caps") is not None)]
+
+
+def _rlimits(plan):
+    limits = plan.layers.get("rlimits")
+    if not limits:
+        return []
+    return [("rlimits",) + tuple(v for limit in limits for v in limit)]
+
+
+def _caps(plan):
+    part = plan.layers.get("caps")
+    if part is None:
+        return []
+    from . import caps
+    # caps.apply's rules: a uid other than 0 keeps only ambient capabilities across execve
+    keep = caps.numbers(part.keep)
+    ambient = set(caps.numbers(part.ambient))
+    uid = plan.idmap.inside_uid if plan.idmap is not None else os.getuid()
+    if uid != 0:
+        ambient |= set(keep)
+    if ambient - set(keep):
+        raise Unsupported("ambient capabilities that are not kept")
+    return [("caps", sum(1 << n for n in keep), sum(1 << n for n in ambient))]
+
+
+def _landlock(plan):
+    part = plan.layers.get("landlock")
+    if part is None:
+        return []
+    from . import landlock
+    policy = part.policy
+    if policy is None or not policy.enabled:
+        return []
+    version = landlock.abi()
+    if version < 1:
+        raise Unsupported("a kernel without Landlock")
+    handled_fs = landlock.fs_rights(version)
+    handled_net, rules = 0, []
+    for key, right in (("tcp_bind", landlock.NET_BIND_TCP), ("tcp_connect", landlock.NET_CONNECT_TCP)):
+        ports = getattr(policy, key)
+        if ports is None:
+            continue
+        if version < 4:
+            raise Unsupported("network rules on Landlock ABI %d" % version)
+        handled_net |= right
+        for port in ports:
+            rules += ["n", right, port]
+    scoped = 0
+    for name in policy.scope:
+        if version < 6:
+            raise Unsupported("scopes on Landlock ABI %d" % version)
+        scoped |= landlock.SCOPES[name]
+    attr_size = 8 if version < 4 else 16 if version < 6 else 24
+    paths = []
+    for path, kind, essential, explicit in policy.for_root(tuple(part.extra_rw), tuple(part.extra_ro)):
+        paths += ["p", path, landlock.ACCESS[kind] & handled_fs, (1 if essential else 0) | (2 if explicit else 0)]
+    ops = [("landlock", handled_fs, handled_net, scoped, attr_size, landlock.FILE_RIGHTS, *paths, *rules)]
+    if part.probe is None:
+        ops.append(("warn", "landlock: the policy grants listing / and writing /dev/null, so verify has nothing "
+                            "to probe: the ruleset is applied but not verified"))
+    return ops
+
+
+def _verify(plan):
+    expect = plan.verify
+    if expect is None:
+        return []
+    pairs = []
+    for key, want in expect.items():
+        if key == "no_new_privs":
+            pairs += ["status:NoNewPrivs", "1" if want else "0"]
+        elif key == "caps":
+            for field, mask in want.items():
+                pairs += ["status:" + field, "%x" % mask]
+        elif key == "seccomp_mode":
+            pairs += ["status:Seccomp", str(want)]
+        elif key == "seccomp_filters_before":
+            pairs += ["status:Seccomp_filters", str(want)]
+        elif key == "uid_map_no_host_root":
+            if want:
+                pairs += ["map", "uid_map", "map", "gid_map"]
+        elif key == "masked_paths":
+            for path in want or ():
+                pairs += ["masked", path]
+        elif key == "readonly_paths":
+            for path in want or ():
+                pairs += ["readonly", path]
+        elif key == "landlock":
+            if want:
+                probe = ("list", "/") if want is True else ("list", want) if isinstance(want, str) else want
+                pairs += ["landlock-" + ("list" if probe[0] == "list" else "write"), probe[1]]
+        elif key == "no_fds_above_2":
+            if want:
+                if expect.get("allow_cloexec_fds"):
+                    raise Unsupported("verify: close-on-exec descriptors allowed")
+                pairs += ["fds", ""]
+        elif key == "allow_cloexec_fds":
+            continue
+        else:
+            # fail closed: an expectation the compiled verify does not know is never skipped
+            raise Unsupported("verify: %s" % key)
+    return [("verify",) + tuple(pairs)] if pairs else []
+
+
+def _seccomp(plan):
+    part = plan.layers.get("seccomp")
+    if part is None:
+        return []
+    from . import seccomp
+    ops = []
+    filters = part.filters_before
+    if part.extra_bpf is not None:
+        ops.append(("seccomp", part.extra_bpf, 0))
+        filters += 1
+    ops.append(("seccomp", part.bpf, seccomp.SECCOMP_FILTER_FLAG_LOG if part.log else 0))
+    ops.append(("seccomp_check", filters + 1))
+    return ops
+
+
+def _nothing(plan):
+    return []
+
+
+COMPILERS = {
+    ("pid1", "pdeathsig"): lambda plan: [("pdeathsig",)],
+    ("pid1", "cgroup"): lambda plan: [("join_cgroups",)],
+    ("pid1", "sync"): lambda plan: [("wait_go",)],
+    ("pid1", "ids"): _pid1_ids,
+    ("pid1", "unshare"): lambda plan: [("unshare", plan.unshare_flags)] if plan.unshare_flags else [],
+    ("pid1", "sethostname"): lambda plan: [("sethostname", plan.hostname)] if plan.hostname else [],
+    ("pid1", "user-limits"): _user_limits,
+    ("pid1", "loopback"): lambda plan: [("loopback",)] if plan.layers.get("net") else [],
+    ("pid1", "mount"): _mount,
+    ("pid1", "stdio"): _nothing,           # the stager's stdio is the command's from the start
+    ("pid1", "close-host-fds"): lambda plan: [("close_host_fds",)],
+    ("pid1", "fork"): _fork,
+    ("command", "setsid"): lambda plan: [("signals", plan.new_session)],
+    ("command", "ids"): _command_ids,
+    ("command", "tty"): _nothing,          # a run with a pty relay uses the Python stages
+    ("command", "rlimits"): _rlimits,
+    ("command", "cpu-time"): lambda plan: [("cpu_time",)],
+    ("command", "chdir"): lambda plan: [("cwd",)],
+    ("command", "close-fds"): lambda plan: [("close_fds",)] if plan.close_fds else [],
+    ("command", "capabilities"): _caps,
+    ("command", "no_new_privs"): lambda plan: [("no_new_privs",)] if plan.no_new_privs else [],
+    ("command", "landlock"): _landlock,
+    ("command", "verify"): _verify,
+    ("command", "seccomp"): _seccomp,
+    ("command", "exec"): lambda plan: [("exec",)],
+    ("pid1", "init"): lambda plan: [("init",)],
+    ("pid1", "dumpable"): _nothing,        # the init makes itself non-dumpable first
+    ("pid1", "seccomp-listener"): _nothing,  # refused by _fork
+    ("pid1", "wait"): _nothing,            # the init's loop
+}
+
+
+def operations(plan):
+    """Every operation of the child, in stages.CHILD_STAGES order."""
+    from .stages import CHILD_STAGES
+    ops = [("clone", plan.clone_flags)]
+    for process, name, _ in CHILD_STAGES:
+        compiler = COMPILERS.get((process, name))
+        if compiler is None:
+            raise Unsupported("stage %s/%s has no compiled form" % (process, name))
+        stage_ops = compiler(plan)
+        if stage_ops:
+            ops.append(("stage", name))
+            ops.extend(stage_ops)
+    return ops
+
+
+def compile(plan):
+    """The program for `plan` (bytes); Unsupported when the Python stages must run it."""
+    return encode(operations(plan))
+
+
+BINARY = os.path.join(os.path.dirname(__file__), "pysandbox-stage")
+
+
+class Program:
+    """A compiled plan, held in a sealed memfd that every run's stager reads (pread)."""
+
+    __slots__ = ("fd", "size", "plan")
+
+    def __init__(self, data, plan):
+        self.plan = plan  # the plan it was compiled from: a run of another plan recompiles
+        fd = os.memfd_create("pysandbox-program", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            import fcntl
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+                        | fcntl.F_SEAL_SEAL)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self.size = fd, len(data)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def prepare(plan):
+    """A Program for the plan, or (None, reason) when the Python stages must run it."""
+    if not os.path.exists(BINARY):
+        return None, "the stager is not installed (%s)" % BINARY
+    if not os.environ.get("PYSANDBOX_STAGER", "x"):
+        return None, "PYSANDBOX_STAGER is empty"
+    try:
+        return Program(compile(plan), plan), None
+    except Unsupported as e:
+        return None, str(e)
+
+
+def spawn(program, launch):
+    """Start the stager for one run; returns (stager pid, birth pipe read end).
+
+    Its descriptors keep their numbers (a dup2 onto itself clears close-on-exec in the
+    child only, so no other thread's child ever inherits them); stdio is dup2'ed onto 0-2."""
+    birth_r, birth_w = native.pipe2(os.O_CLOEXEC)
+    try:
+        sources = list(launch.source_fds or ())
+        cgroups = list(launch.cgroup_tasks or ())
+        cpu = "-" if launch.cpu_time is None else str(int(launch.cpu_time) + (launch.cpu_time % 1 > 0))
+        argv = [BINARY, str(program.fd), str(launch.msg_w), str(launch.go_r), str(birth_w), cpu, launch.cwd,
+                str(len(sources)), *map(str, sources), str(len(cgroups)), *cgroups, "--", *launch.argv]
+        keep = [program.fd, launch.msg_w, launch.go_r, birth_w] + sources
+        actions = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep]
+        for target, fd in enumerate(launch.stdio or ()):
+            if fd is not None and fd != target:
+                actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+        pid = os.posix_spawn(BINARY, argv, launch.env, file_actions=actions,
+                             setsigdef=range(1, 32), setsigmask=())
+    except BaseException:
+        os.close(birth_r)
+        raise
+    finally:
+        os.close(birth_w)
+    return pid, birth_r
+
+
+def usable_for(launch):
+    """Whether this run may use the stager: only runs the compiled program covers."""
+    if launch.tty is not None:
+        return False
+    fds = [launch.msg_w, launch.go_r] + list(launch.source_fds or ())
+    # dup2 onto 0-2 would overwrite one of them (a supervisor started with stdio closed)
+    return all(fd is None or fd > 2 for fd in fds) and native.run_stage is native.REAL_RUN_STAGE
+
+
+def c_header():
+    lines = ["/* Generated from sandbox/stager.py by `python3 -m sandbox.stager`: do not edit. */",
+             "#ifndef PYSANDBOX_STAGER_H", "#define PYSANDBOX_STAGER_H",
+             '#define STAGER_MAGIC "%s"' % MAGIC.decode(), "#define STAGER_VERSION %d" % VERSION]
+    for code, (name, what) in enumerate(OPS):
+        lines.append("#define OP_%s %d /* %s */" % (name.upper(), code, what))
+    lines.append("#endif")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(c_header(), end="")

@@ -1,0 +1,214 @@
+"""The compiled child (sandbox/stager.py, sandbox/stager.c) against the Python stages.
+
+Every run of a plan the stager covers goes through it; these tests check that it is used,
+that what the command sees is the same as under the Python stages, and that it fails
+closed and names the stage, as the Python stages do.
+"""
+import json
+import os
+
+import pytest
+
+from sandbox import Sandbox, load_profile, native, stager
+from sandbox.errors import SetupError
+
+PROBE = r"""
+import json, os
+def status():
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters"):
+            out[key] = value.strip()
+    return out
+def listing(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError as e:
+        return "error %d" % e.errno
+mounts = sorted(line.split()[4] + " " + line.split()[5].split(",")[0] for line in open("/proc/self/mountinfo"))
+print(json.dumps({
+    "ids": [os.getuid(), os.getgid(), os.getgroups()],
+    "status": status(),
+    "root": listing("/"),
+    "dev": listing("/dev") if os.path.isdir("/dev") else None,
+    "mounts": mounts,
+    "hostname": os.uname().nodename,
+    "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+    "cwd": os.getcwd(),
+    "env": sorted(os.environ),
+    "sid": os.getsid(0) == os.getpid(),
+    "pid": os.getpid(),
+    "ns": sorted(os.listdir("/proc/self/ns")),
+    "limits": open("/proc/self/limits").read(),
+    "init": open("/proc/1/cmdline", "rb").read().rstrip(b"\0").decode(),
+}))
+"""
+
+
+def view(profile, executor, **run):
+    box = Sandbox(load_profile(profile))
+    if executor == "python":
+        os.environ["PYSANDBOX_STAGER"] = ""
+    try:
+        box.plan()
+        process = box.start(["python3", "-I", "-S", "-c", PROBE], stdout=None, **run)
+    finally:
+        os.environ.pop("PYSANDBOX_STAGER", None)
+    return box, process
+
+
+def observe(profile, executor):
+    box = Sandbox(load_profile(profile))
+    saved = os.environ.get("PYSANDBOX_STAGER")
+    if executor == "python":
+        os.environ["PYSANDBOX_STAGER"] = ""
+    try:
+        box.plan()
+    finally:
+        if saved is None:
+            os.environ.pop("PYSANDBOX_STAGER", None)
+        else:
+            os.environ["PYSANDBOX_STAGER"] = saved
+    result = box.run(["python3", "-I", "-S", "-c", PROBE], capture_output=True, text=True)
+    assert result.exit_code == 0, (result.stage, result.message, result.stderr)
+    box.close()
+    return json.loads(result.stdout), box
+
+
+def needs_stager():
+    if not os.path.exists(stager.BINARY):
+        pytest.skip("the stager is not built (%s)" % stager.BINARY)
+
+
+def test_header_is_generated_from_the_op_table():
+    path = os.path.join(os.path.dirname(stager.__file__), "stager.h")
+    if not os.path.exists(path):
+        path = os.path.join(os.path.dirname(__file__), "..", "sandbox", "stager.h")
+    with open(path) as f:
+        assert f.read() == stager.c_header(), "sandbox/stager.h is stale: python3 -m sandbox.stager > sandbox/stager.h"
+
+
+def test_every_child_stage_has_a_compiled_form():
+    # A stage added to CHILD_STAGES without a compiler makes every plan fall back to the
+    # Python stages (never a run without it): this names the gap instead.
+    from sandbox.stages import CHILD_STAGES
+    missing = [(process, name) for process, name, _ in CHILD_STAGES if (process, name) not in stager.COMPILERS]
+    assert missing == []
+
+
+def test_encoding_round_trip_shape():
+    data = stager.encode([("clone", 5), ("stage", "mount"), ("mount", None, "/x", "tmpfs", 1, "mode=0755", "m")])
+    assert data[:4] == b"PSBX" and int.from_bytes(data[4:8], "little") == stager.VERSION
+    code = int.from_bytes(data[8:12], "little")
+    assert code == stager.CODES["clone"] and int.from_bytes(data[12:16], "little") == 1
+    # a number: 8 bytes + NUL
+    assert int.from_bytes(data[16:20], "little") == 9
+    with pytest.raises(stager.Unsupported):
+        stager.encode([("stage", "a\0b")])
+
+
+@pytest.mark.parametrize("profile", ["strict", "default"])
+def test_strict_and_default_runs_use_the_stager(profile):
+    needs_stager()
+    box = Sandbox(load_profile(profile))
+    assert box.plan() is not None
+    assert box.stager_reason is None
+    process = box.start(["/bin/true"])
+    assert process.executor == "stager"
+    assert process.wait().exit_code == 0
+    box.close()
+
+
+@pytest.mark.parametrize("profile", ["strict", "default", "permissive"])
+def test_the_command_sees_the_same_sandbox_under_both(profile):
+    """Ids, capability sets, no_new_privs, seccomp, the root's listing, /dev, the mount
+    table, hostname, descriptors, cwd, environment, session, namespaces and rlimits."""
+    needs_stager()
+    native_view, native_box = observe(profile, "stager")
+    python_view, python_box = observe(profile, "python")
+    assert python_box.stager_reason == "PYSANDBOX_STAGER is empty"
+    # the C init in both; the Python stages exec it with its arguments
+    assert native_view.pop("init") == "pysandbox-init"
+    assert python_view.pop("init").startswith("pysandbox-init")
+    assert native_view == python_view
+
+
+def test_verify_failure_in_the_stager_names_the_layer_and_stops_the_command():
+    needs_stager()
+    box = Sandbox(load_profile("strict"))
+    plan = box.plan()
+    expect = {key: dict(value) if isinstance(value, dict) else value for key, value in plan.verify.items()}
+    expect["caps"]["CapBnd"] = 1
+    box._plan = plan.replace(verify=expect)
+    process = box.start(["/bin/echo", "should not run"])
+    assert process.executor == "stager"
+    result = process.wait()
+    assert result.exit_code == 125 and result.stage == "verify: capabilities", (result.stage, result.message)
+    assert "CapBnd" in result.message
+
+
+def test_unknown_expectation_falls_back_instead_of_skipping():
+    plan = Sandbox(load_profile("strict")).plan()
+    expect = dict(plan.verify, something_new=True)
+    with pytest.raises(stager.Unsupported, match="something_new"):
+        stager.compile(plan.replace(verify=expect))
+
+
+def test_exec_failure_codes_and_message():
+    needs_stager()
+    box = Sandbox(load_profile("strict"))
+    result = box.run(["/nonexistent/program"], capture_output=True)
+    assert result.exit_code == 127 and result.stage == "exec", (result.stage, result.message)
+    assert "/nonexistent/program" in result.message
+    result = box.run(["/etc/passwd"], capture_output=True)
+    assert result.exit_code == 126 and result.stage == "exec"
+    box.close()
+
+
+def test_a_failing_mount_is_reported_under_its_stage(tmp_path):
+    needs_stager()
+    source = tmp_path / "gone"
+    source.mkdir()
+    box = Sandbox(load_profile("strict"), ro_binds=["%s:/data" % source])
+    box.plan()
+    assert box.stager_reason is None
+    source.rmdir()  # after planning: the run's mount cannot find it
+    with pytest.raises(SetupError) as error:
+        box.run(["/bin/true"])
+    assert error.value.stage in ("sources", "mount"), error.value
+    box.close()
+
+
+def test_recording_fake_gets_the_python_stages(monkeypatch):
+    from sandbox.stages import Launch
+    launch = Launch(["/bin/true"], {}, "/")
+    assert stager.usable_for(launch)
+    monkeypatch.setattr(native, "run_stage", lambda *a: None)
+    assert not stager.usable_for(launch)
+
+
+def test_stager_with_bad_program_fails_cleanly():
+    needs_stager()
+    import subprocess
+    r, w = os.pipe()
+    os.write(w, b"PSBX\x01\x00\x00\x00\x05\x00\x00\x00\xff\xff\xff\xff")  # op with absurd argument count
+    os.close(w)
+    msg_r, msg_w = os.pipe()
+    proc = subprocess.run([stager.BINARY, str(r), str(msg_w), "0", "1", "-", "/", "0", "0", "--", "/bin/true"],
+                          pass_fds=(r, msg_w), capture_output=True)
+    os.close(msg_w)
+    message = os.read(msg_r, 4096).decode()
+    assert proc.returncode == 125 and message.startswith("E\tclone\t22\t"), (proc.returncode, message)
+    os.close(r)
+    os.close(msg_r)
+
+
+def test_many_runs_leave_no_process_or_cgroup():
+    needs_stager()
+    box = Sandbox(load_profile("strict"))
+    for _ in range(20):
+        assert box.run(["/bin/true"]).exit_code == 0
+    box.close()
+    children = open("/proc/self/task/%d/children" % os.getpid()).read().split()
+    assert children == []
