@@ -99,6 +99,9 @@ class NoCgroup:
     def attach(self, pid):
         pass
 
+    def procs_files(self):
+        return []
+
     def verdict(self):
         return {"oom": False, "pids_limited": False, "memory_peak": 0, "cpu_user": 0.0,
                 "cpu_system": 0.0, "limits": self._limits, "accounted": False, "layout": None}

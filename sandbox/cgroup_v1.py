@@ -224,6 +224,10 @@ class V1Cgroup:
             return None
         return [os.path.join(path, "tasks") for _label, path in self.dirs]
 
+    def procs_files(self):
+        """The files attach() writes the PID into (the stager writes them itself)."""
+        return [os.path.join(path, "cgroup.procs") for _label, path in self.dirs]
+
     def attach(self, pid):
         for _label, path in self.dirs:
             try:

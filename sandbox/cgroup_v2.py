@@ -77,6 +77,10 @@ class V2Cgroup:
     def paths(self):
         return [self.leaf] if self.leaf else []
 
+    def procs_files(self):
+        """The file attach() writes the PID into (the stager writes it itself)."""
+        return [os.path.join(self.leaf, "cgroup.procs")]
+
     def attach(self, pid):
         try:
             cg.write_file(os.path.join(self.leaf, "cgroup.procs"), str(pid))

@@ -345,6 +345,8 @@ class SandboxProcess:
         self._undo = []
         self._pool = None        # the cgroup.Pool the run's cgroup came from
         self.executor = "python"  # who ran the child's stages: "python" or "stager" (compiled)
+        self._released = False    # the stager wrote the maps, joined the cgroups and said go
+        self._pid1_reaped = False
         self._ended = False      # the verdict is in: the cgroup goes back to the pool to be removed
         with _names_lock:
             if name in _running_names:
@@ -444,7 +446,19 @@ class SandboxProcess:
     def _spawn_stager(self, stager, program, launch):
         """clone through the compiled child: the stager (posix_spawn, no copy of this
         process) clones PID 1 as our child and reports its PID on the birth pipe."""
-        stager_pid, birth_r = stager.spawn(program, launch)
+        # The maps are written from the stager when a plain write does it (not newuidmap)
+        idmap = self.idmap
+        release = None
+        if idmap is None or idmap.method != "newuidmap":
+            from . import user
+            if idmap is not None:
+                user.check_maps(idmap)
+            procs = []
+            if self._cgroup is not None and not launch.cgroup_tasks:
+                procs = getattr(self._cgroup, "procs_files", lambda: None)()
+            if procs is not None:
+                release = stager.Release(self._go_w, idmap, procs)
+        stager_pid, birth_r = stager.spawn(program, launch, release)
         self.executor = "stager"
         try:
             self._close_child_ends()
@@ -456,9 +470,14 @@ class SandboxProcess:
                 data += chunk
         finally:
             native.close(birth_r)
-            native.waitpid(stager_pid, 0)
-        if not data.endswith(b"\n"):
-            # the stager failed before PID 1 existed: its error is on the channel
+            _, status = native.waitpid(stager_pid, 0)
+        if data.endswith(b"\n"):
+            self.pid = int(data)
+            self._undo.append(self._reap)
+        if status != 0 or self.pid is None:
+            # the stager failed (before PID 1 existed, or releasing it): its error is on the
+            # channel. PID 1 is killed first, so the read ends (EOF) even if nothing was said.
+            self._reap()
             from . import channel
             messages = channel.decode(native.read(self._msg_r, 65536))
             for kind, fields in messages:
@@ -467,8 +486,9 @@ class SandboxProcess:
                     prefix = stage + ": "
                     raise SetupError(stage, int(err), message[len(prefix):] if message.startswith(prefix) else message)
             raise SetupError("clone", 0, "the stager ended without starting the sandbox")
-        self.pid = int(data)
-        self._undo.append(self._reap)
+        if release is not None:
+            self._released = True
+            self._close_attr("_go_w")
 
     def _close_child_ends(self):
         """Close the descriptors meant for the child, once: each is forgotten as it is
@@ -486,15 +506,17 @@ class SandboxProcess:
         self._undo.append(lambda: self._close_attr("_pidfd"))
 
     def _stage_idmap(self, plan, _):
-        if self.idmap is not None:
+        if self.idmap is not None and not self._released:
             from . import user
             user.parent(self.idmap, self.pid)
 
     def _stage_cgroup_attach(self, plan, launch):
-        if self._cgroup is not None and not self.launch.cgroup_tasks:
+        if self._cgroup is not None and not self.launch.cgroup_tasks and not self._released:
             self._cgroup.attach(self.pid)
 
     def _stage_go(self, plan, _):
+        if self._released:
+            return  # the stager did idmap, cgroup-attach and go
         native.write(self._go_w, b"G")
         self._close_attr("_go_w")
 
@@ -539,8 +561,10 @@ class SandboxProcess:
             self._close_all([fd])
 
     def _reap(self):
-        """Undo of clone: PID 1 killed (which ends its namespace) and reaped."""
-        if self.pid and self.result is None:
+        """Undo of clone: PID 1 killed (which ends its namespace) and reaped, once (its
+        number may be anyone's afterwards)."""
+        if self.pid and self.result is None and not self._pid1_reaped:
+            self._pid1_reaped = True
             try:
                 native.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -13,7 +13,10 @@
  * the Python stages make, in the same order, named the same way in errors.
  *
  * usage: pysandbox-stage PROGRAM_FD MSG_FD GO_FD BIRTH_FD CPU_SECONDS CWD
- *                        NSOURCES FD... NCGROUPS TASKS_FILE... -- ARGV...
+ *                        NSOURCES FD... NCGROUPS TASKS_FILE...
+ *                        GO_W SETGROUPS UID_MAP GID_MAP NPROCS PROCS_FILE... -- ARGV...
+ * With GO_W the stager also writes PID 1's id maps, moves it into its cgroups and
+ * releases it (the supervisor's stages idmap, cgroup-attach and go).
  * The environment is the command's. Errors: one channel line "E <stage> <errno>
  * <message>" on MSG_FD, exit 125 (127/126 when the command cannot be executed).
  */
@@ -35,6 +38,7 @@
 #include <sys/sysmacros.h>
 #include <dirent.h>
 #include <grp.h>
+#include <malloc.h>
 
 #include "stager.h"
 
@@ -51,6 +55,7 @@ struct op {
 
 static struct op *ops;
 static size_t nops;
+static unsigned char *program_text;
 static int msg_fd = -1, go_fd = -1;
 static const char *stage = "stager";
 static char **command_argv;
@@ -163,6 +168,7 @@ static void load_program(int fd)
 		size += (size_t)n;
 	}
 	close(fd);
+	program_text = buf;
 	if (size < 8 || memcmp(buf, STAGER_MAGIC, 4) != 0 || get32(buf + 4) != STAGER_VERSION)
 		fail(EINVAL, NULL, "not a program of this version (%zu bytes)", size);
 	size_t pos = 8, count = 0, capops = 64;
@@ -458,17 +464,33 @@ static void attach(int fd, const char *target, int is_dir)
 
 /* ---- the command's layers ------------------------------------------------------ */
 
-static int status_field(const char *name, char *value, size_t size)
+/* /proc/self/status, read once per check (each read makes the kernel format all of it) */
+static char status_text[16384];
+
+static int read_status(void)
 {
 	int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
-	char buf[8192];
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	size_t size = 0;
+	for (;;) {
+		ssize_t n = read(fd, status_text + size, sizeof(status_text) - 1 - size);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		size += (size_t)n;
+	}
 	close(fd);
-	if (n <= 0)
+	status_text[size] = 0;
+	return size ? 0 : -1;
+}
+
+static int status_field(const char *name, char *value, size_t size)
+{
+	char *buf = status_text;
+	if (!buf[0])
 		return -1;
-	buf[n] = 0;
 	size_t len = strlen(name);
 	for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
 		if (strncmp(line, name, len) == 0 && line[len] == ':') {
@@ -506,6 +528,8 @@ static void verify_fail(const char *layer, const char *fmt, ...)
 static void verify(const struct op *op)
 {
 	char value[128];
+	if (read_status() < 0)
+		status_text[0] = 0; /* every status expectation then fails: cannot read */
 	for (uint32_t i = 0; i + 1 < op->nargs; i += 2) {
 		const char *key = str(op, i);
 		const char *want = str(op, i + 1);
@@ -731,7 +755,9 @@ static void seccomp_filter(const struct op *op)
 static void seccomp_installed(uint64_t filters)
 {
 	/* verify.seccomp_installed: open/read/close only, which the command's exec needs anyway */
-	char value[32], want[32];
+	char value[32] = "unknown", want[32];
+	if (read_status() < 0)
+		status_text[0] = 0;
 	if (status_field("Seccomp", value, sizeof(value)) < 0 || strcmp(value, "2") != 0)
 		verify_fail("seccomp", "Seccomp mode is %s after installing the filter, expected 2", value);
 	snprintf(want, sizeof(want), "%llu", (unsigned long long)filters);
@@ -758,6 +784,21 @@ static void supervisor_alive(void)
 	struct pollfd p = {.fd = msg_fd, .events = 0};
 	if (poll(&p, 1, 0) > 0)
 		_exit(EXIT_SETUP);
+}
+
+/* A write of the release; on failure PID 1 is killed (the supervisor reaps it) */
+static void release_write(long pid, const char *path, const char *text, const char *label)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	size_t len = strlen(text);
+	if (fd < 0 || write(fd, text, len) != (ssize_t)len) {
+		int err = errno;
+		kill((pid_t)pid, SIGKILL);
+		if (strcmp(label, "cgroup") == 0)
+			fail(err, label, "attach to %s", path);
+		fail(err, label, "");
+	}
+	close(fd);
 }
 
 /* ---- the interpreter --------------------------------------------------------- */
@@ -967,6 +1008,14 @@ static void run(size_t from)
 		case OP_INIT:
 			if (command <= 0)
 				_exit(EXIT_SETUP); /* the command's operations never reach here */
+			/* PID 1 lives as long as the sandbox: it keeps nothing of the program */
+			for (size_t i = 0; i < nops; i++) {
+				free(ops[i].arg);
+				free(ops[i].len);
+			}
+			free(ops);
+			free(program_text);
+			malloc_trim(0);
 			_exit(init_loop(command, msg_fd, -1));
 		default:
 			fail(EINVAL, NULL, "unknown operation %u", op->code);
@@ -997,6 +1046,18 @@ int main(int argc, char **argv)
 		return EXIT_SETUP;
 	cgroup_tasks = argv + i;
 	i += ncgroups;
+	/* the release: GO_W ("-": the supervisor writes the maps and "G" itself), SETGROUPS
+	 * ("deny" or "-"), UID_MAP, GID_MAP, NPROCS cgroup.procs files */
+	if (i + 5 >= argc)
+		return EXIT_SETUP;
+	int go_w = strcmp(argv[i], "-") ? atoi(argv[i]) : -1;
+	const char *deny_setgroups = argv[i + 1], *uid_map = argv[i + 2], *gid_map = argv[i + 3];
+	int nprocs = atoi(argv[i + 4]);
+	i += 5;
+	if (nprocs < 0 || i + nprocs >= argc)
+		return EXIT_SETUP;
+	char **procs_files = argv + i;
+	i += nprocs;
 	if (strcmp(argv[i], "--") != 0 || i + 1 >= argc)
 		return EXIT_SETUP;
 	/* Everything is copied out of the argument area, which is then overwritten: other
@@ -1011,15 +1072,23 @@ int main(int argc, char **argv)
 		tasks[c] = strdup(cgroup_tasks[c]);
 	cgroup_tasks = tasks;
 	run_cwd = strdup(run_cwd);
+	deny_setgroups = strdup(deny_setgroups);
+	uid_map = strdup(uid_map);
+	gid_map = strdup(gid_map);
+	char **procs = calloc((size_t)nprocs + 1, sizeof(char *));
+	for (int p = 0; p < nprocs; p++)
+		procs[p] = strdup(procs_files[p]);
+	procs_files = procs;
 	char *area_end = argv[argc - 1] + strlen(argv[argc - 1]);
 	memset(argv[0], 0, (size_t)(area_end - argv[0]));
 	strcpy(argv[0], "pysandbox-init");
 
 	/* posix_spawn's dup2 onto themselves cleared close-on-exec; the command must not
 	 * inherit any of them (the channel stays open until its exec, as in the Python stages) */
-	int own[] = {program_fd, msg_fd, go_fd, birth_fd};
+	int own[] = {program_fd, msg_fd, go_fd, birth_fd, go_w};
 	for (size_t f = 0; f < sizeof(own) / sizeof(own[0]); f++)
-		fcntl(own[f], F_SETFD, FD_CLOEXEC);
+		if (own[f] >= 0)
+			fcntl(own[f], F_SETFD, FD_CLOEXEC);
 	for (int s = 0; s < nsources; s++)
 		fcntl(source_fds[s], F_SETFD, FD_CLOEXEC);
 
@@ -1032,12 +1101,42 @@ int main(int argc, char **argv)
 	long pid = syscall(SYS_clone, (unsigned long)num(&ops[0], 0) | CLONE_PARENT, NULL, NULL, NULL, NULL);
 	CHECK(pid, "clone", "");
 	if (pid > 0) {
-		char line[32];
+		/* The PID first: whatever fails below, the supervisor must reap PID 1. */
+		char line[64];
 		snprintf(line, sizeof(line), "%ld\n", pid);
 		say(birth_fd, line);
+		if (go_w >= 0) {
+			/* The supervisor's stages idmap, cgroup-attach and go, done from here (outside
+			 * the new user namespace, with the supervisor's credentials) without a round
+			 * trip through it: gid before uid (once uid_map is written the child is no
+			 * longer ours to write for when we are unprivileged). */
+			char path[64];
+			stage = "idmap";
+			if (strcmp(deny_setgroups, "deny") == 0) {
+				snprintf(path, sizeof(path), "/proc/%ld/setgroups", pid);
+				release_write(pid, path, "deny", "setgroups");
+			}
+			if (uid_map[0]) { /* none without a user namespace */
+				snprintf(path, sizeof(path), "/proc/%ld/gid_map", pid);
+				release_write(pid, path, gid_map, "gid_map");
+				snprintf(path, sizeof(path), "/proc/%ld/uid_map", pid);
+				release_write(pid, path, uid_map, "uid_map");
+			}
+			stage = "cgroup-attach";
+			snprintf(line, sizeof(line), "%ld", pid);
+			for (int p = 0; p < nprocs; p++)
+				release_write(pid, procs_files[p], line, "cgroup");
+			stage = "go";
+			if (write(go_w, "G", 1) != 1) {
+				kill((pid_t)pid, SIGKILL);
+				fail(errno, NULL, "");
+			}
+		}
 		_exit(0);
 	}
 	close(birth_fd);
+	if (go_w >= 0)
+		close(go_w);
 	run(1);
 	return EXIT_SETUP;
 }

@@ -368,7 +368,28 @@ def prepare(plan):
         return None, str(e)
 
 
-def spawn(program, launch):
+class Release:
+    """What the stager does for the supervisor right after the clone, so PID 1 does not
+    wait for a round trip through it: the id maps written, the cgroups joined, "G"."""
+
+    __slots__ = ("go_w", "deny_setgroups", "uid_map", "gid_map", "procs_files")
+
+    def __init__(self, go_w, idmap, procs_files):
+        self.go_w = go_w
+        self.deny_setgroups = bool(idmap is not None and idmap.deny_setgroups)
+        self.uid_map = "".join("%d %d %d\n" % line for line in idmap.uid_lines) if idmap is not None else ""
+        self.gid_map = "".join("%d %d %d\n" % line for line in idmap.gid_lines) if idmap is not None else ""
+        self.procs_files = list(procs_files)
+
+    def argv(self):
+        return [str(self.go_w), "deny" if self.deny_setgroups else "-", self.uid_map, self.gid_map,
+                str(len(self.procs_files)), *self.procs_files]
+
+
+NO_RELEASE = ["-", "-", "", "", "0"]
+
+
+def spawn(program, launch, release=None):
     """Start the stager for one run; returns (stager pid, birth pipe read end).
 
     Its descriptors keep their numbers (a dup2 onto itself clears close-on-exec in the
@@ -379,8 +400,9 @@ def spawn(program, launch):
         cgroups = list(launch.cgroup_tasks or ())
         cpu = "-" if launch.cpu_time is None else str(int(launch.cpu_time) + (launch.cpu_time % 1 > 0))
         argv = [BINARY, str(program.fd), str(launch.msg_w), str(launch.go_r), str(birth_w), cpu, launch.cwd,
-                str(len(sources)), *map(str, sources), str(len(cgroups)), *cgroups, "--", *launch.argv]
-        keep = [program.fd, launch.msg_w, launch.go_r, birth_w] + sources
+                str(len(sources)), *map(str, sources), str(len(cgroups)), *cgroups,
+                *(release.argv() if release is not None else NO_RELEASE), "--", *launch.argv]
+        keep = [program.fd, launch.msg_w, launch.go_r, birth_w] + sources + ([release.go_w] if release else [])
         actions = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep]
         for target, fd in enumerate(launch.stdio or ()):
             if fd is not None and fd != target:

@@ -213,13 +213,18 @@ def _write(path, text, stage):
         raise SetupError(stage, e.errno) from None
 
 
-def write_maps(pid, idmap):
-    """Parent half: write the child's maps (gid before uid: once uid_map is written
-    the child is no longer ours to write for when we are unprivileged)."""
+def check_maps(idmap):
+    """No line may map onto host id 0 (checked before anyone writes the maps)."""
     for lines in (idmap.uid_lines, idmap.gid_lines):
         for inside, host, count in lines:
             if host == 0 or (host <= 0 < host + count):
                 raise SetupError("uid_map", 0, "refusing to map onto host id 0")
+
+
+def write_maps(pid, idmap):
+    """Parent half: write the child's maps (gid before uid: once uid_map is written
+    the child is no longer ours to write for when we are unprivileged)."""
+    check_maps(idmap)
     proc = "/proc/%d/" % pid
     if idmap.method == "newuidmap":
         import subprocess
