@@ -164,6 +164,10 @@ class Sandbox:
         self._program = None  # stager.Program: the compiled child, or None (Python stages)
         self.stager_reason = None  # why the Python stages run this sandbox (None: they do not)
         self._program_plan = None  # the plan _program (or stager_reason) is about
+        import _thread
+        self._zygotes = []         # [(weakref to its thread's marker, stager.Zygote)]
+        self._zygote_lock = _thread.allocate_lock()
+        self._thread_state = _thread._local()  # per thread: its marker, runs and zygote
 
     def __enter__(self):
         return self
@@ -182,6 +186,7 @@ class Sandbox:
         if self._init_fd is not None:
             os.close(self._init_fd)
             self._init_fd = None
+        self._close_zygotes(everything=True)
         program, self._program = self._program, None
         if program is not None:
             program.close()
@@ -216,6 +221,55 @@ class Sandbox:
                 _pools.add(self._cgroups)
             self._plan = plan
         return self._plan
+
+    def _zygote(self, program):
+        """This thread's zygote for `program`, started on the thread's second run (a
+        one-shot run, the CLI's, pays nothing for it); None: a one-shot stager serves."""
+        state = self._thread_state
+        zygote = getattr(state, "zygote", None)
+        if zygote is not None:
+            if zygote.owner == os.getpid() and zygote.program is program:
+                return zygote
+            if zygote.owner == os.getpid():
+                self._drop_zygote(zygote)  # made for another plan
+            state.zygote = None
+        runs = getattr(state, "runs", 0) + 1
+        state.runs = runs
+        if runs < 2 or os.environ.get("PYSANDBOX_ZYGOTE", "x") == "":
+            return None
+        from . import stager
+        import _weakref
+
+        class Marker:  # lives in this thread's local storage: dead with the thread
+            __slots__ = ("__weakref__",)
+        self._close_zygotes()
+        try:
+            zygote = stager.Zygote(program)
+        except OSError:
+            return None
+        state.marker = Marker()
+        state.zygote = zygote
+        with self._zygote_lock:
+            self._zygotes.append((_weakref.ref(state.marker), zygote))
+        return zygote
+
+    def _drop_zygote(self, zygote):
+        state = self._thread_state
+        if state is not None and getattr(state, "zygote", None) is zygote:
+            state.zygote = None
+        with self._zygote_lock:
+            self._zygotes = [(ref, z) for ref, z in self._zygotes if z is not zygote]
+        zygote.close()
+
+    def _close_zygotes(self, everything=False):
+        """Close the zygotes of threads that ended (all of them at close), and reap them."""
+        with self._zygote_lock:
+            ended = [(ref, z) for ref, z in self._zygotes
+                     if everything or ref() is None or z.owner != os.getpid()]
+            self._zygotes = [item for item in self._zygotes if item not in ended]
+        for _ref, zygote in ended:
+            if zygote.owner == os.getpid():
+                zygote.close()
 
     def _program_for(self, plan):
         """The compiled child of exactly this plan (None: the Python stages run it)."""
@@ -458,23 +512,35 @@ class SandboxProcess:
                 procs = getattr(self._cgroup, "procs_files", lambda: None)()
             if procs is not None:
                 release = stager.Release(self._go_w, idmap, procs)
-        stager_pid, birth_r = stager.spawn(program, launch, release)
         self.executor = "stager"
-        try:
-            self._close_child_ends()
-            data = b""
-            while True:
-                chunk = native.read(birth_r, 32)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            native.close(birth_r)
-            _, status = native.waitpid(stager_pid, 0)
-        if data.endswith(b"\n"):
-            self.pid = int(data)
+        pid = status = None
+        zygote = self.sandbox._zygote(program)
+        if zygote is not None:
+            try:
+                pid, status = zygote.start(launch, release)
+            except OSError:
+                self.sandbox._drop_zygote(zygote)  # it died: this run and the next start their own
+            else:
+                self.executor = "zygote"
+        if pid is None:
+            stager_pid, birth_r = stager.spawn(program, launch, release)
+            try:
+                self._close_child_ends()
+                data = b""
+                while True:
+                    chunk = native.read(birth_r, 32)
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                native.close(birth_r)
+                _, status = native.waitpid(stager_pid, 0)
+            pid = int(data) if data.endswith(b"\n") else 0
+        self._close_child_ends()
+        if pid > 0:
+            self.pid = pid
             self._undo.append(self._reap)
-        if status != 0 or self.pid is None:
+        if status != 0 or not pid:
             # the stager failed (before PID 1 existed, or releasing it): its error is on the
             # channel. PID 1 is killed first, so the read ends (EOF) even if nothing was said.
             self._reap()

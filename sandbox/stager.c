@@ -786,19 +786,27 @@ static void supervisor_alive(void)
 		_exit(EXIT_SETUP);
 }
 
-/* A write of the release; on failure PID 1 is killed (the supervisor reaps it) */
-static void release_write(long pid, const char *path, const char *text, const char *label)
+/* A write of the release; on failure PID 1 is killed (the supervisor reaps it) and the
+ * error goes on the channel */
+static int release_write(long pid, const char *path, const char *text, const char *label)
 {
 	int fd = open(path, O_WRONLY | O_CLOEXEC);
 	size_t len = strlen(text);
 	if (fd < 0 || write(fd, text, len) != (ssize_t)len) {
 		int err = errno;
+		char message[600];
+		if (fd >= 0)
+			close(fd);
 		kill((pid_t)pid, SIGKILL);
 		if (strcmp(label, "cgroup") == 0)
-			fail(err, label, "attach to %s", path);
-		fail(err, label, "");
+			snprintf(message, sizeof(message), "%s: %s: attach to %s: %s", stage, label, path, strerror(err));
+		else
+			snprintf(message, sizeof(message), "%s: %s: %s", stage, label, strerror(err));
+		send_error(err, message);
+		return -1;
 	}
 	close(fd);
+	return 0;
 }
 
 /* ---- the interpreter --------------------------------------------------------- */
@@ -1024,119 +1032,311 @@ static void run(size_t from)
 	_exit(EXIT_SETUP);
 }
 
-int main(int argc, char **argv)
+/* ---- one run: its arguments, the clone, the release ------------------------------ */
+
+/* What one run brings besides the program (the one-shot command line, or one request to
+ * the zygote): every string copied, so nothing points into an area that is reused. */
+struct run_args {
+	int msg_fd, go_fd, go_w, stdio[3];
+	long cpu_seconds;
+	char *cwd, *deny_setgroups, *uid_map, *gid_map;
+	int nsources, ncgroups, nprocs;
+	int *sources;
+	char **cgroups, **procs, **argv, **envp;
+};
+
+static char **copy_strings(char **from, int n)
 {
-	if (argc < 9)
-		return EXIT_SETUP;
-	int program_fd = atoi(argv[1]);
-	msg_fd = atoi(argv[2]);
-	go_fd = atoi(argv[3]);
-	int birth_fd = atoi(argv[4]);
-	cpu_seconds = strcmp(argv[5], "-") ? atol(argv[5]) : -1;
-	run_cwd = argv[6];
-	int i = 7;
-	nsources = atoi(argv[i++]);
-	if (nsources < 0 || i + nsources >= argc)
-		return EXIT_SETUP;
-	source_fds = calloc((size_t)nsources + 1, sizeof(int));
-	for (int s = 0; s < nsources; s++)
-		source_fds[s] = atoi(argv[i++]);
-	ncgroups = atoi(argv[i++]);
-	if (ncgroups < 0 || i + ncgroups >= argc)
-		return EXIT_SETUP;
-	cgroup_tasks = argv + i;
-	i += ncgroups;
+	char **out = calloc((size_t)n + 1, sizeof(char *));
+	if (!out)
+		fail(ENOMEM, NULL, "arguments");
+	for (int i = 0; i < n; i++)
+		if (!(out[i] = strdup(from[i])))
+			fail(ENOMEM, NULL, "arguments");
+	return out;
+}
+
+/* A descriptor field: a number (the one-shot stager's own descriptors) or "@K", the K-th
+ * descriptor a zygote request carried; "-" is none. */
+static int fd_field(const char *text, const int *passed, int npassed)
+{
+	if (strcmp(text, "-") == 0)
+		return -1;
+	if (text[0] == '@') {
+		int k = atoi(text + 1);
+		return passed && k >= 0 && k < npassed ? passed[k] : -2;
+	}
+	return atoi(text);
+}
+
+/* MSG_FD GO_FD CPU_SECONDS CWD STDIN STDOUT STDERR NSOURCES FD... NCGROUPS TASKS_FILE...
+ * GO_W SETGROUPS UID_MAP GID_MAP NPROCS PROCS_FILE... -- ARGV...   (0 on success) */
+static int parse_run(int argc, char **argv, const int *passed, int npassed, struct run_args *run_args)
+{
+	int i = 0;
+	memset(run_args, 0, sizeof(*run_args));
+	if (argc < 16) /* the fields up to "--" and a program */
+		return -1;
+	run_args->msg_fd = fd_field(argv[i++], passed, npassed);
+	run_args->go_fd = fd_field(argv[i++], passed, npassed);
+	run_args->cpu_seconds = strcmp(argv[i], "-") ? atol(argv[i]) : -1;
+	i++;
+	run_args->cwd = strdup(argv[i++]);
+	for (int k = 0; k < 3; k++)
+		run_args->stdio[k] = fd_field(argv[i++], passed, npassed);
+	run_args->nsources = atoi(argv[i++]);
+	if (run_args->nsources < 0 || i + run_args->nsources >= argc)
+		return -1;
+	run_args->sources = calloc((size_t)run_args->nsources + 1, sizeof(int));
+	for (int k = 0; k < run_args->nsources; k++)
+		run_args->sources[k] = fd_field(argv[i++], passed, npassed);
+	run_args->ncgroups = atoi(argv[i++]);
+	if (run_args->ncgroups < 0 || i + run_args->ncgroups >= argc)
+		return -1;
+	run_args->cgroups = copy_strings(argv + i, run_args->ncgroups);
+	i += run_args->ncgroups;
 	/* the release: GO_W ("-": the supervisor writes the maps and "G" itself), SETGROUPS
 	 * ("deny" or "-"), UID_MAP, GID_MAP, NPROCS cgroup.procs files */
 	if (i + 5 >= argc)
-		return EXIT_SETUP;
-	int go_w = strcmp(argv[i], "-") ? atoi(argv[i]) : -1;
-	const char *deny_setgroups = argv[i + 1], *uid_map = argv[i + 2], *gid_map = argv[i + 3];
-	int nprocs = atoi(argv[i + 4]);
+		return -1;
+	run_args->go_w = fd_field(argv[i], passed, npassed);
+	run_args->deny_setgroups = strdup(argv[i + 1]);
+	run_args->uid_map = strdup(argv[i + 2]);
+	run_args->gid_map = strdup(argv[i + 3]);
+	run_args->nprocs = atoi(argv[i + 4]);
 	i += 5;
-	if (nprocs < 0 || i + nprocs >= argc)
-		return EXIT_SETUP;
-	char **procs_files = argv + i;
-	i += nprocs;
+	if (run_args->nprocs < 0 || i + run_args->nprocs >= argc)
+		return -1;
+	run_args->procs = copy_strings(argv + i, run_args->nprocs);
+	i += run_args->nprocs;
 	if (strcmp(argv[i], "--") != 0 || i + 1 >= argc)
-		return EXIT_SETUP;
-	/* Everything is copied out of the argument area, which is then overwritten: other
-	 * processes of the sandbox can read PID 1's /proc/1/cmdline, and it must name no host
-	 * path (the stager's, the run's cgroups). */
-	int ncommand = argc - (i + 1);
-	command_argv = calloc((size_t)ncommand + 1, sizeof(char *));
-	for (int a = 0; a < ncommand; a++)
-		command_argv[a] = strdup(argv[i + 1 + a]);
-	char **tasks = calloc((size_t)ncgroups + 1, sizeof(char *));
-	for (int c = 0; c < ncgroups; c++)
-		tasks[c] = strdup(cgroup_tasks[c]);
-	cgroup_tasks = tasks;
-	run_cwd = strdup(run_cwd);
-	deny_setgroups = strdup(deny_setgroups);
-	uid_map = strdup(uid_map);
-	gid_map = strdup(gid_map);
-	char **procs = calloc((size_t)nprocs + 1, sizeof(char *));
-	for (int p = 0; p < nprocs; p++)
-		procs[p] = strdup(procs_files[p]);
-	procs_files = procs;
+		return -1;
+	i++;
+	/* the command, then (zygote requests) "--env" and its environment */
+	int ncommand = 0;
+	while (i + ncommand < argc && strcmp(argv[i + ncommand], "--env") != 0)
+		ncommand++;
+	if (ncommand == 0)
+		return -1;
+	run_args->argv = copy_strings(argv + i, ncommand);
+	i += ncommand;
+	if (i < argc)
+		run_args->envp = copy_strings(argv + i + 1, argc - i - 1);
+	int fds[] = {run_args->msg_fd, run_args->go_fd};
+	for (size_t k = 0; k < 2; k++)
+		if (fds[k] < 0)
+			return -1;
+	for (int k = 0; k < run_args->nsources; k++)
+		if (run_args->sources[k] < 0)
+			return -1;
+	return 0;
+}
+
+static void free_run(struct run_args *run_args)
+{
+	char **lists[] = {run_args->cgroups, run_args->procs, run_args->argv, run_args->envp};
+	for (size_t l = 0; l < sizeof(lists) / sizeof(lists[0]); l++) {
+		for (char **p = lists[l]; p && *p; p++)
+			free(*p);
+		free(lists[l]);
+	}
+	free(run_args->sources);
+	free(run_args->cwd);
+	free(run_args->deny_setgroups);
+	free(run_args->uid_map);
+	free(run_args->gid_map);
+	memset(run_args, 0, sizeof(*run_args));
+}
+
+/* PID 1 from here on: the run's values become the interpreter's, stdio is the command's */
+static __attribute__((noreturn)) void become_pid1(struct run_args *run_args, int keep_open)
+{
+	msg_fd = run_args->msg_fd;
+	go_fd = run_args->go_fd;
+	cpu_seconds = run_args->cpu_seconds;
+	run_cwd = run_args->cwd;
+	nsources = run_args->nsources;
+	source_fds = run_args->sources;
+	ncgroups = run_args->ncgroups;
+	cgroup_tasks = run_args->cgroups;
+	command_argv = run_args->argv;
+	if (run_args->envp)
+		environ = run_args->envp;
+	if (run_args->go_w >= 0 && run_args->go_w != keep_open)
+		close(run_args->go_w);
+	for (int k = 0; k < 3; k++)
+		if (run_args->stdio[k] >= 0 && run_args->stdio[k] != k && dup2(run_args->stdio[k], k) < 0)
+			fail(errno, "stdio", "dup2 %d", k);
+	run(1);
+	_exit(EXIT_SETUP);
+}
+
+/* Clone PID 1 and release it; returns its PID (>0), or -1 with the error on the channel
+ * (PID 1, when it exists, killed: the supervisor reaps it). *pid_out is PID 1's PID or 0. */
+static int start_run(struct run_args *run_args, long *pid_out, int close_in_child)
+{
+	*pid_out = 0;
+	msg_fd = run_args->msg_fd;
+	stage = "clone";
+	/* PID 1 is the supervisor's child, as with the Python stages' clone: the supervisor
+	 * waits for it and reaps it; the stager only starts and releases it. */
+	long pid = syscall(SYS_clone, (unsigned long)num(&ops[0], 0) | CLONE_PARENT, NULL, NULL, NULL, NULL);
+	if (pid < 0) {
+		int err = errno;
+		char message[200];
+		snprintf(message, sizeof(message), "clone: %s", strerror(err));
+		send_error(err, message);
+		return -1;
+	}
+	if (pid == 0) {
+		if (close_in_child >= 0)
+			close(close_in_child);
+		become_pid1(run_args, -1);
+	}
+	*pid_out = pid;
+	if (run_args->go_w < 0)
+		return 0;
+	/* The supervisor's stages idmap, cgroup-attach and go, done from here (outside the new
+	 * user namespace, with the supervisor's credentials) without a round trip through it:
+	 * gid before uid (once uid_map is written the child is no longer ours to write for
+	 * when we are unprivileged). */
+	char path[64], line[32];
+	stage = "idmap";
+	if (strcmp(run_args->deny_setgroups, "deny") == 0) {
+		snprintf(path, sizeof(path), "/proc/%ld/setgroups", pid);
+		if (release_write(pid, path, "deny", "setgroups") < 0)
+			return -1;
+	}
+	if (run_args->uid_map[0]) { /* none without a user namespace */
+		snprintf(path, sizeof(path), "/proc/%ld/gid_map", pid);
+		if (release_write(pid, path, run_args->gid_map, "gid_map") < 0)
+			return -1;
+		snprintf(path, sizeof(path), "/proc/%ld/uid_map", pid);
+		if (release_write(pid, path, run_args->uid_map, "uid_map") < 0)
+			return -1;
+	}
+	stage = "cgroup-attach";
+	snprintf(line, sizeof(line), "%ld", pid);
+	for (int p = 0; p < run_args->nprocs; p++)
+		if (release_write(pid, run_args->procs[p], line, "cgroup") < 0)
+			return -1;
+	stage = "go";
+	if (write(run_args->go_w, "G", 1) != 1) {
+		int err = errno;
+		kill((pid_t)pid, SIGKILL);
+		send_error(err, "go: write G");
+		return -1;
+	}
+	return 0;
+}
+
+static void hide_arguments(int argc, char **argv)
+{
+	/* Other processes of the sandbox can read PID 1's /proc/1/cmdline: it must name no
+	 * host path (the stager's, the run's cgroups). Everything was copied out first. */
 	char *area_end = argv[argc - 1] + strlen(argv[argc - 1]);
 	memset(argv[0], 0, (size_t)(area_end - argv[0]));
 	strcpy(argv[0], "pysandbox-init");
+}
 
+/* ---- the zygote ------------------------------------------------------------------ */
+
+#define MAX_PASSED 250
+
+/* A reused Sandbox's stager: started once per supervisor thread, it holds the parsed
+ * program and starts one PID 1 per request, so a run costs no exec and no parse. A
+ * request is one SOCK_SEQPACKET message: the run's arguments (NUL-separated, descriptors
+ * as "@K") with its descriptors attached; the reply is "<pid> <status>" (status 0, or
+ * 125 with the error on the run's channel). EOF on the socket (the supervisor closed the
+ * Sandbox, or died) ends it. It runs nothing of a request's own: PID 1 is a fresh clone. */
+static __attribute__((noreturn)) void zygote(int control)
+{
+	static char buf[1 << 17];
+	for (;;) {
+		int passed[MAX_PASSED];
+		int npassed = 0;
+		union {
+			struct cmsghdr align;
+			char data[CMSG_SPACE(sizeof(int) * MAX_PASSED)];
+		} control_data;
+		struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf) - 1};
+		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control_data.data,
+				     .msg_controllen = sizeof(control_data.data)};
+		ssize_t n = recvmsg(control, &msg, MSG_CMSG_CLOEXEC);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			_exit(0);
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				continue;
+			int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			for (int k = 0; k < count && npassed < MAX_PASSED; k++)
+				memcpy(&passed[npassed++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+		}
+		char reply[64];
+		long pid = 0;
+		int status = EXIT_SETUP;
+		if (!(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+			buf[n] = 0;
+			char *fields[8192];
+			int nfields = 0;
+			for (char *p = buf; p < buf + n && nfields < 8192; p += strlen(p) + 1)
+				fields[nfields++] = p;
+			struct run_args run_args;
+			if (parse_run(nfields, fields, passed, npassed, &run_args) == 0) {
+				status = start_run(&run_args, &pid, control) == 0 ? 0 : EXIT_SETUP;
+			}
+			free_run(&run_args);
+		}
+		for (int k = 0; k < npassed; k++)
+			close(passed[k]);
+		snprintf(reply, sizeof(reply), "%ld %d", pid, status);
+		if (send(control, reply, strlen(reply), MSG_NOSIGNAL) < 0)
+			_exit(0);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 4 && strcmp(argv[1], "--zygote") == 0) {
+		/* pysandbox-stage --zygote CONTROL_FD PROGRAM_FD */
+		int control = atoi(argv[2]), program_fd = atoi(argv[3]);
+		fcntl(control, F_SETFD, FD_CLOEXEC);
+		fcntl(program_fd, F_SETFD, FD_CLOEXEC);
+		hide_arguments(argc, argv);
+		load_program(program_fd);
+		if (nops == 0 || ops[0].code != OP_CLONE)
+			fail(EINVAL, NULL, "the program does not start with clone");
+		zygote(control);
+	}
+	/* pysandbox-stage PROGRAM_FD BIRTH_FD RUN... (parse_run's fields) */
+	if (argc < 4)
+		return EXIT_SETUP;
+	int program_fd = atoi(argv[1]);
+	int birth_fd = atoi(argv[2]);
+	struct run_args run_args;
+	if (parse_run(argc - 3, argv + 3, NULL, 0, &run_args) < 0)
+		return EXIT_SETUP;
+	hide_arguments(argc, argv);
 	/* posix_spawn's dup2 onto themselves cleared close-on-exec; the command must not
 	 * inherit any of them (the channel stays open until its exec, as in the Python stages) */
-	int own[] = {program_fd, msg_fd, go_fd, birth_fd, go_w};
+	int own[] = {program_fd, run_args.msg_fd, run_args.go_fd, birth_fd, run_args.go_w};
 	for (size_t f = 0; f < sizeof(own) / sizeof(own[0]); f++)
 		if (own[f] >= 0)
 			fcntl(own[f], F_SETFD, FD_CLOEXEC);
-	for (int s = 0; s < nsources; s++)
-		fcntl(source_fds[s], F_SETFD, FD_CLOEXEC);
-
+	for (int k = 0; k < run_args.nsources; k++)
+		fcntl(run_args.sources[k], F_SETFD, FD_CLOEXEC);
+	msg_fd = run_args.msg_fd;
 	stage = "clone";
 	load_program(program_fd);
 	if (nops == 0 || ops[0].code != OP_CLONE)
 		fail(EINVAL, NULL, "the program does not start with clone");
-	/* PID 1 is the supervisor's child, as with the Python stages' clone: the supervisor
-	 * writes its maps, waits for it and reaps it; this process only reports its PID. */
-	long pid = syscall(SYS_clone, (unsigned long)num(&ops[0], 0) | CLONE_PARENT, NULL, NULL, NULL, NULL);
-	CHECK(pid, "clone", "");
-	if (pid > 0) {
-		/* The PID first: whatever fails below, the supervisor must reap PID 1. */
-		char line[64];
-		snprintf(line, sizeof(line), "%ld\n", pid);
-		say(birth_fd, line);
-		if (go_w >= 0) {
-			/* The supervisor's stages idmap, cgroup-attach and go, done from here (outside
-			 * the new user namespace, with the supervisor's credentials) without a round
-			 * trip through it: gid before uid (once uid_map is written the child is no
-			 * longer ours to write for when we are unprivileged). */
-			char path[64];
-			stage = "idmap";
-			if (strcmp(deny_setgroups, "deny") == 0) {
-				snprintf(path, sizeof(path), "/proc/%ld/setgroups", pid);
-				release_write(pid, path, "deny", "setgroups");
-			}
-			if (uid_map[0]) { /* none without a user namespace */
-				snprintf(path, sizeof(path), "/proc/%ld/gid_map", pid);
-				release_write(pid, path, gid_map, "gid_map");
-				snprintf(path, sizeof(path), "/proc/%ld/uid_map", pid);
-				release_write(pid, path, uid_map, "uid_map");
-			}
-			stage = "cgroup-attach";
-			snprintf(line, sizeof(line), "%ld", pid);
-			for (int p = 0; p < nprocs; p++)
-				release_write(pid, procs_files[p], line, "cgroup");
-			stage = "go";
-			if (write(go_w, "G", 1) != 1) {
-				kill((pid_t)pid, SIGKILL);
-				fail(errno, NULL, "");
-			}
-		}
-		_exit(0);
-	}
-	close(birth_fd);
-	if (go_w >= 0)
-		close(go_w);
-	run(1);
-	return EXIT_SETUP;
+	long pid;
+	int rc = start_run(&run_args, &pid, birth_fd);
+	/* The PID (0: none): whatever failed, the supervisor must reap PID 1. */
+	char line[64];
+	snprintf(line, sizeof(line), "%ld\n", pid);
+	say(birth_fd, line);
+	_exit(rc == 0 ? 0 : EXIT_SETUP);
 }

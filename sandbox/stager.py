@@ -381,28 +381,37 @@ class Release:
         self.gid_map = "".join("%d %d %d\n" % line for line in idmap.gid_lines) if idmap is not None else ""
         self.procs_files = list(procs_files)
 
-    def argv(self):
-        return [str(self.go_w), "deny" if self.deny_setgroups else "-", self.uid_map, self.gid_map,
-                str(len(self.procs_files)), *self.procs_files]
 
-
-NO_RELEASE = ["-", "-", "", "", "0"]
+def run_fields(launch, release, fd, stdio):
+    """The run's arguments in stager.c's parse_run order; `fd(number)` names a descriptor
+    (its number for the one-shot stager, "@K" in a zygote request); `stdio`: what PID 1
+    puts on 0-2 (None: what it has)."""
+    sources = list(launch.source_fds or ())
+    cgroups = list(launch.cgroup_tasks or ())
+    cpu = "-" if launch.cpu_time is None else str(int(launch.cpu_time) + (launch.cpu_time % 1 > 0))
+    fields = [fd(launch.msg_w), fd(launch.go_r), cpu, launch.cwd,
+              *("-" if slot is None else fd(slot) for slot in stdio),
+              str(len(sources)), *map(fd, sources), str(len(cgroups)), *cgroups]
+    if release is None:
+        fields += ["-", "-", "", "", "0"]
+    else:
+        fields += [fd(release.go_w), "deny" if release.deny_setgroups else "-", release.uid_map, release.gid_map,
+                   str(len(release.procs_files)), *release.procs_files]
+    return fields + ["--", *launch.argv]
 
 
 def spawn(program, launch, release=None):
-    """Start the stager for one run; returns (stager pid, birth pipe read end).
+    """Start a one-shot stager for one run; returns (stager pid, birth pipe read end).
 
     Its descriptors keep their numbers (a dup2 onto itself clears close-on-exec in the
     child only, so no other thread's child ever inherits them); stdio is dup2'ed onto 0-2."""
     birth_r, birth_w = native.pipe2(os.O_CLOEXEC)
     try:
-        sources = list(launch.source_fds or ())
-        cgroups = list(launch.cgroup_tasks or ())
-        cpu = "-" if launch.cpu_time is None else str(int(launch.cpu_time) + (launch.cpu_time % 1 > 0))
-        argv = [BINARY, str(program.fd), str(launch.msg_w), str(launch.go_r), str(birth_w), cpu, launch.cwd,
-                str(len(sources)), *map(str, sources), str(len(cgroups)), *cgroups,
-                *(release.argv() if release is not None else NO_RELEASE), "--", *launch.argv]
-        keep = [program.fd, launch.msg_w, launch.go_r, birth_w] + sources + ([release.go_w] if release else [])
+        # posix_spawn puts the run's stdio on 0-2 itself
+        fields = run_fields(launch, release, str, (None, None, None))
+        argv = [BINARY, str(program.fd), str(birth_w), *fields]
+        keep = [program.fd, launch.msg_w, launch.go_r, birth_w] + list(launch.source_fds or ()) \
+            + ([release.go_w] if release else [])
         actions = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep]
         for target, fd in enumerate(launch.stdio or ()):
             if fd is not None and fd != target:
@@ -415,6 +424,65 @@ def spawn(program, launch, release=None):
     finally:
         os.close(birth_w)
     return pid, birth_r
+
+
+class Zygote:
+    """A stager started once and kept (per Sandbox and supervisor thread): it holds the
+    parsed program and clones each run's PID 1 on request, so a run costs neither an exec
+    nor a parse. PID 1 is still a fresh clone in fresh namespaces; nothing of one run is
+    seen by the next (the zygote only ever runs the supervisor's requests). A zygote serves
+    the thread that started it only: PID 1's parent is the zygote's parent, and the
+    parent-death signal follows that thread."""
+
+    def __init__(self, program):
+        from .oci import fdpass
+        self._fdpass = fdpass
+        ours, theirs = fdpass.pair()
+        try:
+            argv = [BINARY, "--zygote", str(theirs.fileno()), str(program.fd)]
+            actions = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in (theirs.fileno(), program.fd)]
+            self.pid = os.posix_spawn(BINARY, argv, {}, file_actions=actions, setsigdef=range(1, 32),
+                                      setsigmask=())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+        self.owner = os.getpid()
+        self.program = program
+
+    def start(self, launch, release):
+        """One run's PID 1: (pid or 0, status); status 125 means its error is on the channel."""
+        fds = []
+
+        def fd(number):
+            fds.append(number)
+            return "@%d" % (len(fds) - 1)
+
+        # The zygote's own 0-2 are not the caller's of now: the run's stdio always travels.
+        stdio = tuple(index if slot is None else slot for index, slot in enumerate(launch.stdio or (None,) * 3))
+        fields = run_fields(launch, release, fd, stdio)
+        fields += ["--env", *("%s=%s" % item for item in launch.env.items())]
+        if any("\0" in field for field in fields):
+            raise ValueError("embedded null byte")
+        data = b"\0".join(os.fsencode(field) for field in fields) + b"\0"
+        self._fdpass.send_fds(self._sock, data, fds)
+        reply = self._sock.recv(64)
+        if not reply:
+            raise OSError(32, "the stager's zygote ended")
+        pid, status = reply.split()
+        return int(pid), int(status)
+
+    def close(self):
+        sock, self._sock = self._sock, None
+        self.program = None
+        if sock is not None:
+            sock.close()  # EOF: the zygote exits
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def usable_for(launch):

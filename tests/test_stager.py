@@ -70,10 +70,16 @@ def observe(profile, executor):
             os.environ.pop("PYSANDBOX_STAGER", None)
         else:
             os.environ["PYSANDBOX_STAGER"] = saved
-    result = box.run(["python3", "-I", "-S", "-c", PROBE], capture_output=True, text=True)
-    assert result.exit_code == 0, (result.stage, result.message, result.stderr)
+    views = []
+    for _ in range(2):  # the second run of a thread goes through its zygote
+        result = box.run(["python3", "-I", "-S", "-c", PROBE], capture_output=True, text=True)
+        assert result.exit_code == 0, (result.stage, result.message, result.stderr)
+        views.append(json.loads(result.stdout))
     box.close()
-    return json.loads(result.stdout), box
+    inits = [view.pop("init") for view in views]
+    assert views[0] == views[1]
+    views[0]["init"] = inits[0]
+    return views[0], box
 
 
 def needs_stager():
@@ -199,7 +205,12 @@ def test_stager_with_bad_program_fails_cleanly():
     os.write(w, b"PSBX\x01\x00\x00\x00\x05\x00\x00\x00\xff\xff\xff\xff")  # op with absurd argument count
     os.close(w)
     msg_r, msg_w = os.pipe()
-    proc = subprocess.run([stager.BINARY, str(r), str(msg_w), "0", "1", "-", "/", "0", "0", "-", "-", "", "", "0", "--", "/bin/true"],
+    # PROGRAM_FD BIRTH_FD, then parse_run's fields (stager.run_fields)
+    from sandbox.stages import Launch
+    launch = Launch(["/bin/true"], {}, "/")
+    launch.msg_w, launch.go_r = msg_w, 0
+    fields = stager.run_fields(launch, None, str, (None, None, None))
+    proc = subprocess.run([stager.BINARY, str(r), "1", *fields],
                           pass_fds=(r, msg_w), capture_output=True)
     os.close(msg_w)
     message = os.read(msg_r, 4096).decode()
@@ -219,9 +230,80 @@ def test_many_runs_leave_no_process_or_cgroup():
     paths = []
     for _ in range(20):
         process = box.start(["/bin/true"])
-        assert process.executor == "stager"
+        assert process.executor in ("stager", "zygote")
         paths += list(getattr(process._cgroup, "paths", []) or [])
         assert process.wait().exit_code == 0
     box.close()
     assert children() <= before
-    assert [p for p in paths if os.path.exists(p)] == []
+    # the run's own cgroups are gone (the devices hierarchy's shared parent stays)
+    assert [p for p in paths if os.path.exists(p) and not p.rstrip("/").endswith("/pysandbox")] == []
+
+
+def test_a_threads_second_run_uses_its_zygote_and_close_reaps_it():
+    needs_stager()
+    before = children()
+    box = Sandbox(load_profile("strict"))
+    executors = []
+    for _ in range(3):
+        process = box.start(["/bin/true"])
+        executors.append(process.executor)
+        assert process.wait().exit_code == 0
+    assert executors == ["stager", "zygote", "zygote"]
+    assert len(box._zygotes) == 1
+    zygote_pid = box._zygotes[0][1].pid
+    assert str(zygote_pid) in children()
+    box.close()
+    assert children() <= before
+    assert not os.path.exists("/proc/%d" % zygote_pid)
+
+
+def test_each_thread_has_its_own_zygote_and_a_dead_threads_is_closed():
+    needs_stager()
+    import threading
+    box = Sandbox(load_profile("strict"))
+    results = []
+
+    def two_runs():
+        for _ in range(2):
+            process = box.start(["/bin/true"])
+            results.append((threading.get_ident(), process.executor, process.wait().exit_code))
+    for _ in range(2):
+        worker = threading.Thread(target=two_runs)
+        worker.start()
+        worker.join()
+    assert [r[1:] for r in results] == [("stager", 0), ("zygote", 0)] * 2
+    import gc
+    gc.collect()
+    # the first thread's zygote was closed when the second thread made its own
+    assert len(box._zygotes) == 1
+    box.close()
+    assert box._zygotes == []
+
+
+def test_a_dead_zygote_is_replaced_and_the_run_still_happens():
+    needs_stager()
+    import signal
+    box = Sandbox(load_profile("strict"))
+    box.run(["/bin/true"])
+    assert box.start(["/bin/true"]).wait().exit_code == 0
+    zygote = box._zygotes[0][1]
+    os.kill(zygote.pid, signal.SIGKILL)
+    os.waitpid(zygote.pid, 0)
+    zygote.pid = -1  # reaped here already
+    process = box.start(["/bin/echo", "still runs"])
+    assert process.executor == "stager"
+    assert process.wait().exit_code == 0
+    assert box.start(["/bin/true"]).executor == "zygote"
+    box.close()
+
+
+def test_zygote_runs_get_their_own_stdio_and_environment():
+    needs_stager()
+    box = Sandbox(load_profile("strict"))
+    outputs = []
+    for word in ("one", "two", "three"):
+        result = box.run(["/bin/sh", "-c", 'echo "$WORD"; echo err >&2'], env={"WORD": word},
+                         capture_output=True, text=True)
+        outputs.append((result.stdout, result.stderr))
+    box.close()
+    assert outputs == [("one\n", "err\n"), ("two\n", "err\n"), ("three\n", "err\n")]
