@@ -79,32 +79,33 @@ class Unsupported(Exception):
 
 
 def _arg(value):
-    if isinstance(value, bool) or isinstance(value, int):
-        number = int(value)
-        if number < 0:
-            number &= RLIM_INFINITY
-        data = number.to_bytes(8, "little")
-    elif isinstance(value, str):
-        data = value.encode()
-        if b"\0" in data:
+    """One argument: its bytes with the NUL after them (numbers: 8 bytes little-endian)."""
+    kind = type(value)
+    if kind is str:
+        if "\0" in value:
             raise Unsupported("a NUL in %r" % value)
-    elif isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
-    elif value is None:
-        data = b""
-    else:
-        raise TypeError("program argument %r" % (value,))
-    return len(data) + 1, data + b"\0"
+        return value.encode() + b"\0"
+    if kind is int or kind is bool:
+        return (int(value) & RLIM_INFINITY).to_bytes(8, "little") + b"\0"
+    if kind is bytes or kind is bytearray:
+        return bytes(value) + b"\0"
+    if value is None:
+        return b"\0"
+    raise TypeError("program argument %r" % (value,))
 
 
 def encode(operations):
+    import _struct
     out = [MAGIC, VERSION.to_bytes(4, "little")]
+    append = out.append
+    header = _struct.Struct("<II").pack
+    length = _struct.Struct("<I").pack
     for op in operations:
-        name, args = op[0], op[1:]
-        out.append(CODES[name].to_bytes(4, "little") + len(args).to_bytes(4, "little"))
-        for value in args:
-            length, data = _arg(value)
-            out.append(length.to_bytes(4, "little") + data)
+        append(header(CODES[op[0]], len(op) - 1))
+        for value in op[1:]:
+            data = _arg(value)
+            append(length(len(data)))
+            append(data)
     return b"".join(out)
 
 
@@ -448,6 +449,13 @@ class Zygote:
             raise
         finally:
             theirs.close()
+        # Reaped through a pidfd: once reaped, its number may be anyone's (even another child).
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except BaseException:
+            ours.close()
+            os.waitpid(self.pid, 0)
+            raise
         self._sock = ours
         self.owner = os.getpid()
         self.program = program
@@ -479,10 +487,13 @@ class Zygote:
         self.program = None
         if sock is not None:
             sock.close()  # EOF: the zygote exits
+            pidfd, self._pidfd = self._pidfd, None
             try:
-                os.waitpid(self.pid, 0)
+                os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
             except ChildProcessError:
-                pass
+                pass  # reaped already
+            finally:
+                os.close(pidfd)
 
 
 def usable_for(launch):

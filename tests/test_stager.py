@@ -288,13 +288,12 @@ def test_a_dead_zygote_is_replaced_and_the_run_still_happens():
     assert box.start(["/bin/true"]).wait().exit_code == 0
     zygote = box._zygotes[0][1]
     os.kill(zygote.pid, signal.SIGKILL)
-    os.waitpid(zygote.pid, 0)
-    zygote.pid = -1  # reaped here already
     process = box.start(["/bin/echo", "still runs"])
     assert process.executor == "stager"
     assert process.wait().exit_code == 0
     assert box.start(["/bin/true"]).executor == "zygote"
     box.close()
+    assert not os.path.exists("/proc/%d" % zygote.pid) or "Z" not in open("/proc/%d/stat" % zygote.pid).read().split()[2]
 
 
 def test_zygote_runs_get_their_own_stdio_and_environment():
