@@ -39,6 +39,7 @@
 #include <dirent.h>
 #include <grp.h>
 #include <malloc.h>
+#include <sys/time.h>
 
 #include "stager.h"
 
@@ -56,6 +57,7 @@ struct op {
 static struct op *ops;
 static size_t nops;
 static unsigned char *program_text;
+static int in_zygote; /* PID 1 cloned from a zygote: the program's pages are the zygote's too */
 static int msg_fd = -1, go_fd = -1;
 static const char *stage = "stager";
 static char **command_argv;
@@ -1016,7 +1018,11 @@ static void run(size_t from)
 		case OP_INIT:
 			if (command <= 0)
 				_exit(EXIT_SETUP); /* the command's operations never reach here */
-			/* PID 1 lives as long as the sandbox: it keeps nothing of the program */
+			/* PID 1 lives as long as the sandbox: it keeps nothing of the program. A
+			 * zygote's clone shares those pages with the zygote until it writes them, and
+			 * freeing them would write them: there it leaves them alone. */
+			if (in_zygote)
+				_exit(init_loop(command, msg_fd, -1));
 			for (size_t i = 0; i < nops; i++) {
 				free(ops[i].arg);
 				free(ops[i].len);
@@ -1043,6 +1049,10 @@ struct run_args {
 	int nsources, ncgroups, nprocs;
 	int *sources;
 	char **cgroups, **procs, **argv, **envp;
+	/* what a process started now would inherit from the supervisor (zygote requests) */
+	int inherit, umask_value, nice_value, nlimits;
+	struct rlimit limits[RLIM_NLIMITS];
+	int limit_resource[RLIM_NLIMITS];
 };
 
 static char **copy_strings(char **from, int n)
@@ -1070,7 +1080,8 @@ static int fd_field(const char *text, const int *passed, int npassed)
 }
 
 /* MSG_FD GO_FD CPU_SECONDS CWD STDIN STDOUT STDERR NSOURCES FD... NCGROUPS TASKS_FILE...
- * GO_W SETGROUPS UID_MAP GID_MAP NPROCS PROCS_FILE... -- ARGV...   (0 on success) */
+ * GO_W SETGROUPS UID_MAP GID_MAP NPROCS PROCS_FILE... -- ARGV... [--env ENV...]
+ * [--inherit UMASK NICE NLIMITS (RESOURCE SOFT HARD)...]   (0 on success) */
 static int parse_run(int argc, char **argv, const int *passed, int npassed, struct run_args *run_args)
 {
 	int i = 0;
@@ -1114,14 +1125,36 @@ static int parse_run(int argc, char **argv, const int *passed, int npassed, stru
 	i++;
 	/* the command, then (zygote requests) "--env" and its environment */
 	int ncommand = 0;
-	while (i + ncommand < argc && strcmp(argv[i + ncommand], "--env") != 0)
+	while (i + ncommand < argc && strcmp(argv[i + ncommand], "--env") != 0 && strcmp(argv[i + ncommand], "--inherit") != 0)
 		ncommand++;
 	if (ncommand == 0)
 		return -1;
 	run_args->argv = copy_strings(argv + i, ncommand);
 	i += ncommand;
-	if (i < argc)
-		run_args->envp = copy_strings(argv + i + 1, argc - i - 1);
+	if (i < argc && strcmp(argv[i], "--env") == 0) {
+		int nenv = 0;
+		i++;
+		while (i + nenv < argc && strcmp(argv[i + nenv], "--inherit") != 0)
+			nenv++;
+		run_args->envp = copy_strings(argv + i, nenv);
+		i += nenv;
+	}
+	if (i < argc && strcmp(argv[i], "--inherit") == 0) {
+		if (i + 3 >= argc)
+			return -1;
+		run_args->inherit = 1;
+		run_args->umask_value = (int)strtol(argv[i + 1], NULL, 8);
+		run_args->nice_value = atoi(argv[i + 2]);
+		run_args->nlimits = atoi(argv[i + 3]);
+		i += 4;
+		if (run_args->nlimits < 0 || run_args->nlimits > RLIM_NLIMITS || i + 3 * run_args->nlimits > argc)
+			return -1;
+		for (int k = 0; k < run_args->nlimits; k++, i += 3) {
+			run_args->limit_resource[k] = atoi(argv[i]);
+			run_args->limits[k].rlim_cur = strcmp(argv[i + 1], "-1") ? strtoull(argv[i + 1], NULL, 10) : RLIM_INFINITY;
+			run_args->limits[k].rlim_max = strcmp(argv[i + 2], "-1") ? strtoull(argv[i + 2], NULL, 10) : RLIM_INFINITY;
+		}
+	}
 	int fds[] = {run_args->msg_fd, run_args->go_fd};
 	for (size_t k = 0; k < 2; k++)
 		if (fds[k] < 0)
@@ -1178,6 +1211,27 @@ static int start_run(struct run_args *run_args, long *pid_out, int close_in_chil
 	*pid_out = 0;
 	msg_fd = run_args->msg_fd;
 	stage = "clone";
+	if (run_args->inherit) {
+		/* A zygote was started earlier: PID 1 must inherit what a process the supervisor
+		 * started now would (its umask, nice value and resource limits of now), so they
+		 * are taken on here, outside the new user namespace, where raising a hard limit
+		 * is still allowed to a privileged supervisor. */
+		umask((mode_t)run_args->umask_value);
+		errno = 0;
+		int current = getpriority(PRIO_PROCESS, 0);
+		if (errno == 0 && current != run_args->nice_value && setpriority(PRIO_PROCESS, 0, run_args->nice_value) < 0) {
+			send_error(errno, "clone: the supervisor's nice value cannot be taken on");
+			return -1;
+		}
+		for (int k = 0; k < run_args->nlimits; k++)
+			if (setrlimit(run_args->limit_resource[k], &run_args->limits[k]) < 0) {
+				char message[200];
+				snprintf(message, sizeof(message), "clone: the supervisor's resource limit %d cannot be taken on: %s",
+					 run_args->limit_resource[k], strerror(errno));
+				send_error(errno, message);
+				return -1;
+			}
+	}
 	/* PID 1 is the supervisor's child, as with the Python stages' clone: the supervisor
 	 * waits for it and reaps it; the stager only starts and releases it. */
 	long pid = syscall(SYS_clone, (unsigned long)num(&ops[0], 0) | CLONE_PARENT, NULL, NULL, NULL, NULL);
@@ -1304,10 +1358,14 @@ int main(int argc, char **argv)
 		int control = atoi(argv[2]), program_fd = atoi(argv[3]);
 		fcntl(control, F_SETFD, FD_CLOEXEC);
 		fcntl(program_fd, F_SETFD, FD_CLOEXEC);
+		/* it holds no directory of the supervisor's (its stdio is /dev/null already) */
+		if (chdir("/") < 0)
+			return EXIT_SETUP;
 		hide_arguments(argc, argv);
 		load_program(program_fd);
 		if (nops == 0 || ops[0].code != OP_CLONE)
 			fail(EINVAL, NULL, "the program does not start with clone");
+		in_zygote = 1;
 		zygote(control);
 	}
 	/* pysandbox-stage PROGRAM_FD BIRTH_FD RUN... (parse_run's fields) */

@@ -427,6 +427,26 @@ def spawn(program, launch, release=None):
     return pid, birth_r
 
 
+def inherited():
+    """What a process the supervisor starts now inherits and a zygote started earlier may not
+    have any more: the umask, the nice value and every resource limit (`--inherit` fields)."""
+    import resource
+    umask = "022"
+    with open("/proc/thread-self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Umask:"):
+                umask = line.split()[1].decode()
+                break
+    # every limit Linux has (RLIM_NLIMITS is 16), also those the module has no name for (RLIMIT_LOCKS)
+    numbers = range(16)
+    limits = []
+    for number in numbers:
+        soft, hard = resource.getrlimit(number)
+        limits += [str(number), str(soft if soft != resource.RLIM_INFINITY else -1),
+                   str(hard if hard != resource.RLIM_INFINITY else -1)]
+    return ["--inherit", umask, str(os.getpriority(os.PRIO_PROCESS, 0)), str(len(numbers)), *limits]
+
+
 class Zygote:
     """A stager started once and kept (per Sandbox and supervisor thread): it holds the
     parsed program and clones each run's PID 1 on request, so a run costs neither an exec
@@ -440,8 +460,13 @@ class Zygote:
         self._fdpass = fdpass
         ours, theirs = fdpass.pair()
         try:
+            if min(ours.fileno(), theirs.fileno(), program.fd) < 3:
+                raise OSError(9, "the supervisor's stdio is closed: no zygote")
             argv = [BINARY, "--zygote", str(theirs.fileno()), str(program.fd)]
+            # Its stdio is /dev/null: it must hold none of the caller's pipes or terminals open
+            # (a reader of the caller's output would wait for their end for as long as it lives).
             actions = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in (theirs.fileno(), program.fd)]
+            actions += [(os.POSIX_SPAWN_OPEN, target, "/dev/null", os.O_RDWR, 0) for target in (0, 1, 2)]
             self.pid = os.posix_spawn(BINARY, argv, {}, file_actions=actions, setsigdef=range(1, 32),
                                       setsigmask=())
         except BaseException:
@@ -472,6 +497,7 @@ class Zygote:
         stdio = tuple(index if slot is None else slot for index, slot in enumerate(launch.stdio or (None,) * 3))
         fields = run_fields(launch, release, fd, stdio)
         fields += ["--env", *("%s=%s" % item for item in launch.env.items())]
+        fields += inherited()
         if any("\0" in field for field in fields):
             raise ValueError("embedded null byte")
         data = b"\0".join(os.fsencode(field) for field in fields) + b"\0"

@@ -306,3 +306,42 @@ def test_zygote_runs_get_their_own_stdio_and_environment():
         outputs.append((result.stdout, result.stderr))
     box.close()
     assert outputs == [("one\n", "err\n"), ("two\n", "err\n"), ("three\n", "err\n")]
+
+
+INHERIT_SCRIPT = r"""
+import os, sys
+if sys.argv[1] == "python":
+    os.environ["PYSANDBOX_STAGER"] = ""
+from sandbox import Sandbox, load_profile
+box = Sandbox(load_profile("strict"))
+out = []
+for i in range(3):
+    if i == 2:  # after the zygote started: what a run inherits must be the supervisor's of now
+        os.umask(0o077)
+        import resource
+        resource.setrlimit(10, (50, 60))  # RLIMIT_LOCKS, which strict leaves alone
+        os.nice(3)
+    process = box.start(["/bin/sh", "-c", "umask; grep locks /proc/self/limits; cut -d' ' -f19 /proc/self/stat"])
+    result = process.wait()
+    out.append(process.executor)
+box.close()
+print(" ".join(out))
+"""
+
+
+def test_a_zygote_run_inherits_the_supervisors_umask_nice_and_limits_of_now():
+    needs_stager()
+    import subprocess
+    import sys
+    outputs = {}
+    for executor in ("stager", "python"):
+        done = subprocess.run([sys.executable, "-c", INHERIT_SCRIPT, executor], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        outputs[executor] = done.stdout
+    lines = outputs["stager"].splitlines()
+    assert lines[-1] == "stager zygote zygote"
+    assert outputs["python"].splitlines()[-1] == "python python python"
+    # the same three sandboxes either way; the third sees umask 077, 50/60 locks and nice 3
+    assert lines[:-1] == outputs["python"].splitlines()[:-1]
+    assert [line.split() for line in lines[-4:-1]] == [["0077"], ["Max", "file", "locks", "50", "60", "locks"], ["3"]]
