@@ -424,6 +424,10 @@ def _run(parsed, result_file, state):
     from .runtime import Sandbox
     from . import cgroup
     import _signal as signal
+    # What a SIGKILLed supervisor left behind is removed by the next run (only cgroups
+    # whose processes are all gone, and only ours). Before this run registers: with no
+    # state record to read, gc imports no json.
+    cgroup.gc()
     extra_seccomp = None
     if "--seccomp" in opts and profile.seccomp is not None and profile.seccomp.locked:
         from .layers import validate
@@ -446,10 +450,6 @@ def _run(parsed, result_file, state):
             raise SetupError("cgroup", e.errno, "%s (%s was asked for on the command line: such limits are "
                              "applied or the run fails)" % (reason, given)) from None
         raise
-    # What a SIGKILLed supervisor left behind is removed by the next run (only cgroups
-    # whose processes are all gone, and only ours; this run's own are locked), while this
-    # run's child sets itself up.
-    cgroup.gc()
 
     def forward(sig, _frame):
         proc.kill(sig)

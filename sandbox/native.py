@@ -181,7 +181,18 @@ def _enc(value):
 
 def mount(source, target, fstype, flags=0, data=None, stage="mount"):
     check(libc().mount(_enc(source), _enc(target), _enc(fstype), flags, _enc(data)), stage,
-          target if isinstance(target, str) else "")
+          mount_detail(source, target, flags))
+
+
+def mount_detail(source, target, flags):
+    """What a failed mount names: the target, and for a bind its source as the host sees it
+    (the child reaches the host's tree through /oldroot; sandbox/stager.c says the same)."""
+    if not isinstance(target, str):
+        return ""
+    if flags & MS_BIND and not flags & MS_REMOUNT and isinstance(source, str) and source:
+        shown = source[len("/oldroot"):] if source.startswith("/oldroot/") else source
+        return "%s on %s" % (shown, target)
+    return target
 
 
 def umount2(target, flags=0, stage="umount"):

@@ -873,7 +873,14 @@ static void run(size_t from)
 			/* source, target, fstype, flags, data, label ("" = none) */
 			const char *src = op->len[0] ? str(op, 0) : NULL, *fstype = op->len[2] ? str(op, 2) : NULL;
 			const char *data = op->len[4] ? str(op, 4) : NULL;
-			CHECK(mount(src, str(op, 1), fstype, (unsigned long)num(op, 3), data), str(op, 5), "%s", str(op, 1));
+			unsigned long flags = (unsigned long)num(op, 3);
+			if (mount(src, str(op, 1), fstype, flags, data) < 0) {
+				/* native.mount_detail: a bind names its source as the host sees it */
+				if ((flags & MS_BIND) && !(flags & MS_REMOUNT) && src)
+					fail(errno, str(op, 5), "%s on %s",
+					     strncmp(src, "/oldroot/", 9) == 0 ? src + 8 : src, str(op, 1));
+				fail(errno, str(op, 5), "%s", str(op, 1));
+			}
 			break;
 		}
 		case OP_MOUNT_SYSFS: {
