@@ -775,11 +775,16 @@ class SandboxProcess:
                     else:
                         poller.unregister(fd)
                         msg_open = False
+                        # PID 1 closed its end: it is exiting (files go before namespaces
+                        # in the kernel's exit), or it died. The cgroup's counts are read
+                        # while it takes its namespaces down; wait4 then waits for the rest.
+                        exited = True
                 elif fd in captures:
                     if not captures[fd].read_from(fd):
                         poller.unregister(fd)
                 elif relay is not None:
                     relay.handle(fd, event)
+        cgroup_verdict = self._cgroup_verdict()
         _, status, usage = native.wait4(self.pid, 0)
         # Drain what is left (PID 1 is gone; every writer of these pipes died with its namespace).
         os.set_blocking(self._msg_r, False)
@@ -806,7 +811,7 @@ class SandboxProcess:
         if cpu_budget is not None and not self._cpu_exceeded and cpu_watch:
             used = self._cpu_used()
             self._cpu_exceeded = used is not None and used >= cpu_budget
-        self.result = self._verdict(status, usage, buffer, timed_out)
+        self.result = self._verdict(status, usage, buffer, timed_out, cgroup_verdict)
         if streams:
             self.result.stdout, self.result.stdout_truncated = streams[1].take()
             self.result.stderr, self.result.stderr_truncated = streams[2].take()
@@ -833,7 +838,15 @@ class SandboxProcess:
             except Exception:
                 pass
 
-    def _verdict(self, status, usage, buffer, timed_out):
+    def _cgroup_verdict(self):
+        if self._cgroup is not None and hasattr(self._cgroup, "verdict"):
+            try:
+                return self._cgroup.verdict()
+            except Exception:
+                return None
+        return None
+
+    def _verdict(self, status, usage, buffer, timed_out, cg=None):
         wall = time.monotonic() - self._started
         error = None
         cmd_status = None
@@ -853,12 +866,6 @@ class SandboxProcess:
                       cpu_system=round(usage.ru_stime, 6), warnings=warnings, profile=self.sandbox.profile.name,
                       signal=None, stage=None, message=None, syscall=None, memory_peak=None, limits=None,
                       host_ids=self.idmap.describe() if self.idmap is not None else None)
-        cg = None
-        if self._cgroup is not None and hasattr(self._cgroup, "verdict"):
-            try:
-                cg = self._cgroup.verdict()
-            except Exception:
-                cg = None
         if cg:
             values["memory_peak"] = cg.get("memory_peak")
             values["limits"] = cg.get("limits")

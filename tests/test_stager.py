@@ -46,18 +46,6 @@ print(json.dumps({
 """
 
 
-def view(profile, executor, **run):
-    box = Sandbox(load_profile(profile))
-    if executor == "python":
-        os.environ["PYSANDBOX_STAGER"] = ""
-    try:
-        box.plan()
-        process = box.start(["python3", "-I", "-S", "-c", PROBE], stdout=None, **run)
-    finally:
-        os.environ.pop("PYSANDBOX_STAGER", None)
-    return box, process
-
-
 def observe(profile, executor):
     box = Sandbox(load_profile(profile))
     saved = os.environ.get("PYSANDBOX_STAGER")
@@ -150,6 +138,7 @@ def test_verify_failure_in_the_stager_names_the_layer_and_stops_the_command():
     process = box.start(["/bin/echo", "should not run"])
     assert process.executor == "stager"
     result = process.wait()
+    box.close()
     assert result.exit_code == 125 and result.stage == "verify: capabilities", (result.stage, result.message)
     assert "CapBnd" in result.message
 
@@ -291,7 +280,9 @@ def test_a_dead_zygote_is_replaced_and_the_run_still_happens():
     process = box.start(["/bin/echo", "still runs"])
     assert process.executor == "stager"
     assert process.wait().exit_code == 0
-    assert box.start(["/bin/true"]).executor == "zygote"
+    process = box.start(["/bin/true"])
+    assert process.executor == "zygote"
+    assert process.wait().exit_code == 0
     box.close()
     assert not os.path.exists("/proc/%d" % zygote.pid) or "Z" not in open("/proc/%d/stat" % zygote.pid).read().split()[2]
 
