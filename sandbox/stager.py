@@ -498,9 +498,11 @@ class Zygote:
         fields = run_fields(launch, release, fd, stdio)
         fields += ["--env", *("%s=%s" % item for item in launch.env.items())]
         fields += inherited()
-        if any("\0" in field for field in fields):
+        text = "\0".join(fields)
+        if text.count("\0") != len(fields) - 1:
             raise ValueError("embedded null byte")
-        data = b"\0".join(os.fsencode(field) for field in fields) + b"\0"
+        import sys
+        data = text.encode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) + b"\0"  # os.fsencode
         self._fdpass.send_fds(self._sock, data, fds)
         reply = self._sock.recv(64)
         if not reply:
