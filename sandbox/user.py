@@ -155,17 +155,42 @@ def _open_pool_dir():
     return fd, path
 
 
+# The pool's directory, opened once per process: {(pid, euid, path): (fd, dev, ino)}. Each
+# lease checks the path still names that directory (one stat instead of the seven calls of
+# opening it safely): locks in a directory replaced meanwhile would exclude nobody.
+_pool_dirs = {}
+
+
+def _pool_dir():
+    path = os.environ.get("PYSANDBOX_IDPOOL_DIR") or POOL_DIR
+    key = (os.getpid(), os.geteuid(), path)
+    cached = _pool_dirs.get(key)
+    if cached is not None:
+        fd, dev, ino = cached
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                return fd, path
+        except OSError:
+            pass
+        _pool_dirs.pop(key, None)
+        os.close(fd)
+    fd, where = _open_pool_dir()
+    st = os.fstat(fd)
+    for old in [k for k in _pool_dirs if k[0] != key[0]]:
+        os.close(_pool_dirs.pop(old)[0])  # a forked parent's entry: this process's copy of its fd
+    _pool_dirs[key] = (fd, st.st_dev, st.st_ino)
+    return fd, where
+
+
 def lease(idmap):
     """The run's IdMap: `idmap` itself when it has no pool (rootless, or a pinned
     root_host_base), else the first free range of the pool, held until release()."""
     if idmap is None or idmap.pool is None:
         return Lease(idmap, None)
     import fcntl
-    directory, where = _open_pool_dir()
-    try:
-        return _take_free_slot(idmap, directory, where, fcntl)
-    finally:
-        os.close(directory)
+    directory, where = _pool_dir()
+    return _take_free_slot(idmap, directory, where, fcntl)
 
 
 # Where this process's next probe starts: a fresh process takes the lowest free range; one
