@@ -126,6 +126,8 @@ static uint32_t get32(const unsigned char *p)
 
 static uint64_t num(const struct op *op, uint32_t i)
 {
+	if (i >= op->nargs || op->len[i] != 8)
+		fail(EINVAL, NULL, "program: argument %u of operation %u is not a number", i, op->code);
 	const unsigned char *p = (const unsigned char *)op->arg[i];
 	uint64_t v = 0;
 	for (int b = 7; b >= 0; b--)
@@ -135,6 +137,8 @@ static uint64_t num(const struct op *op, uint32_t i)
 
 static const char *str(const struct op *op, uint32_t i)
 {
+	if (i >= op->nargs)
+		fail(EINVAL, NULL, "program: operation %u has no argument %u", op->code, i);
 	return op->arg[i];
 }
 
@@ -187,6 +191,9 @@ static void load_program(int fd)
 		op->code = get32(buf + pos);
 		op->nargs = get32(buf + pos + 4);
 		pos += 8;
+		/* every case of the interpreter may read its fixed arguments without looking */
+		if (op->code >= OP_COUNT || op->nargs < op_min_args[op->code])
+			fail(EINVAL, NULL, "operation %u with %u arguments", op->code, op->nargs);
 		if (op->nargs > MAX_ARGS || op->nargs > (size - pos) / 5)
 			fail(EINVAL, NULL, "operation %u has %u arguments", op->code, op->nargs);
 		op->arg = calloc(op->nargs + 1, sizeof(*op->arg));
@@ -360,6 +367,8 @@ static int is_null_device(const struct stat *st)
 static void mask_paths(const struct op *op)
 {
 	uint32_t nmasked = (uint32_t)num(op, 0);
+	if (nmasked >= op->nargs)
+		fail(EINVAL, "mask", "program: %u masked paths in %u arguments", nmasked, op->nargs);
 	int null_fd = open("/dev/null", O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	CHECK(null_fd, "mask", "/dev/null");
 	struct stat st;

@@ -44,4 +44,6 @@
 #define OP_SECCOMP_CHECK 38 /* filters expected after ours */
 #define OP_EXEC 39 /* execvpe the command */
 #define OP_INIT 40 /* PID 1 becomes the init (init.c) */
+#define OP_COUNT 41
+static const unsigned op_min_args[OP_COUNT] = {1, 1, 0, 0, 0, 3, 1, 1, 5, 0, 6, 2, 3, 3, 2, 2, 2, 2, 1, 3, 3, 3, 2, 1, 0, 0, 1, 3, 0, 0, 0, 0, 2, 0, 5, 1, 0, 2, 1, 0, 0};
 #endif

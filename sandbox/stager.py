@@ -28,49 +28,49 @@ VERSION = 1
 
 # name: what it does (stager.c has one case per name, in this order)
 OPS = (
-    ("clone", "the namespaces clone() makes (always first; the stager itself runs it)"),
-    ("stage", "the stage later errors are reported under"),
-    ("pdeathsig", "PR_SET_PDEATHSIG SIGKILL"),
-    ("join_cgroups", "write 0 to the run's v1 tasks files"),
-    ("wait_go", "wait for the supervisor's G"),
-    ("enter_ids", "setgroups(none)?, uid, gid inside the user namespace"),
-    ("unshare", "unshare(flags)"),
-    ("sethostname", "sethostname"),
-    ("write", "path, data, open flags, mode, label"),
-    ("loopback", "bring lo up"),
-    ("mount", "source, target, fstype, flags, data, label"),
-    ("mount_sysfs", "a fresh sysfs or a read-only bind of the host's"),
-    ("restrict", "nosuid, nodev (, read-only) recursively"),
-    ("mkdir", "path, mode, exist_ok"),
-    ("mkdirs", "path, mode"),
-    ("mount_point", "path, is_dir"),
-    ("symlink", "target, path"),
-    ("pivot", "new root, put old"),
-    ("chdir", "path"),
-    ("umount", "path, flags, label"),
-    ("attach", "source index, target, is_dir (move_mount of a detached tree)"),
-    ("target_in_root", "root, path, is_dir (made without following a link)"),
-    ("proc_stat", "path, copy"),
-    ("mask", "number of masked paths, masked paths, read-only paths"),
-    ("close_host_fds", "everything but stdio and the channel"),
-    ("fork", "fork the command; PID 1 goes on at init"),
-    ("signals", "default dispositions; setsid when set"),
-    ("become_ids", "uid, gid, keep capabilities"),
-    ("rlimits", "(resource, soft, hard)..."),
-    ("cpu_time", "RLIMIT_CPU from the run's budget"),
-    ("cwd", "chdir to the run's directory"),
-    ("close_fds", "everything but stdio and the channel"),
-    ("caps", "keep mask, ambient mask"),
-    ("no_new_privs", "PR_SET_NO_NEW_PRIVS"),
-    ("landlock", "ruleset masks and rules"),
-    ("warn", "a warning for the caller"),
-    ("verify", "expectations, as key/value pairs"),
-    ("seccomp", "BPF, flags"),
-    ("seccomp_check", "filters expected after ours"),
-    ("exec", "execvpe the command"),
-    ("init", "PID 1 becomes the init (init.c)"),
+    ("clone", 1, "the namespaces clone() makes (always first; the stager itself runs it)"),
+    ("stage", 1, "the stage later errors are reported under"),
+    ("pdeathsig", 0, "PR_SET_PDEATHSIG SIGKILL"),
+    ("join_cgroups", 0, "write 0 to the run's v1 tasks files"),
+    ("wait_go", 0, "wait for the supervisor's G"),
+    ("enter_ids", 3, "setgroups(none)?, uid, gid inside the user namespace"),
+    ("unshare", 1, "unshare(flags)"),
+    ("sethostname", 1, "sethostname"),
+    ("write", 5, "path, data, open flags, mode, label"),
+    ("loopback", 0, "bring lo up"),
+    ("mount", 6, "source, target, fstype, flags, data, label"),
+    ("mount_sysfs", 2, "a fresh sysfs or a read-only bind of the host's"),
+    ("restrict", 3, "nosuid, nodev (, read-only) recursively"),
+    ("mkdir", 3, "path, mode, exist_ok"),
+    ("mkdirs", 2, "path, mode"),
+    ("mount_point", 2, "path, is_dir"),
+    ("symlink", 2, "target, path"),
+    ("pivot", 2, "new root, put old"),
+    ("chdir", 1, "path"),
+    ("umount", 3, "path, flags, label"),
+    ("attach", 3, "source index, target, is_dir (move_mount of a detached tree)"),
+    ("target_in_root", 3, "root, path, is_dir (made without following a link)"),
+    ("proc_stat", 2, "path, copy"),
+    ("mask", 1, "number of masked paths, masked paths, read-only paths"),
+    ("close_host_fds", 0, "everything but stdio and the channel"),
+    ("fork", 0, "fork the command; PID 1 goes on at init"),
+    ("signals", 1, "default dispositions; setsid when set"),
+    ("become_ids", 3, "uid, gid, keep capabilities"),
+    ("rlimits", 0, "(resource, soft, hard)..."),
+    ("cpu_time", 0, "RLIMIT_CPU from the run's budget"),
+    ("cwd", 0, "chdir to the run's directory"),
+    ("close_fds", 0, "everything but stdio and the channel"),
+    ("caps", 2, "keep mask, ambient mask"),
+    ("no_new_privs", 0, "PR_SET_NO_NEW_PRIVS"),
+    ("landlock", 5, "ruleset masks and rules"),
+    ("warn", 1, "a warning for the caller"),
+    ("verify", 0, "expectations, as key/value pairs"),
+    ("seccomp", 2, "BPF, flags"),
+    ("seccomp_check", 1, "filters expected after ours"),
+    ("exec", 0, "execvpe the command"),
+    ("init", 0, "PID 1 becomes the init (init.c)"),
 )
-CODES = {name: code for code, (name, _) in enumerate(OPS)}
+CODES = {name: code for code, (name, _, _) in enumerate(OPS)}
 RLIM_INFINITY = (1 << 64) - 1
 
 
@@ -537,8 +537,10 @@ def c_header():
     lines = ["/* Generated from sandbox/stager.py by `python3 -m sandbox.stager`: do not edit. */",
              "#ifndef PYSANDBOX_STAGER_H", "#define PYSANDBOX_STAGER_H",
              '#define STAGER_MAGIC "%s"' % MAGIC.decode(), "#define STAGER_VERSION %d" % VERSION]
-    for code, (name, what) in enumerate(OPS):
+    for code, (name, _, what) in enumerate(OPS):
         lines.append("#define OP_%s %d /* %s */" % (name.upper(), code, what))
+    lines.append("#define OP_COUNT %d" % len(OPS))
+    lines.append("static const unsigned op_min_args[OP_COUNT] = {%s};" % ", ".join(str(n) for _, n, _ in OPS))
     lines.append("#endif")
     return "\n".join(lines) + "\n"
 

@@ -187,11 +187,21 @@ def test_recording_fake_gets_the_python_stages(monkeypatch):
     assert not stager.usable_for(launch)
 
 
-def test_stager_with_bad_program_fails_cleanly():
+BAD_PROGRAMS = [
+    b"PSBX\x01\x00\x00\x00\x05\x00\x00\x00\xff\xff\xff\xff",  # an absurd argument count
+    stager.encode([("clone", 0), ("mount", "only one")]),            # fewer arguments than mount reads
+    stager.encode([("clone", "not a number")]),                      # a string where a number goes
+    b"PSBX\x01\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00",  # no such operation
+    b"PSBX\x02\x00\x00\x00",                                        # another version
+]
+
+
+@pytest.mark.parametrize("program", BAD_PROGRAMS)
+def test_stager_with_bad_program_fails_cleanly(program):
     needs_stager()
     import subprocess
     r, w = os.pipe()
-    os.write(w, b"PSBX\x01\x00\x00\x00\x05\x00\x00\x00\xff\xff\xff\xff")  # op with absurd argument count
+    os.write(w, program)
     os.close(w)
     msg_r, msg_w = os.pipe()
     # PROGRAM_FD BIRTH_FD, then parse_run's fields (stager.run_fields)
@@ -326,7 +336,7 @@ def test_a_zygote_run_inherits_the_supervisors_umask_nice_and_limits_of_now():
     import sys
     outputs = {}
     for executor in ("stager", "python"):
-        done = subprocess.run([sys.executable, "-c", INHERIT_SCRIPT, executor], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-I", "-c", INHERIT_SCRIPT, executor], capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr
         outputs[executor] = done.stdout
@@ -336,3 +346,44 @@ def test_a_zygote_run_inherits_the_supervisors_umask_nice_and_limits_of_now():
     # the same three sandboxes either way; the third sees umask 077, 50/60 locks and nice 3
     assert lines[:-1] == outputs["python"].splitlines()[:-1]
     assert [line.split() for line in lines[-4:-1]] == [["0077"], ["Max", "file", "locks", "50", "60", "locks"], ["3"]]
+
+
+KILLED_SUPERVISOR = r"""
+import os, sys, time
+from sandbox import Sandbox, load_profile
+box = Sandbox(load_profile("strict"))
+box.run(["/bin/true"])
+box.run(["/bin/true"])  # this thread's zygote exists now
+process = box.start(["/bin/sleep", "600"])
+print(box._zygotes[0][1].pid, process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_sigkill_of_the_supervisor_leaves_no_zygote_and_no_sandbox():
+    needs_stager()
+    import signal
+    import subprocess
+    import sys
+    import time
+    supervisor = subprocess.Popen([sys.executable, "-I", "-c", KILLED_SUPERVISOR], stdout=subprocess.PIPE, text=True)
+    try:
+        zygote_pid, pid1 = (int(x) for x in supervisor.stdout.readline().split())
+        assert os.path.exists("/proc/%d" % zygote_pid) and os.path.exists("/proc/%d" % pid1)
+    finally:
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait()
+
+    def alive(pid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    deadline = time.monotonic() + 10
+    while (alive(zygote_pid) or alive(pid1)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # the zygote ends on its socket's EOF, PID 1 on its parent-death signal
+    assert not alive(zygote_pid) and not alive(pid1)
+    from sandbox import cgroup
+    cgroup.gc()  # what the killed supervisor left: its cgroups, as the next run would
