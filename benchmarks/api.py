@@ -25,17 +25,8 @@ COMMANDS = {"/bin/true": ["/bin/true"], "python3 -I -S -c pass": ["/usr/bin/pyth
 
 def prepared(executor):
     from sandbox import Sandbox, load_profile
-    saved = os.environ.get("PYSANDBOX_STAGER")
-    if executor == "python":
-        os.environ["PYSANDBOX_STAGER"] = ""
-    try:
-        box = Sandbox(load_profile("strict"))
-        box.plan()
-    finally:
-        if saved is None:
-            os.environ.pop("PYSANDBOX_STAGER", None)
-        else:
-            os.environ["PYSANDBOX_STAGER"] = saved
+    box = Sandbox(load_profile("strict"), executor="python" if executor == "python" else None)
+    box.plan()
     if executor == "stager" and box.stager_reason:
         sys.exit("api.py: the stager does not run strict here: %s" % box.stager_reason)
     return box

@@ -661,60 +661,61 @@ def _dev_ops(pty_max=PTY_MAX_DEFAULT):
     return ops
 
 
+def _op_mount(source_fds, src, target, fstype, flags, data, label):
+    k.mount(src, target, fstype, flags, data, label)
+
+
+def _op_mkdir(source_fds, path, mode, exist_ok):
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+
+
+def _op_write(source_fds, path, text, flags, mode, label):
+    try:
+        _write_file(path, text, mode, flags)
+    except OSError as e:
+        raise SetupError(label, e.errno, "%s: %s" % (path, e.strerror)) from None
+
+
+def _op_mount_sysfs(source_fds, target, host_sys):
+    try:
+        k.mount("sysfs", target, "sysfs", k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, None, "mount-sys")
+    except SetupError:
+        # A fresh sysfs needs a network namespace of our own; with the host's network
+        # only a read-only bind of the host's /sys is possible.
+        _bind(host_sys, target, True, True, "mount-sys")
+
+
+# What each operation of `operations` means here (sandbox/stager.c has the same meanings)
+_EXECUTORS = {
+    "mount": _op_mount,
+    "mkdir": _op_mkdir,
+    "mkdirs": lambda fds, path, mode: _mkdirs(path, mode),
+    "mount_point": lambda fds, path, is_dir: _mount_point(path, is_dir),
+    "restrict": lambda fds, path, readonly, label: restrict(path, readonly, label),
+    "symlink": lambda fds, target, path: os.symlink(target, path),
+    "pivot": lambda fds, new, old: k.pivot_root(new, old),
+    "chdir": lambda fds, path: os.chdir(path),
+    "umount": lambda fds, path, flags, label: k.umount2(path, flags, label),
+    "attach": lambda fds, index, target, is_dir: _attach(fds[index], target, is_dir),
+    "target_in_root": lambda fds, root, path, is_dir: _make_target_in_root(root, path, is_dir),
+    "proc_stat": lambda fds, path, copy: _sanitize_proc_stat(path, copy),
+    "mask": lambda fds, masked, readonly: _mask(masked, readonly),
+    "write": _op_write,
+    "mount_sysfs": _op_mount_sysfs,
+}
+
+
 def execute(ops, source_fds):
-    """Run mount operations here (the Python child); sandbox/stager.c has the same meanings."""
+    """Run mount operations here (the Python child)."""
     for op in ops:
-        kind, args = op[0], op[1:]
-        if kind == "mount":
-            src, target, fstype, flags, data, label = args
-            k.mount(src, target, fstype, flags, data, label)
-        elif kind == "mkdir":
-            path, mode, exist_ok = args
-            try:
-                os.mkdir(path, mode)
-            except FileExistsError:
-                if not exist_ok:
-                    raise
-        elif kind == "mkdirs":
-            _mkdirs(*args)
-        elif kind == "mount_point":
-            _mount_point(*args)
-        elif kind == "restrict":
-            restrict(*args)
-        elif kind == "symlink":
-            os.symlink(*args)
-        elif kind == "pivot":
-            k.pivot_root(*args)
-        elif kind == "chdir":
-            os.chdir(args[0])
-        elif kind == "umount":
-            k.umount2(*args)
-        elif kind == "attach":
-            index, target, is_dir = args
-            _attach(source_fds[index], target, is_dir)
-        elif kind == "target_in_root":
-            _make_target_in_root(*args)
-        elif kind == "proc_stat":
-            _sanitize_proc_stat(*args)
-        elif kind == "mask":
-            _mask(*args)
-        elif kind == "write":
-            path, text, flags, mode, label = args
-            try:
-                _write_file(path, text, mode, flags)
-            except OSError as e:
-                raise SetupError(label, e.errno, "%s: %s" % (path, e.strerror)) from None
-        elif kind == "mount_sysfs":
-            target, host_sys = args
-            try:
-                k.mount("sysfs", target, "sysfs", k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, None,
-                        "mount-sys")
-            except SetupError:
-                # A fresh sysfs needs a network namespace of our own; with the host's network
-                # only a read-only bind of the host's /sys is possible.
-                _bind(host_sys, target, True, True, "mount-sys")
-        else:
-            raise SetupError("mount", 22, "unknown mount operation %r" % kind)
+        run = _EXECUTORS.get(op[0])
+        if run is None:
+            raise SetupError("mount", 22, "unknown mount operation %r" % op[0])
+        run(source_fds, *op[1:])
 
 
 def _sanitize_proc_stat(path, copy="/.proc-stat"):

@@ -145,7 +145,8 @@ class Sandbox:
     `run`/`start` then makes a fresh set of namespaces, cgroups and processes.
     """
 
-    def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=(), register=None, extra_seccomp=None):
+    def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=(), register=None, extra_seccomp=None,
+                 executor=None):
         if name is not None:
             from pysandbox_common.registry import valid_name
             if not valid_name(name):
@@ -161,6 +162,10 @@ class Sandbox:
         self.extra_seccomp = extra_seccomp
         self._plan = None
         self._cgroups = None  # cgroup.Pool of this sandbox's runs (made with the plan)
+        if executor not in (None, "python"):
+            raise ArgumentError("executor must be None (the compiled child where it covers the plan) or "
+                                "\"python\" (the Python stages), got %r" % (executor,))
+        self.executor = executor
         self._program = None  # stager.Program: the compiled child, or None (Python stages)
         self.stager_reason = None  # why the Python stages run this sandbox (None: they do not)
         self._program_plan = None  # the plan _program (or stager_reason) is about
@@ -281,7 +286,10 @@ class Sandbox:
         from . import stager
         if program is not None:
             program.close()
-        self._program, self.stager_reason = stager.prepare(plan)
+        if self.executor == "python":
+            self._program, self.stager_reason = None, "the Python stages were asked for (executor=\"python\")"
+        else:
+            self._program, self.stager_reason = stager.prepare(plan)
         self._program_plan = plan
         return self._program
 

@@ -134,6 +134,8 @@ def _mount(plan):
     # child binds by path. The same process compiles and runs, so this holds per run.
     ops = []
     for op in mnt.operations(plan.mounts, os.geteuid() == 0):
+        if op[0] not in CODES:
+            raise Unsupported("mount operation %s has no compiled form" % op[0])
         if op[0] == "mask":  # (masked paths, read-only paths): flattened, with the first count
             masked, readonly = op[1], op[2]
             op = ("mask", len(masked), *masked, *readonly)

@@ -47,17 +47,8 @@ print(json.dumps({
 
 
 def observe(profile, executor):
-    box = Sandbox(load_profile(profile))
-    saved = os.environ.get("PYSANDBOX_STAGER")
-    if executor == "python":
-        os.environ["PYSANDBOX_STAGER"] = ""
-    try:
-        box.plan()
-    finally:
-        if saved is None:
-            os.environ.pop("PYSANDBOX_STAGER", None)
-        else:
-            os.environ["PYSANDBOX_STAGER"] = saved
+    box = Sandbox(load_profile(profile), executor="python" if executor == "python" else None)
+    box.plan()
     views = []
     for _ in range(2):  # the second run of a thread goes through its zygote
         result = box.run(["python3", "-I", "-S", "-c", PROBE], capture_output=True, text=True)
@@ -121,7 +112,7 @@ def test_the_command_sees_the_same_sandbox_under_both(profile):
     needs_stager()
     native_view, native_box = observe(profile, "stager")
     python_view, python_box = observe(profile, "python")
-    assert python_box.stager_reason == "PYSANDBOX_STAGER is empty"
+    assert "executor" in python_box.stager_reason
     # the C init in both; the Python stages exec it with its arguments
     assert native_view.pop("init") == "pysandbox-init"
     assert python_view.pop("init").startswith("pysandbox-init")
@@ -311,10 +302,8 @@ def test_zygote_runs_get_their_own_stdio_and_environment():
 
 INHERIT_SCRIPT = r"""
 import os, sys
-if sys.argv[1] == "python":
-    os.environ["PYSANDBOX_STAGER"] = ""
 from sandbox import Sandbox, load_profile
-box = Sandbox(load_profile("strict"))
+box = Sandbox(load_profile("strict"), executor="python" if sys.argv[1] == "python" else None)
 out = []
 for i in range(3):
     if i == 2:  # after the zygote started: what a run inherits must be the supervisor's of now
@@ -387,3 +376,29 @@ def test_sigkill_of_the_supervisor_leaves_no_zygote_and_no_sandbox():
     assert not alive(zygote_pid) and not alive(pid1)
     from sandbox import cgroup
     cgroup.gc()  # what the killed supervisor left: its cgroups, as the next run would
+
+
+def test_the_environment_switch_and_a_bad_executor():
+    from sandbox.errors import SandboxError
+    with pytest.raises(SandboxError, match="executor"):
+        Sandbox(load_profile("strict"), executor="C")
+    saved = os.environ.get("PYSANDBOX_STAGER")
+    os.environ["PYSANDBOX_STAGER"] = ""
+    try:
+        box = Sandbox(load_profile("strict"))
+        box.plan()
+        assert box.stager_reason == "PYSANDBOX_STAGER is empty"
+        box.close()
+    finally:
+        if saved is None:
+            os.environ.pop("PYSANDBOX_STAGER", None)
+        else:
+            os.environ["PYSANDBOX_STAGER"] = saved
+
+
+def test_every_mount_operation_has_both_executors():
+    from sandbox import mnt
+    assert set(mnt._EXECUTORS) <= set(stager.CODES)
+    plan = Sandbox(load_profile("strict")).plan()
+    kinds = {op[0] for op in mnt.operations(plan.mounts, True)} | {op[0] for op in mnt.operations(plan.mounts, False)}
+    assert kinds <= set(mnt._EXECUTORS)
