@@ -220,19 +220,24 @@ def pidfd_open(pid):
     return check(syscall("pidfd_open", pid, 0), "pidfd_open")
 
 
+def read_to_eof(fd, chunk=65536):
+    """Everything a descriptor gives until EOF (a pipe whose writers all closed, a /proc file)."""
+    chunks = []
+    while True:
+        data = os.read(fd, chunk)
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
 def read_whole(path, chunk=65536):
     """The bytes of a file read to its end (a /proc file has no size to ask for)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
-        while True:
-            data = os.read(fd, chunk)
-            if not data:
-                break
-            chunks.append(data)
+        return read_to_eof(fd, chunk)
     finally:
         os.close(fd)
-    return b"".join(chunks)
 
 
 def proc_status(pid="self"):

@@ -534,12 +534,7 @@ class SandboxProcess:
             stager_pid, birth_r = stager.spawn(program, launch, release)
             try:
                 self._close_child_ends()
-                data = b""
-                while True:
-                    chunk = native.read(birth_r, 32)
-                    if not chunk:
-                        break
-                    data += chunk
+                data = native.read_to_eof(birth_r, 64)
             finally:
                 native.close(birth_r)
                 _, status = native.waitpid(stager_pid, 0)

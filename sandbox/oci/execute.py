@@ -146,12 +146,7 @@ def run(store, glob, options, positional, log):
     os.waitpid(helper, 0)
     pid_text = os.read(pid_r, 32)
     os.close(pid_r)
-    message = b""
-    while True:
-        chunk = os.read(errors_r, 4096)
-        if not chunk:
-            break
-        message += chunk
+    message = native.read_to_eof(errors_r, 4096)
     os.close(errors_r)
     if message or not pid_text:
         if pid_text:
