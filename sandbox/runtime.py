@@ -526,8 +526,16 @@ class SandboxProcess:
         if zygote is not None:
             try:
                 pid, status = zygote.start(launch, release)
+            except stager.ZygoteLost as lost:
+                # It died with this run's request in hand: whatever it started is ours to
+                # reap, and this run fails (a second PID 1 on the same channel could be let go).
+                self.sandbox._drop_zygote(zygote)
+                if lost.pid > 0:
+                    self.pid = lost.pid
+                    self._undo.append(self._reap)
+                raise SetupError("clone", lost.errno, lost.strerror) from None
             except OSError:
-                self.sandbox._drop_zygote(zygote)  # it died: this run and the next start their own
+                self.sandbox._drop_zygote(zygote)  # it was gone before the request: start our own
             else:
                 self.executor = "zygote"
         if pid is None:

@@ -1220,9 +1220,31 @@ static __attribute__((noreturn)) void become_pid1(struct run_args *run_args, int
 	_exit(EXIT_SETUP);
 }
 
-/* Clone PID 1 and release it; returns its PID (>0), or -1 with the error on the channel
- * (PID 1, when it exists, killed: the supervisor reaps it). *pid_out is PID 1's PID or 0. */
-static int start_run(struct run_args *run_args, long *pid_out, int close_in_child)
+/* Who learns PID 1's PID the moment it exists (before anything else can fail or this
+ * process be killed): the supervisor must reap it whatever happens next. */
+struct birth_report {
+	int fd;
+	int zygote; /* a "P<pid>" message on the zygote's socket, else "<pid>\n" on the birth pipe */
+};
+
+static void report_birth(const struct birth_report *report, long pid)
+{
+	char line[64];
+	if (report->zygote) {
+		int len = snprintf(line, sizeof(line), "P%ld", pid);
+		if (send(report->fd, line, (size_t)len, MSG_NOSIGNAL) < 0) {
+			kill((pid_t)pid, SIGKILL); /* nobody would reap it knowingly */
+			_exit(0);
+		}
+	} else {
+		snprintf(line, sizeof(line), "%ld\n", pid);
+		say(report->fd, line);
+	}
+}
+
+/* Clone PID 1 and release it; returns 0, or -1 with the error on the channel (PID 1,
+ * when it exists, killed: the supervisor reaps it). *pid_out is PID 1's PID or 0. */
+static int start_run(struct run_args *run_args, long *pid_out, int close_in_child, const struct birth_report *report)
 {
 	*pid_out = 0;
 	msg_fd = run_args->msg_fd;
@@ -1264,6 +1286,7 @@ static int start_run(struct run_args *run_args, long *pid_out, int close_in_chil
 		become_pid1(run_args, -1);
 	}
 	*pid_out = pid;
+	report_birth(report, pid);
 	if (run_args->go_w < 0)
 		return 0;
 	/* The supervisor's stages idmap, cgroup-attach and go, done from here (outside the new
@@ -1316,8 +1339,8 @@ static void hide_arguments(int argc, char **argv)
 /* A reused Sandbox's stager: started once per supervisor thread, it holds the parsed
  * program and starts one PID 1 per request, so a run costs no exec and no parse. A
  * request is one SOCK_SEQPACKET message: the run's arguments (NUL-separated, descriptors
- * as "@K") with its descriptors attached; the reply is "<pid> <status>" (status 0, or
- * 125 with the error on the run's channel). EOF on the socket (the supervisor closed the
+ * as "@K") with its descriptors attached; the replies are "P<pid>" as soon as PID 1 exists
+ * and then "S<status>" (0, or 125 with the error on the run's channel). EOF on the socket (the supervisor closed the
  * Sandbox, or died) ends it. It runs nothing of a request's own: PID 1 is a fresh clone. */
 static __attribute__((noreturn)) void zygote(int control)
 {
@@ -1354,14 +1377,15 @@ static __attribute__((noreturn)) void zygote(int control)
 			for (char *p = buf; p < buf + n && nfields < 8192; p += strlen(p) + 1)
 				fields[nfields++] = p;
 			struct run_args run_args;
+			struct birth_report report = {.fd = control, .zygote = 1};
 			if (parse_run(nfields, fields, passed, npassed, &run_args) == 0) {
-				status = start_run(&run_args, &pid, control) == 0 ? 0 : EXIT_SETUP;
+				status = start_run(&run_args, &pid, control, &report) == 0 ? 0 : EXIT_SETUP;
 			}
 			free_run(&run_args);
 		}
 		for (int k = 0; k < npassed; k++)
 			close(passed[k]);
-		snprintf(reply, sizeof(reply), "%ld %d", pid, status);
+		snprintf(reply, sizeof(reply), "S%d", status);
 		if (send(control, reply, strlen(reply), MSG_NOSIGNAL) < 0)
 			_exit(0);
 	}
@@ -1407,10 +1431,7 @@ int main(int argc, char **argv)
 	if (nops == 0 || ops[0].code != OP_CLONE)
 		fail(EINVAL, NULL, "the program does not start with clone");
 	long pid;
-	int rc = start_run(&run_args, &pid, birth_fd);
-	/* The PID (0: none): whatever failed, the supervisor must reap PID 1. */
-	char line[64];
-	snprintf(line, sizeof(line), "%ld\n", pid);
-	say(birth_fd, line);
+	struct birth_report report = {.fd = birth_fd, .zygote = 0};
+	int rc = start_run(&run_args, &pid, birth_fd, &report);
 	_exit(rc == 0 ? 0 : EXIT_SETUP);
 }

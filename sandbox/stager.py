@@ -449,6 +449,14 @@ def inherited():
     return ["--inherit", umask, str(os.getpriority(os.PRIO_PROCESS, 0)), str(len(numbers)), *limits]
 
 
+class ZygoteLost(OSError):
+    """The zygote ended during a request; `pid` is the PID 1 it had started (0: none)."""
+
+    def __init__(self, pid):
+        super().__init__(32, "the stager's zygote ended during the request")
+        self.pid = pid
+
+
 class Zygote:
     """A stager started once and kept (per Sandbox and supervisor thread): it holds the
     parsed program and clones each run's PID 1 on request, so a run costs neither an exec
@@ -506,11 +514,17 @@ class Zygote:
         import sys
         data = text.encode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) + b"\0"  # os.fsencode
         self._fdpass.send_fds(self._sock, data, fds)
-        reply = self._sock.recv(64)
-        if not reply:
-            raise OSError(32, "the stager's zygote ended")
-        pid, status = reply.split()
-        return int(pid), int(status)
+        # "P<pid>" the moment PID 1 exists, then "S<status>"; a zygote that dies between the
+        # two still told us whom to reap (ZygoteLost carries it)
+        pid = 0
+        while True:
+            reply = self._sock.recv(64)
+            if not reply:
+                raise ZygoteLost(pid)
+            if reply.startswith(b"P"):
+                pid = int(reply[1:])
+            elif reply.startswith(b"S"):
+                return pid, int(reply[1:])
 
     def close(self):
         sock, self._sock = self._sock, None

@@ -402,3 +402,24 @@ def test_every_mount_operation_has_both_executors():
     plan = Sandbox(load_profile("strict")).plan()
     kinds = {op[0] for op in mnt.operations(plan.mounts, True)} | {op[0] for op in mnt.operations(plan.mounts, False)}
     assert kinds <= set(mnt._EXECUTORS)
+
+
+def test_a_zygote_lost_mid_request_fails_the_run_and_reaps_what_it_started(monkeypatch):
+    """The zygote reports PID 1 before releasing it; if it dies in between, the run fails
+    (a second PID 1 on the same channel could be let go) and that PID 1 is reaped."""
+    needs_stager()
+    box = Sandbox(load_profile("strict"))
+    box.run(["/bin/true"])
+    orphan = os.posix_spawn("/bin/sleep", ["sleep", "60"], {})
+
+    def lost(self, launch, release):
+        raise stager.ZygoteLost(orphan)
+    monkeypatch.setattr(stager.Zygote, "start", lost)
+    with pytest.raises(SetupError) as error:
+        box.start(["/bin/true"])
+    assert error.value.stage == "clone" and "zygote ended" in str(error.value)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(orphan, os.WNOHANG)  # killed and reaped by the failed start
+    monkeypatch.undo()
+    assert box.start(["/bin/true"]).wait().exit_code == 0  # the next run starts a new zygote
+    box.close()
