@@ -409,6 +409,7 @@ class SandboxProcess:
         self.executor = "python"  # who ran the child's stages: "python" or "stager" (compiled)
         self._released = False    # the stager wrote the maps, joined the cgroups and said go
         self._pid1_reaped = False
+        self._stager_pid = None   # a one-shot stager to reap after the go stage
         self._ended = False      # the verdict is in: the cgroup goes back to the pool to be removed
         with _names_lock:
             if name in _running_names:
@@ -539,14 +540,24 @@ class SandboxProcess:
             else:
                 self.executor = "zygote"
         if pid is None:
+            # The birth pipe says "<pid>" the moment PID 1 exists, then "S<status>". The stager
+            # is reaped after the go stage: its network helper may wait for PID 1's release.
             stager_pid, birth_r = stager.spawn(program, launch, release)
+            self._undo.append(lambda: self._reap_stager())
+            self._stager_pid = stager_pid
             try:
                 self._close_child_ends()
                 data = native.read_to_eof(birth_r, 64)
             finally:
                 native.close(birth_r)
-                _, status = native.waitpid(stager_pid, 0)
-            pid = int(data) if data.endswith(b"\n") else 0
+            pid, status = 0, None
+            for line in data.split(b"\n"):
+                if line.startswith(b"S"):
+                    status = int(line[1:])
+                elif line.isdigit():
+                    pid = int(line)
+            if status is None:  # the stager died before it said
+                status = EXIT_SETUP
         self._close_child_ends()
         if pid > 0:
             self.pid = pid
@@ -566,6 +577,15 @@ class SandboxProcess:
         if release is not None:
             self._released = True
             self._close_attr("_go_w")
+
+    def _reap_stager(self):
+        """The one-shot stager, once (its number may be anyone's afterwards)."""
+        pid, self._stager_pid = self._stager_pid, None
+        if pid:
+            try:
+                native.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
     def _close_child_ends(self):
         """Close the descriptors meant for the child, once: each is forgotten as it is
@@ -592,9 +612,11 @@ class SandboxProcess:
             self._cgroup.attach(self.pid)
 
     def _stage_go(self, plan, _):
+        if not self._released:
+            native.write(self._go_w, b"G")
+        self._reap_stager()  # the one-shot stager ends once PID 1 is released (its helper with it)
         if self._released:
             return  # the stager did idmap, cgroup-attach and go
-        native.write(self._go_w, b"G")
         self._close_attr("_go_w")
 
     def _stage_register(self, plan, _):

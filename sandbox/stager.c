@@ -58,6 +58,8 @@ static struct op *ops;
 static size_t nops;
 static unsigned char *program_text;
 static int in_zygote; /* PID 1 cloned from a zygote: the program's pages are the zygote's too */
+static int net_sock = -1; /* PID 1's end of the network helper's socket (stager.py _net_helper) */
+static pid_t last_helper = -1; /* the one-shot stager waits for it before it exits */
 static int msg_fd = -1, go_fd = -1;
 static const char *stage = "stager";
 static char **command_argv;
@@ -1031,6 +1033,38 @@ static void run(size_t from)
 		case OP_EXEC:
 			exec_command();
 			break;
+		case OP_NET_HELPER:
+		case OP_HELPER_WRITE:
+			break; /* the helper's (net_helper_main) */
+		case OP_NET_UNSHARED:
+			/* every namespace of PID 1's own exists: the helper may write the user limits */
+			if (send(net_sock, "U", 1, MSG_NOSIGNAL) != 1)
+				_exit(EXIT_SETUP); /* the helper failed: it said why on the channel */
+			break;
+		case OP_NET_JOIN: {
+			char byte;
+			struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+			union {
+				struct cmsghdr align;
+				char data[CMSG_SPACE(sizeof(int))];
+			} control_data;
+			struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control_data.data,
+					     .msg_controllen = sizeof(control_data.data)};
+			ssize_t n;
+			do
+				n = recvmsg(net_sock, &msg, MSG_CMSG_CLOEXEC);
+			while (n < 0 && errno == EINTR);
+			struct cmsghdr *c = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
+			if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				_exit(EXIT_SETUP); /* the helper failed: it said why on the channel */
+			int netns;
+			memcpy(&netns, CMSG_DATA(c), sizeof(int));
+			CHECK(setns(netns, CLONE_NEWNET), "setns", "the helper's network namespace");
+			close(netns);
+			close(net_sock);
+			net_sock = -1;
+			break;
+		}
 		case OP_INIT:
 			if (command <= 0)
 				_exit(EXIT_SETUP); /* the command's operations never reach here */
@@ -1242,6 +1276,67 @@ static void report_birth(const struct birth_report *report, long pid)
 	}
 }
 
+/* The network helper (stager.py _net_helper): forked by the stager outside the sandbox
+ * right after PID 1's clone, it makes the sandbox's network namespace while PID 1 builds
+ * its root. Errors go on the run's channel; closing its socket tells PID 1 to give up. */
+static __attribute__((noreturn)) void net_helper_main(struct run_args *run_args, long pid1, int sock)
+{
+	char path[64];
+	msg_fd = run_args->msg_fd;
+	/* its kernel memory (the namespace's) is the run's: into the run's v1 cgroups first,
+	 * with the supervisor's credentials */
+	stage = "cgroup";
+	for (int i = 0; i < run_args->ncgroups; i++)
+		write_file(run_args->cgroups[i], "0", 1, 0, 0, NULL);
+	stage = "unshare";
+	snprintf(path, sizeof(path), "/proc/%ld/ns/user", pid1);
+	int userns = open(path, O_RDONLY | O_CLOEXEC);
+	CHECK(userns, "setns", "%s", path);
+	CHECK(setns(userns, CLONE_NEWUSER), "setns", "PID 1's user namespace");
+	close(userns);
+	CHECK(unshare(CLONE_NEWNET), "unshare", "network namespace");
+	stage = "loopback";
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	CHECK(fd, "loopback", "socket");
+	struct ifreq req;
+	memset(&req, 0, sizeof(req));
+	strcpy(req.ifr_name, "lo");
+	CHECK(ioctl(fd, SIOCGIFFLAGS, &req), "loopback", "SIOCGIFFLAGS lo");
+	req.ifr_flags |= IFF_UP | IFF_RUNNING;
+	CHECK(ioctl(fd, SIOCSIFFLAGS, &req), "loopback", "SIOCSIFFLAGS lo");
+	close(fd);
+	/* the limits forbid new namespaces: only once PID 1 has made all of its own */
+	char byte;
+	ssize_t n;
+	do
+		n = recv(sock, &byte, 1, 0);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		_exit(0); /* PID 1 is gone */
+	stage = "user-limits";
+	for (size_t i = 0; i < nops; i++)
+		if (ops[i].code == OP_HELPER_WRITE)
+			write_file(str(&ops[i], 0), str(&ops[i], 1), ops[i].len[1], (int)num(&ops[i], 2),
+				   (mode_t)num(&ops[i], 3), str(&ops[i], 4));
+	int netns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	CHECK(netns, "loopback", "/proc/self/ns/net");
+	union {
+		struct cmsghdr align;
+		char data[CMSG_SPACE(sizeof(int))];
+	} control_data;
+	struct iovec iov = {.iov_base = "N", .iov_len = 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control_data.data,
+			     .msg_controllen = sizeof(control_data.data)};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &netns, sizeof(int));
+	if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0)
+		_exit(0); /* PID 1 is gone */
+	_exit(0);
+}
+
 /* Clone PID 1 and release it; returns 0, or -1 with the error on the channel (PID 1,
  * when it exists, killed: the supervisor reaps it). *pid_out is PID 1's PID or 0. */
 static int start_run(struct run_args *run_args, long *pid_out, int close_in_child, const struct birth_report *report)
@@ -1270,6 +1365,12 @@ static int start_run(struct run_args *run_args, long *pid_out, int close_in_chil
 				return -1;
 			}
 	}
+	int helper_sock[2] = {-1, -1};
+	int with_helper = nops > 1 && ops[1].code == OP_NET_HELPER;
+	if (with_helper && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, helper_sock) < 0) {
+		send_error(errno, "clone: socketpair for the network helper");
+		return -1;
+	}
 	/* PID 1 is the supervisor's child, as with the Python stages' clone: the supervisor
 	 * waits for it and reaps it; the stager only starts and releases it. */
 	long pid = syscall(SYS_clone, (unsigned long)num(&ops[0], 0) | CLONE_PARENT, NULL, NULL, NULL, NULL);
@@ -1278,15 +1379,40 @@ static int start_run(struct run_args *run_args, long *pid_out, int close_in_chil
 		char message[200];
 		snprintf(message, sizeof(message), "clone: %s", strerror(err));
 		send_error(err, message);
+		if (with_helper) {
+			close(helper_sock[0]);
+			close(helper_sock[1]);
+		}
 		return -1;
 	}
 	if (pid == 0) {
 		if (close_in_child >= 0)
 			close(close_in_child);
+		if (with_helper) {
+			net_sock = helper_sock[0];
+			close(helper_sock[1]);
+		}
 		become_pid1(run_args, -1);
 	}
 	*pid_out = pid;
 	report_birth(report, pid);
+	if (with_helper) {
+		close(helper_sock[0]);
+		pid_t helper = fork();
+		if (helper == 0) {
+			if (close_in_child >= 0)
+				close(close_in_child);
+			net_helper_main(run_args, pid, helper_sock[1]);
+		}
+		close(helper_sock[1]);
+		if (helper < 0) {
+			int err = errno;
+			kill((pid_t)pid, SIGKILL);
+			send_error(err, "clone: fork of the network helper");
+			return -1;
+		}
+		last_helper = helper;
+	}
 	if (run_args->go_w < 0)
 		return 0;
 	/* The supervisor's stages idmap, cgroup-attach and go, done from here (outside the new
@@ -1356,10 +1482,16 @@ static __attribute__((noreturn)) void zygote(int control)
 		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control_data.data,
 				     .msg_controllen = sizeof(control_data.data)};
 		ssize_t n = recvmsg(control, &msg, MSG_CMSG_CLOEXEC);
+		/* network helpers of earlier runs: its only children (PID 1s are the supervisor's) */
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0)
+		if (n <= 0) {
+			while (waitpid(-1, NULL, 0) > 0)
+				;
 			_exit(0);
+		}
 		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
 			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 				continue;
@@ -1433,5 +1565,13 @@ int main(int argc, char **argv)
 	long pid;
 	struct birth_report report = {.fd = birth_fd, .zygote = 0};
 	int rc = start_run(&run_args, &pid, birth_fd, &report);
+	/* "S<status>" ends the supervisor's read; it reaps this process after its own go
+	 * stage, when the network helper (which waits for PID 1) has finished too */
+	char line[32];
+	snprintf(line, sizeof(line), "S%d\n", rc == 0 ? 0 : EXIT_SETUP);
+	say(birth_fd, line);
+	close(birth_fd);
+	if (last_helper > 0)
+		waitpid(last_helper, NULL, 0);
 	_exit(rc == 0 ? 0 : EXIT_SETUP);
 }

@@ -8,6 +8,10 @@ layer's check(), or OSError. The runner reports a failure on the channel as
 `E <stage> <errno> <message>` and the process exits 125; the supervisor turns that into
 the run's verdict (exit 125, `stage` and `message` naming it).
 
+The compiled child (sandbox/stager.py) runs this same table, stage by stage, with one
+deviation it documents (`stager._net_helper`): its network namespace, lo and user limits are
+made by a helper beside PID 1 while PID 1 builds the root, under the same ordering rules.
+
 Adding a kernel layer: one module sandbox/<module>.py with the layer interface
 (`plan(profile, context) -> part or None`, `child(part, launch)`, optionally
 `expect(part) -> {verify key: value}`), one `(process, "<stage>", layer("<module>"))`

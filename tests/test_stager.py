@@ -26,6 +26,18 @@ def listing(path):
         return sorted(os.listdir(path))
     except OSError as e:
         return "error %d" % e.errno
+def loopback():
+    import socket
+    try:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client = socket.create_connection(server.getsockname(), timeout=2)
+        client.close()
+        server.close()
+        return "up"
+    except OSError as e:
+        return "error %d" % e.errno
 mounts = sorted(line.split()[4] + " " + line.split()[5].split(",")[0] for line in open("/proc/self/mountinfo"))
 print(json.dumps({
     "ids": [os.getuid(), os.getgid(), os.getgroups()],
@@ -42,6 +54,8 @@ print(json.dumps({
     "ns": sorted(os.listdir("/proc/self/ns")),
     "limits": open("/proc/self/limits").read(),
     "init": open("/proc/1/cmdline", "rb").read().rstrip(b"\0").decode(),
+    "user_limits": {name: open("/proc/sys/user/" + name).read().strip() for name in sorted(os.listdir("/proc/sys/user"))},
+    "loopback": loopback(),
 }))
 """
 
@@ -423,3 +437,27 @@ def test_a_zygote_lost_mid_request_fails_the_run_and_reaps_what_it_started(monke
     monkeypatch.undo()
     assert box.start(["/bin/true"]).wait().exit_code == 0  # the next run starts a new zygote
     box.close()
+
+
+def test_the_network_helper_leaves_a_namespace_of_its_own_with_lo_up_and_the_limits_in_force():
+    """strict's network namespace is made by the stager's helper (stager._net_helper): the
+    command must see a namespace that is not the host's, lo up, and every user limit."""
+    needs_stager()
+    from sandbox import user_limits
+    box = Sandbox(load_profile("strict"))
+    plan = box.plan()
+    assert stager._net_helper(plan)
+    host_net = os.stat("/proc/self/ns/net").st_ino
+    before = children()
+    for _ in range(2):  # one-shot stager, then the zygote
+        result = box.run(["python3", "-I", "-S", "-c", PROBE + "\nimport os; print(os.stat('/proc/self/ns/net').st_ino)"],
+                         capture_output=True, text=True)
+        assert result.exit_code == 0, (result.stage, result.message, result.stderr)
+        view_line, net_line = result.stdout.strip().splitlines()
+        view = json.loads(view_line)
+        assert int(net_line) != host_net
+        assert view["loopback"] == "up"
+        for name, value in plan.layers["user_limits"]:
+            assert view["user_limits"][name] == str(value), name
+    box.close()
+    assert children() <= before  # the helpers were reaped
