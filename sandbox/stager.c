@@ -1283,6 +1283,10 @@ static __attribute__((noreturn)) void net_helper_main(struct run_args *run_args,
 {
 	char path[64];
 	msg_fd = run_args->msg_fd;
+	/* Once in PID 1's user namespace, a process there with CAP_SYS_PTRACE could trace it
+	 * if it were dumpable; non-dumpable, that needs the capability where its memory was made
+	 * (the host's). */
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	/* its kernel memory (the namespace's) is the run's: into the run's v1 cgroups first,
 	 * with the supervisor's credentials */
 	stage = "cgroup";
