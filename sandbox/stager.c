@@ -359,6 +359,12 @@ static void target_in_root(const char *root, const char *path, int is_dir)
 	close(fd);
 }
 
+static int on_writable_mount(const char *path)
+{
+	struct statvfs vfs;
+	return statvfs(path, &vfs) == 0 && !(vfs.f_flag & ST_RDONLY);
+}
+
 static int is_null_device(const struct stat *st)
 {
 	return S_ISCHR(st->st_mode) && st->st_rdev == makedev(1, 3);
@@ -473,6 +479,26 @@ static void attach(int fd, const char *target, int is_dir)
 {
 	mount_point(target, is_dir);
 	CHECK(syscall(SYS_move_mount, fd, "", AT_FDCWD, target, 0x4 /* MOVE_MOUNT_F_EMPTY_PATH */), "bind", "%s", target);
+}
+
+/* net.bring_up_loopback: a new network namespace holds only lo, and the kernel makes it down */
+static void loopback_up(void)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	CHECK(fd, "loopback", "socket");
+	struct ifreq req;
+	memset(&req, 0, sizeof(req));
+	strcpy(req.ifr_name, "lo");
+	CHECK(ioctl(fd, SIOCGIFFLAGS, &req), "loopback", "SIOCGIFFLAGS lo");
+	req.ifr_flags |= IFF_UP | IFF_RUNNING;
+	CHECK(ioctl(fd, SIOCSIFFLAGS, &req), "loopback", "SIOCSIFFLAGS lo");
+	close(fd);
+}
+
+/* "write" and "helper_write": path, data, open flags, mode, label */
+static void write_op(const struct op *op)
+{
+	write_file(str(op, 0), str(op, 1), op->len[1], (int)num(op, 2), (mode_t)num(op, 3), str(op, 4));
 }
 
 /* ---- the command's layers ------------------------------------------------------ */
@@ -596,8 +622,7 @@ static void verify(const struct op *op)
 				closedir(d);
 				if (entries)
 					verify_fail("masked paths", "%s is a directory with %d entries, expected it masked", want, entries);
-				struct statvfs vfs;
-				if (statvfs(want, &vfs) == 0 && !(vfs.f_flag & ST_RDONLY))
+				if (on_writable_mount(want))
 					verify_fail("masked paths", "%s is an empty but writable directory, expected a read-only tmpfs", want);
 				continue;
 			}
@@ -611,8 +636,7 @@ static void verify(const struct op *op)
 			if (stat(want, &st) < 0)
 				continue;
 			if (S_ISDIR(st.st_mode)) {
-				struct statvfs vfs;
-				if (statvfs(want, &vfs) == 0 && !(vfs.f_flag & ST_RDONLY))
+				if (on_writable_mount(want))
 					verify_fail("readonly paths", "%s is on a writable mount", want);
 				continue;
 			}
@@ -865,21 +889,11 @@ static void run(size_t from)
 			CHECK(sethostname(str(op, 0), op->len[0]), "sethostname", "");
 			break;
 		case OP_WRITE:
-			/* path, data, open flags, mode, label */
-			write_file(str(op, 0), str(op, 1), op->len[1], (int)num(op, 2), (mode_t)num(op, 3), str(op, 4));
+			write_op(op);
 			break;
-		case OP_LOOPBACK: {
-			int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-			CHECK(fd, "loopback", "socket");
-			struct ifreq req;
-			memset(&req, 0, sizeof(req));
-			strcpy(req.ifr_name, "lo");
-			CHECK(ioctl(fd, SIOCGIFFLAGS, &req), "loopback", "SIOCGIFFLAGS lo");
-			req.ifr_flags |= IFF_UP | IFF_RUNNING;
-			CHECK(ioctl(fd, SIOCSIFFLAGS, &req), "loopback", "SIOCSIFFLAGS lo");
-			close(fd);
+		case OP_LOOPBACK:
+			loopback_up();
 			break;
-		}
 		case OP_MOUNT: {
 			/* source, target, fstype, flags, data, label ("" = none) */
 			const char *src = op->len[0] ? str(op, 0) : NULL, *fstype = op->len[2] ? str(op, 2) : NULL;
@@ -1042,23 +1056,9 @@ static void run(size_t from)
 				_exit(EXIT_SETUP); /* the helper failed: it said why on the channel */
 			break;
 		case OP_NET_JOIN: {
-			char byte;
-			struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-			union {
-				struct cmsghdr align;
-				char data[CMSG_SPACE(sizeof(int))];
-			} control_data;
-			struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control_data.data,
-					     .msg_controllen = sizeof(control_data.data)};
-			ssize_t n;
-			do
-				n = recvmsg(net_sock, &msg, MSG_CMSG_CLOEXEC);
-			while (n < 0 && errno == EINTR);
-			struct cmsghdr *c = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
-			if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			int netns = receive_fd(net_sock); /* init.c's */
+			if (netns < 0)
 				_exit(EXIT_SETUP); /* the helper failed: it said why on the channel */
-			int netns;
-			memcpy(&netns, CMSG_DATA(c), sizeof(int));
 			CHECK(setns(netns, CLONE_NEWNET), "setns", "the helper's network namespace");
 			close(netns);
 			close(net_sock);
@@ -1300,15 +1300,7 @@ static __attribute__((noreturn)) void net_helper_main(struct run_args *run_args,
 	close(userns);
 	CHECK(unshare(CLONE_NEWNET), "unshare", "network namespace");
 	stage = "loopback";
-	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	CHECK(fd, "loopback", "socket");
-	struct ifreq req;
-	memset(&req, 0, sizeof(req));
-	strcpy(req.ifr_name, "lo");
-	CHECK(ioctl(fd, SIOCGIFFLAGS, &req), "loopback", "SIOCGIFFLAGS lo");
-	req.ifr_flags |= IFF_UP | IFF_RUNNING;
-	CHECK(ioctl(fd, SIOCSIFFLAGS, &req), "loopback", "SIOCSIFFLAGS lo");
-	close(fd);
+	loopback_up();
 	/* the limits forbid new namespaces: only once PID 1 has made all of its own */
 	char byte;
 	ssize_t n;
@@ -1320,8 +1312,7 @@ static __attribute__((noreturn)) void net_helper_main(struct run_args *run_args,
 	stage = "user-limits";
 	for (size_t i = 0; i < nops; i++)
 		if (ops[i].code == OP_HELPER_WRITE)
-			write_file(str(&ops[i], 0), str(&ops[i], 1), ops[i].len[1], (int)num(&ops[i], 2),
-				   (mode_t)num(&ops[i], 3), str(&ops[i], 4));
+			write_op(&ops[i]);
 	int netns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
 	CHECK(netns, "loopback", "/proc/self/ns/net");
 	union {
