@@ -406,7 +406,7 @@ class SandboxProcess:
         self._started = time.monotonic()
         self._undo = []
         self._pool = None        # the cgroup.Pool the run's cgroup came from
-        self.executor = "python"  # who ran the child's stages: "python" or "stager" (compiled)
+        self.executor = "python"  # who ran the child's stages: "python", "stager" or "zygote"
         self._released = False    # the stager wrote the maps, joined the cgroups and said go
         self._pid1_reaped = False
         self._stager_pid = None   # a one-shot stager to reap after the go stage
