@@ -59,6 +59,7 @@ static size_t nops;
 static unsigned char *program_text;
 static int in_zygote; /* PID 1 cloned from a zygote: the program's pages are the zygote's too */
 static int net_sock = -1; /* PID 1's end of the network helper's socket (stager.py _net_helper) */
+static int procfs_root = -1; /* "private_procfs": what relative "write" paths are below */
 static pid_t last_helper = -1; /* the one-shot stager waits for it before it exits */
 static int msg_fd = -1, go_fd = -1;
 static const char *stage = "stager";
@@ -223,8 +224,9 @@ static void load_program(int fd)
 
 static void write_file(const char *path, const char *data, size_t len, int flags, mode_t mode, const char *label)
 {
-	int fd = open(path, flags | O_WRONLY | O_CLOEXEC, mode);
-	CHECK(fd, label, "%s", path);
+	/* a relative path is below the private procfs (user limits: native.private_procfs) */
+	int fd = openat(path[0] == '/' ? AT_FDCWD : procfs_root, path, flags | O_WRONLY | O_CLOEXEC, mode);
+	CHECK(fd, label, "%s%s", path[0] == '/' ? "" : "/proc/", path);
 	while (len > 0) {
 		ssize_t n = write(fd, data, len);
 		if (n < 0) {
@@ -493,6 +495,39 @@ static void loopback_up(void)
 	req.ifr_flags |= IFF_UP | IFF_RUNNING;
 	CHECK(ioctl(fd, SIOCSIFFLAGS, &req), "loopback", "SIOCSIFFLAGS lo");
 	close(fd);
+}
+
+/* One byte, with a descriptor when fd >= 0 (SCM_RIGHTS); init.c's receive_fd takes it */
+static ssize_t send_fd(int sock, char byte, int fd)
+{
+	union {
+		struct cmsghdr align;
+		char data[CMSG_SPACE(sizeof(int))];
+	} control_data;
+	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (fd >= 0) {
+		msg.msg_control = control_data.data;
+		msg.msg_controllen = sizeof(control_data.data);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	}
+	return sendmsg(sock, &msg, MSG_NOSIGNAL);
+}
+
+/* native.private_procfs: a detached procfs of PID 1's own pid namespace, for the user
+ * limits' writes (a lookup through the host's procfs walks one dentry per live sandbox) */
+static void private_procfs(void)
+{
+	int fs = (int)syscall(SYS_fsopen, "proc", 1 /* FSOPEN_CLOEXEC */);
+	CHECK(fs, "user-limits", "fsopen proc");
+	CHECK(syscall(SYS_fsconfig, fs, 6 /* FSCONFIG_CMD_CREATE */, NULL, NULL, 0), "user-limits", "fsconfig proc");
+	procfs_root = (int)syscall(SYS_fsmount, fs, 1 /* FSMOUNT_CLOEXEC */, 0x2 | 0x4 | 0x8 /* nosuid nodev noexec */);
+	CHECK(procfs_root, "user-limits", "fsmount proc");
+	close(fs);
 }
 
 /* "write" and "helper_write": path, data, open flags, mode, label */
@@ -1050,9 +1085,17 @@ static void run(size_t from)
 		case OP_NET_HELPER:
 		case OP_HELPER_WRITE:
 			break; /* the helper's (net_helper_main) */
+		case OP_PRIVATE_PROCFS:
+			private_procfs();
+			break;
+		case OP_CLOSE_PROCFS:
+			close(procfs_root);
+			procfs_root = -1;
+			break;
 		case OP_NET_UNSHARED:
-			/* every namespace of PID 1's own exists: the helper may write the user limits */
-			if (send(net_sock, "U", 1, MSG_NOSIGNAL) != 1)
+			/* every namespace of PID 1's own exists: the helper may write the user limits
+			 * (below the private procfs, when there is one: it goes along) */
+			if (send_fd(net_sock, 'U', procfs_root) != 1)
 				_exit(EXIT_SETUP); /* the helper failed: it said why on the channel */
 			break;
 		case OP_NET_JOIN: {
@@ -1303,32 +1346,29 @@ static __attribute__((noreturn)) void net_helper_main(struct run_args *run_args,
 	loopback_up();
 	/* the limits forbid new namespaces: only once PID 1 has made all of its own */
 	char byte;
+	struct iovec byte_iov = {.iov_base = &byte, .iov_len = 1};
+	union {
+		struct cmsghdr align;
+		char data[CMSG_SPACE(sizeof(int))];
+	} passed;
+	struct msghdr said = {.msg_iov = &byte_iov, .msg_iovlen = 1, .msg_control = passed.data,
+			      .msg_controllen = sizeof(passed.data)};
 	ssize_t n;
 	do
-		n = recv(sock, &byte, 1, 0);
+		n = recvmsg(sock, &said, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
 	if (n != 1)
 		_exit(0); /* PID 1 is gone */
+	struct cmsghdr *root = CMSG_FIRSTHDR(&said);
+	if (root && root->cmsg_level == SOL_SOCKET && root->cmsg_type == SCM_RIGHTS)
+		memcpy(&procfs_root, CMSG_DATA(root), sizeof(int)); /* PID 1's private procfs */
 	stage = "user-limits";
 	for (size_t i = 0; i < nops; i++)
 		if (ops[i].code == OP_HELPER_WRITE)
 			write_op(&ops[i]);
 	int netns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
 	CHECK(netns, "loopback", "/proc/self/ns/net");
-	union {
-		struct cmsghdr align;
-		char data[CMSG_SPACE(sizeof(int))];
-	} control_data;
-	struct iovec iov = {.iov_base = "N", .iov_len = 1};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control_data.data,
-			     .msg_controllen = sizeof(control_data.data)};
-	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(c), &netns, sizeof(int));
-	if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0)
-		_exit(0); /* PID 1 is gone */
+	send_fd(sock, 'N', netns); /* failing: PID 1 is gone */
 	_exit(0);
 }
 

@@ -2,7 +2,7 @@
 #ifndef PYSANDBOX_STAGER_H
 #define PYSANDBOX_STAGER_H
 #define STAGER_MAGIC "PSBX"
-#define STAGER_VERSION 2
+#define STAGER_VERSION 3
 #define OP_CLONE 0 /* the namespaces clone() makes (always first; the stager itself runs it) */
 #define OP_STAGE 1 /* the stage later errors are reported under */
 #define OP_PDEATHSIG 2 /* PR_SET_PDEATHSIG SIGKILL */
@@ -46,8 +46,10 @@
 #define OP_INIT 40 /* PID 1 becomes the init (init.c) */
 #define OP_NET_HELPER 41 /* the stager's helper makes the network namespace (see _net_helper) */
 #define OP_NET_UNSHARED 42 /* PID 1: its own namespaces are made; the helper may bound the user limits */
-#define OP_NET_JOIN 43 /* PID 1: setns into the helper's network namespace */
-#define OP_HELPER_WRITE 44 /* the helper's: path, data, open flags, mode, label (user limits) */
-#define OP_COUNT 45
-static const unsigned op_min_args[OP_COUNT] = {1, 1, 0, 0, 0, 3, 1, 1, 5, 0, 6, 2, 3, 3, 2, 2, 2, 2, 1, 3, 3, 3, 2, 1, 0, 0, 1, 3, 0, 0, 0, 0, 2, 0, 5, 1, 0, 2, 1, 0, 0, 0, 0, 0, 5};
+#define OP_PRIVATE_PROCFS 43 /* PID 1: a detached procfs; relative write paths are below it */
+#define OP_CLOSE_PROCFS 44 /* PID 1: close that procfs */
+#define OP_NET_JOIN 45 /* PID 1: setns into the helper's network namespace */
+#define OP_HELPER_WRITE 46 /* the helper's: path, data, open flags, mode, label (user limits) */
+#define OP_COUNT 47
+static const unsigned op_min_args[OP_COUNT] = {1, 1, 0, 0, 0, 3, 1, 1, 5, 0, 6, 2, 3, 3, 2, 2, 2, 2, 1, 3, 3, 3, 2, 1, 0, 0, 1, 3, 0, 0, 0, 0, 2, 0, 5, 1, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 5};
 #endif

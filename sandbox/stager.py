@@ -24,7 +24,7 @@ from . import native
 from .errors import SetupError
 
 MAGIC = b"PSBX"
-VERSION = 2
+VERSION = 3
 
 # name: what it does (stager.c has one case per name, in this order)
 OPS = (
@@ -71,6 +71,8 @@ OPS = (
     ("init", 0, "PID 1 becomes the init (init.c)"),
     ("net_helper", 0, "the stager's helper makes the network namespace (see _net_helper)"),
     ("net_unshared", 0, "PID 1: its own namespaces are made; the helper may bound the user limits"),
+    ("private_procfs", 0, "PID 1: a detached procfs; relative write paths are below it"),
+    ("close_procfs", 0, "PID 1: close that procfs"),
     ("net_join", 0, "PID 1: setns into the helper's network namespace"),
     ("helper_write", 5, "the helper's: path, data, open flags, mode, label (user limits)"),
 )
@@ -148,12 +150,19 @@ def _pid1_ids(plan):
 
 
 def _user_limits(plan):
-    from .user_limits import SYSCTL_DIR
+    from .user_limits import SYSCTL_DIR, SYSCTL_SUBDIR
     # with the network helper these are its writes, made once PID 1 says "net_unshared"
+    # (which hands it the private procfs, when there is one)
     kind = "helper_write" if _net_helper(plan) else "write"
-    ops = [(kind, SYSCTL_DIR + name, b"%d" % value, 0, 0, "user-limits")
-           for name, value in plan.layers.get("user_limits") or ()]
-    return ([("net_unshared",)] if _net_helper(plan) else []) + ops
+    part = plan.layers.get("user_limits")
+    if not part:
+        return [("net_unshared",)] if _net_helper(plan) else []
+    private, values = part
+    ops = [(kind, (SYSCTL_SUBDIR if private else SYSCTL_DIR) + name, b"%d" % value, 0, 0, "user-limits")
+           for name, value in values]
+    if _net_helper(plan):
+        ops = [("net_unshared",)] + ops
+    return ([("private_procfs",)] + ops + [("close_procfs",)]) if private else ops
 
 
 def _loopback(plan):
