@@ -115,12 +115,15 @@ class NoCgroup:
 
 # ---------------------------------------------------------------- entry points
 
-def create(name, limits, uid=None, root=None, layout=None):
+def create(name, limits, uid=None, root=None, layout=None, own_pid_namespace=False):
     """Create the per-sandbox cgroup(s) and write the limits (parent, before fork).
 
     root: a cgroup2 mount point (or any cgroup2 directory) to use instead of the
     detected layout; used by tests to run the v2 logic on /sys/fs/cgroup/unified.
     uid: the user whose delegated subtree may be used (default: the effective uid).
+    own_pid_namespace: every task will be in the sandbox's own pid namespace (but the
+    stager's short-lived network helper), so killing its PID 1 tears it down atomically
+    and v1 needs no freezer cgroup for that (cgroup_v1.hierarchies).
     Raises SetupError("cgroup", ...) when limits.required and they cannot be applied;
     otherwise returns NoCgroup with a one-line .warning.
     """
@@ -135,7 +138,7 @@ def create(name, limits, uid=None, root=None, layout=None):
         try:
             if layout == "v1":
                 from . import cgroup_v1
-                return cgroup_v1.create(name, limits, want, uid=uid)
+                return cgroup_v1.create(name, limits, want, uid=uid, own_pid_namespace=own_pid_namespace)
             if layout == "v2":
                 from . import cgroup_v2
                 return cgroup_v2.create(name, limits, want, uid=uid, root=root)
@@ -172,9 +175,10 @@ class Pool:
 
     MAX_SPARES = 8
 
-    def __init__(self, limits, new_name):
+    def __init__(self, limits, new_name, own_pid_namespace=False):
         import _thread
         self.limits, self._new_name = limits, new_name
+        self.own_pid_namespace = own_pid_namespace
         self._lock = _thread.allocate_lock()
         self._owner = os.getpid()
         self._fresh, self._retired = [], []
@@ -194,7 +198,7 @@ class Pool:
             if self._fresh and self._owner == os.getpid():
                 return self._fresh.pop()
         try:
-            return create(self._new_name(), self.limits)
+            return create(self._new_name(), self.limits, own_pid_namespace=self.own_pid_namespace)
         except BaseException:
             self.done()
             raise
@@ -229,7 +233,7 @@ class Pool:
                 self._making += 1
             group = None
             try:
-                group = create(self._new_name(), self.limits)
+                group = create(self._new_name(), self.limits, own_pid_namespace=self.own_pid_namespace)
             except Exception:
                 # a spare is only a head start: the run makes its own set and reports what fails
                 self._broken = True

@@ -306,13 +306,33 @@ def try_lock(path):
 
 
 def kill_tasks(directory):
-    """SIGKILL every process listed in a cgroup; returns how many were listed."""
+    """SIGKILL every process listed in a cgroup; returns how many were listed.
+
+    A listed PID may exit and be reused by a process elsewhere before the signal: each is
+    pinned first (pidfd_open), then the cgroup is listed again, and only a pinned process
+    still listed is signalled through its pidfd. A pidfd names one process for good, so a
+    PID reused after the second listing is not the one signalled (ESRCH instead)."""
     pids = procs(directory)
-    for pid in pids:
-        try:
-            os.kill(pid, 9)
-        except (ProcessLookupError, PermissionError):
-            pass
+    if not pids:
+        return 0
+    import signal
+    pinned = {}
+    try:
+        for pid in pids:
+            try:
+                pinned[pid] = os.pidfd_open(pid)
+            except OSError:
+                pass  # gone already
+        still = set(procs(directory))
+        for pid, pidfd in pinned.items():
+            if pid in still:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except OSError:
+                    pass
+    finally:
+        for pidfd in pinned.values():
+            os.close(pidfd)
     return len(pids)
 
 

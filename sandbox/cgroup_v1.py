@@ -15,13 +15,21 @@ from .errors import SetupError
 _PERIOD_US = 100000
 
 
-def hierarchies(want=None):
+def hierarchies(want=None, own_pid_namespace=False):
     """[(label, mountpoint)], primary first; labels name the controllers of that mount.
 
     With `want` (the requested limits) only the hierarchies this sandbox needs: pids,
     memory and cpuacct always (counters and the verdict), cpu and blkio when a limit asks
-    for them, freezer only when the unified leaf offers no cgroup.kill. Each v1 memory
-    cgroup costs ~50 KiB of kernel memory, and every directory a mkdir and an rmdir."""
+    for them, freezer only when the unified leaf offers no cgroup.kill, and neither for a
+    sandbox with a pid namespace of its own. Each v1 memory cgroup costs ~50 KiB of kernel
+    memory, and every directory a mkdir, an rmdir and the kernel's offlining work.
+
+    The kernel's rule that makes a pid namespace enough: when its init (PID 1) dies, the
+    kernel SIGKILLs every other process of the namespace and forks no new one into it
+    (zap_pid_ns_processes; alloc_pid fails once the namespace is dying), and PID 1 is not
+    reaped before they are all gone. Killing PID 1 through its pidfd is then an atomic
+    teardown; the cgroup's own kill (kill(): pidfd-verified rounds) is left for what is
+    outside the namespace, the stager's network helper, which exits on its own."""
     by_mount = {}
     order = []
     for ctrl, point in cg.v1_hierarchies().items():
@@ -49,7 +57,9 @@ def hierarchies(want=None):
         needed.add("cpu")
     if "io_weight" in want:
         needed.add("blkio")
-    if "freezer" in cg.v1_hierarchies():
+    if own_pid_namespace:
+        pass
+    elif "freezer" in cg.v1_hierarchies():
         needed.add("freezer")
     elif unified and _unified_kill(unified):
         needed.add("unified")
@@ -334,8 +344,8 @@ class V1Cgroup:
         self.dirs = []
 
 
-def create(name, limits, want, uid=None):
-    hier = hierarchies(want)
+def create(name, limits, want, uid=None, own_pid_namespace=False):
+    hier = hierarchies(want, own_pid_namespace)
     labels = ",".join(label for label, _p in hier).split(",")
     need = {"memory": "memory", "pids": "pids", "cpu": "cpu", "cpu_weight": "cpu",
             "io_weight": "blkio"}

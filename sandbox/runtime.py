@@ -222,7 +222,8 @@ class Sandbox:
             self._program_for(plan)
             if plan.cgroup_limits is not None:
                 from . import cgroup
-                self._cgroups = cgroup.Pool(plan.cgroup_limits, _generated_name)
+                self._cgroups = cgroup.Pool(plan.cgroup_limits, _generated_name,
+                                            own_pid_namespace=bool(plan.clone_flags & native.CLONE_NEWPID))
                 _pools.add(self._cgroups)
             self._plan = plan
         return self._plan
@@ -451,7 +452,8 @@ class SandboxProcess:
             self._cgroup, self._pool = pool.take(), pool
         else:
             from . import cgroup
-            self._cgroup = cgroup.create(self.name, plan.cgroup_limits)
+            self._cgroup = cgroup.create(self.name, plan.cgroup_limits,
+                                         own_pid_namespace=bool(plan.clone_flags & native.CLONE_NEWPID))
         self._undo.append(self._destroy_cgroup)
         if getattr(self._cgroup, "warning", None):
             self.warnings.append(self._cgroup.warning)

@@ -325,11 +325,18 @@ def _settle(path, count, timeout=10):
     return cgroup.procs(path)
 
 
-@pytest.mark.parametrize("teardown", ["cgroup.kill", "freezer"])
+@pytest.mark.parametrize("teardown", ["cgroup.kill", "freezer", "rounds"])
 def test_kill_kills_every_descendant(groups, children, teardown, monkeypatch):
     _need_v1_root()
     from sandbox import cgroup_v1
-    if teardown == "freezer":
+    if teardown == "rounds":
+        # neither: the pidfd-verified rounds of kill_tasks (no pid namespace here to help)
+        monkeypatch.setattr(cgroup_v1, "_kill_file", {cgroup.v2_mount(): False})
+        hierarchies = cgroup.v1_hierarchies()
+        hierarchies.pop("freezer", None)
+        from sandbox import cgroup_fs
+        monkeypatch.setattr(cgroup_fs, "v1_hierarchies", lambda *a: dict(hierarchies))
+    elif teardown == "freezer":
         # as on a kernel without cgroup.kill: the freezer hierarchy joins the set
         monkeypatch.setattr(cgroup_v1, "_kill_file", {cgroup.v2_mount(): False})
     else:
@@ -348,6 +355,9 @@ def test_kill_kills_every_descendant(groups, children, teardown, monkeypatch):
     if teardown == "freezer":
         assert group._dir("freezer")
         assert group.kill(use_unified=False) is True
+    elif teardown == "rounds":
+        assert not group._dir("freezer") and not group._dir("unified")
+        assert group.kill() is True
     else:
         require(group._dir("unified"), "no unified leaf on this host")
         assert group.kill() is True
@@ -730,3 +740,24 @@ def test_a_name_set_through_cgroup_reaches_the_layouts(monkeypatch):
     monkeypatch.undo()
     assert cgroup_fs.PARENT == "pysandbox" and cgroup_fs.v1_hierarchies is not None
 
+
+
+def test_kill_tasks_signals_only_what_is_still_listed_once_pinned(monkeypatch):
+    """A listed PID can exit and be reused elsewhere before the signal: kill_tasks pins each
+    listed process, lists again and signals through the pidfd only what is still listed."""
+    from sandbox import cgroup_fs
+    bystander = subprocess.Popen(["/bin/sleep", "30"])
+    try:
+        listings = iter([[bystander.pid], []])  # listed, then gone from the cgroup (reused)
+        monkeypatch.setattr(cgroup_fs, "procs", lambda directory: next(listings))
+        assert cgroup_fs.kill_tasks("/nonexistent") == 1
+        time.sleep(0.05)
+        assert bystander.poll() is None  # not ours any more: not signalled
+        listings = iter([[bystander.pid], [bystander.pid]])
+        monkeypatch.setattr(cgroup_fs, "procs", lambda directory: next(listings))
+        assert cgroup_fs.kill_tasks("/nonexistent") == 1
+        assert bystander.wait(timeout=10) == -9
+    finally:
+        if bystander.poll() is None:
+            bystander.kill()
+            bystander.wait()

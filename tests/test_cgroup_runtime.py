@@ -236,3 +236,49 @@ def test_strict_sandbox_gets_a_device_allowlist():
         box.close()
     assert os.path.isdir(devices[0])
     assert [p for p in paths if p != devices[0] and os.path.exists(p)] == []
+
+
+# a daemon that leaves its session and parent behind, then the command exits at once
+DAEMON = ("import os, time\n"
+          "if os.fork() == 0:\n"
+          "    os.setsid()\n"
+          "    if os.fork() == 0:\n"
+          "        os.execv('/bin/sleep', ['sleep', '61.25'])\n"
+          "    os._exit(0)\n"
+          "os.wait()\n"
+          "time.sleep(0.2)\n")
+
+
+def _daemons(cmdline):
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                if entry.isdigit() and f.read() == cmdline:
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_pid_namespace_sandbox_needs_no_freezer_and_leaves_no_daemon(strict, state_dir):
+    """With a pid namespace of its own, killing PID 1 ends every process in the sandbox
+    (the kernel's rule; cgroup_v1.hierarchies): strict's cgroup set has no freezer leaf,
+    and a daemon that double-forked away is gone with the run, as is every cgroup."""
+    _need_limits()
+    require("freezer" in cgroup.v1_hierarchies(), "no v1 freezer on this host: nothing to leave out")
+    box = strict()
+    process = box.start(py(DAEMON))
+    labels = [label for label, _path in process._cgroup.dirs]
+    assert "freezer" not in labels and "memory" in labels and "pids" in labels, labels
+    result = process.wait()
+    assert result.exit_code == 0, (result.stage, result.message)
+    box.close()
+    assert _our_leaves("sbx-%d-" % os.getpid()) == []
+    # nothing of the run is left: no process has the daemon's command line
+    assert not _daemons(b"sleep\x0061.25\x00")
+    # a timeout takes the same way: SIGKILL of PID 1, then the cgroup's verified kill
+    tree = "import os, time\nfor _ in range(4): os.fork()\ntime.sleep(60)"
+    result = strict().run(py(tree), timeout=0.5)
+    assert result.reason == "timeout"
+    assert _our_leaves("sbx-%d-" % os.getpid()) == []
