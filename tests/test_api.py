@@ -154,7 +154,10 @@ def test_the_grader_example_of_docs_api_runs_as_written(strict):
 def test_an_interrupted_wait_ends_the_sandbox(strict):
     """^C in the grader (KeyboardInterrupt inside wait) must not leave the sandbox running."""
     import signal
-    code = ("from sandbox import Sandbox, load_profile\n"
+    # a caller started in the background by a shell inherits SIGINT ignored (and Python then
+    # installs no KeyboardInterrupt handler): the grader's ^C is what is under test, so it is set
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "from sandbox import Sandbox, load_profile\n"
             "box = Sandbox(load_profile(%r))\n"
             "proc = box.start(['sleep', '60'])\n"
             "print(proc.pid, flush=True)\n"
