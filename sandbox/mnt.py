@@ -515,24 +515,31 @@ def _attach(fd, target, is_dir):
         raise SetupError("bind", err, "%s: %s" % (target, os.strerror(err)))
 
 
-def build(mp, source_fds):
+def build(mp, source_fds, keep_user_sysctls=False):
     """Child half: compose the root and pivot into it. Runs as the sandbox's PID 1.
 
     The sequence is `operations(...)`, the one description of it; this runs it here, and
-    the compiled child (sandbox/stager.c) runs the same list."""
-    execute(operations(mp, source_fds is not None), source_fds)
+    the compiled child (sandbox/stager.c) runs the same list. Returns the descriptor its
+    `keep_dir` opened (keep_user_sysctls), else None."""
+    return execute(operations(mp, source_fds is not None, keep_user_sysctls), source_fds)
 
 
-def operations(mp, have_sources):
+def operations(mp, have_sources, keep_user_sysctls=False):
     """The mount stage as a list of operations (tuples, see `execute`), in the kernel's
     order (module docstring). The host's layout (which of /usr's siblings are links, the
     links in /etc) is read while the list is made: in the child before its first pivot, or
-    in the supervisor compiling the program ahead (sandbox/stager.py); both see the host's /."""
+    in the supervisor compiling the program ahead (sandbox/stager.py); both see the host's /.
+
+    keep_user_sysctls: keep /proc/sys/user of the sandbox's fresh /proc open for the
+    user-limits stage (sandbox/user_limits.py), before any mask makes /proc/sys read-only;
+    without a fresh /proc, the inherited one's, right after the first pivot."""
     host = ""
     ops = [("mount", None, "/", None, k.MS_REC | k.MS_PRIVATE, None, "make-rprivate"),
            ("mount", "tmpfs", BASE, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=1m", "mount-scratch"),
            ("mkdir", BASE + NEW, 0o755, False), ("mkdir", BASE + OLD, 0o755, False),
            ("pivot", BASE, BASE + OLD), ("chdir", "/")]
+    if keep_user_sysctls and not mp.proc:
+        ops.append(("keep_dir", OLD + "/proc/sys/user"))
     # With sources the rootfs is the first detached tree, the user's binds follow it.
     shift = 1 if (mp.rootfs and have_sources) else 0
 
@@ -590,6 +597,8 @@ def operations(mp, have_sources):
     if mp.proc:
         ops.extend([("mkdirs", NEW + "/proc", 0o755),
                     ("mount", "proc", NEW + "/proc", "proc", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC, None, "mount-proc")])
+        if keep_user_sysctls:
+            ops.append(("keep_dir", NEW + "/proc/sys/user"))
         if mp.proc_stat == "sanitized":
             ops.append(("proc_stat", NEW + "/proc/stat", "/.proc-stat"))
     ops.extend(_dev_ops(mp.pty_max))
@@ -689,6 +698,13 @@ def _op_mount_sysfs(source_fds, target, host_sys):
         _bind(host_sys, target, True, True, "mount-sys")
 
 
+def _op_keep_dir(source_fds, path):
+    try:
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SetupError("mount", e.errno, "keep %s: %s" % (path, e.strerror)) from None
+
+
 # What each operation of `operations` means here (sandbox/stager.c has the same meanings)
 _EXECUTORS = {
     "mount": _op_mount,
@@ -706,16 +722,21 @@ _EXECUTORS = {
     "mask": lambda fds, masked, readonly: _mask(masked, readonly),
     "write": _op_write,
     "mount_sysfs": _op_mount_sysfs,
+    "keep_dir": _op_keep_dir,
 }
 
 
 def execute(ops, source_fds):
-    """Run mount operations here (the Python child)."""
+    """Run mount operations here (the Python child); returns what `keep_dir` opened, or None."""
+    kept = None
     for op in ops:
         run = _EXECUTORS.get(op[0])
         if run is None:
             raise SetupError("mount", 22, "unknown mount operation %r" % op[0])
-        run(source_fds, *op[1:])
+        result = run(source_fds, *op[1:])
+        if op[0] == "keep_dir":
+            kept = result
+    return kept
 
 
 def _sanitize_proc_stat(path, copy="/.proc-stat"):

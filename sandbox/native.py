@@ -37,9 +37,6 @@ NR = {
     "seccomp": 317,
     "open_tree": 428,
     "move_mount": 429,
-    "fsopen": 430,
-    "fsconfig": 431,
-    "fsmount": 432,
     "pidfd_open": 434,
     "mount_setattr": 442,
     "landlock_create_ruleset": 444,
@@ -217,31 +214,6 @@ def sethostname(name):
 
 def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0, stage="prctl"):
     return check(libc().prctl(option, arg2, arg3, arg4, arg5), stage)
-
-
-FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 1
-FSCONFIG_CMD_CREATE = 6
-MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 0x2, 0x4, 0x8
-
-
-def private_procfs(stage):
-    """A procfs instance of the caller's pid namespace of its own, detached (fsmount: in no
-    mount tree, gone with its last descriptor): the descriptor of its root.
-
-    Why not the /proc the process inherited: every /proc/sys entry looked up through one
-    procfs superblock by processes of different user (or network) namespaces gets a dentry
-    per namespace, all under the same parent with the same name, so all on one hash chain
-    that each lookup walks (proc_sys_compare). Through the host's procfs, a thousand live
-    sandboxes make every sandbox's writes walk a thousand dentries; a fresh superblock has
-    only its own. The kernel lets a user namespace mount procfs only for a pid namespace it
-    owns (and only where a /proc is already fully visible: mount_too_revealing)."""
-    fs = check(syscall("fsopen", b"proc", FSOPEN_CLOEXEC), stage, "fsopen proc")
-    try:
-        check(syscall("fsconfig", fs, FSCONFIG_CMD_CREATE, None, None, 0), stage, "fsconfig proc")
-        return check(syscall("fsmount", fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC),
-                     stage, "fsmount proc")
-    finally:
-        os.close(fs)
 
 
 def pidfd_open(pid):

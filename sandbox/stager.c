@@ -59,7 +59,7 @@ static size_t nops;
 static unsigned char *program_text;
 static int in_zygote; /* PID 1 cloned from a zygote: the program's pages are the zygote's too */
 static int net_sock = -1; /* PID 1's end of the network helper's socket (stager.py _net_helper) */
-static int procfs_root = -1; /* "private_procfs": what relative "write" paths are below */
+static int kept_dir = -1; /* "keep_dir": what relative "write" paths are below (user limits) */
 static pid_t last_helper = -1; /* the one-shot stager waits for it before it exits */
 static int msg_fd = -1, go_fd = -1;
 static const char *stage = "stager";
@@ -224,9 +224,9 @@ static void load_program(int fd)
 
 static void write_file(const char *path, const char *data, size_t len, int flags, mode_t mode, const char *label)
 {
-	/* a relative path is below the private procfs (user limits: native.private_procfs) */
-	int fd = openat(path[0] == '/' ? AT_FDCWD : procfs_root, path, flags | O_WRONLY | O_CLOEXEC, mode);
-	CHECK(fd, label, "%s%s", path[0] == '/' ? "" : "/proc/", path);
+	/* a relative path is below the kept directory: the sandbox's /proc/sys/user (user_limits.py) */
+	int fd = openat(path[0] == '/' ? AT_FDCWD : kept_dir, path, flags | O_WRONLY | O_CLOEXEC, mode);
+	CHECK(fd, label, "%s%s", path[0] == '/' ? "" : "/proc/sys/user/", path);
 	while (len > 0) {
 		ssize_t n = write(fd, data, len);
 		if (n < 0) {
@@ -516,18 +516,6 @@ static ssize_t send_fd(int sock, char byte, int fd)
 		memcpy(CMSG_DATA(c), &fd, sizeof(int));
 	}
 	return sendmsg(sock, &msg, MSG_NOSIGNAL);
-}
-
-/* native.private_procfs: a detached procfs of PID 1's own pid namespace, for the user
- * limits' writes (a lookup through the host's procfs walks one dentry per live sandbox) */
-static void private_procfs(void)
-{
-	int fs = (int)syscall(SYS_fsopen, "proc", 1 /* FSOPEN_CLOEXEC */);
-	CHECK(fs, "user-limits", "fsopen proc");
-	CHECK(syscall(SYS_fsconfig, fs, 6 /* FSCONFIG_CMD_CREATE */, NULL, NULL, 0), "user-limits", "fsconfig proc");
-	procfs_root = (int)syscall(SYS_fsmount, fs, 1 /* FSMOUNT_CLOEXEC */, 0x2 | 0x4 | 0x8 /* nosuid nodev noexec */);
-	CHECK(procfs_root, "user-limits", "fsmount proc");
-	close(fs);
 }
 
 /* "write" and "helper_write": path, data, open flags, mode, label */
@@ -990,6 +978,11 @@ static void run(size_t from)
 		case OP_PROC_STAT:
 			proc_stat(str(op, 0), str(op, 1));
 			break;
+		case OP_KEEP_DIR:
+			/* mnt._op_keep_dir: the sandbox's /proc/sys/user, before the masks */
+			kept_dir = open(str(op, 0), O_PATH | O_DIRECTORY | O_CLOEXEC);
+			CHECK(kept_dir, "mount", "keep %s", str(op, 0));
+			break;
 		case OP_MASK:
 			mask_paths(op);
 			break;
@@ -1085,17 +1078,14 @@ static void run(size_t from)
 		case OP_NET_HELPER:
 		case OP_HELPER_WRITE:
 			break; /* the helper's (net_helper_main) */
-		case OP_PRIVATE_PROCFS:
-			private_procfs();
-			break;
-		case OP_CLOSE_PROCFS:
-			close(procfs_root);
-			procfs_root = -1;
+		case OP_CLOSE_KEPT:
+			close(kept_dir);
+			kept_dir = -1;
 			break;
 		case OP_NET_UNSHARED:
 			/* every namespace of PID 1's own exists: the helper may write the user limits
-			 * (below the private procfs, when there is one: it goes along) */
-			if (send_fd(net_sock, 'U', procfs_root) != 1)
+			 * (below the kept directory, when there is one: it goes along) */
+			if (send_fd(net_sock, 'U', kept_dir) != 1)
 				_exit(EXIT_SETUP); /* the helper failed: it said why on the channel */
 			break;
 		case OP_NET_JOIN: {
@@ -1361,7 +1351,7 @@ static __attribute__((noreturn)) void net_helper_main(struct run_args *run_args,
 		_exit(0); /* PID 1 is gone */
 	struct cmsghdr *root = CMSG_FIRSTHDR(&said);
 	if (root && root->cmsg_level == SOL_SOCKET && root->cmsg_type == SCM_RIGHTS)
-		memcpy(&procfs_root, CMSG_DATA(root), sizeof(int)); /* PID 1's private procfs */
+		memcpy(&kept_dir, CMSG_DATA(root), sizeof(int)); /* PID 1's kept /proc/sys/user */
 	stage = "user-limits";
 	for (size_t i = 0; i < nops; i++)
 		if (ops[i].code == OP_HELPER_WRITE)

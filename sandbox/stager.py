@@ -71,8 +71,8 @@ OPS = (
     ("init", 0, "PID 1 becomes the init (init.c)"),
     ("net_helper", 0, "the stager's helper makes the network namespace (see _net_helper)"),
     ("net_unshared", 0, "PID 1: its own namespaces are made; the helper may bound the user limits"),
-    ("private_procfs", 0, "PID 1: a detached procfs; relative write paths are below it"),
-    ("close_procfs", 0, "PID 1: close that procfs"),
+    ("keep_dir", 1, "path: kept open (O_PATH); relative write paths are below it (user limits)"),
+    ("close_kept", 0, "PID 1: close the kept directory"),
     ("net_join", 0, "PID 1: setns into the helper's network namespace"),
     ("helper_write", 5, "the helper's: path, data, open flags, mode, label (user limits)"),
 )
@@ -150,19 +150,19 @@ def _pid1_ids(plan):
 
 
 def _user_limits(plan):
-    from .user_limits import SYSCTL_DIR, SYSCTL_SUBDIR
-    # with the network helper these are its writes, made once PID 1 says "net_unshared"
-    # (which hands it the private procfs, when there is one)
-    kind = "helper_write" if _net_helper(plan) else "write"
+    from .user_limits import SYSCTL_DIR
     part = plan.layers.get("user_limits")
     if not part:
         return [("net_unshared",)] if _net_helper(plan) else []
-    private, values = part
-    ops = [(kind, (SYSCTL_SUBDIR if private else SYSCTL_DIR) + name, b"%d" % value, 0, 0, "user-limits")
-           for name, value in values]
+    # below the directory the mount stage kept (user_limits.py), else by path; with the
+    # network helper these are its writes, made once PID 1 says "net_unshared" (which hands
+    # it the kept directory)
+    kept = plan.mounts is not None
+    kind = "helper_write" if _net_helper(plan) else "write"
+    ops = [(kind, (name if kept else SYSCTL_DIR + name), b"%d" % value, 0, 0, "user-limits") for name, value in part]
     if _net_helper(plan):
         ops = [("net_unshared",)] + ops
-    return ([("private_procfs",)] + ops + [("close_procfs",)]) if private else ops
+    return ops + ([("close_kept",)] if kept else [])
 
 
 def _loopback(plan):
@@ -185,7 +185,7 @@ def _mount(plan):
     # As host root the supervisor opens the bind sources (mnt.open_sources); rootless the
     # child binds by path. The same process compiles and runs, so this holds per run.
     ops = []
-    for op in mnt.operations(plan.mounts, os.geteuid() == 0):
+    for op in mnt.operations(plan.mounts, os.geteuid() == 0, "user_limits" in plan.layers):
         if op[0] not in CODES:
             raise Unsupported("mount operation %s has no compiled form" % op[0])
         if op[0] == "mask":  # (masked paths, read-only paths): flattened, with the first count

@@ -46,7 +46,7 @@ class Launch:
     supervisor prepared. Made per run; the plan itself never changes."""
 
     __slots__ = ("argv", "env", "cwd", "stdio", "source_fds", "cgroup_tasks", "init_fd", "go_r", "msg_w",
-                 "handoff", "pid1_end", "command", "listener", "warnings", "cpu_time", "tty")
+                 "handoff", "pid1_end", "command", "listener", "warnings", "cpu_time", "tty", "sysctl_dir")
 
     def __init__(self, argv, env, cwd, stdio=None, init_fd=None):
         self.argv, self.env, self.cwd, self.stdio, self.init_fd = argv, env, cwd, stdio, init_fd
@@ -54,6 +54,8 @@ class Launch:
         self.handoff = self.pid1_end = self.command = self.listener = None
         # per run: the CPU-time budget (seconds) and the terminal relay (terminal.Relay)
         self.cpu_time = self.tty = None
+        # the mount stage's O_PATH descriptor of the sandbox's /proc/sys/user (user_limits.py)
+        self.sysctl_dir = None
         self.warnings = []
 
 
@@ -165,7 +167,7 @@ def set_hostname(plan, launch):
 def build_root(plan, launch):
     if plan.mounts is not None:
         from . import mnt
-        mnt.build(plan.mounts, launch.source_fds)
+        launch.sysctl_dir = mnt.build(plan.mounts, launch.source_fds, "user_limits" in plan.layers)
 
 
 def connect_stdio(plan, launch):
@@ -332,9 +334,9 @@ CHILD_STAGES = (
     ("pid1", "ids", enter_ids),
     ("pid1", "unshare", unshare_rest),           # mount, net, uts, ipc; cgroup and time last
     ("pid1", "sethostname", set_hostname),
-    ("pid1", "user-limits", layer("user_limits")),  # the namespace's own user.* sysctls, after every unshare
     ("pid1", "loopback", layer("net")),
     ("pid1", "mount", build_root),               # the composed root, pivot_root, masks
+    ("pid1", "user-limits", layer("user_limits")),  # the namespace's own user.* sysctls, after every unshare
     ("pid1", "stdio", connect_stdio),
     ("pid1", "close-host-fds", close_host_fds),
     ("pid1", "fork", fork_command),              # the "command" rows run in the forked child:

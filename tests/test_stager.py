@@ -465,7 +465,7 @@ def test_the_network_helper_leaves_a_namespace_of_its_own_with_lo_up_and_the_lim
         view = json.loads(view_line)
         assert int(net_line) != host_net
         assert view["loopback"] == "up"
-        for name, value in plan.layers["user_limits"][1]:
+        for name, value in plan.layers["user_limits"]:
             assert view["user_limits"][name] == str(value), name
     box.close()
     assert children() <= before  # the helpers were reaped
@@ -473,37 +473,45 @@ def test_the_network_helper_leaves_a_namespace_of_its_own_with_lo_up_and_the_lim
 
 def _limit_operations(plan):
     return [op for op in stager.operations(plan)
-            if op[0] in ("private_procfs", "close_procfs", "net_unshared")
-            or op[0] in ("write", "helper_write") and op[-1] == "user-limits"]
+            if op[0] in ("keep_dir", "close_kept", "net_unshared", "mask")
+            or op[0] in ("write", "helper_write") and op[-1] == "user-limits"
+            or op[0] == "mount" and op[-1] == "mount-proc"]
 
 
-def test_the_user_limits_go_through_a_private_procfs_where_there_is_a_pid_namespace(tmp_path):
+def test_the_user_limits_go_through_the_sandboxs_own_procfs(tmp_path):
     """Through the host's /proc every live sandbox's user namespace adds a dentry to the one
-    hash chain each later write walks (user_limits.py): strict writes below a procfs of its
-    own, handed to the network helper when the helper writes them."""
+    hash chain each later write walks (user_limits.py): the mount stage keeps the fresh
+    /proc's /proc/sys/user open before the masks, and the writes go below it, after
+    `mount` (and through the network helper, which gets the directory with "U")."""
     plan = Sandbox(load_profile("strict")).plan()
     ops = _limit_operations(plan)
-    assert ops[0] == ("private_procfs",) and ops[-1] == ("close_procfs",), ops
+    names = [op[0] for op in ops]
+    assert names.index("mount") < names.index("keep_dir") < names.index("mask"), names
+    assert ops[names.index("keep_dir")][1] == "/newroot/proc/sys/user"
     writes = [op for op in ops if op[0] in ("write", "helper_write")]
-    assert len(writes) == len(plan.layers["user_limits"][1]) > 0
-    assert all(op[1].startswith("sys/user/max_") for op in writes), writes
+    assert len(writes) == len(plan.layers["user_limits"]) > 0
+    assert all(op[1].startswith("max_") for op in writes), writes  # relative: below the kept directory
+    assert names.index("mask") < names.index(writes[0][0]) and names[-1] == "close_kept", names
     if stager._net_helper(plan):
-        assert ops.index(("net_unshared",)) == 1  # the procfs goes to the helper with "U"
-    # no pid namespace of its own: the kernel mounts no procfs for it; PID 1's /proc then
-    no_pid = tmp_path / "no-pid.toml"
-    no_pid.write_text('extends = "strict"\n[namespaces]\npid = false\n[filesystem]\nproc = false\n')
-    plan = Sandbox(load_profile(str(no_pid))).plan()
+        assert names.index("net_unshared") < names.index(writes[0][0])
+    # without a fresh /proc: the inherited one's directory, kept the same way
+    no_proc = tmp_path / "no-proc.toml"
+    no_proc.write_text('extends = "strict"\n[namespaces]\npid = false\n[filesystem]\nproc = false\n')
+    plan = Sandbox(load_profile(str(no_proc))).plan()
     ops = _limit_operations(plan)
-    assert ("private_procfs",) not in ops and plan.layers["user_limits"][0] is False
-    assert all(op[1].startswith("/proc/sys/user/max_") for op in ops if op[0] in ("write", "helper_write")), ops
+    assert ("keep_dir", "/oldroot/proc/sys/user") in ops, ops
 
 
-def test_the_python_stages_write_the_limits_through_the_private_procfs_too(monkeypatch):
-    def refuse(stage):
-        raise SetupError(stage, 1, "private procfs refused by the test")
-    monkeypatch.setattr(native, "private_procfs", refuse)
+def test_the_python_stages_keep_the_directory_too(monkeypatch):
+    from sandbox import mnt
+    kept = []
+
+    def keep(source_fds, path):
+        kept.append(path)
+        raise SetupError("mount", 1, "kept %s (the test refuses it)" % path)
+    monkeypatch.setitem(mnt._EXECUTORS, "keep_dir", keep)
     box = Sandbox(load_profile("strict"), executor="python")
     result = box.run(["/bin/true"])
     box.close()
-    assert result.exit_code == 125 and result.stage == "user-limits", (result.stage, result.message)
-    assert "refused by the test" in result.message
+    assert result.exit_code == 125 and result.stage == "mount", (result.stage, result.message)
+    assert "kept /newroot/proc/sys/user" in result.message
