@@ -13,8 +13,10 @@ Layouts (detected from /proc/self/mountinfo at run time):
   v2  one leaf <mount>/pysandbox/<name> (or <own delegated cgroup>/pysandbox/<name>
       when rootless), controllers enabled in pysandbox/cgroup.subtree_control.
   v1  one directory per hierarchy: <mount>/pysandbox/<name> for pids, memory, cpu,
-      cpuacct, blkio and freezer; on a hybrid host also a leaf in the (controller-less)
-      unified mount, whose cgroup.kill ends every task at once.
+      cpuacct and blkio, and for a sandbox without a pid namespace of its own the freezer
+      (or, without one, a leaf in a hybrid host's controller-less unified mount, whose
+      cgroup.kill ends every task at once); with its own pid namespace, SIGKILL of its
+      PID 1 already ends every task (cgroup_v1.hierarchies).
 
 Liveness: the supervisor holds flock() on its leaf in the first ("primary") hierarchy
 for as long as the sandbox lives. A leaf whose lock can be taken belongs to a dead

@@ -305,34 +305,50 @@ def try_lock(path):
     return fd
 
 
-def kill_tasks(directory):
+PIN_BATCH = 64  # pidfds held at once by kill_tasks (a cgroup may list more than fds are free)
+
+
+def kill_tasks(directory, frozen=False):
     """SIGKILL every process listed in a cgroup; returns how many were listed.
 
     A listed PID may exit and be reused by a process elsewhere before the signal: each is
     pinned first (pidfd_open), then the cgroup is listed again, and only a pinned process
     still listed is signalled through its pidfd. A pidfd names one process for good, so a
-    PID reused after the second listing is not the one signalled (ESRCH instead)."""
+    PID reused after the second listing is not the one signalled (ESRCH instead). Pins are
+    taken PIN_BATCH at a time; one that cannot be taken (no free descriptor) is left for the
+    caller's next round, which lists again. `frozen`: every listed task is frozen, so none
+    can exit and free its PID: plain kill(2) is exact then."""
     pids = procs(directory)
-    if not pids:
-        return 0
-    import signal
-    pinned = {}
-    try:
+    if frozen:
         for pid in pids:
             try:
-                pinned[pid] = os.pidfd_open(pid)
-            except OSError:
-                pass  # gone already
-        still = set(procs(directory))
-        for pid, pidfd in pinned.items():
-            if pid in still:
+                os.kill(pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return len(pids)
+    import _signal
+    for start in range(0, len(pids), PIN_BATCH):
+        pinned = {}
+        try:
+            for pid in pids[start:start + PIN_BATCH]:
                 try:
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    pinned[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    pass  # gone already
                 except OSError:
-                    pass
-    finally:
-        for pidfd in pinned.values():
-            os.close(pidfd)
+                    break  # EMFILE, ENOMEM: the next round lists it again
+            if not pinned:
+                continue
+            still = set(procs(directory))
+            for pid, pidfd in pinned.items():
+                if pid in still:
+                    try:
+                        _signal.pidfd_send_signal(pidfd, 9)
+                    except OSError:
+                        pass
+        finally:
+            for pidfd in pinned.values():
+                os.close(pidfd)
     return len(pids)
 
 

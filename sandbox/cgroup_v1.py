@@ -2,10 +2,12 @@
 
 Each v1 controller is its own tree (on this kind of host even cpu and cpuacct are
 separate mounts), so a sandbox is a set of directories, one per mount, and the child
-is written into every one's cgroup.procs. On a hybrid host a leaf in the unified
-(cgroup2) mount is added: it has no controllers but offers cgroup.kill, which ends
-every task atomically; without it teardown freezes the freezer cgroup first so that
-no task can fork while we SIGKILL the list, then thaws to let the kills land.
+joins every one's tasks file. A sandbox with its own pid namespace ends with its PID 1
+(the kernel kills the rest of the namespace). Without one, teardown freezes the freezer
+cgroup first so that no task can fork while we SIGKILL the list, then thaws to let the
+kills land; on a hybrid host without a v1 freezer a leaf in the unified (cgroup2) mount
+is added instead: it has no controllers but offers cgroup.kill, which ends every task
+atomically.
 """
 import os
 
@@ -20,8 +22,8 @@ def hierarchies(want=None, own_pid_namespace=False):
 
     With `want` (the requested limits) only the hierarchies this sandbox needs: pids,
     memory and cpuacct always (counters and the verdict), cpu and blkio when a limit asks
-    for them, freezer only when the unified leaf offers no cgroup.kill, and neither for a
-    sandbox with a pid namespace of its own. Each v1 memory cgroup costs ~50 KiB of kernel
+    for them, the freezer where there is one, else the unified leaf for its cgroup.kill,
+    and neither for a sandbox with a pid namespace of its own. Each v1 memory cgroup costs ~50 KiB of kernel
     memory, and every directory a mkdir, an rmdir and the kernel's offlining work.
 
     The kernel's rule that makes a pid namespace enough: when its init (PID 1) dies, the
@@ -324,7 +326,7 @@ class V1Cgroup:
                 break
         # Frozen tasks cannot fork or exit, so this list is complete and its PIDs are
         # not reused; SIGKILL is queued and acts at thaw.
-        cg.kill_tasks(freezer)
+        cg.kill_tasks(freezer, frozen=True)
         try:
             cg.write_file(state, "THAWED")
         except OSError:

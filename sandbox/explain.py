@@ -66,7 +66,8 @@ LAYERS = {
         "Per-user kernel counts (inotify instances and watches, fanotify groups and marks, user, mount and "
         "other namespaces) are charged up the user-namespace chain to whoever created the sandbox. PID 1 "
         "writes /proc/sys/user/max_* inside the sandbox's own user namespace, after the runtime made its "
-        "namespaces and before /proc/sys turns read-only, so each sandbox has a budget of its own.",
+        "namespaces, through the sandbox's own /proc (kept open before /proc/sys turns read-only), so each "
+        "sandbox has a budget of its own.",
         "A sandbox that takes every inotify instance or namespace of its creator (host root or the rootless "
         "caller), leaving the creator and other sandboxes with EMFILE or ENOSPC; nested namespaces (the "
         "second wall behind seccomp under strict).",

@@ -232,7 +232,7 @@ static void write_file(const char *path, const char *data, size_t len, int flags
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			fail(errno, label, "write %s", path);
+			fail(errno, label, "write %s%s", path[0] == '/' ? "" : "/proc/sys/user/", path);
 		}
 		data += n;
 		len -= (size_t)n;
@@ -504,6 +504,7 @@ static ssize_t send_fd(int sock, char byte, int fd)
 		struct cmsghdr align;
 		char data[CMSG_SPACE(sizeof(int))];
 	} control_data;
+	memset(&control_data, 0, sizeof(control_data));
 	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
 	if (fd >= 0) {
@@ -518,7 +519,7 @@ static ssize_t send_fd(int sock, char byte, int fd)
 	return sendmsg(sock, &msg, MSG_NOSIGNAL);
 }
 
-/* "write" and "helper_write": path, data, open flags, mode, label */
+/* "write": path, data, open flags, mode, label */
 static void write_op(const struct op *op)
 {
 	write_file(str(op, 0), str(op, 1), op->len[1], (int)num(op, 2), (mode_t)num(op, 3), str(op, 4));
@@ -1076,17 +1077,10 @@ static void run(size_t from)
 			exec_command();
 			break;
 		case OP_NET_HELPER:
-		case OP_HELPER_WRITE:
-			break; /* the helper's (net_helper_main) */
+			break; /* the stager's (start_run, net_helper_main) */
 		case OP_CLOSE_KEPT:
 			close(kept_dir);
 			kept_dir = -1;
-			break;
-		case OP_NET_UNSHARED:
-			/* every namespace of PID 1's own exists: the helper may write the user limits
-			 * (below the kept directory, when there is one: it goes along) */
-			if (send_fd(net_sock, 'U', kept_dir) != 1)
-				_exit(EXIT_SETUP); /* the helper failed: it said why on the channel */
 			break;
 		case OP_NET_JOIN: {
 			int netns = receive_fd(net_sock); /* init.c's */
@@ -1334,28 +1328,6 @@ static __attribute__((noreturn)) void net_helper_main(struct run_args *run_args,
 	CHECK(unshare(CLONE_NEWNET), "unshare", "network namespace");
 	stage = "loopback";
 	loopback_up();
-	/* the limits forbid new namespaces: only once PID 1 has made all of its own */
-	char byte;
-	struct iovec byte_iov = {.iov_base = &byte, .iov_len = 1};
-	union {
-		struct cmsghdr align;
-		char data[CMSG_SPACE(sizeof(int))];
-	} passed;
-	struct msghdr said = {.msg_iov = &byte_iov, .msg_iovlen = 1, .msg_control = passed.data,
-			      .msg_controllen = sizeof(passed.data)};
-	ssize_t n;
-	do
-		n = recvmsg(sock, &said, MSG_CMSG_CLOEXEC);
-	while (n < 0 && errno == EINTR);
-	if (n != 1)
-		_exit(0); /* PID 1 is gone */
-	struct cmsghdr *root = CMSG_FIRSTHDR(&said);
-	if (root && root->cmsg_level == SOL_SOCKET && root->cmsg_type == SCM_RIGHTS)
-		memcpy(&kept_dir, CMSG_DATA(root), sizeof(int)); /* PID 1's kept /proc/sys/user */
-	stage = "user-limits";
-	for (size_t i = 0; i < nops; i++)
-		if (ops[i].code == OP_HELPER_WRITE)
-			write_op(&ops[i]);
 	int netns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
 	CHECK(netns, "loopback", "/proc/self/ns/net");
 	send_fd(sock, 'N', netns); /* failing: PID 1 is gone */

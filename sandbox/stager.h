@@ -45,11 +45,9 @@
 #define OP_EXEC 39 /* execvpe the command */
 #define OP_INIT 40 /* PID 1 becomes the init (init.c) */
 #define OP_NET_HELPER 41 /* the stager's helper makes the network namespace (see _net_helper) */
-#define OP_NET_UNSHARED 42 /* PID 1: its own namespaces are made; the helper may bound the user limits */
-#define OP_KEEP_DIR 43 /* path: kept open (O_PATH); relative write paths are below it (user limits) */
-#define OP_CLOSE_KEPT 44 /* PID 1: close the kept directory */
-#define OP_NET_JOIN 45 /* PID 1: setns into the helper's network namespace */
-#define OP_HELPER_WRITE 46 /* the helper's: path, data, open flags, mode, label (user limits) */
-#define OP_COUNT 47
-static const unsigned op_min_args[OP_COUNT] = {1, 1, 0, 0, 0, 3, 1, 1, 5, 0, 6, 2, 3, 3, 2, 2, 2, 2, 1, 3, 3, 3, 2, 1, 0, 0, 1, 3, 0, 0, 0, 0, 2, 0, 5, 1, 0, 2, 1, 0, 0, 0, 0, 1, 0, 0, 5};
+#define OP_KEEP_DIR 42 /* path: kept open (O_PATH); relative write paths are below it (user limits) */
+#define OP_CLOSE_KEPT 43 /* PID 1: close the kept directory */
+#define OP_NET_JOIN 44 /* PID 1: setns into the helper's network namespace */
+#define OP_COUNT 45
+static const unsigned op_min_args[OP_COUNT] = {1, 1, 0, 0, 0, 3, 1, 1, 5, 0, 6, 2, 3, 3, 2, 2, 2, 2, 1, 3, 3, 3, 2, 1, 0, 0, 1, 3, 0, 0, 0, 0, 2, 0, 5, 1, 0, 2, 1, 0, 0, 0, 1, 0, 0};
 #endif

@@ -70,11 +70,9 @@ OPS = (
     ("exec", 0, "execvpe the command"),
     ("init", 0, "PID 1 becomes the init (init.c)"),
     ("net_helper", 0, "the stager's helper makes the network namespace (see _net_helper)"),
-    ("net_unshared", 0, "PID 1: its own namespaces are made; the helper may bound the user limits"),
     ("keep_dir", 1, "path: kept open (O_PATH); relative write paths are below it (user limits)"),
     ("close_kept", 0, "PID 1: close the kept directory"),
     ("net_join", 0, "PID 1: setns into the helper's network namespace"),
-    ("helper_write", 5, "the helper's: path, data, open flags, mode, label (user limits)"),
 )
 CODES = {name: code for code, (name, _, _) in enumerate(OPS)}
 RLIM_INFINITY = (1 << 64) - 1
@@ -121,15 +119,14 @@ def _net_helper(plan):
     """Whether the network namespace is made by the stager's helper, concurrently with PID 1's
     mount stage, instead of by PID 1's unshare.
 
-    A new network namespace is the costliest namespace (~0.6 ms here), and the user limits
-    (~0.2 ms) must follow it. The helper is forked by the stager outside the sandbox (so it
-    takes no PID inside), joins the run's cgroups (its kernel memory is the run's), enters
-    PID 1's user namespace, unshares the network namespace, brings lo up, waits until PID 1
-    has made all its own namespaces, writes the user limits (/proc/sys/user is the writer's
-    user namespace's) and hands the namespace to PID 1, which joins it before it forks the
-    command. The kernel's rules still hold: every namespace exists before the limits that
-    would forbid it, and the limits are written through the helper's /proc, which PID 1's
-    read-only /proc/sys does not reach."""
+    A new network namespace is the costliest namespace (~0.6 ms here). The helper is forked
+    by the stager outside the sandbox (so it takes no PID inside), joins the run's cgroups
+    (its kernel memory is the run's), enters PID 1's user namespace, unshares the network
+    namespace, brings lo up, hands the namespace to PID 1 and exits: it waits for nothing of
+    PID 1's, so neither the stager nor the supervisor that reaps it waits on PID 1's setup.
+    PID 1 joins the namespace at the start of its user-limits stage, after `mount`: the
+    kernel's rule that every namespace exists before the limits that would forbid it holds,
+    since the helper's unshare is done once its namespace arrives."""
     return bool(plan.unshare_flags & native.NS_FLAGS["net"]) and plan.idmap is not None
 
 
@@ -151,17 +148,15 @@ def _pid1_ids(plan):
 
 def _user_limits(plan):
     from .user_limits import SYSCTL_DIR
+    # the helper's network namespace first (errors under "loopback": the namespace the step
+    # is about): its creation counted against the limits about to be lowered
+    ops = [("stage", "loopback"), ("net_join",), ("stage", "user-limits")] if _net_helper(plan) else []
     part = plan.layers.get("user_limits")
     if not part:
-        return [("net_unshared",)] if _net_helper(plan) else []
-    # below the directory the mount stage kept (user_limits.py), else by path; with the
-    # network helper these are its writes, made once PID 1 says "net_unshared" (which hands
-    # it the kept directory)
+        return ops
+    # below the directory the mount stage kept (user_limits.py), else by path
     kept = plan.mounts is not None
-    kind = "helper_write" if _net_helper(plan) else "write"
-    ops = [(kind, (name if kept else SYSCTL_DIR + name), b"%d" % value, 0, 0, "user-limits") for name, value in part]
-    if _net_helper(plan):
-        ops = [("net_unshared",)] + ops
+    ops += [("write", (name if kept else SYSCTL_DIR + name), b"%d" % value, 0, 0, "user-limits") for name, value in part]
     return ops + ([("close_kept",)] if kept else [])
 
 
@@ -172,10 +167,7 @@ def _loopback(plan):
 
 
 def _close_host_fds(plan):
-    # PID 1 joins the helper's network namespace before the command exists (errors under
-    # "loopback": the namespace the stage is about)
-    join = [("stage", "loopback"), ("net_join",), ("stage", "close-host-fds")] if _net_helper(plan) else []
-    return join + [("close_host_fds",)]
+    return [("close_host_fds",)]
 
 
 def _mount(plan):

@@ -22,9 +22,11 @@ Why this order (the kernel's rules; see docs/architecture.md):
   supervisor  cgroup before clone (its limits apply from the first instruction), maps
               written from outside the new user namespace, then one byte "go".
   PID 1       join v1 cgroups with host credentials, wait for the maps, take on inside
-              ids, unshare the rest (cgroup namespace only once in the cgroup), bound
-              the namespace's user.* sysctls (after the last namespace it makes, before
-              /proc/sys turns read-only), build the root, close every host descriptor, fork the command, become init.
+              ids, unshare the rest (cgroup namespace only once in the cgroup), build the
+              root (keeping /proc/sys/user of the fresh /proc open before the masks make
+              /proc/sys read-only), bound the namespace's user.* sysctls below it (after
+              the last namespace is made), close every host descriptor, fork the command,
+              become init.
   command     setsid (no controlling terminal: TIOCSTI), ids, rlimits, cwd, fds; then
               capabilities after every privileged step; no_new_privs before Landlock
               and an unprivileged filter; verify while any syscall is still allowed;

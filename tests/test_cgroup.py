@@ -761,3 +761,42 @@ def test_kill_tasks_signals_only_what_is_still_listed_once_pinned(monkeypatch):
         if bystander.poll() is None:
             bystander.kill()
             bystander.wait()
+
+
+def test_kill_tasks_pins_before_it_lists_again_and_signals_through_the_pin(monkeypatch):
+    """The order is what makes a reused PID safe: pidfd_open, then the second listing, then
+    pidfd_send_signal on that pidfd (never kill(2) by number outside a frozen cgroup)."""
+    import _signal
+    from sandbox import cgroup_fs
+    calls = []
+    listings = iter([[101, 102], [102]])
+
+    def procs(directory):
+        calls.append("list")
+        return next(listings)
+    monkeypatch.setattr(cgroup_fs, "procs", procs)
+    monkeypatch.setattr(cgroup_fs.os, "pidfd_open", lambda pid: calls.append("pin %d" % pid) or os.open("/dev/null", os.O_RDONLY))
+    monkeypatch.setattr(_signal, "pidfd_send_signal", lambda fd, sig: calls.append("signal %d" % sig))
+    monkeypatch.setattr(cgroup_fs.os, "kill", lambda pid, sig: calls.append("kill %d" % pid))
+    assert cgroup_fs.kill_tasks("/nonexistent") == 2
+    assert calls == ["list", "pin 101", "pin 102", "list", "signal 9"], calls
+
+
+def test_kill_tasks_pins_in_batches_and_a_frozen_cgroup_by_number(monkeypatch):
+    from sandbox import cgroup_fs
+    sleepers = [subprocess.Popen(["/bin/sleep", "30"]) for _ in range(5)]
+    try:
+        monkeypatch.setattr(cgroup_fs, "PIN_BATCH", 2)
+        monkeypatch.setattr(cgroup_fs, "procs", lambda directory: [p.pid for p in sleepers if p.poll() is None])
+        assert cgroup_fs.kill_tasks("/nonexistent") == 5
+        assert all(p.wait(timeout=10) == -9 for p in sleepers)
+        # frozen: nothing listed can exit, so kill(2) by number is exact
+        sleepers = [subprocess.Popen(["/bin/sleep", "30"])]
+        monkeypatch.setattr(cgroup_fs.os, "pidfd_open", lambda pid: pytest.fail("no pin in a frozen cgroup"))
+        assert cgroup_fs.kill_tasks("/nonexistent", frozen=True) == 1
+        assert sleepers[0].wait(timeout=10) == -9
+    finally:
+        for p in sleepers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

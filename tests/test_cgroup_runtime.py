@@ -279,6 +279,8 @@ def test_a_pid_namespace_sandbox_needs_no_freezer_and_leaves_no_daemon(strict, s
     assert not _daemons(b"sleep\x0061.25\x00")
     # a timeout takes the same way: SIGKILL of PID 1, then the cgroup's verified kill
     tree = "import os, time\nfor _ in range(4): os.fork()\ntime.sleep(60)"
-    result = strict().run(py(tree), timeout=0.5)
+    box = strict()
+    result = box.run(py(tree), timeout=0.5)
+    box.close()
     assert result.reason == "timeout"
     assert _our_leaves("sbx-%d-" % os.getpid()) == []

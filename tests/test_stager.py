@@ -473,27 +473,27 @@ def test_the_network_helper_leaves_a_namespace_of_its_own_with_lo_up_and_the_lim
 
 def _limit_operations(plan):
     return [op for op in stager.operations(plan)
-            if op[0] in ("keep_dir", "close_kept", "net_unshared", "mask")
-            or op[0] in ("write", "helper_write") and op[-1] == "user-limits"
+            if op[0] in ("keep_dir", "close_kept", "net_join", "mask")
+            or op[0] == "write" and op[-1] == "user-limits"
             or op[0] == "mount" and op[-1] == "mount-proc"]
 
 
 def test_the_user_limits_go_through_the_sandboxs_own_procfs(tmp_path):
     """Through the host's /proc every live sandbox's user namespace adds a dentry to the one
     hash chain each later write walks (user_limits.py): the mount stage keeps the fresh
-    /proc's /proc/sys/user open before the masks, and the writes go below it, after
-    `mount` (and through the network helper, which gets the directory with "U")."""
+    /proc's /proc/sys/user open before the masks, and PID 1 writes below it after `mount`,
+    once it has joined the network helper's namespace (whose creation counted against them)."""
     plan = Sandbox(load_profile("strict")).plan()
     ops = _limit_operations(plan)
     names = [op[0] for op in ops]
     assert names.index("mount") < names.index("keep_dir") < names.index("mask"), names
     assert ops[names.index("keep_dir")][1] == "/newroot/proc/sys/user"
-    writes = [op for op in ops if op[0] in ("write", "helper_write")]
+    writes = [op for op in ops if op[0] == "write"]
     assert len(writes) == len(plan.layers["user_limits"]) > 0
     assert all(op[1].startswith("max_") for op in writes), writes  # relative: below the kept directory
-    assert names.index("mask") < names.index(writes[0][0]) and names[-1] == "close_kept", names
+    assert names.index("mask") < names.index("write") and names[-1] == "close_kept", names
     if stager._net_helper(plan):
-        assert names.index("net_unshared") < names.index(writes[0][0])
+        assert names.index("mask") < names.index("net_join") < names.index("write"), names
     # without a fresh /proc: the inherited one's directory, kept the same way
     no_proc = tmp_path / "no-proc.toml"
     no_proc.write_text('extends = "strict"\n[namespaces]\npid = false\n[filesystem]\nproc = false\n')

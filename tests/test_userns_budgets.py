@@ -2,7 +2,8 @@
 "user-limits"): inotify instances and watches, fanotify groups and marks and namespaces of each
 kind are charged up the user-namespace chain to the sandbox's creator; a new user namespace
 starts every limit at INT_MAX, so the profile's [user_limits] are written inside, by PID 1,
-after the runtime made its own namespaces and before /proc/sys turns read-only.
+after the runtime made its own namespaces, below the sandbox's /proc/sys/user that the mount
+stage kept open before /proc/sys turned read-only.
 
 The exhausting test runs rootless (the test user) only and takes a fraction of a second; the
 others read values and try one unshare, as root and rootless."""
