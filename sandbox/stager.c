@@ -1563,7 +1563,7 @@ int main(int argc, char **argv)
 	struct birth_report report = {.fd = birth_fd, .zygote = 0};
 	int rc = start_run(&run_args, &pid, birth_fd, &report);
 	/* "S<status>" ends the supervisor's read; it reaps this process after its own go
-	 * stage, when the network helper (which waits for PID 1) has finished too */
+	 * stage, once the network helper (which waits for nothing of PID 1's) has exited */
 	char line[32];
 	snprintf(line, sizeof(line), "S%d\n", rc == 0 ? 0 : EXIT_SETUP);
 	say(birth_fd, line);

@@ -9,8 +9,9 @@ layer's check(), or OSError. The runner reports a failure on the channel as
 the run's verdict (exit 125, `stage` and `message` naming it).
 
 The compiled child (sandbox/stager.py) runs this same table, stage by stage, with one
-deviation it documents (`stager._net_helper`): its network namespace, lo and user limits are
-made by a helper beside PID 1 while PID 1 builds the root, under the same ordering rules.
+deviation it documents (`stager._net_helper`): its network namespace and lo are made by a
+helper beside PID 1 while PID 1 builds the root, and PID 1 joins that namespace at the start
+of its user-limits stage, under the same ordering rules.
 
 Adding a kernel layer: one module sandbox/<module>.py with the layer interface
 (`plan(profile, context) -> part or None`, `child(part, launch)`, optionally
