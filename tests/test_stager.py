@@ -6,6 +6,7 @@ closed and names the stage, as the Python stages do.
 """
 import json
 import os
+import time
 
 import pytest
 
@@ -515,3 +516,59 @@ def test_the_python_stages_keep_the_directory_too(monkeypatch):
     box.close()
     assert result.exit_code == 125 and result.stage == "mount", (result.stage, result.message)
     assert "kept /newroot/proc/sys/user" in result.message
+
+
+def test_start_does_not_wait_for_pid1s_own_setup(monkeypatch):
+    """start() reaps the one-shot stager, which waits for its network helper: the helper must
+    wait for nothing of PID 1's, or a PID 1 held in its mount stage (a stuck bind source)
+    would hold start() too, with no deadline running yet. PID 1 is stopped right after its
+    birth; start() must return all the same, through the one-shot stager and the zygote."""
+    needs_stager()
+    import signal
+    import threading
+    from sandbox import runtime
+
+    stopped = []
+
+    def stop_pid1(process, plan, launch):
+        original_pidfd(process, plan, launch)
+        os.kill(process.pid, signal.SIGSTOP)
+        stopped.append(process.pid)
+    original_pidfd = dict(runtime.SUPERVISOR_STAGES)["pidfd"]
+    monkeypatch.setattr(runtime, "SUPERVISOR_STAGES", tuple(
+        (name, stop_pid1 if name == "pidfd" else step) for name, step in runtime.SUPERVISOR_STAGES))
+    box = Sandbox(load_profile("strict"))
+    assert stager._net_helper(box.plan())
+    started, proceed = [], threading.Event()
+
+    def two_starts():  # one thread: its first run is one-shot, its second goes through its zygote
+        for _ in range(2):
+            started.append(box.start(["/bin/true"]))
+            proceed.wait(30)
+            proceed.clear()
+    thread = threading.Thread(target=two_starts, daemon=True)
+    thread.start()
+    try:
+        for run in range(2):
+            deadline = time.monotonic() + 20
+            while len(started) <= run and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(started) > run, "start() waited on a stopped PID 1 (run %d)" % run
+            process = started[run]
+            os.kill(process.pid, signal.SIGCONT)
+            result = process.wait()
+            assert result.exit_code == 0, (result.stage, result.message)
+            if run == 1:
+                assert process.executor == "zygote"
+            proceed.set()
+        thread.join(30)
+    finally:
+        reaped = {process.pid for process in started if process.result is not None}
+        for pid in stopped:
+            if pid not in reaped:  # still unreaped (ours or the zygote's child): the number is its own
+                os.kill(pid, signal.SIGKILL)
+        thread.join(30)
+        for process in started:
+            if process.result is None:
+                process.wait()
+        box.close()
