@@ -49,9 +49,24 @@ def delegate_v1(user, remove=False):
     primary = _primary_parent(hier)
     lock = fs.hold_parent(primary, create=True) if primary and not remove else None
     try:
-        return _delegate_dirs(points, entry, remove, touched)
+        touched = _delegate_dirs(points, entry, remove, touched)
     finally:
         fs.release(lock)
+    if remove:
+        touched += release_parents()  # the last delegation gone, nothing running: no parent left
+    return touched
+
+
+def release_parents():
+    """The empty `pysandbox` parents removed once a supervisor is done with cgroups (v1, as
+    root; cgroup_v1.release_parents). Never fails: what stays is gc's."""
+    try:
+        if fs.detect() == "v1":
+            from . import cgroup_v1
+            return cgroup_v1.release_parents()
+    except (OSError, SetupError):
+        pass
+    return []
 
 
 def _primary_parent(hier):
@@ -251,13 +266,16 @@ class Pool:
     def close(self):
         with self._lock:
             self._closed = True
-            groups = self._retired + self._fresh if self._owner == os.getpid() else []
+            owner = self._owner == os.getpid()
+            groups = self._retired + self._fresh if owner else []
             self._retired, self._fresh = [], []
         for group in groups:
             try:
                 group.destroy()
             except Exception:
                 pass
+        if owner:
+            release_parents()  # the last sandbox of the host gone: no parent of ours stays
 
     def held(self):
         """The sets this pool holds now (fresh and retired), for tests and the note."""

@@ -515,20 +515,56 @@ def _gc_held(parents, full):
         finally:
             if fd is not None:
                 os.close(fd)
-    def children(parent):
-        try:
-            return [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))]
-        except OSError:
-            return []
-    # The parents go only when no sandbox (live or orphaned) and no delegation is left:
-    # the devices parent is shared by every sandbox and has no children of its own.
-    if full and os.geteuid() == 0 and not children(parents[0]):
-        for parent in list(parents[1:]) + parents[:1]:  # primary last: it is the lock
+    if full and os.geteuid() == 0:
+        removed += _remove_empty_parents(parents)
+    return removed
+
+
+def _child_cgroups(parent):
+    # a cgroup directory always lists its control files; only child cgroups are directories
+    try:
+        with os.scandir(parent) as entries:
+            return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _remove_empty_parents(parents):
+    """Under the exclusive hold of the primary parent: remove our `pysandbox` parents once no
+    sandbox (live, spare or orphaned) and no delegation is left in the primary one. The
+    devices parent has no children of its own (root sandboxes' tasks sit in it directly,
+    and rmdir refuses it while any does)."""
+    if _child_cgroups(parents[0]):
+        return []
+    removed = []
+    for parent in list(parents[1:]) + parents[:1]:  # primary last: it is the lock
+        if os.path.isdir(parent) and not _child_cgroups(parent):
             try:
-                # a cgroup directory always lists its control files; only child cgroups
-                # (directories) keep it in use; rmdir fails while a delegation lives in it
-                if not [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))]:
-                    _rmdir_settling(parent)
+                _rmdir_settling(parent)
+                removed.append(parent)
             except OSError:
                 pass
     return removed
+
+
+def release_parents():
+    """As root, when a supervisor is done with cgroups (a Sandbox closed, a delegation taken
+    back): remove the empty parents, so that nothing of ours stays on the host once nothing
+    runs. Never waits: a creator at work holds the primary parent shared, and then the
+    parents stay for it (its own end removes them)."""
+    if os.geteuid() != 0:
+        return []
+    hier = hierarchies()
+    if not hier:
+        return []
+    parents = [cg.v1_parent(point) for _l, point in hier]
+    try:
+        lock = cg.hold_parent(parents[0], create=False, exclusive=True, blocking=False)
+    except OSError:
+        return []  # no parent: nothing to remove
+    if lock is None:
+        return []
+    try:
+        return _remove_empty_parents(parents)
+    finally:
+        cg.release(lock)

@@ -696,6 +696,9 @@ class SandboxProcess:
                 pass
             if self._pool is not None:
                 self._pool.done()
+            else:
+                from . import cgroup
+                cgroup.release_parents()
 
     def _cleanup(self):
         self._unwind()

@@ -29,8 +29,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def remove_empty_cgroup_parents():
-    """Sandboxes leave their `pysandbox` parent cgroups in place for the next run; a test
-    session removes them at its end (only when no sandbox and no delegation is left)."""
+    """The last sandbox out removes the `pysandbox` parent cgroups itself (cgroup.release_parents);
+    a test session still collects at its end what a SIGKILLed supervisor left (only when no
+    sandbox and no delegation is left)."""
     yield
     try:
         from sandbox import cgroup

@@ -208,34 +208,46 @@ def test_200_runs_with_kills_leave_no_cgroup():
 
 def test_strict_sandbox_gets_a_device_allowlist():
     """As root, strict's sandbox sits in the shared devices cgroup that allows only the
-    minimal /dev, which stays (for the next sandbox) when this one's other cgroups go."""
+    minimal /dev, which stays (for the other sandboxes) when this one's other cgroups go,
+    and goes with the last sandbox."""
     _need_limits()
     from sandbox import Sandbox, load_profile, cgroup_v1
     require("devices" in cgroup.v1_hierarchies(), "no v1 devices controller")
-    box = Sandbox(load_profile("strict"))
-    proc = box.start(["/bin/sleep", "5"])
-    paths = list(proc._cgroup.paths)
+    keeper = Sandbox(load_profile("strict"))
+    other = keeper.start(["/bin/sleep", "60"])  # another sandbox, still running when this one goes
     try:
-        devices = [p for p in paths if "/devices/" in p]
-        assert len(devices) == 1
-        with open(os.path.join(devices[0], "devices.list")) as f:
-            assert f.read().split("\n")[:-1] == list(cgroup_v1.DEVICE_ALLOW)
-        # the sandbox joins its cgroups itself, first thing after it is born
-        deadline = time.monotonic() + 5
-        while True:
-            with open("/proc/%d/cgroup" % proc.pid) as f:
-                joined = any(":devices:" in line and line.rstrip().endswith("/" + os.path.basename(devices[0]))
-                             for line in f)
-            if joined or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        assert joined
+        box = Sandbox(load_profile("strict"))
+        proc = box.start(["/bin/sleep", "5"])
+        paths = list(proc._cgroup.paths)
+        try:
+            devices = [p for p in paths if "/devices/" in p]
+            assert len(devices) == 1
+            with open(os.path.join(devices[0], "devices.list")) as f:
+                assert f.read().split("\n")[:-1] == list(cgroup_v1.DEVICE_ALLOW)
+            # the sandbox joins its cgroups itself, first thing after it is born
+            deadline = time.monotonic() + 5
+            while True:
+                with open("/proc/%d/cgroup" % proc.pid) as f:
+                    joined = any(":devices:" in line and line.rstrip().endswith("/" + os.path.basename(devices[0]))
+                                 for line in f)
+                if joined or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            assert joined
+        finally:
+            proc.kill()
+            proc.wait()
+            box.close()
+        assert os.path.isdir(devices[0])
+        assert [p for p in paths if p != devices[0] and os.path.exists(p)] == []
+        other.kill()
+        other.wait()
     finally:
-        proc.kill()
-        proc.wait()
-        box.close()
-    assert os.path.isdir(devices[0])
-    assert [p for p in paths if p != devices[0] and os.path.exists(p)] == []
+        if other.result is None:
+            other.kill()
+            other.wait()
+        keeper.close()
+    assert not os.path.isdir(devices[0])  # the last sandbox gone: the shared cgroup with it
 
 
 # a daemon that leaves its session and parent behind, then the command exits at once
@@ -284,3 +296,34 @@ def test_a_pid_namespace_sandbox_needs_no_freezer_and_leaves_no_daemon(strict, s
     box.close()
     assert result.reason == "timeout"
     assert _our_leaves("sbx-%d-" % os.getpid()) == []
+
+
+def _our_parents():
+    return [os.path.join(point, cgroup.PARENT) for _fstype, point, _root, _opts in cgroup.mounts()
+            if os.path.isdir(os.path.join(point, cgroup.PARENT))]
+
+
+def test_the_last_sandbox_out_removes_the_parents(state_dir):
+    """Nothing of ours stays on the host once nothing runs: the `pysandbox` parents go with the
+    last sandbox (a CLI run, a closed Sandbox), and stay while another sandbox still runs."""
+    _need_limits()
+    from sandbox import Sandbox, load_profile
+    cgroup.gc(full=True)
+    assert _our_parents() == [], "something of ours was left before this test"
+    proc = subprocess.run([sys.executable, "-m", "sandbox", "run", "--profile", "strict", "--", "/bin/true"],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert proc.returncode == 0, proc.stderr
+    assert _our_parents() == []
+    keeper, other = Sandbox(load_profile("strict")), Sandbox(load_profile("strict"))
+    sleeper = keeper.start(["/bin/sleep", "60"])
+    try:
+        for _ in range(3):
+            assert other.run(["/bin/true"]).exit_code == 0
+        other.close()
+        assert _our_parents(), "the parents went while a sandbox still ran in them"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        keeper.close()
+    assert _our_parents() == []

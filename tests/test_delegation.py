@@ -32,6 +32,12 @@ def delegated_user():
     if not existed:
         proc = run_cli("delegate", "--remove", USER)
         assert proc.returncode == 0, proc.stderr
+        # the last delegation taken back and nothing running: no `pysandbox` parent is left
+        left = [os.path.join(p, cgroup.PARENT) for _t, p, _r, _o in cgroup.mounts()
+                if os.path.isdir(os.path.join(p, cgroup.PARENT))]
+        from sandbox import cgroup_v1
+        if not cgroup_v1._child_cgroups(cgroup.v1_parent(cgroup.v1_hierarchies()["pids"])):  # no sandbox left
+            assert left == [], left
 
 
 @pytest.fixture
