@@ -77,9 +77,15 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 [ -x "$SITE/sandbox/pysandbox-init" ] || gcc -static -Os -Wall -o "$SITE/sandbox/pysandbox-init" sandbox/init.c
 # The compiled child (sandbox/stager.c); without it every run takes the Python stages.
 [ -x "$SITE/sandbox/pysandbox-stage" ] || gcc -static -O2 -Wall -o "$SITE/sandbox/pysandbox-stage" sandbox/stager.c
-for name in pysandbox audit pysandbox-oci; do
+for name in pysandbox pysandbox-cli audit pysandbox-oci; do
     case $name in
-        pysandbox) call="from sandbox.cli import entry; entry()" ;;
+        # a `run` asks this user's warm server first (sandbox/serve_client.py: builtins only,
+        # one stat when none listens), before anything else of pysandbox is imported
+        pysandbox) call='if sys.argv[1:2] == ["run"]:
+    from sandbox.serve_client import hand_over; hand_over(sys.argv[2:])
+from sandbox.cli import entry; entry(serve=False)' ;;
+        # what the C client below execs once it has asked the server
+        pysandbox-cli) call="from sandbox.cli import entry; entry(serve=False)" ;;
         audit) call="from audit.cli import main; sys.exit(main())" ;;
         pysandbox-oci) call="from sandbox.oci.cli import entry; entry()" ;;
     esac
@@ -90,6 +96,16 @@ sys.path += ["$SITE", "/usr/lib/python3/dist-packages"]
 $call
 LAUNCHER
 done
+# The `pysandbox` command itself, where gcc is at hand: a small C client (sandbox/client.c)
+# that hands a `run` to this user's `pysandbox serve` without starting an interpreter (the
+# interpreter alone takes about as long as crun's whole run), and execs the Python
+# launcher pysandbox-cli for everything else. Without gcc the Python launcher above asks.
+if gcc -static -O2 -Wall -DPYSANDBOX_CLI="\"$VENV/bin/pysandbox-cli\"" -o "$VENV/bin/pysandbox.client" \
+        sandbox/client.c; then
+    mv -f "$VENV/bin/pysandbox.client" "$VENV/bin/pysandbox"
+else
+    echo "setup.sh: warning: no C client; pysandbox run asks pysandbox serve from Python" >&2
+fi
 # Man pages and bash/zsh completions of both commands, generated from their parsers into
 # $PREFIX/share (and linked into the system's search paths below).
 "$VENV/bin/python" -I -c 'import sys; from sandbox.cli import write_shell_docs; write_shell_docs(sys.argv[1])' \

@@ -94,6 +94,7 @@ commands:
   audit      audit a running container          pysandbox audit --help
   lab        guided exercises                   pysandbox lab --help
   bench      measure the runtime                pysandbox bench --help
+  serve      keep runs warm for this user       pysandbox serve --help
 
 """ + OTHER_EXIT_CODES + """; `run` passes the command's own status
 through (see `pysandbox run --help`).
@@ -304,13 +305,14 @@ class ResultFile:
     anything runs (a verdict that cannot be written is found out before the command runs)
     and renamed over FILE once the verdict is known; a reader never sees half a file."""
 
-    def __init__(self, path):
+    def __init__(self, path, token=None):
         self.path = path
         self.tmp = None
         if os.path.isdir(path):
             raise UsageError("--result %s: Is a directory" % path)
         directory, base = os.path.split(os.path.abspath(path))
-        tmp = os.path.join(directory, ".%s.%d.tmp" % (base, os.getpid()))
+        # token: what makes the name this run's (the CLI's pid; the server's pid and run)
+        tmp = os.path.join(directory, ".%s.%s.tmp" % (base, token or os.getpid()))
         try:
             self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as e:
@@ -353,15 +355,47 @@ class ResultFile:
             self.tmp = None
 
 
-def cmd_run(args):
-    parsed = parse_run(args)
+class LocalHost:
+    """Where a `run` happens: this process, as the CLI. The warm server (sandbox/serve.py)
+    brings its own: a Sandbox kept from earlier runs of the same options, the client's
+    stdio, its stderr for messages and its signals forwarded over the socket."""
+    stdio = (None, None, None)
+    result_token = None
+
+    def err(self, message):
+        err(message)
+
+    def sandbox(self, profile, name, legacy, extra_seccomp):
+        from .runtime import Sandbox
+        from . import cgroup
+        # What a SIGKILLed supervisor left behind is removed by the next run (only cgroups
+        # whose processes are all gone, and only ours). Before this run registers: with no
+        # state record to read, gc imports no json.
+        cgroup.gc()
+        return Sandbox(profile, name=name, register=True, extra_seccomp=extra_seccomp, **legacy)
+
+    def started(self, proc):
+        import _signal as signal
+
+        def forward(sig, _frame):
+            proc.kill(sig)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, forward)
+
+    def finished(self, box):
+        box.close()  # its run's cgroups: entry() ends with os._exit, which runs no atexit hook
+
+
+def cmd_run(args, host=None, parsed=None):
+    parsed = parse_run(args) if parsed is None else parsed
+    host = host or LocalHost()
     opts = parsed.opts
     if opts.get("--help"):
         return help_for(["run"])
-    result_file = ResultFile(opts["--result"]) if "--result" in opts else None
+    result_file = ResultFile(opts["--result"], host.result_token) if "--result" in opts else None
     state = {"profile": None}
     try:
-        return _run(parsed, result_file, state)
+        return _run(parsed, result_file, state, host)
     except SandboxError as e:
         message = describe(e)
         if result_file is not None:
@@ -376,7 +410,19 @@ def cmd_run(args):
             result_file.discard()
 
 
-def _run(parsed, result_file, state):
+def run_exit_code(args, host, parsed=None):
+    """`run` with its errors as main() reports them, written through `host`."""
+    try:
+        return cmd_run(args, host, parsed)
+    except SandboxError as e:
+        host.err(str(e))
+        return EXIT_SETUP if e.exit_code in (2, 3) else e.exit_code
+    except Exception as e:
+        host.err(internal_message(e))
+        return EXIT_SETUP
+
+
+def _run(parsed, result_file, state, host):
     opts, argv = parsed.opts, parsed.argv
     if parsed.error is not None:
         raise parsed.error
@@ -421,13 +467,6 @@ def _run(parsed, result_file, state):
             else:
                 legacy["ro_binds" if entry["kind"] == "ro-bind" else "binds"].append(
                     "%s:%s" % (entry["source"], entry["target"]))
-    from .runtime import Sandbox
-    from . import cgroup
-    import _signal as signal
-    # What a SIGKILLed supervisor left behind is removed by the next run (only cgroups
-    # whose processes are all gone, and only ours). Before this run registers: with no
-    # state record to read, gc imports no json.
-    cgroup.gc()
     extra_seccomp = None
     if "--seccomp" in opts and profile.seccomp is not None and profile.seccomp.locked:
         from .layers import validate
@@ -436,9 +475,11 @@ def _run(parsed, result_file, state):
             extra_seccomp = validate("seccomp", {"import": os.path.abspath(opts["--seccomp"])})
         except ProfileError as e:
             raise ProfileError(str(e).split(": ", 1)[-1], source=opts["--seccomp"], key="seccomp") from None
-    box = Sandbox(profile, name=name, register=True, extra_seccomp=extra_seccomp, **legacy)
+    stdin, stdout, stderr = host.stdio
     try:
+        box = host.sandbox(profile, name, legacy, extra_seccomp)
         proc = box.start(argv, env=env, cpu_time=_number(opts, "--cpu-time", float),
+                         stdin=stdin, stdout=stdout, stderr=stderr,
                          tty=True if opts.get("--tty") else None, interactive=bool(opts.get("--interactive")))
     except SetupError as e:
         if e.stage == "cgroup" and any(flag in opts for flag in _LIMIT_OPTIONS):
@@ -451,27 +492,25 @@ def _run(parsed, result_file, state):
                              "applied or the run fails)" % (reason, given)) from None
         raise
 
-    def forward(sig, _frame):
-        proc.kill(sig)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, forward)
+    host.started(proc)
     result = proc.wait()
-    box.close()  # its run's cgroups: entry() ends with os._exit, which runs no atexit hook
+    host.finished(box)
+    say = host.err
     quiet = opts.get("--quiet")
     if not quiet:
         for warning in result.warnings or ():
-            err(warning if warning.startswith("warning:") else "warning: " + warning)
+            say(warning if warning.startswith("warning:") else "warning: " + warning)
     if result.reason == "setup-error":
-        err(result.message or result.stage)
+        say(result.message or result.stage)
     elif result.reason == "timeout" and not quiet:
-        err("timed out after %gs; the sandbox was killed" % proc.timeout)
+        say("timed out after %gs; the sandbox was killed" % proc.timeout)
     elif result.reason == "cpu-time" and not quiet:
-        err("used its CPU time (%gs); the sandbox was killed" % result.cpu_time)
+        say("used its CPU time (%gs); the sandbox was killed" % result.cpu_time)
     elif result.reason in ("oom", "pids", "seccomp") and not quiet:
         detail = {"oom": "killed: out of memory (limit %s)" % ((result.limits or {}).get("memory")),
                   "pids": "hit the process limit",
                   "seccomp": "killed by seccomp%s" % (" (syscall %s)" % result.syscall if result.syscall else "")}
-        err(detail[result.reason])
+        say(detail[result.reason])
     if result_file is not None:
         result_file.commit(result.to_dict())
     return result.exit_code
@@ -634,6 +673,30 @@ examples:
                    "whose processes have all exited (only pysandbox's own). Every run does a cheap pass too.",
                    epilog=OTHER_EXIT_CODES + "\n\nexample:\n  pysandbox gc")
 
+    serve = sub.add_parser(
+        "serve", formatter_class=raw, help="keep `pysandbox run` warm for this user (a local server)",
+        description="Listen on a socket only this user can reach and run the sandboxes of this user's "
+        "`pysandbox run` calls in this process, where the modules are imported and each set of options "
+        "has its prepared sandbox (mount plan, compiled seccomp filter, cgroups made ahead). Every run still "
+        "gets fresh namespaces, cgroups and processes. `pysandbox run` hands its run over when a server "
+        "listens and the caller looks exactly like the server (the same uid, groups, capabilities, "
+        "namespaces, cgroups, limits, umask, no_new_privs and seccomp state, and the same PYSANDBOX_*, HOME "
+        "and XDG_* settings) and has no terminal on stdin, stdout or stderr; otherwise it runs the sandbox "
+        "itself, as without a server. PYSANDBOX_SERVE=off never hands over; =require fails instead of "
+        "running locally.",
+        epilog=OTHER_EXIT_CODES + "\n\nexamples:\n  pysandbox serve &\n"
+        "  PYSANDBOX_SERVE=require pysandbox run --profile strict -- /bin/true\n"
+        "  pysandbox serve --socket /run/grader/pysandbox.sock --idle-exit 600")
+    serve.add_argument("--socket", metavar="PATH", help="listen here (default: PYSANDBOX_SERVE_SOCKET, "
+                       "/run/pysandbox/serve.sock for root, $XDG_RUNTIME_DIR/pysandbox/serve.sock or "
+                       "/tmp/pysandbox-serve-UID/serve.sock for a user); its directory is made mode 0700")
+    serve.add_argument("--threads", metavar="N", type=int, default=8,
+                       help="runs kept warm at once (default 8); more run at once on extra threads")
+    serve.add_argument("--idle-exit", metavar="SECONDS", type=float, default=None,
+                       help="stop after SECONDS with no run (default: run until SIGTERM or ^C)")
+    serve.add_argument("--warm", metavar="PROFILE", action="append",
+                       help="prepare this profile before the first client (repeatable; default: strict)")
+
     delegate = sub.add_parser("delegate", formatter_class=raw, help="(root) give USER cgroups for rootless limits",
                               description="As root, on a cgroup v1 host: create cgroups that USER owns in "
                               "every controller, so USER's rootless sandboxes get memory, pids and CPU limits. "
@@ -758,6 +821,11 @@ def cmd_profile(ns):
     return lint_main(profile)
 
 
+def cmd_serve(ns):
+    from . import serve
+    return serve.main(ns.socket, threads=ns.threads, idle_exit=ns.idle_exit, warm=ns.warm)
+
+
 def cmd_gc(ns):
     from . import cgroup
     # cgroups first, then state files; both only where the supervisor is dead and no task is left
@@ -819,7 +887,7 @@ def cmd_external(name, rest):
         return EXIT_SETUP if code == 2 else code
 
 
-COMMANDS = ("run", "profile", "explain", "gc", "delegate", "audit", "lab", "bench")
+COMMANDS = ("run", "profile", "explain", "gc", "delegate", "audit", "lab", "bench", "serve")
 
 
 def main(argv=None):
@@ -848,7 +916,8 @@ def main(argv=None):
             ns = build_parser().parse_args(args)
         except SystemExit as e:    # --help
             return int(e.code or 0)
-        handler = {"profile": cmd_profile, "gc": cmd_gc, "delegate": cmd_delegate, "explain": cmd_explain}[command]
+        handler = {"profile": cmd_profile, "gc": cmd_gc, "delegate": cmd_delegate, "explain": cmd_explain,
+                   "serve": cmd_serve}[command]
         return handler(ns)
     except SandboxError as e:
         err(str(e))
@@ -862,9 +931,14 @@ def main(argv=None):
         return EXIT_SETUP
 
 
-def entry():
+def entry(serve=True):
     """Console-script entry: exit without the interpreter's finalization (tearing down every
-    module costs ~4 ms on each sandbox start); everything we wrote is flushed or closed."""
+    module costs ~4 ms on each sandbox start); everything we wrote is flushed or closed.
+    A `run` goes to this user's `pysandbox serve` first, when one listens (setup.sh's
+    launcher asks before it imports this module, and passes serve=False)."""
+    if serve and sys.argv[1:2] == ["run"]:
+        from .serve_client import hand_over
+        hand_over(sys.argv[2:])
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -79,17 +79,21 @@ def _readonly(mapping):
     return _MappingProxy(dict(mapping))
 
 
-def _environment(environment):
-    env = {} if environment.clear else dict(os.environ)
+def environment_of(environment, environ=None):
+    """The command's environment by the profile's [environment] section, inheriting from
+    `environ` (default: this process's)."""
+    environ = os.environ if environ is None else environ
+    env = {} if environment.clear else dict(environ)
     for key in environment.get("pass"):
-        if key in os.environ:
-            env[key] = os.environ[key]
+        if key in environ:
+            env[key] = environ[key]
     env.update(environment.set)
     return env
 
 
-def build(profile, extra_mounts=((), (), ()), extra_seccomp=None):
-    """The Plan for `profile` on this host, for the caller's credentials."""
+def build(profile, extra_mounts=((), (), ()), extra_seccomp=None, environ=None):
+    """The Plan for `profile` on this host, for the caller's credentials; the command's
+    environment inherits from `environ` (default: this process's)."""
     p = profile
     ns = p.namespaces
     # clone() creates only what must exist at birth: the user namespace (its maps are
@@ -137,7 +141,7 @@ def build(profile, extra_mounts=((), (), ()), extra_seccomp=None):
                 new_session=p.process.new_session, close_fds=p.process.close_fds,
                 no_new_privs=p.process.no_new_privs, layers=_readonly(context.layers),
                 verify=_readonly(expect), cgroup_limits=lim if wants_cgroup else None,
-                env=_readonly(_environment(p.environment)), cwd=p.filesystem.cwd,
+                env=_readonly(environment_of(p.environment, environ)), cwd=p.filesystem.cwd,
                 timeout=p.process.timeout or None, modules=tuple(modules))
 
 

@@ -146,7 +146,7 @@ class Sandbox:
     """
 
     def __init__(self, profile, name=None, ro_binds=(), binds=(), tmpfs=(), register=None, extra_seccomp=None,
-                 executor=None):
+                 executor=None, environ=None):
         if name is not None:
             from pysandbox_common.registry import valid_name
             if not valid_name(name):
@@ -160,6 +160,9 @@ class Sandbox:
         self.extra_mounts = (tuple(ro_binds), tuple(binds), tuple(tmpfs))
         # a second seccomp policy installed before the profile's own (both apply)
         self.extra_seccomp = extra_seccomp
+        # what the profile's [environment] inherits from (None: this process's environment,
+        # read when the plan is made); `pysandbox serve` hands over its client's
+        self.environ = None if environ is None else dict(environ)
         self._plan = None
         self._cgroups = None  # cgroup.Pool of this sandbox's runs (made with the plan)
         if executor not in (None, "python"):
@@ -208,7 +211,7 @@ class Sandbox:
         """The frozen Plan of this sandbox (built on first use, then reused by every run)."""
         if self._plan is None:
             from . import plan as planner
-            plan = planner.build(self.profile, self.extra_mounts, self.extra_seccomp)
+            plan = planner.build(self.profile, self.extra_mounts, self.extra_seccomp, self.environ)
             planner.preload(plan)
             # The small C init replaces the Python PID 1 once the command runs (built by
             # setup.sh next to the package); without it the Python init serves. The

@@ -1007,10 +1007,26 @@ static void run(size_t from)
 			}
 			break;
 		case OP_SIGNALS: {
-			static const int reset[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT,
-						    SIGALRM, SIGPIPE, SIGCHLD};
-			for (size_t i = 0; i < sizeof(reset) / sizeof(reset[0]); i++)
-				signal(reset[i], SIG_DFL);
+			/* The command starts with every signal at its default and none blocked.
+			 * exec keeps ignored signals and the mask, so whatever the supervisor set
+			 * (a Python process ignores SIGPIPE and SIGXFSZ; the stager's own glibc
+			 * leaves its two real-time signals ignored) or its caller set would reach
+			 * the command otherwise. The raw call: glibc refuses 32 and 33. */
+			struct {
+				void *handler;
+				unsigned long flags;
+				void *restorer;
+				unsigned long mask;
+			} old, dfl = {SIG_DFL, 0, NULL, 0};
+			for (int sig = 1; sig <= 64; sig++) {
+				if (sig == SIGKILL || sig == SIGSTOP)
+					continue;
+				if (syscall(SYS_rt_sigaction, sig, NULL, &old, sizeof(old.mask)) == 0 && old.handler != SIG_DFL)
+					CHECK(syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof(dfl.mask)), "rt_sigaction", "");
+			}
+			sigset_t none;
+			sigemptyset(&none);
+			CHECK(sigprocmask(SIG_SETMASK, &none, NULL), "sigprocmask", "");
 			if (num(op, 0))
 				CHECK(setsid(), "setsid", "");
 			break;

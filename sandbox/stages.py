@@ -241,8 +241,16 @@ def supervise(plan, launch):
 # ---- the command ------------------------------------------------------------------
 
 def new_session(plan, launch):
-    for sig in FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
+    # The command starts with every signal at its default and none blocked: exec keeps
+    # ignored signals and the mask, and this process ignores SIGPIPE and SIGXFSZ (Python
+    # does at startup) besides what its caller set.
+    for sig in range(1, signal.NSIG):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):  # glibc's own real-time signals
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     if plan.new_session:
         os.setsid()
 

@@ -288,15 +288,44 @@ def _parse_chain(path):
     return layers, texts
 
 
+_LOADED = {}   # marshal of a cached chain that reads no other file -> its frozen Profile
+_LOADED_MAX = 32
+
+
+def _loaded_key(layers):
+    """The memo key of a chain whose Profile depends on its tables alone (None: it imports
+    a seccomp file, whose contents the stamps do not cover)."""
+    for _path, tables in layers:
+        section = tables.get("seccomp")
+        if isinstance(section, dict) and "import" in section:
+            return None
+    try:
+        return marshal.dumps(layers)
+    except ValueError:
+        return None
+
+
 def load_profile(name_or_path="default"):
-    """Load, combine (`extends`), validate and freeze a profile by name or file path."""
+    """Load, combine (`extends`), validate and freeze a profile by name or file path.
+
+    The chain is read again on every call (its files' stamps, `extends` resolved anew);
+    a chain whose tables are the same as before gives the Profile made from them then:
+    it is frozen, and validating it again would only repeat the same result."""
     path = resolve_path(name_or_path)
     layers = _load_cached(path)
     if layers is not None:
+        key = _loaded_key(layers)
+        profile = _LOADED.get(key) if key is not None else None
+        if profile is not None:
+            return profile
         try:
-            return _from_layers(layers, {})
+            profile = _from_layers(layers, {})
         except ProfileError:
             pass  # report it with line numbers from a fresh parse
+        else:
+            if key is not None and len(_LOADED) < _LOADED_MAX:
+                _LOADED[key] = profile
+            return profile
     layers, texts = _parse_chain(path)
     entry = _cache_entry(layers)  # before combining: the layers' tables are combined in place
     profile = _from_layers(layers, texts)
