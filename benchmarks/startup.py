@@ -12,9 +12,17 @@ medians and the CPU time of the whole run (children included) are reported as ra
 runc and crun run an OCI bundle whose root is a busybox-static tree; runc's default
 spec (`runc spec`: every namespace but user and cgroup, masked paths, no seccomp).
 crun refuses this host's hybrid cgroup layout (v1 controllers plus a cgroup2 mount that
-has none), so its runs happen inside a private mount namespace with the cgroup2 mount
-unmounted there (nothing changes on the host). Timings are wall-clock of the whole
-command as a caller sees it. No timing is asserted anywhere.
+has none), so the whole measurement runs inside a private mount namespace with the
+cgroup2 mount unmounted there (nothing changes on the host). Every command runs once per
+round, in rotation, so a load that changes during the measurement hits all alike:
+
+  pysandbox strict          the CLI with no server (PYSANDBOX_SERVE=off)
+  pysandbox strict, served  the same command with a `pysandbox serve` of this run's own
+                            listening (started in the same namespace, or it would decline)
+  interpreter floor         python3 -I -S -c 'import ctypes', the venv's interpreter
+
+Timings are wall-clock of the whole command as a caller sees it. No timing is asserted
+anywhere.
 """
 import argparse
 import json
@@ -25,17 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-
-def timed(argv, runs, env=None):
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        samples.append(time.perf_counter() - start)
-        if done.returncode != 0:
-            raise RuntimeError("%s failed (%d): %s" % (argv[0], done.returncode, done.stderr.decode()[-300:]))
-    return samples
 
 
 def make_bundle(directory):
@@ -67,21 +64,6 @@ for _ in range(int(sys.argv[1])):
         sys.exit("API run failed: %r" % result)
 print(json.dumps(out))
 """
-
-CRUN_LOOP = r"""
-import subprocess, sys, time, json
-bundle, runs = sys.argv[1], int(sys.argv[2])
-out = []
-for i in range(runs):
-    start = time.perf_counter()
-    done = subprocess.run(["crun", "run", "-b", bundle, "bench-crun-%d-%d" % (i, time.monotonic_ns())],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    out.append(time.perf_counter() - start)
-    if done.returncode:
-        sys.exit("crun failed: " + done.stderr.decode()[-300:])
-print(json.dumps(out))
-"""
-
 
 API_WORKER = r"""
 import resource, sys, time
@@ -138,6 +120,40 @@ def compare(current, baseline, runs):
             for kind in ("cli wall", "cli cpu", "api wall", "api cpu")}
 
 
+ROTATION = r"""
+import json, os, subprocess, sys, time
+spec = json.loads(sys.argv[1])
+server = None
+if spec["serve"]:
+    server = subprocess.Popen([spec["pysandbox"], "serve", "--socket", spec["socket"], "--warm", "strict",
+                               "--warm", "default"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    while True:
+        line = server.stderr.readline()
+        if not line or "listening at" in line:
+            break
+samples = {name: [] for name, _, _ in spec["commands"]}
+try:
+    for i in range(spec["runs"] + 1):
+        for name, argv, env in spec["commands"]:
+            if name.startswith("crun") or name.startswith("runc"):
+                argv = argv + ["bench-%d-%d" % (i, time.monotonic_ns())]
+            start = time.perf_counter()
+            done = subprocess.run(argv, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            took = time.perf_counter() - start
+            if done.returncode:
+                sys.exit("%s failed (%d): %s" % (name, done.returncode, done.stderr.decode()[-300:]))
+            if i:  # the first round warms every cache
+                samples[name].append(took)
+finally:
+    if server is not None:
+        server.terminate()
+        server.wait()
+print(json.dumps(samples))
+"""
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", "--runs", type=int, default=30)
@@ -148,51 +164,63 @@ def main():
         sys.exit("startup.py: run as root (runc and crun need it)")
     results = {}
     tmp = tempfile.mkdtemp(prefix="pysandbox-bench-")
+    os.chmod(tmp, 0o700)
+    python = os.path.join(os.path.dirname(os.path.realpath(args.pysandbox)), "python3")
     try:
-        # warm every cache once (page cache, compiled seccomp filter, parsed profile)
-        subprocess.run([args.pysandbox, "run", "--profile", "strict", "--", "/bin/true"], check=True)
-        results["pysandbox strict"] = timed([args.pysandbox, "run", "--profile", "strict", "--", "/bin/true"],
-                                            args.runs)
-        results["pysandbox default"] = timed([args.pysandbox, "run", "--profile", "default", "--", "/bin/true"],
-                                             args.runs)
+        off, served = {"PYSANDBOX_SERVE": "off"}, {"PYSANDBOX_SERVE": "require",
+                                                   "PYSANDBOX_SERVE_SOCKET": os.path.join(tmp, "srv", "s.sock")}
+        true = ["run", "--profile", "strict", "--", "/bin/true"]
+        commands = [("pysandbox strict", [args.pysandbox] + true, off),
+                    ("pysandbox strict, served", [args.pysandbox] + true, served),
+                    ("pysandbox default", [args.pysandbox, "run", "--profile", "default", "--", "/bin/true"], off),
+                    ("pysandbox default, served", [args.pysandbox, "run", "--profile", "default", "--", "/bin/true"],
+                     served),
+                    ("interpreter floor", [python, "-I", "-S", "-c", "import ctypes"], {})]
+        if shutil.which("bwrap"):
+            commands.append(("bubblewrap", [
+                "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr",
+                "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"], {}))
+        if shutil.which("runc") and os.path.exists("/bin/busybox"):
+            bundle = make_bundle(os.path.join(tmp, "bundle"))
+            commands.append(("runc", ["runc", "run", "-b", bundle], {}))
+            if shutil.which("crun"):
+                commands.append(("crun", ["crun", "run", "-b", bundle], {}))
+        spec = {"runs": args.runs, "commands": commands, "serve": True, "pysandbox": args.pysandbox,
+                "socket": served["PYSANDBOX_SERVE_SOCKET"]}
+        loop = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+             "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$0\" -c \"$1\" \"$2\"",
+             sys.executable, ROTATION, json.dumps(spec)], capture_output=True, text=True)
+        if loop.returncode:
+            sys.exit("startup.py: " + (loop.stderr.strip()[-500:] or "the rotation failed"))
+        results.update(json.loads(loop.stdout))
         # The Python API with a prepared Sandbox: what a grader or service pays per run
         # (no interpreter start, profile and filter already in memory).
-        api = subprocess.run([os.path.join(os.path.dirname(os.path.realpath(args.pysandbox)), "python3"), "-c",
-                              API_LOOP, str(args.runs)], capture_output=True, text=True)
+        api = subprocess.run([python, "-c", API_LOOP, str(args.runs)], capture_output=True, text=True)
         if api.returncode == 0:
             results["pysandbox API (warm)"] = json.loads(api.stdout)
         else:
             print("API: " + api.stderr.strip()[-300:], file=sys.stderr)
-        if shutil.which("bwrap"):
-            results["bubblewrap"] = timed(
-                ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr",
-                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"], args.runs)
-        if shutil.which("runc") and os.path.exists("/bin/busybox"):
-            bundle = make_bundle(os.path.join(tmp, "bundle"))
-            results["runc"] = timed(["runc", "run", "-b", bundle, "bench-runc"], args.runs)
-            if shutil.which("crun"):
-                loop = subprocess.run(
-                    ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                     "umount /sys/fs/cgroup/unified 2>/dev/null; exec %s -c '%s' %s %d" % (
-                         sys.executable, CRUN_LOOP.replace("'", "'\\''"), bundle, args.runs)],
-                    capture_output=True, text=True)
-                if loop.returncode == 0:
-                    results["crun"] = json.loads(loop.stdout)
-                else:
-                    print("crun: " + loop.stderr.strip()[-300:], file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         subprocess.run([args.pysandbox, "gc"], stdout=subprocess.DEVNULL)  # our empty parent cgroups
 
-    strict = statistics.median(results["pysandbox strict"])
-    runc = statistics.median(results["runc"]) if "runc" in results else None
-    print("%-22s %10s %10s %14s %12s" % ("runtime", "median ms", "p90 ms", "strict CLI / it", "it / runc"))
+    medians = {name: statistics.median(samples) for name, samples in results.items()}
+    crun, bwrap = medians.get("crun"), medians.get("bubblewrap")
+    print("%-26s %10s %10s %10s %10s" % ("runtime", "median ms", "p90 ms", "it / crun", "it / bwrap"))
     for name, samples in results.items():
-        med = statistics.median(samples)
+        med = medians[name]
         p90 = sorted(samples)[int(len(samples) * 0.9) - 1]
-        print("%-22s %10.1f %10.1f %14.2f %12s" % (name, med * 1000, p90 * 1000, strict / med,
-                                                   "%.2f" % (med / runc) if runc else "-"))
+        print("%-26s %10.1f %10.1f %10s %10s" % (name, med * 1000, p90 * 1000,
+                                                 "%.2f" % (med / crun) if crun else "-",
+                                                 "%.2f" % (med / bwrap) if bwrap else "-"))
+    floor = medians.get("interpreter floor")
+    if floor and bwrap:
+        name = "pysandbox strict"
+        print("%s above the interpreter floor: %.1f ms = %.2f x bubblewrap's whole start"
+              % (name, (medians[name] - floor) * 1000, (medians[name] - floor) / bwrap))
+        print("(a served run starts no interpreter: the installed `pysandbox` is the C client, sandbox/client.c)")
     if args.baseline:
         print("\ninterleaved with %s (medians of %d runs each)" % (args.baseline, args.runs))
         print("%-22s %12s %12s %10s" % ("strict", "baseline ms", "current ms", "ratio"))

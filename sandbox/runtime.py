@@ -413,6 +413,10 @@ class SandboxProcess:
         self.executor = "python"  # who ran the child's stages: "python", "stager" or "zygote"
         self._released = False    # the stager wrote the maps, joined the cgroups and said go
         self._pid1_reaped = False
+        # kill() may come from another thread (a signal handler, `pysandbox serve`'s
+        # watcher) while wait() reaps PID 1: once reaped, its number may be anyone's and
+        # its pidfd's number soon another file's, so the check and the signal are one step
+        self._signal_lock = _thread.RLock()  # reentrant: the CLI's signal handler calls kill() in this thread
         self._stager_pid = None   # a one-shot stager to reap after the go stage
         self._ended = False      # the verdict is in: the cgroup goes back to the pool to be removed
         with _names_lock:
@@ -667,7 +671,9 @@ class SandboxProcess:
     def _reap(self):
         """Undo of clone: PID 1 killed (which ends its namespace) and reaped, once (its
         number may be anyone's afterwards)."""
-        if self.pid and self.result is None and not self._pid1_reaped:
+        with self._signal_lock:
+            if not self.pid or self.result is not None or self._pid1_reaped:
+                return
             self._pid1_reaped = True
             try:
                 native.kill(self.pid, signal.SIGKILL)
@@ -707,13 +713,15 @@ class SandboxProcess:
         self._unwind()
 
     def kill(self, sig=signal.SIGKILL):
-        if self.result is None and self.pid:
+        with self._signal_lock:
+            if self.result is not None or not self.pid or self._pid1_reaped:
+                return
             try:
                 # through the pidfd: once PID 1 is reaped its number may belong to anyone
                 if getattr(self, "_pidfd", None) is not None:
                     native.pidfd_send_signal(self._pidfd, sig)
                 else:
-                    native.kill(self.pid, sig)
+                    native.kill(self.pid, sig)  # not reaped yet: still our child's number
             except ProcessLookupError:
                 pass
 
@@ -827,6 +835,8 @@ class SandboxProcess:
                     relay.handle(fd, event)
         cgroup_verdict = self._cgroup_verdict()
         _, status, usage = native.wait4(self.pid, 0)
+        with self._signal_lock:
+            self._pid1_reaped = True
         # Drain what is left (PID 1 is gone; every writer of these pipes died with its namespace).
         os.set_blocking(self._msg_r, False)
         while True:

@@ -141,12 +141,15 @@ class Watcher:
                     continue
                 except OSError:
                     data = b""
-                if not data:
-                    self.remove(run)
-                    if not run.done:
-                        run.proc.kill(signal.SIGKILL)
-                elif data[:1] == b"S" and data[1:].isdigit() and int(data[1:]) in client.FORWARDED_SIGNALS:
-                    run.proc.kill(int(data[1:]))
+                try:
+                    if not data:
+                        self.remove(run)
+                        if not run.done:
+                            run.proc.kill(signal.SIGKILL)
+                    elif data[:1] == b"S" and data[1:].isdigit() and int(data[1:]) in client.FORWARDED_SIGNALS:
+                        run.proc.kill(int(data[1:]))
+                except Exception as e:  # this thread serves every run: it must go on
+                    run.server.log("forwarding to a run failed: %s" % e)
 
     def close(self):
         self.closing = True

@@ -572,3 +572,27 @@ def test_start_does_not_wait_for_pid1s_own_setup(monkeypatch):
             if process.result is None:
                 process.wait()
         box.close()
+
+
+@pytest.mark.parametrize("executor", [None, "python"])
+def test_the_command_starts_with_default_signals_and_none_blocked(strict, executor):
+    """exec keeps ignored signals and the blocked mask: neither the supervisor's (a Python
+    process ignores SIGPIPE and SIGXFSZ; the static stager's glibc leaves its real-time
+    signals 32 and 33 ignored) nor its caller's may reach the command."""
+    import subprocess
+    import sys
+    script = (
+        "import signal, sys\n"
+        "from sandbox import Sandbox, load_profile\n"
+        "signal.signal(signal.SIGUSR2, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})\n"
+        "box = Sandbox(load_profile(sys.argv[1]), executor=None if sys.argv[2] == 'None' else sys.argv[2])\n"
+        "result = box.run(['/bin/grep', '^Sig[IB]', '/proc/self/status'], capture_output=True, text=True)\n"
+        "print(box.stager_reason is None, result.stdout.split())\n")
+    done = subprocess.run([sys.executable, "-I", "-c", script, strict, str(executor)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    compiled, fields = done.stdout.rsplit("\n", 1)[0].split(" ", 1)
+    assert compiled == str(executor is None)
+    assert fields == str(["SigBlk:", "0" * 16, "SigIgn:", "0" * 16])
