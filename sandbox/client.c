@@ -173,11 +173,22 @@ static const char *hand_over(int argc, char **argv, char *reason, size_t reason_
 		close(conn);
 		return "the server does not answer";
 	}
+	struct ucred server;
+	socklen_t len = sizeof(server);
+	if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &server, &len) < 0 || server.uid != geteuid()) {
+		close(conn); /* the path was swapped after the check: not this user's server */
+		return "the listener is not this user's";
+	}
+	/* the proof (sandbox/serve_client.py): a Landlock domain refuses this open */
+	char proof_path[64];
+	snprintf(proof_path, sizeof(proof_path), "/proc/%d/mem", (int)server.pid);
+	int proof = open(proof_path, O_RDONLY | O_CLOEXEC);
 	/* before the request: a signal that comes before the sandbox starts reaches it then */
 	for (int i = 0; i < 4; i++)
 		sigaction(forwarded[i], &action, &previous[i]);
 
-	int fds[3] = {0, 1, 2};
+	int fds[4] = {0, 1, 2, proof};
+	size_t nfds = proof < 0 ? 3 : 4;
 	union {
 		char buf[CMSG_SPACE(sizeof(fds))];
 		struct cmsghdr align;
@@ -185,12 +196,12 @@ static const char *hand_over(int argc, char **argv, char *reason, size_t reason_
 	memset(&control, 0, sizeof(control));
 	struct iovec iov = {.iov_base = request, .iov_len = size - 1}; /* no NUL after the last */
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-			     .msg_controllen = sizeof(control.buf)};
+			     .msg_controllen = CMSG_SPACE(nfds * sizeof(int))};
 	struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
 	cmsg->cmsg_level = SOL_SOCKET;
 	cmsg->cmsg_type = SCM_RIGHTS;
-	cmsg->cmsg_len = CMSG_LEN(sizeof(fds));
-	memcpy(CMSG_DATA(cmsg), fds, sizeof(fds));
+	cmsg->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+	memcpy(CMSG_DATA(cmsg), fds, nfds * sizeof(int));
 
 	if (sendmsg(conn, &msg, MSG_NOSIGNAL) < 0) {
 		snprintf(reason, reason_size, "sending the request: %s", strerror(errno)); /* EMSGSIZE */
@@ -199,7 +210,15 @@ static const char *hand_over(int argc, char **argv, char *reason, size_t reason_
 		do
 			got = recv(conn, reply, sizeof(reply) - 1, 0);
 		while (got < 0 && errno == EINTR);
+		/* ECONNRESET: the server closed with a message of ours unread; with no signal
+		 * sent after the request, that is the request itself: nothing ran */
+		if (got < 0 && errno == ECONNRESET && !caught) {
+			snprintf(reason, reason_size, "the server ended before it read the request");
+			got = -2;
+		}
 	}
+	if (proof >= 0)
+		close(proof);
 	free(request);
 	if (got > 1 && reply[0] == 'X') {
 		reply[got] = 0;

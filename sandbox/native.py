@@ -38,6 +38,8 @@ NR = {
     "open_tree": 428,
     "move_mount": 429,
     "pidfd_open": 434,
+    "ioprio_get": 252,
+    "sched_getattr": 315,
     "mount_setattr": 442,
     "landlock_create_ruleset": 444,
     "landlock_add_rule": 445,

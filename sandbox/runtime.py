@@ -211,7 +211,15 @@ class Sandbox:
         """The frozen Plan of this sandbox (built on first use, then reused by every run)."""
         if self._plan is None:
             from . import plan as planner
-            plan = planner.build(self.profile, self.extra_mounts, self.extra_seccomp, self.environ)
+            self._prepare(planner.build(self.profile, self.extra_mounts, self.extra_seccomp, self.environ))
+        return self._plan
+
+    def _prepare(self, plan):
+        """Take `plan` (built for this sandbox's profile and options) as this sandbox's
+        own: `pysandbox serve` builds one per request to see whether a prepared Sandbox
+        still has the plan the CLI would build now."""
+        if self._plan is None:
+            from . import plan as planner
             planner.preload(plan)
             # The small C init replaces the Python PID 1 once the command runs (built by
             # setup.sh next to the package); without it the Python init serves. The

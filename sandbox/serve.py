@@ -2,24 +2,46 @@
 
 A CLI start spends most of its time before the sandbox: the interpreter, the imports, the
 profile, the plan (mount operations, the compiled seccomp filter, the cgroup set). The
-server does that once and keeps, per set of options, a prepared `Sandbox` (its plan, its
-pool of cgroups made ahead, its threads' zygotes). Each run still gets fresh namespaces,
-cgroups and processes: the server changes where the preparation happens, not what a run
-shares with the one before (nothing).
+server does that once and keeps prepared `Sandbox`es (compiled child, cgroups made ahead,
+a zygote per worker thread). Each run still gets fresh namespaces, cgroups and processes:
+the server changes where the preparation happens, not what a run shares with the one
+before (nothing).
 
-Who is served. The socket lives in a directory of the user's own, mode 0700, and the
-server checks the connecting process itself (SO_PEERPIDFD pins it; /proc tells its
-state): it must be this user and look exactly like the server in everything a sandbox
-would inherit from the process that starts it — ids and groups, capability sets,
-no_new_privs and seccomp (a confined caller must not shed its confinement by asking),
-namespaces, cgroups, resource limits, umask, nice and scheduler, CPU and memory
-affinity, personality, LSM label — and in the environment pysandbox
-reads itself (PYSANDBOX_*, HOME, XDG_CACHE_HOME, XDG_RUNTIME_DIR). Anything else is
-declined before anything starts, and the client runs the sandbox itself. What the
-server does not compare: ioprio and the timer slack (no /proc view), and a Landlock
-domain of the caller's (the kernel does not show one; a Landlock domain needs
-no_new_privs or CAP_SYS_ADMIN, and a caller with no_new_privs is declined unless the
-server has it too).
+The rule: a served run is the run the CLI would have made in the caller's own process.
+
+- **Who.** The socket lives in a directory of the user's own, mode 0700. The server pins
+  the connecting process (SO_PEERPIDFD) and compares, from /proc and two syscalls,
+  everything a sandbox inherits from the thread that starts it. That is the whole of
+  /proc/PID/status but its counters (ids, groups, capability sets, no_new_privs,
+  seccomp, affinity, THP and speculation controls, ...), plus the namespaces, the root
+  directory, cgroups, resource limits, oom_score_adj, personality, LSM label,
+  coredump_filter, timer slack, loginuid and session id, the scheduling attributes
+  (sched_getattr) and the I/O priority. It also compares the environment pysandbox reads
+  for itself (PYSANDBOX_*, HOME, XDG_CACHE_HOME, XDG_RUNTIME_DIR). A caller with any
+  seccomp filter is declined: the filters themselves cannot be compared.
+- **Landlock.** A Landlock domain shows nowhere in /proc. Entering one takes
+  no_new_privs or CAP_SYS_ADMIN, so a caller with neither (and the server's
+  no_new_privs is compared) has none. From a caller with either, the server wants a
+  proof: Landlock refuses a confined process attach-mode ptrace access to a process
+  outside its domain (here even to root; read-mode access it lets through), so the
+  client opens /proc/SERVER/mem (an attach-mode open) and passes the descriptor, and the
+  server checks that it is its own. Without it (Yama's ptrace_scope 3, or no
+  CAP_SYS_PTRACE under scope 1 or 2) the caller is declined.
+- **Where.** Each worker thread has its own filesystem context (unshare(CLONE_FS)): per
+  request it takes the caller's directory (through /proc/PID/cwd, then the pin checked)
+  and umask. Every relative path (options, profile files, `import`s in them, relative
+  PYSANDBOX_* values) then resolves as in the caller's process.
+- **What.** The profile is loaded and the plan built for every request, cheaply when warm.
+  A prepared Sandbox is reused only when its plan is the same: bind sources, their owners
+  and types, /etc entries, id ranges, the compiled filters and the environment. A change
+  on the host since the last run gives a new Sandbox, not a stale plan.
+- **When not.** A terminal on stdin, stdout or stderr, `--tty`, `-i`, `--help`, and a
+  profile with `new_session = false` (its command would share the server's session and
+  terminal) unless the caller's session is the server's.
+
+Anything else is declined before anything starts, and the client runs the sandbox
+itself. What the server cannot see: the task's NUMA memory policy and PR_SET_MDWE (no
+view of another process's); neither is set by anything that starts pysandbox here.
 
 The wire format is in sandbox/serve_client.py.
 """
@@ -34,60 +56,132 @@ import threading
 import time
 
 from . import serve_client as client
-from .errors import SandboxError, UsageError, EXIT_SETUP
+from .errors import SandboxError, UsageError
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5
+CLONE_FS = 0x00000200
 MAX_REQUEST = 1 << 20
+REQUEST_TIMEOUT = 10.0    # a client sends its request right after connecting
 CACHE_SIZE = 16           # prepared Sandboxes kept; the least recently used idle one goes
 # The environment pysandbox reads for itself (profile search path, caches, state, the
 # init and stager switches): a caller with other values would get another sandbox.
 CONTEXT_KEYS = ("HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR")
 CLIENT_ONLY_KEYS = ("PYSANDBOX_SERVE", "PYSANDBOX_SERVE_SOCKET")
-# /proc/PID/status lines a sandbox inherits from the process that starts it. Not the
-# signal dispositions and mask: the command starts with every signal at its default and
-# none blocked, whoever starts it (the "signals" stage).
-STATUS_FIELDS = ("Uid", "Gid", "Groups", "Umask", "NoNewPrivs", "Seccomp", "Seccomp_filters", "CapInh",
-                 "CapPrm", "CapEff", "CapBnd", "CapAmb", "Cpus_allowed", "Mems_allowed")
+# /proc/PID/status lines that are counters or this process's own numbers, not state a
+# child inherits; every other line is compared (a line a newer kernel adds is compared
+# too: unknown means different). Umask is applied per request, not compared. The signal
+# dispositions and mask: the command starts with every signal at its default and none
+# blocked, whoever starts it (the "signals" stage).
+STATUS_NOT_INHERITED = frozenset((
+    "Name", "Umask", "State", "Tgid", "Ngid", "Pid", "PPid", "TracerPid", "FDSize", "Threads", "SigQ", "SigPnd",
+    "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches", "NStgid",
+    "NSpid", "NSpgid", "NSsid", "Kthread", "CoreDumping", "HugetlbPages", "Cpus_allowed_list",
+    "Mems_allowed_list"))
+PROC_FILES = ("limits", "cgroup", "oom_score_adj", "personality", "attr/current", "coredump_filter",
+              "timerslack_ns", "loginuid", "sessionid")
+NOT_COMPARED = ("umask", "session", "tty")  # kept for other uses
 
 
-class Declined(Exception):
-    """The caller runs this one itself; nothing was started."""
+class Declined(BaseException):
+    """The caller runs this one itself; nothing was started. A BaseException: raised from
+    inside the CLI's run path (ServedRun.sandbox), it must pass its `except Exception`."""
 
 
-def identity(pid, proc="/proc"):
-    """{what: value} of everything a sandbox started by process `pid` would inherit."""
-    base = "%s/%s" % (proc, pid)
+def _stat_key(path):
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def identity(pid, base=None):
+    """{what: value} of everything a sandbox started by task `pid` would inherit (base:
+    its /proc directory; the server's own thread is /proc/thread-self)."""
+    from . import native
+    base = base or "/proc/%d" % pid
     out = {}
     with open(base + "/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in STATUS_FIELDS:
-                out[key] = value.split() if key == "Groups" else value.strip()
-    for name in ("limits", "cgroup", "oom_score_adj", "personality", "attr/current"):
-        try:
-            with open("%s/%s" % (base, name), "rb") as f:
-                out[name] = f.read()
-        except OSError as e:
-            out[name] = "unreadable (%s)" % e.strerror
+            if key not in STATUS_NOT_INHERITED and not key.startswith(("Vm", "Rss")):
+                out["status " + key] = value.split()
+            elif key == "Umask":
+                out["umask"] = int(value, 8)
+    for name in PROC_FILES:
+        for where in (base, "/proc/%d" % os.getpid() if base == "/proc/thread-self" else base):
+            try:
+                with open("%s/%s" % (where, name), "rb") as f:
+                    out[name] = f.read()
+                break
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                out[name] = "unreadable (%s)" % e.strerror
+                break
     with open(base + "/stat", "rb") as f:
         fields = f.read().rpartition(b")")[2].split()
     # after the command name: state is field 3, so field N is fields[N - 3]
     out["nice"], out["rt_priority"], out["policy"] = fields[19 - 3], fields[40 - 3], fields[41 - 3]
+    out["session"], out["tty"] = fields[6 - 3], fields[7 - 3]
     for name in sorted(os.listdir("/proc/self/ns")):
         try:
-            st = os.stat("%s/ns/%s" % (base, name))
-            out["ns/" + name] = (st.st_dev, st.st_ino)
+            out["ns/" + name] = _stat_key("%s/ns/%s" % (base, name))
         except OSError as e:
             out["ns/" + name] = "unreadable (%s)" % e.strerror
+    out["root"] = _stat_key(base + "/root")
+    import ctypes
+    attr = ctypes.create_string_buffer(64)
+    rc = native.syscall("sched_getattr", pid, attr, 56, 0)
+    out["sched_getattr"] = attr.raw if rc == 0 else "unreadable (%d)" % native.errno()
+    rc = native.syscall("ioprio_get", 1, pid)  # IOPRIO_WHO_PROCESS: this task
+    out["ioprio"] = rc if rc >= 0 else "unreadable (%d)" % native.errno()
     return out
 
 
 def difference(caller, server):
     """The first thing the caller differs in, or None."""
-    for key in server:
-        if caller.get(key) != server[key]:
-            return key
+    for key in sorted(set(caller) | set(server)):
+        if key not in NOT_COMPARED and caller.get(key) != server.get(key):
+            return key.replace("status ", "")
     return None
+
+
+_Mapping = type(type.__dict__)
+
+
+def _value(obj):
+    """A comparable value of a plan's part (frozen objects, mappings, sequences)."""
+    if obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return obj
+    if isinstance(obj, (dict, _Mapping)):
+        return tuple(sorted((repr(k), _value(v)) for k, v in obj.items()))
+    if isinstance(obj, (list, tuple)):
+        return tuple(_value(v) for v in obj)
+    if isinstance(obj, (set, frozenset)):
+        return tuple(sorted((_value(v) for v in obj), key=repr))
+    fields = {}
+    for cls in type(obj).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if name != "__weakref__" and hasattr(obj, name):
+                fields[name] = getattr(obj, name)
+    fields.update(getattr(obj, "__dict__", {}))
+    return type(obj).__qualname__, tuple((k, _value(v)) for k, v in sorted(fields.items()))
+
+
+def plan_key(plan):
+    """What makes two plans run the same sandbox. The seccomp part by its programs (the
+    policy's whole table would cost 2.5 ms to walk; the programs are what the kernel gets)."""
+    parts = []
+    for name in type(plan).__slots__:
+        value = getattr(plan, name)
+        if name == "layers":
+            value = dict(value)
+            part = value.pop("seccomp", None)
+            if part is not None:
+                terminal = part.terminal_policy
+                value["seccomp"] = (part.bpf, part.extra_bpf, part.log, bool(part.listener), part.mode_before,
+                                    part.filters_before, part.caps,
+                                    terminal.fingerprint() if terminal is not None else None)
+        parts.append((name, _value(value)))
+    return tuple(parts)
 
 
 class Watcher:
@@ -95,7 +189,8 @@ class Watcher:
     sandbox, and its end (EOF: the client exited or was killed) kills the sandbox, as the
     end of a CLI supervisor does. (A thread per run would cost its start, ~1 ms, on each.)"""
 
-    def __init__(self):
+    def __init__(self, log):
+        self.log = log
         self.lock = threading.Lock()
         self.runs = {}  # fd -> ServedRun
         self.epoll = select.epoll()
@@ -126,6 +221,8 @@ class Watcher:
         while not self.closing:
             try:
                 events = self.epoll.poll()
+            except InterruptedError:
+                continue
             except OSError:
                 return
             for fd, _mask in events:
@@ -136,12 +233,12 @@ class Watcher:
                 if run is None:
                     continue
                 try:
-                    data = run.conn.recv(64, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                try:
+                    try:
+                        data = run.conn.recv(64, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
                     if not data:
                         self.remove(run)
                         if not run.done:
@@ -149,7 +246,7 @@ class Watcher:
                     elif data[:1] == b"S" and data[1:].isdigit() and int(data[1:]) in client.FORWARDED_SIGNALS:
                         run.proc.kill(int(data[1:]))
                 except Exception as e:  # this thread serves every run: it must go on
-                    run.server.log("forwarding to a run failed: %s" % e)
+                    self.log("forwarding to a run failed: %s" % e)
 
     def close(self):
         self.closing = True
@@ -163,12 +260,14 @@ class Watcher:
 class ServedRun:
     """The host (sandbox/cli.py LocalHost) of one run on behalf of a client."""
 
-    def __init__(self, server, conn, stdio, environ):
+    def __init__(self, server, conn, stdio, environ, caller):
         self.server, self.conn, self.stdio, self.environ = server, conn, tuple(stdio), environ
+        self.caller = caller      # the caller's identity(), for the session check
         self.box_key = None
         self.proc = None
         self.done = False
         self.watched = False
+        self.killed_by_shutdown = False
         self.result_token = "%d-%d" % (os.getpid(), next(server.serial))  # --result's temporary file
 
     def err(self, message):
@@ -180,14 +279,24 @@ class ServedRun:
             pass
 
     def sandbox(self, profile, name, legacy, extra_seccomp):
+        if not profile.process.new_session:
+            own = self.server.own_identity()
+            if (self.caller["session"], self.caller["tty"]) != (own["session"], own["tty"]):
+                raise Declined("profile %s keeps the command in its starter's session (new_session = false), and "
+                               "the caller's session is not the server's" % profile.name)
         box, self.box_key = self.server.sandbox(profile, name, legacy, extra_seccomp, self.environ)
         return box
 
     def started(self, proc):
         self.proc = proc
-        self.server.running.add(proc)
+        with self.server.lock:
+            stopping = self.server.stopping
+            self.server.running.add(self)
         self.server.watcher.add(self)
         self.watched = True
+        if stopping:  # shutdown() took its list of runs before this one started
+            self.killed_by_shutdown = True
+            proc.kill(signal.SIGKILL)
 
     def finished(self, box):
         self.end()
@@ -197,11 +306,23 @@ class ServedRun:
         if self.watched:
             self.server.watcher.remove(self)
             self.watched = False
-        if self.proc is not None:
-            self.server.running.discard(self.proc)
+        with self.server.lock:
+            self.server.running.discard(self)
         if self.box_key is not None:
             self.server.release(self.box_key)
             self.box_key = None
+
+
+_thread_fs = threading.local()
+
+
+def _own_fs():
+    """Give this thread a filesystem context of its own (cwd, root, umask), once: the
+    caller's directory and umask are then set per request without touching the others."""
+    if not getattr(_thread_fs, "unshared", False):
+        from . import native
+        native.unshare(CLONE_FS, stage="serve")
+        _thread_fs.unshared = True
 
 
 class Server:
@@ -212,7 +333,9 @@ class Server:
         self.log = log or (lambda message: sys.stderr.write("pysandbox serve: %s\n" % message))
         self.lock = threading.Lock()
         self.boxes = {}        # key -> [Sandbox, users, last use]
-        self.running = set()   # SandboxProcess of the runs going on
+        self.making = {}       # key -> lock held while that Sandbox is made
+        self.running = set()   # ServedRun of the runs going on
+        self.pending = set()   # connections whose request is not read and checked yet
         self.queue = queue.SimpleQueue()
         self.idle_workers = 0
         self.active = 0
@@ -223,8 +346,12 @@ class Server:
         self.inode = None
         self.stopping = False
         self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # stop() wakes the accept loop
-        self.watcher = Watcher()
+        self.watcher = Watcher(self.log)
         self.serial = itertools.count(1)
+        self.proof_key = _stat_key("/proc/self/mem")  # what a client's proof must be
+
+    def own_identity(self):
+        return identity(threading.get_native_id(), "/proc/thread-self")
 
     # -- the socket ------------------------------------------------------------------
     def listen(self):
@@ -277,31 +404,44 @@ class Server:
 
     # -- prepared sandboxes ------------------------------------------------------------
     def sandbox(self, profile, name, legacy, extra_seccomp, environ):
-        """A prepared Sandbox for these options and this caller's environment (made, and
-        its plan built, on first use), and its key for release()."""
-        from .plan import environment_of
-        env = environment_of(profile.environment, environ)
-        key = (profile.name, profile.sources, profile._state, name,
-               tuple((k, tuple(v)) for k, v in sorted(legacy.items())), repr(extra_seccomp),
-               tuple(sorted(env.items())))
-        with self.lock:
-            entry = self.boxes.get(key)
-            if entry is None:
-                from .runtime import Sandbox
-                box = Sandbox(profile, name=name, register=True, extra_seccomp=extra_seccomp, environ=environ,
-                              **legacy)
-                try:
-                    box.plan()  # here, once: Sandbox.plan() is not made for racing first uses
-                except BaseException:
-                    box.close()
-                    raise
-                entry = self.boxes[key] = [box, 0, 0.0]
-            entry[1] += 1
-            entry[2] = time.monotonic()
-            evicted = self._evict()
-        for box in evicted:
-            box.close()
-        return entry[0], key
+        """A prepared Sandbox whose plan is the one these options give now (a new one when
+        none is), and its key for release()."""
+        from . import plan as planner
+        extra_mounts = (tuple(legacy["ro_binds"]), tuple(legacy["binds"]), tuple(legacy["tmpfs"]))
+        plan = planner.build(profile, extra_mounts, extra_seccomp, environ)
+        key = (profile.name, profile.sources, name, plan_key(plan))
+        while True:
+            with self.lock:
+                entry = self.boxes.get(key)
+                if entry is not None:
+                    entry[1] += 1
+                    entry[2] = time.monotonic()
+                    return entry[0], key
+                making = self.making.get(key)
+                if making is None:
+                    making = self.making[key] = threading.Lock()
+                    making.acquire()
+                    break
+            with making:  # another thread makes this one: wait for it, then take it
+                pass
+        try:
+            from .runtime import Sandbox
+            box = Sandbox(profile, name=name, register=True, extra_seccomp=extra_seccomp, environ=environ, **legacy)
+            try:
+                box._prepare(plan)
+            except BaseException:
+                box.close()
+                raise
+            with self.lock:
+                self.boxes[key] = [box, 1, time.monotonic()]
+                evicted = self._evict()
+        finally:
+            with self.lock:
+                del self.making[key]
+            making.release()
+        for old in evicted:
+            old.close()
+        return box, key
 
     def _evict(self):
         idle = sorted((entry[2], key) for key, entry in self.boxes.items() if entry[1] == 0)
@@ -329,27 +469,35 @@ class Server:
 
     # -- one client ----------------------------------------------------------------------
     def receive(self, conn):
-        """(pidfd, cwd, argv, environ, stdio fds) of one request; Declined if it is not one
-        this server takes."""
+        """(pid, argv, environ, stdio fds, proof fd) of one request; Declined if it is not
+        one this server takes."""
         import struct
         pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         fds = []
         try:
             # read before any answer: a socket closed with a message unread resets the peer,
             # which would then never see why it was declined
-            data, ancillary, flags, _ = conn.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC)
+            conn.settimeout(REQUEST_TIMEOUT)
+            try:
+                data, ancillary, flags, _ = conn.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(5 * 4),
+                                                         socket.MSG_CMSG_CLOEXEC)
+            except socket.timeout:
+                raise Declined("no request within %gs of connecting" % REQUEST_TIMEOUT) from None
+            conn.settimeout(None)
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     count = len(payload) // 4
                     fds.extend(struct.unpack("%di" % count, payload[:4 * count]))
             if uid != os.geteuid():
                 raise Declined("uid %d is not the server's (%d)" % (uid, os.geteuid()))
+            if self.stopping:
+                raise Declined("the server is stopping")
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                raise Declined("the request is larger than %d bytes or brought more than 3 descriptors" % MAX_REQUEST)
-            if len(fds) != 3:
+                raise Declined("the request is larger than %d bytes or brought more than 4 descriptors" % MAX_REQUEST)
+            if len(fds) not in (3, 4):
                 raise Declined("the request must bring stdin, stdout and stderr (3 descriptors, got %d)" % len(fds))
             fields = data.split(b"\0")
-            if fields[0] != client.MAGIC or len(fields) < 3 or not fields[2].isdigit():
+            if fields[0] != client.MAGIC or len(fields) < 3 or not fields[2].isdigit() or len(fields[2]) > 6:
                 raise Declined("not a %s request" % client.MAGIC.decode())
             argc = int(fields[2])
             argv = [os.fsdecode(f) for f in fields[3:3 + argc]]
@@ -360,22 +508,30 @@ class Server:
                 key, eq, value = item.partition(b"=")
                 if eq:
                     environ[os.fsdecode(key)] = os.fsdecode(value)
-            return pid, os.fsdecode(fields[1]), argv[1:], environ, fds
+            proof = fds.pop() if len(fds) == 4 else None
+            return pid, argv[1:], environ, fds, proof
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
 
-    def check_caller(self, conn, pid, cwd, environ, fds):
+    def check_caller(self, conn, pid, environ, fds, proof):
+        """The caller's identity() when it may be served here (this thread then stands in
+        the caller's directory and umask); Declined otherwise."""
+        try:
+            proven = proof is not None and _fstat_key(proof) == self.proof_key
+        finally:
+            if proof is not None:
+                os.close(proof)
         try:
             pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
         except OSError as e:
             raise Declined("the kernel cannot pin the caller (SO_PEERPIDFD: %s)" % e.strerror) from None
+        cwd = None
         try:
             try:
                 caller = identity(pid)
-                own = identity("self")
-                caller_cwd, given_cwd = os.stat("/proc/%d/cwd" % pid), os.stat(cwd)
+                cwd = os.open("/proc/%d/cwd" % pid, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as e:
                 raise Declined("reading the caller's state: %s" % e) from None
             # The pidfd names the process that connected: alive now means /proc/PID was it.
@@ -383,69 +539,62 @@ class Server:
                 signal.pidfd_send_signal(pidfd, 0)
             except ProcessLookupError:
                 raise Declined("the caller is gone") from None
+            differs = difference(caller, self.own_identity())
+            if differs is not None:
+                raise Declined("the caller's %s is not the server's" % differs)
+            if caller.get("status Seccomp") != ["0"]:
+                raise Declined("the caller runs under a seccomp filter (filters cannot be compared)")
+            if not proven and _could_be_landlocked(caller):
+                raise Declined("the caller has no_new_privs or CAP_SYS_ADMIN and could not open /proc/%d/mem: it "
+                               "may be in a Landlock domain" % os.getpid())
+            for key in sorted(set(environ) | set(os.environ)):
+                if (key.startswith("PYSANDBOX_") and key not in CLIENT_ONLY_KEYS) or key in CONTEXT_KEYS:
+                    if environ.get(key) != os.environ.get(key):
+                        raise Declined("the caller's %s is not the server's" % key)
+            for fd in fds:
+                if os.isatty(fd):
+                    raise Declined("a terminal among stdin, stdout and stderr")
+            _own_fs()
+            os.fchdir(cwd)
+            os.umask(caller["umask"])
+            return caller
         finally:
             os.close(pidfd)
-        differs = difference(caller, own)
-        if differs is not None:
-            raise Declined("the caller's %s is not the server's" % differs)
-        if (caller_cwd.st_dev, caller_cwd.st_ino) != (given_cwd.st_dev, given_cwd.st_ino):
-            raise Declined("the caller's directory is not %s" % cwd)
-        for key in sorted(set(environ) | set(os.environ)):
-            if (key.startswith("PYSANDBOX_") and key not in CLIENT_ONLY_KEYS) or key in CONTEXT_KEYS:
-                if environ.get(key) != os.environ.get(key):
-                    raise Declined("the caller's %s is not the server's" % key)
-        for fd in fds:
-            if os.isatty(fd):
-                raise Declined("a terminal among stdin, stdout and stderr")
+            if cwd is not None:
+                os.close(cwd)
 
-    def parse(self, args, cwd):
-        """`run`'s arguments with every relative path made absolute against the caller's
-        directory (the CLI makes them absolute against its own)."""
+    def parse(self, args):
         from . import cli
         parsed = cli.parse_run(args)
-        opts = parsed.opts
         for flag in ("--help", "--tty", "--interactive"):
-            if opts.get(flag):
+            if parsed.opts.get(flag):
                 raise Declined("%s is answered by the CLI itself" % flag)
-
-        def absolute(path):
-            return path if path.startswith("/") else os.path.join(cwd, path)
-        for flag in ("--rootfs", "--seccomp", "--result"):
-            if flag in opts:
-                opts[flag] = absolute(opts[flag])
-        profile = opts.get("--profile")
-        if profile is not None and ("/" in profile or profile.endswith(".toml")):
-            opts["--profile"] = absolute(profile)
-        mounts = []
-        for kind, spec in parsed.mounts:
-            if kind != "tmpfs" and spec and not spec.startswith("/"):
-                if ":" in cwd:
-                    raise Declined("a relative bind source under a directory with ':' in its name")
-                spec = absolute(spec)
-            mounts.append((kind, spec))
-        parsed.mounts = mounts
         return parsed
 
     def handle(self, conn):
         with self.lock:
             self.active += 1
+            self.pending.add(conn)
         run = None
         fds = []
         try:
             try:
-                pid, cwd, args, environ, fds = self.receive(conn)
-                self.check_caller(conn, pid, cwd, environ, fds)
-                parsed = self.parse(args, cwd)
+                pid, args, environ, fds, proof = self.receive(conn)
+                caller = self.check_caller(conn, pid, environ, fds, proof)
+                parsed = self.parse(args)
+                from . import cli
+                run = ServedRun(self, conn, fds, environ, caller)
+                with self.lock:
+                    self.pending.discard(conn)
+                try:
+                    code = cli.run_exit_code(args, run, parsed)
+                finally:
+                    run.end()
             except Declined as e:
-                conn.send(b"L" + str(e).encode("utf-8", "replace"))
+                if run is None or run.proc is None:
+                    conn.send(b"L" + str(e).encode("utf-8", "replace"))
                 return
-            from . import cli
-            run = ServedRun(self, conn, fds, environ)
-            try:
-                code = cli.run_exit_code(args, run, parsed)
-            finally:
-                run.end()
-            if self.stopping:
+            if run.killed_by_shutdown:
                 # killed by the server's end, not by anything of the command's: no status
                 # (the client says the server ended and exits 125)
                 return
@@ -458,10 +607,16 @@ class Server:
         finally:
             for fd in fds:
                 os.close(fd)
-            conn.close()
             with self.lock:
+                self.pending.discard(conn)
                 self.active -= 1
                 self.last_activity = time.monotonic()
+            conn.close()
+            if getattr(_thread_fs, "unshared", False):
+                try:
+                    os.chdir("/")  # the caller's directory is not held past its run
+                except OSError:
+                    pass
 
     def _worker(self):
         while True:
@@ -507,7 +662,7 @@ class Server:
         try:
             while not self.stopping:
                 ready, _, _ = select.select([self.listener, self.wake[0]], [], [], 1.0)
-                if self.listener in ready:
+                if self.listener in ready and not self.stopping:
                     try:
                         conn, _ = self.listener.accept()
                     except OSError:
@@ -528,15 +683,24 @@ class Server:
         return 0
 
     def shutdown(self):
-        """Stop listening, end the runs going on, close every prepared Sandbox (their
-        cgroups made ahead go with them)."""
-        self.stopping = True
+        """Stop listening, end the runs going on (a request not started yet is declined),
+        close every prepared Sandbox (their cgroups made ahead go with them)."""
+        with self.lock:
+            self.stopping = True
+            running = list(self.running)
+            pending = list(self.pending)
         self.unlink()
         if self.listener is not None:
             self.listener.close()
             self.listener = None
-        for proc in list(self.running):
-            proc.kill(signal.SIGKILL)
+        for run in running:
+            run.killed_by_shutdown = True
+            run.proc.kill(signal.SIGKILL)
+        for conn in pending:  # a silent client's recvmsg returns; the rest see `stopping`
+            try:
+                conn.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
         for _ in self.workers:
             self.queue.put(None)
         for thread in self.workers + self.extra:
@@ -555,6 +719,21 @@ class Server:
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
+
+
+CAP_SYS_ADMIN = 21
+
+
+def _could_be_landlocked(caller):
+    """landlock_restrict_self(2) takes no_new_privs or CAP_SYS_ADMIN (in the caller's user
+    namespace, which is the server's: compared)."""
+    effective = int((caller.get("status CapEff") or ["0"])[0], 16)
+    return caller.get("status NoNewPrivs") == ["1"] or bool(effective >> CAP_SYS_ADMIN & 1)
+
+
+def _fstat_key(fd):
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def main(path=None, threads=8, idle_exit=None, warm=None):

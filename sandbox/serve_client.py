@@ -14,10 +14,16 @@ runs the sandbox in this process, as it does without a server. PYSANDBOX_SERVE=o
 never asks; =require fails (125) instead of running locally.
 
 Wire format, one SOCK_SEQPACKET message each way per step:
-  client -> server  MAGIC NUL cwd NUL argc NUL argv... NUL env "K=V"...   + fds 0, 1, 2
+  client -> server  MAGIC NUL cwd NUL argc NUL argv... NUL env "K=V"...   + fds 0, 1, 2, proof
   client -> server  b"S" signal number            (any number of times during the run)
   server -> client  b"L" reason                   (nothing was started: run it yourself)
   server -> client  b"X" exit status              (the run is over)
+
+`proof` is /proc/SERVER/mem opened by the client (the server's pid from SO_PEERCRED,
+which also shows the listener is this user's): Landlock refuses a confined process that
+attach-mode ptrace open of a process outside its domain, so a client in a Landlock domain
+cannot send it, and the server declines a caller that could be in one without it. The cwd field is informative: the server takes the
+directory from /proc/PID/cwd.
 """
 import posix
 import sys
@@ -73,6 +79,11 @@ def private_socket(path):
     return None
 
 
+def _ucred(data):
+    """(pid, uid, gid) of a struct ucred."""
+    return tuple(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in (0, 4, 8))
+
+
 def _fail(message):
     posix.write(2, ("pysandbox: serve: %s\n" % message).encode("utf-8", "replace"))
     posix._exit(EXIT_SETUP)
@@ -98,11 +109,12 @@ def _hand_over(args):
         return reason
     for fd in (0, 1, 2):
         try:
-            if posix.isatty(fd):
-                # the server cannot be the terminal's foreground: the CLI relays it here
-                return "fd %d is a terminal" % fd
+            posix.fstat(fd)  # isatty says False for a closed one; the socket would then take its number
         except OSError:
             return "fd %d is closed" % fd
+        if posix.isatty(fd):
+            # the server cannot be the terminal's foreground: the CLI relays it here
+            return "fd %d is a terminal" % fd
     import _socket
     import _signal
     try:
@@ -118,9 +130,17 @@ def _hand_over(args):
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
         conn.connect(path)
+        server_pid, server_uid, _ = _ucred(conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))
     except OSError as e:
         conn.close()
         return "%s: %s" % (path, e.strerror)
+    if server_uid != posix.geteuid():  # the path was swapped after the check: not ours
+        conn.close()
+        return "%s is served by uid %d" % (path, server_uid)
+    try:
+        proof = posix.open("/proc/%d/mem" % server_pid, posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        proof = None  # the server says why it declines
     caught = []
 
     def forward(sig, _frame):
@@ -132,12 +152,18 @@ def _hand_over(args):
     # Before the request: a signal that comes before the sandbox starts waits in the
     # socket and reaches it as soon as it runs.
     previous = [(sig, _signal.signal(sig, forward)) for sig in FORWARDED_SIGNALS]
-    stdio = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+    fds = (0, 1, 2) if proof is None else (0, 1, 2, proof)
     try:
-        conn.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, stdio)])
+        conn.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                  b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
         reply = conn.recv(MAX_REPLY)
-    except OSError as e:  # EMSGSIZE: arguments and environment larger than one message
+    except OSError as e:
+        # EMSGSIZE: arguments and environment larger than one message; ECONNRESET: the
+        # server closed without reading the request (it ended meanwhile): nothing ran
         reply = b"L" + ("sending the request: %s" % e.strerror).encode()
+    finally:
+        if proof is not None:
+            posix.close(proof)
     if reply[:1] == b"X" and reply[1:].isdigit():
         posix._exit(int(reply[1:]))
     if not reply:

@@ -29,14 +29,14 @@ def c_client():
 
 
 class Server:
-    def __init__(self, directory, env=None):
+    def __init__(self, directory, env=None, cwd=None, new_session=False):
         self.path = os.path.join(str(directory), "srv", "serve.sock")
         self.env = dict(os.environ, PYSANDBOX_SERVE_SOCKET=self.path, PYSANDBOX_SERVE="require")
         self.env.pop("PYSANDBOX_PROFILE_PATH", None)
         server_env = dict(self.env, **(env or {}))
         self.proc = subprocess.Popen(pysandbox_cmd() + ["serve", "--socket", self.path, "--threads", "2"],
                                      env=server_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=new_session)
         lines = []
         for _ in range(8):  # warnings first (a profile it could not prepare ahead), then this
             lines.append(self.proc.stderr.readline())
@@ -104,6 +104,8 @@ def test_a_served_run_is_the_run_the_cli_makes(server, strict, tmp_path, client)
     assert verdict["exit_code"] == 0 and verdict["reason"] == "exit"
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
     # pysandbox's own errors are told apart from the command's, as from the CLI
+    proc = server.run("--ro-bind", ":/x", "--", "true", client=cmd, cwd=str(tmp_path))
+    assert proc.returncode == 125 and "empty bind source" in proc.stderr, proc.stderr
     proc = server.run("--memory", "lots", "--", "true", client=cmd)
     assert proc.returncode == 125 and proc.stderr.startswith("pysandbox: --memory: expected a size such as 64M")
     assert proc.stderr.count("\n") == 1
@@ -130,12 +132,87 @@ def test_a_changed_profile_is_seen_by_the_next_run(server, strict, tmp_path):
         assert (proc.returncode, proc.stdout) == (0, value + "\n"), proc.stderr
 
 
+def test_a_changed_host_is_seen_by_the_next_run(server, strict, tmp_path):
+    """A prepared Sandbox captured its bind sources and filters when it was made: a run
+    after a change gets the plan the CLI would build now, never the stale one."""
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "x").write_text(version + "\n")
+    policy = tmp_path / "pol.json"
+    for version, denied in (("v1", False), ("v2", True)):
+        link = tmp_path / "cur"
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(version)
+        policy.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["%s"], "action": '
+                          '"SCMP_ACT_ERRNO"}]}' % ("uname" if denied else "reboot"))
+        proc = server.run("--profile", strict, "--ro-bind", "cur:/d", "--seccomp", "pol.json", "--", "/bin/sh", "-c",
+                          "cat /d/x; uname -n >/dev/null && echo uname", cwd=str(tmp_path))
+        assert proc.stdout == version + "\n" + ("" if denied else "uname\n"), proc.stderr
+
+
+def test_relative_paths_are_the_callers_everywhere(tmp_path, strict):
+    """The server's worker stands in the caller's directory: a relative PYSANDBOX_PROFILE_PATH
+    (equal as text in both, other directories in fact) finds the caller's profile."""
+    for who in ("server", "caller"):
+        (tmp_path / who / "profs").mkdir(parents=True)
+        (tmp_path / who / "profs" / "which.toml").write_text(
+            'extends = "%s"\n[environment]\nset = { WHICH = "%s" }\n' % (strict, who))
+    srv = Server(tmp_path, env={"PYSANDBOX_PROFILE_PATH": "profs"}, cwd=str(tmp_path / "server"))
+    try:
+        proc = srv.run("--profile", "which", "--", "/bin/sh", "-c", "echo $WHICH; umask",
+                       env={"PYSANDBOX_PROFILE_PATH": "profs"}, cwd=str(tmp_path / "caller"))
+        assert (proc.returncode, proc.stdout) == (0, "caller\n0022\n"), proc.stderr
+        # the caller's umask, for the command and for what the server writes for it
+        proc = subprocess.run(["/bin/sh", "-c", 'umask 077; exec "$@"', "sh"] + c_client() + [
+            "run", "--profile", "which", "--result", "r.json", "--", "/bin/sh", "-c", "umask"],
+            env=dict(srv.env, PYSANDBOX_PROFILE_PATH="profs"), cwd=str(tmp_path / "caller"),
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stdout) == (0, "0077\n"), proc.stderr
+        assert os.stat(tmp_path / "caller" / "r.json").st_mode & 0o777 == 0o600
+    finally:
+        assert srv.stop()[0] == 0
+
+
+def test_a_profile_that_keeps_the_session_needs_the_callers_session(tmp_path):
+    """permissive keeps its command in its starter's session (new_session = false): served,
+    that would be the server's session and terminal."""
+    srv = Server(tmp_path, new_session=True)
+    try:
+        proc = srv.run("--profile", "permissive", "--", "/bin/true")
+        assert proc.returncode == 125 and "new_session = false" in proc.stderr, proc.stderr
+    finally:
+        assert srv.stop()[0] == 0
+
+
+def test_a_closed_stdio_is_never_handed_over(server, strict):
+    for client in (c_client(), PY_CLIENT):
+        proc = subprocess.run(["/bin/sh", "-c", 'exec 0<&-; exec "$@"', "sh"] + client + [
+            "run", "--profile", strict, "--", "/bin/true"], env=server.env, capture_output=True, text=True,
+            timeout=60)
+        assert proc.returncode == 125 and "closed" in proc.stderr, (client, proc.stderr)
+
+
+def test_a_silent_client_does_not_hold_the_server(tmp_path):
+    srv = Server(tmp_path)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    silent.connect(srv.path)
+    try:
+        time.sleep(0.2)
+        start = time.monotonic()
+        assert srv.stop()[0] == 0
+        assert time.monotonic() - start < 5
+    finally:
+        silent.close()
+
+
 @pytest.mark.parametrize("how, why", [
     (["setpriv", "--no-new-privs"], "NoNewPrivs"),
-    (["/bin/sh", "-c", 'umask 077; exec "$@"', "sh"], "Umask"),
     (["env", "PYSANDBOX_PROFILE_PATH=/nowhere"], "PYSANDBOX_PROFILE_PATH"),
     (["prlimit", "--core=0:0", "--"], "limits"),
     (["nice", "-n", "5"], "nice"),
+    (["ionice", "-c", "3"], "ioprio"),
+    (["/bin/sh", "-c", 'echo 0x1 > /proc/self/coredump_filter && exec "$@"', "sh"], "coredump_filter"),
 ])
 def test_a_caller_unlike_the_server_is_declined_and_runs_locally(server, strict, how, why):
     args = ["--profile", strict, "--", "/bin/echo", "ran"]
@@ -295,6 +372,73 @@ def test_another_user_is_never_served(open_server, strict):
     proc = subprocess.run(as_user + [sys.executable, "-I", "-c", probe, server.path], cwd="/",
                           capture_output=True, text=True, timeout=60)
     assert proc.stdout == "Luid %d is not the server's (0)\n" % user.pw_uid, proc.stderr
+
+
+_CONFINE = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if sys.argv[1] == "none":
+    pass
+elif sys.argv[1] == "landlock":
+    # handled_access_fs = LANDLOCK_ACCESS_FS_WRITE_FILE; no rule: writing files is refused,
+    # and so is any ptrace access out of the domain. Root may enter one without no_new_privs.
+    attr = ctypes.c_uint64(1 << 1)
+    fd = libc.syscall(444, ctypes.byref(attr), 8, 0)
+    assert fd >= 0 and libc.syscall(446, fd, 0) == 0, ctypes.get_errno()
+else:
+    # an allow-all filter (one instruction): root may install it without no_new_privs
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+    allow = (Filter * 1)(Filter(0x06, 0, 0, 0x7fff0000))
+    assert libc.prctl(22, 2, ctypes.byref(Prog(1, allow)), 0, 0) == 0, ctypes.get_errno()
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+@pytest.mark.root_only
+@pytest.mark.parametrize("confinement, why", [
+    ("landlock", "may be in a Landlock domain"),
+    ("seccomp", "the caller's Seccomp is not the server's"),
+    ("none", None),
+])
+def test_a_confined_caller_cannot_shed_its_confinement(server, strict, confinement, why):
+    proc = subprocess.run([sys.executable, "-I", "-c", _CONFINE, confinement] + c_client() + [
+        "run", "--profile", strict, "--", "/bin/true"], env=server.env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=60)
+    if why is None:  # root, with CAP_SYS_ADMIN, outside any domain: its proof is good
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode == 125 and why in proc.stderr, proc.stderr
+
+
+@pytest.mark.root_only
+def test_the_client_checks_who_listens(tmp_path, strict):
+    """A socket file of the user's, in a directory of the user's, with another uid behind
+    it (the path swapped after the client's check): the client sends nothing."""
+    user = pwd.getpwnam(os.environ.get("PYSANDBOX_TEST_USER", "pysbx"))
+    import tempfile
+    directory = tempfile.mkdtemp(prefix="pysandbox-serve-test-")
+    try:
+        os.chmod(directory, 0o711)
+        inner = os.path.join(directory, "srv")
+        os.mkdir(inner, 0o700)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(os.path.join(inner, "s.sock"))
+        listener.listen(1)
+        os.chown(inner, user.pw_uid, user.pw_gid)
+        os.chown(os.path.join(inner, "s.sock"), user.pw_uid, user.pw_gid)
+        proc = subprocess.run(["setpriv", "--reuid=%d" % user.pw_uid, "--regid=%d" % user.pw_gid, "--clear-groups"]
+                              + c_client() + ["run", "--profile", strict, "--", "/bin/true"], cwd="/",
+                              env=dict(os.environ, PYSANDBOX_SERVE="require",
+                                       PYSANDBOX_SERVE_SOCKET=os.path.join(inner, "s.sock")),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 125 and "the listener is not this user's" in proc.stderr, proc.stderr
+        listener.close()
+    finally:
+        import shutil
+        shutil.rmtree(directory)
 
 
 def test_a_malformed_request_is_declined(server, strict):
