@@ -823,7 +823,7 @@ def cmd_profile(ns):
 
 def cmd_serve(ns):
     from . import serve
-    return serve.main(ns.socket, threads=ns.threads, idle_exit=ns.idle_exit, warm=ns.warm)
+    return serve.main(sys.modules[__name__], ns.socket, threads=ns.threads, idle_exit=ns.idle_exit, warm=ns.warm)
 
 
 def cmd_gc(ns):

@@ -682,15 +682,15 @@ class SandboxProcess:
         with self._signal_lock:
             if not self.pid or self.result is not None or self._pid1_reaped:
                 return
-            self._pid1_reaped = True
+            self._pid1_reaped = True  # from here kill() sends nothing: the number is about to go
             try:
                 native.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            try:
-                native.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
+        try:  # outside the lock: a PID 1 stuck in the kernel must not hold every kill()
+            native.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
 
     def _unwind(self):
         """Run every pending undo, newest first (a failed start, or the end of a run)."""

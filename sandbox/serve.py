@@ -19,14 +19,15 @@ The rule: a served run is the run the CLI would have made in the caller's own pr
   (sched_getattr) and the I/O priority. It also compares the environment pysandbox reads
   for itself (PYSANDBOX_*, HOME, XDG_CACHE_HOME, XDG_RUNTIME_DIR). A caller with any
   seccomp filter is declined: the filters themselves cannot be compared.
-- **Landlock.** A Landlock domain shows nowhere in /proc. Entering one takes
-  no_new_privs or CAP_SYS_ADMIN, so a caller with neither (and the server's
-  no_new_privs is compared) has none. From a caller with either, the server wants a
-  proof: Landlock refuses a confined process attach-mode ptrace access to a process
-  outside its domain (here even to root; read-mode access it lets through), so the
-  client opens /proc/SERVER/mem (an attach-mode open) and passes the descriptor, and the
-  server checks that it is its own. Without it (Yama's ptrace_scope 3, or no
-  CAP_SYS_PTRACE under scope 1 or 2) the caller is declined.
+- **Landlock.** A Landlock domain shows nowhere in /proc, and it outlives the
+  no_new_privs or CAP_SYS_ADMIN it took to enter (setuid, capset, exec), so every
+  caller proves it has none: Landlock refuses a confined process attach-mode ptrace
+  access to a process outside its domain (here even to root; read-mode access it lets
+  through), so the client opens /proc/SERVER/mem (an attach-mode open) and passes the
+  descriptor, and the server checks that it is its own. Without it (a domain, Yama's
+  ptrace_scope 3, or no CAP_SYS_PTRACE under scope 1 or 2) the caller is declined.
+  The caller must have one thread: the peer credentials name the process, and seccomp,
+  no_new_privs and Landlock are per thread.
 - **Where.** Each worker thread has its own filesystem context (unshare(CLONE_FS)): per
   request it takes the caller's directory (through /proc/PID/cwd, then the pin checked)
   and umask. Every relative path (options, profile files, `import`s in them, relative
@@ -35,13 +36,15 @@ The rule: a served run is the run the CLI would have made in the caller's own pr
   A prepared Sandbox is reused only when its plan is the same: bind sources, their owners
   and types, /etc entries, id ranges, the compiled filters and the environment. A change
   on the host since the last run gives a new Sandbox, not a stale plan.
-- **When not.** A terminal on stdin, stdout or stderr, `--tty`, `-i`, `--help`, and a
+- **When not.** A terminal on stdin, stdout or stderr, `--tty`, `-i`, `--help`; a
+  profile with `close_fds = false` (the caller's descriptors above 2 do not travel); a
   profile with `new_session = false` (its command would share the server's session and
   terminal) unless the caller's session is the server's.
 
 Anything else is declined before anything starts, and the client runs the sandbox
 itself. What the server cannot see: the task's NUMA memory policy and PR_SET_MDWE (no
-view of another process's); neither is set by anything that starts pysandbox here.
+view of another process's), and, when it is not root, the caller's timer slack (reading
+another process's takes CAP_SYS_NICE: both sides then read as unreadable).
 
 The wire format is in sandbox/serve_client.py.
 """
@@ -65,7 +68,7 @@ REQUEST_TIMEOUT = 10.0    # a client sends its request right after connecting
 CACHE_SIZE = 16           # prepared Sandboxes kept; the least recently used idle one goes
 # The environment pysandbox reads for itself (profile search path, caches, state, the
 # init and stager switches): a caller with other values would get another sandbox.
-CONTEXT_KEYS = ("HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR")
+CONTEXT_KEYS = ("HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR", "PATH")  # PATH: newuidmap is looked up
 CLIENT_ONLY_KEYS = ("PYSANDBOX_SERVE", "PYSANDBOX_SERVE_SOCKET")
 # /proc/PID/status lines that are counters or this process's own numbers, not state a
 # child inherits; every other line is compared (a line a newer kernel adds is compared
@@ -79,7 +82,7 @@ STATUS_NOT_INHERITED = frozenset((
     "Mems_allowed_list"))
 PROC_FILES = ("limits", "cgroup", "oom_score_adj", "personality", "attr/current", "coredump_filter",
               "timerslack_ns", "loginuid", "sessionid")
-NOT_COMPARED = ("umask", "session", "tty")  # kept for other uses
+NOT_COMPARED = ("umask", "session", "tty", "threads")  # applied or checked apart
 
 
 class Declined(BaseException):
@@ -105,6 +108,8 @@ def identity(pid, base=None):
                 out["status " + key] = value.split()
             elif key == "Umask":
                 out["umask"] = int(value, 8)
+            elif key == "Threads":
+                out["threads"] = int(value)
     for name in PROC_FILES:
         for where in (base, "/proc/%d" % os.getpid() if base == "/proc/thread-self" else base):
             try:
@@ -149,12 +154,14 @@ _Mapping = type(type.__dict__)
 
 def _value(obj):
     """A comparable value of a plan's part (frozen objects, mappings, sequences)."""
-    if obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+    if obj is None or isinstance(obj, (str, bytes)):
         return obj
+    if isinstance(obj, (bool, int, float)):
+        return type(obj).__name__, obj  # True == 1 == 1.0: typed, so they differ
     if isinstance(obj, (dict, _Mapping)):
         return tuple(sorted((repr(k), _value(v)) for k, v in obj.items()))
     if isinstance(obj, (list, tuple)):
-        return tuple(_value(v) for v in obj)
+        return type(obj).__name__, tuple(_value(v) for v in obj)
     if isinstance(obj, (set, frozenset)):
         return tuple(sorted((_value(v) for v in obj), key=repr))
     fields = {}
@@ -279,6 +286,9 @@ class ServedRun:
             pass
 
     def sandbox(self, profile, name, legacy, extra_seccomp):
+        if not profile.process.close_fds:
+            raise Declined("profile %s passes its starter's descriptors above 2 on (close_fds = false): only 0-2 "
+                           "reach the server" % profile.name)
         if not profile.process.new_session:
             own = self.server.own_identity()
             if (self.caller["session"], self.caller["tty"]) != (own["session"], own["tty"]):
@@ -326,7 +336,10 @@ def _own_fs():
 
 
 class Server:
-    def __init__(self, path, threads=8, idle_exit=None, log=None):
+    def __init__(self, path, cli, threads=8, idle_exit=None, log=None):
+        # cli: sandbox.cli, handed in by its `serve` command (this module imports nothing
+        # of the CLI's: the run path is the CLI's own, parse_run and run_exit_code)
+        self.cli = cli
         self.path = path
         self.threads = max(1, threads)
         self.idle_exit = idle_exit
@@ -348,7 +361,10 @@ class Server:
         self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # stop() wakes the accept loop
         self.watcher = Watcher(self.log)
         self.serial = itertools.count(1)
-        self.proof_key = _stat_key("/proc/self/mem")  # what a client's proof must be
+        # What a client's proof must be. Held open: a /proc/PID inode number is given out
+        # when its dentry is made, and an open file keeps the dentry (and the number).
+        self.proof_fd = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
+        self.proof_key = _fstat_key(self.proof_fd)
 
     def own_identity(self):
         return identity(threading.get_native_id(), "/proc/thread-self")
@@ -444,7 +460,7 @@ class Server:
         return box, key
 
     def _evict(self):
-        idle = sorted((entry[2], key) for key, entry in self.boxes.items() if entry[1] == 0)
+        idle = sorted(((entry[2], key) for key, entry in self.boxes.items() if entry[1] == 0), key=lambda e: e[0])
         out = []
         while len(self.boxes) > CACHE_SIZE and idle:
             _, key = idle.pop(0)
@@ -539,14 +555,18 @@ class Server:
                 signal.pidfd_send_signal(pidfd, 0)
             except ProcessLookupError:
                 raise Declined("the caller is gone") from None
+            if caller.get("threads") != 1:
+                # the peer credentials name the process; its other threads' confinement
+                # (seccomp, no_new_privs, Landlock are per thread) would go unseen
+                raise Declined("the caller has %s threads (the clients have one)" % caller.get("threads"))
             differs = difference(caller, self.own_identity())
             if differs is not None:
                 raise Declined("the caller's %s is not the server's" % differs)
             if caller.get("status Seccomp") != ["0"]:
                 raise Declined("the caller runs under a seccomp filter (filters cannot be compared)")
-            if not proven and _could_be_landlocked(caller):
-                raise Declined("the caller has no_new_privs or CAP_SYS_ADMIN and could not open /proc/%d/mem: it "
-                               "may be in a Landlock domain" % os.getpid())
+            if not proven:
+                raise Declined("the caller could not open /proc/%d/mem: it may be in a Landlock domain (or Yama's "
+                               "ptrace_scope keeps it from the server)" % os.getpid())
             for key in sorted(set(environ) | set(os.environ)):
                 if (key.startswith("PYSANDBOX_") and key not in CLIENT_ONLY_KEYS) or key in CONTEXT_KEYS:
                     if environ.get(key) != os.environ.get(key):
@@ -554,8 +574,11 @@ class Server:
             for fd in fds:
                 if os.isatty(fd):
                     raise Declined("a terminal among stdin, stdout and stderr")
-            _own_fs()
-            os.fchdir(cwd)
+            try:
+                _own_fs()
+                os.fchdir(cwd)
+            except (OSError, SandboxError) as e:
+                raise Declined("standing in the caller's directory: %s" % e) from None
             os.umask(caller["umask"])
             return caller
         finally:
@@ -564,8 +587,7 @@ class Server:
                 os.close(cwd)
 
     def parse(self, args):
-        from . import cli
-        parsed = cli.parse_run(args)
+        parsed = self.cli.parse_run(args)
         for flag in ("--help", "--tty", "--interactive"):
             if parsed.opts.get(flag):
                 raise Declined("%s is answered by the CLI itself" % flag)
@@ -582,12 +604,11 @@ class Server:
                 pid, args, environ, fds, proof = self.receive(conn)
                 caller = self.check_caller(conn, pid, environ, fds, proof)
                 parsed = self.parse(args)
-                from . import cli
                 run = ServedRun(self, conn, fds, environ, caller)
                 with self.lock:
                     self.pending.discard(conn)
                 try:
-                    code = cli.run_exit_code(args, run, parsed)
+                    code = self.cli.run_exit_code(args, run, parsed)
                 finally:
                     run.end()
             except Declined as e:
@@ -604,6 +625,11 @@ class Server:
                 self.log("a request failed: %s" % e)
         except Exception as e:  # a bug of ours: the server goes on
             self.log("unexpected %s: %s (a bug of pysandbox: please report it)" % (type(e).__name__, e))
+            if run is None or run.proc is None:  # nothing started: the client runs it itself
+                try:
+                    conn.send(b"L" + ("the server failed: %s" % e).encode("utf-8", "replace"))
+                except OSError:
+                    pass
         finally:
             for fd in fds:
                 os.close(fd)
@@ -694,8 +720,11 @@ class Server:
             self.listener.close()
             self.listener = None
         for run in running:
-            run.killed_by_shutdown = True
-            run.proc.kill(signal.SIGKILL)
+            proc = run.proc
+            with proc._signal_lock:  # a run whose PID 1 is reaped has its own status
+                if proc.result is None and not proc._pid1_reaped:
+                    run.killed_by_shutdown = True
+                    proc.kill(signal.SIGKILL)
         for conn in pending:  # a silent client's recvmsg returns; the rest see `stopping`
             try:
                 conn.shutdown(socket.SHUT_RD)
@@ -719,16 +748,9 @@ class Server:
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
-
-
-CAP_SYS_ADMIN = 21
-
-
-def _could_be_landlocked(caller):
-    """landlock_restrict_self(2) takes no_new_privs or CAP_SYS_ADMIN (in the caller's user
-    namespace, which is the server's: compared)."""
-    effective = int((caller.get("status CapEff") or ["0"])[0], 16)
-    return caller.get("status NoNewPrivs") == ["1"] or bool(effective >> CAP_SYS_ADMIN & 1)
+        if self.proof_fd is not None:
+            os.close(self.proof_fd)
+            self.proof_fd = None
 
 
 def _fstat_key(fd):
@@ -736,12 +758,12 @@ def _fstat_key(fd):
     return st.st_dev, st.st_ino
 
 
-def main(path=None, threads=8, idle_exit=None, warm=None):
+def main(cli, path=None, threads=8, idle_exit=None, warm=None):
     if threads is not None and threads < 1:
         raise UsageError("serve: --threads must be at least 1, got %d" % threads)
     if idle_exit is not None and not idle_exit > 0:
         raise UsageError("serve: --idle-exit must be a positive number of seconds, got %g" % idle_exit)
-    server = Server(path or client.socket_path(), threads, idle_exit)
+    server = Server(path or client.socket_path(), cli, threads, idle_exit)
     from . import cgroup
     cgroup.gc()
     server.listen()

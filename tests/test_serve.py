@@ -185,6 +185,29 @@ def test_a_profile_that_keeps_the_session_needs_the_callers_session(tmp_path):
         assert srv.stop()[0] == 0
 
 
+def test_a_profile_that_keeps_descriptors_is_not_served(server, strict, tmp_path):
+    (tmp_path / "keep.toml").write_text('extends = "%s"\n[process]\nclose_fds = false\n' % strict)
+    proc = server.run("--profile", str(tmp_path / "keep.toml"), "--", "/bin/true")
+    assert proc.returncode == 125 and "close_fds = false" in proc.stderr, proc.stderr
+
+
+def test_a_caller_with_threads_is_not_served(server):
+    """The peer credentials name the process: another thread's seccomp, no_new_privs or
+    Landlock would go unseen, so only a single-threaded caller is served."""
+    probe = ("import os, socket, sys, threading, time\n"
+             "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+             "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1])\n"
+             "pid = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[:4], sys.byteorder)\n"
+             "proof = os.open('/proc/%d/mem' % pid, os.O_RDONLY)\n"
+             "fds = b''.join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, proof))\n"
+             "s.sendmsg([b'pysandbox-serve/1\\0/\\x002\\0run\\0/bin/true'], "
+             "[(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])\n"
+             "print(s.recv(4096).decode())\n")
+    proc = subprocess.run([sys.executable, "-I", "-c", probe, server.path], env=server.env, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.stdout.startswith("Lthe caller has 2 threads"), proc.stdout + proc.stderr
+
+
 def test_a_closed_stdio_is_never_handed_over(server, strict):
     for client in (c_client(), PY_CLIENT):
         proc = subprocess.run(["/bin/sh", "-c", 'exec 0<&-; exec "$@"', "sh"] + client + [
