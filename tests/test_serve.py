@@ -208,6 +208,26 @@ def test_a_caller_with_threads_is_not_served(server):
     assert proc.stdout.startswith("Lthe caller has 2 threads"), proc.stdout + proc.stderr
 
 
+def test_a_zygote_does_not_hold_a_callers_directory(server, strict, tmp_path):
+    """A worker thread's zygote (from its second run on) outlives the run that started it,
+    in that caller's directory: it must hold none (the stager's zygote mode chdirs to /)."""
+    (tmp_path / "here").mkdir()
+    for _ in range(6):
+        proc = server.run("--profile", strict, "--", "/bin/true", cwd=str(tmp_path / "here"))
+        assert proc.returncode == 0, proc.stderr
+    # every run is over: the server's children now are its workers' zygotes
+    zygotes = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+            if ppid == server.proc.pid:
+                zygotes.append(os.readlink("/proc/%s/cwd" % pid))
+        except (OSError, ValueError):
+            continue
+    assert zygotes and set(zygotes) == {"/"}, zygotes
+
+
 def test_a_closed_stdio_is_never_handed_over(server, strict):
     for client in (c_client(), PY_CLIENT):
         proc = subprocess.run(["/bin/sh", "-c", 'exec 0<&-; exec "$@"', "sh"] + client + [
