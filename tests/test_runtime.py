@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from util import ROOT, command_running, py, require, run_cli, run_in, pysandbox_cmd, wait_until
+from util import processes_with, ROOT, command_running, py, require, run_cli, run_in, pysandbox_cmd, wait_until
 
 NS_NAMES = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup", "time")
 
@@ -191,18 +191,7 @@ def test_result_file(strict, tmp_path):
     assert verdict["wall"] > 0 and verdict["cpu_user"] >= 0 and verdict["cpu_system"] >= 0
 
 
-def _marker_processes(marker):
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
+_marker_processes = processes_with
 
 
 def test_timeout_kills_every_descendant(strict, tmp_path):

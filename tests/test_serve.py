@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from util import ROOT, pysandbox_cmd, wait_until
+from util import ROOT, processes_with, pysandbox_cmd, wait_until
 
 PY_CLIENT = [sys.executable, "-I", "-c", "from sandbox.cli import entry; entry()"]
 
@@ -65,17 +65,14 @@ def server(tmp_path):
     assert not os.path.exists(srv.path), "the socket outlived its server"
 
 
-def processes_with(marker):
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    if marker.encode() in f.read():
-                        out.append(int(pid))
-            except OSError:
-                pass
-    return out
+def start_sleeper(env, strict, marker):
+    """A served `sleep MARKER` in strict, once it runs (its first line read)."""
+    client = subprocess.Popen(c_client() + ["run", "--profile", strict, "--", "/bin/sh", "-c",
+                                            "echo ready; exec sleep %s" % marker],
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert client.stdout.readline() == "ready\n"
+    return client
 
 
 @pytest.mark.parametrize("client", ["c", "python"])
@@ -310,11 +307,7 @@ def test_signals_reach_the_sandbox_and_the_clients_end_kills_it(server, strict):
     assert (client.returncode, out) == (9, "got-term\n"), err
 
     marker = "1000.%d" % os.getpid()
-    client = subprocess.Popen(c_client() + ["run", "--profile", strict, "--", "/bin/sh", "-c",
-                                            "echo ready; exec sleep %s" % marker],
-                              env=server.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
-    assert client.stdout.readline() == "ready\n"
+    client = start_sleeper(server.env, strict, marker)
     wait_until(lambda: processes_with("sleep\0" + marker), what="the sandbox's sleep")
     client.kill()
     client.wait()
@@ -326,11 +319,7 @@ def test_the_servers_end_ends_its_runs_and_leaves_nothing(tmp_path, strict):
     before = set(_cgroups())
     srv = Server(tmp_path)
     marker = "1001.%d" % os.getpid()
-    client = subprocess.Popen(c_client() + ["run", "--profile", strict, "--", "/bin/sh", "-c",
-                                            "echo ready; exec sleep %s" % marker],
-                              env=srv.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    assert client.stdout.readline() == "ready\n"
+    client = start_sleeper(srv.env, strict, marker)
     code, err = srv.stop()
     assert code == 0, err
     out, cerr = client.communicate(timeout=30)
