@@ -233,14 +233,18 @@ class Pool:
                 return
         group.destroy()
 
-    def tend(self):
-        """Remove the retired sets, then make fresh ones up to the runs lately in flight."""
+    def sweep(self):
+        """Remove the retired sets now (a long-lived owner between runs: pysandbox serve)."""
         while True:
             with self._lock:
                 if not self._retired:
-                    break
+                    return
                 group = self._retired.pop()
             group.destroy()
+
+    def tend(self):
+        """Remove the retired sets, then make fresh ones up to the runs lately in flight."""
+        self.sweep()
         while True:
             with self._lock:
                 want = min(self._wanted, self.MAX_SPARES) if self._runs > 1 else 0

@@ -109,7 +109,11 @@ def version():
 
 
 def err(message):
-    sys.stderr.write("pysandbox: %s\n" % message)
+    try:
+        sys.stderr.write("pysandbox: %s\n" % message)
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # nobody reads stderr: the status still says it
+        pass
 
 
 # ---------------------------------------------------------------- run: the hand parser
@@ -361,6 +365,7 @@ class LocalHost:
     stdio, its stderr for messages and its signals forwarded over the socket."""
     stdio = (None, None, None)
     result_token = None
+    abandoned = False  # the server's end killed the run (ServedRun): not the command's doing
 
     def err(self, message):
         err(message)
@@ -495,6 +500,8 @@ def _run(parsed, result_file, state, host):
     host.started(proc)
     result = proc.wait()
     host.finished(box)
+    if host.abandoned:
+        raise SetupError("serve", 0, "the server ended during the run (its sandbox was killed with it)")
     say = host.err
     quiet = opts.get("--quiet")
     if not quiet:

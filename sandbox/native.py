@@ -39,6 +39,7 @@ NR = {
     "move_mount": 429,
     "pidfd_open": 434,
     "ioprio_get": 252,
+    "keyctl": 250,
     "sched_getattr": 315,
     "mount_setattr": 442,
     "landlock_create_ruleset": 444,

@@ -48,6 +48,7 @@ another process's takes CAP_SYS_NICE: both sides then read as unreadable).
 
 The wire format is in sandbox/serve_client.py.
 """
+import fcntl
 import itertools
 import os
 import queue
@@ -65,6 +66,7 @@ SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5
 CLONE_FS = 0x00000200
 MAX_REQUEST = 1 << 20
 REQUEST_TIMEOUT = 10.0    # a client sends its request right after connecting
+MAX_EXTRA_THREADS = 64    # runs at once beyond the kept workers; more wait in the queue
 CACHE_SIZE = 16           # prepared Sandboxes kept; the least recently used idle one goes
 # The environment pysandbox reads for itself (profile search path, caches, state, the
 # init and stager switches): a caller with other values would get another sandbox.
@@ -275,17 +277,31 @@ class ServedRun:
         self.done = False
         self.watched = False
         self.killed_by_shutdown = False
+        self.box = None
         self.result_token = "%d-%d" % (os.getpid(), next(server.serial))  # --result's temporary file
 
     def err(self, message):
-        data = ("pysandbox: %s\n" % message).encode("utf-8", "surrogateescape")
+        # as the CLI's stderr writes it (UTF-8, backslashreplace)
+        data = ("pysandbox: %s\n" % message).encode("utf-8", "backslashreplace")
+        poller = select.poll()
+        poller.register(self.stdio[2], select.POLLOUT)
+        poller.register(self.conn.fileno(), select.POLLRDHUP)
         try:
             while data:
-                data = data[os.write(self.stdio[2], data):]
+                # a full pipe nobody reads would hold this thread; the client's end ends the wait
+                events = dict(poller.poll())
+                if events.get(self.conn.fileno(), 0) & (select.POLLRDHUP | select.POLLHUP):
+                    return
+                if self.stdio[2] in events:
+                    # POLLOUT on a pipe means PIPE_BUF bytes fit: a write of at most that never blocks
+                    data = data[os.write(self.stdio[2], data[:select.PIPE_BUF]):]
         except OSError:
             pass
 
     def sandbox(self, profile, name, legacy, extra_seccomp):
+        if not profile.namespaces.user:
+            raise Declined("profile %s has no user namespace: the command would keep its starter's securebits, "
+                           "which /proc does not show" % profile.name)
         if not profile.process.close_fds:
             raise Declined("profile %s passes its starter's descriptors above 2 on (close_fds = false): only 0-2 "
                            "reach the server" % profile.name)
@@ -308,7 +324,12 @@ class ServedRun:
             self.killed_by_shutdown = True
             proc.kill(signal.SIGKILL)
 
+    @property
+    def abandoned(self):
+        return self.killed_by_shutdown
+
     def finished(self, box):
+        self.box = box
         self.end()
 
     def end(self):
@@ -328,10 +349,15 @@ _thread_fs = threading.local()
 
 def _own_fs():
     """Give this thread a filesystem context of its own (cwd, root, umask), once: the
-    caller's directory and umask are then set per request without touching the others."""
+    caller's directory and umask are then set per request without touching the others.
+    And a session keyring of its own, empty: the sandboxes it starts inherit it, and the
+    server's (the user's) must not reach a command whose caller had another one."""
     if not getattr(_thread_fs, "unshared", False):
         from . import native
         native.unshare(CLONE_FS, stage="serve")
+        # keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new anonymous keyring, this thread's creds only
+        if native.syscall("keyctl", 1, 0) < 0:
+            native.fail("serve", native.errno(), "joining a session keyring of the worker's own")
         _thread_fs.unshared = True
 
 
@@ -522,8 +548,8 @@ class Server:
             environ = {}
             for item in fields[3 + argc:]:
                 key, eq, value = item.partition(b"=")
-                if eq:
-                    environ[os.fsdecode(key)] = os.fsdecode(value)
+                if eq:  # the first of a repeated name, as getenv(3) and os.environ take it
+                    environ.setdefault(os.fsdecode(key), os.fsdecode(value))
             proof = fds.pop() if len(fds) == 4 else None
             return pid, argv[1:], environ, fds, proof
         except BaseException:
@@ -535,7 +561,9 @@ class Server:
         """The caller's identity() when it may be served here (this thread then stands in
         the caller's directory and umask); Declined otherwise."""
         try:
-            proven = proof is not None and _fstat_key(proof) == self.proof_key
+            # an O_PATH descriptor is had without the attach-mode check: only a real open proves
+            proven = proof is not None and _fstat_key(proof) == self.proof_key and \
+                not fcntl.fcntl(proof, fcntl.F_GETFL) & (os.O_PATH | os.O_WRONLY)
         finally:
             if proof is not None:
                 os.close(proof)
@@ -615,11 +643,10 @@ class Server:
                 if run is None or run.proc is None:
                     conn.send(b"L" + str(e).encode("utf-8", "replace"))
                 return
-            if run.killed_by_shutdown:
-                # killed by the server's end, not by anything of the command's: no status
-                # (the client says the server ended and exits 125)
-                return
-            conn.send(b"X%d" % code)
+            conn.send(b"X%d" % code)  # the server's end killed it: 125, said and recorded
+            pool = getattr(run.box, "_cgroups", None)
+            if pool is not None:
+                pool.sweep()  # the run's cgroups now, not at the next run of this Sandbox
         except OSError as e:  # the client went away; its sandbox (if any) was killed
             if run is None:
                 self.log("a request failed: %s" % e)
@@ -659,12 +686,13 @@ class Server:
         """A kept worker thread (its zygote stays warm) when one is idle, else a thread of its own."""
         with self.lock:
             idle = self.idle_workers > self.queue.qsize()
-        if idle:
-            self.queue.put(conn)
+        self.extra = [t for t in self.extra if t.is_alive()]
+        if idle or len(self.extra) >= MAX_EXTRA_THREADS:
+            self.queue.put(conn)  # beyond the cap a request waits for a worker
             return
         thread = threading.Thread(target=self.handle, args=(conn,), name="pysandbox-serve-extra")
         thread.start()
-        self.extra = [t for t in self.extra if t.is_alive()] + [thread]
+        self.extra.append(thread)
 
     # -- the loop --------------------------------------------------------------------------
     def stop(self):

@@ -171,13 +171,19 @@ def test_relative_paths_are_the_callers_everywhere(tmp_path, strict):
         assert srv.stop()[0] == 0
 
 
-def test_a_profile_that_keeps_the_session_needs_the_callers_session(tmp_path):
+def test_a_profile_that_keeps_the_session_needs_the_callers_session(tmp_path, strict):
     """permissive keeps its command in its starter's session (new_session = false): served,
     that would be the server's session and terminal."""
     srv = Server(tmp_path, new_session=True)
     try:
-        proc = srv.run("--profile", "permissive", "--", "/bin/true")
+        (tmp_path / "keep.toml").write_text('extends = "%s"\n[process]\nnew_session = false\n' % strict)
+        proc = srv.run("--profile", str(tmp_path / "keep.toml"), "--", "/bin/true")
         assert proc.returncode == 125 and "new_session = false" in proc.stderr, proc.stderr
+        # and one without a user namespace keeps its starter's securebits, which /proc does not show
+        (tmp_path / "nouser.toml").write_text('extends = "%s"\n[namespaces]\nuser = false\n' % strict)
+        proc = srv.run("--profile", str(tmp_path / "nouser.toml"), "--", "/bin/true")
+        why = "no user namespace" if ROOT else "without a user namespace the sandbox needs host root"
+        assert proc.returncode == 125 and why in proc.stderr, proc.stderr
     finally:
         assert srv.stop()[0] == 0
 
@@ -471,6 +477,38 @@ def test_the_client_checks_who_listens(tmp_path, strict):
     finally:
         import shutil
         shutil.rmtree(directory)
+
+
+def test_a_proof_must_be_a_real_open(server, strict):
+    """An O_PATH descriptor of /proc/SERVER/mem is had without the attach-mode check (a
+    Landlock domain lets it through): it proves nothing."""
+    probe = ("import os, socket, sys\n"
+             "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1])\n"
+             "pid = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[:4], sys.byteorder)\n"
+             "proof = os.open('/proc/%d/mem' % pid, os.O_PATH)\n"
+             "fds = b''.join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, proof))\n"
+             "s.sendmsg([b'pysandbox-serve/1\\0/\\x003\\0run\\0--profile\\0' + sys.argv[2].encode() + "
+             "b'\\0/bin/true'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])\n"
+             "print(s.recv(4096).decode())\n")
+    proc = subprocess.run([sys.executable, "-I", "-c", probe, server.path, strict], env=server.env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.stdout.startswith("Lthe caller could not open /proc/"), proc.stdout + proc.stderr
+
+
+def test_a_repeated_variable_is_the_first_one(server, tmp_path, strict):
+    """getenv(3) and os.environ take the first of a repeated name; so does the server."""
+    (tmp_path / "env.toml").write_text('extends = "%s"\n[environment]\nclear = false\n' % strict)
+    # execve(2) with a raw environment block: a mapping cannot repeat a name
+    exec_raw = ("import ctypes, os, sys\n"
+                "env = [b'%s=%s' % kv for kv in os.environb.items()] + [b'WHICH=first', b'WHICH=second']\n"
+                "argv = [a.encode() for a in sys.argv[1:]]\n"
+                "def block(items):\n"
+                "    return (ctypes.c_char_p * (len(items) + 1))(*items, None)\n"
+                "ctypes.CDLL(None).execve(argv[0], block(argv), block(env))\n")
+    proc = subprocess.run([sys.executable, "-I", "-c", exec_raw] + c_client() + [
+        "run", "--profile", str(tmp_path / "env.toml"), "--", "/bin/sh", "-c", "echo $WHICH"],
+        env=server.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (proc.returncode, proc.stdout) == (0, "first\n"), proc.stderr
 
 
 def test_a_malformed_request_is_declined(server, strict):
