@@ -105,6 +105,24 @@ def register(record):
     return os.path.join(state_dir(), final)
 
 
+def remove_stale_temporaries(directory, names):
+    """Remove NAME.json.PID.tmp files (register()'s, before its rename) whose writer is
+    gone: a supervisor killed between the two leaves one. Returns the paths removed."""
+    out = []
+    for entry in names:
+        head, _, pid = entry[:-len(".tmp")].rpartition(".") if entry.endswith(".tmp") else ("", "", "")
+        if not head.endswith(".json") or not valid_name(head[:-len(".json")]) or not pid.isdigit():
+            continue
+        if alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, entry))
+            out.append(os.path.join(directory, entry))
+        except OSError:
+            pass
+    return out
+
+
 def unregister(name):
     if not valid_name(name):
         return

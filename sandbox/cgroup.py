@@ -323,12 +323,13 @@ def _gc_state(full):
     from pysandbox_common import registry as state
     directory = state.state_dir()
     try:
-        entries = [e for e in os.listdir(directory) if e.endswith(".json")]
+        listing = os.listdir(directory)
     except OSError:
         return []
+    out = state.remove_stale_temporaries(directory, [e for e in listing if e.endswith(".tmp")])
+    entries = [e for e in listing if e.endswith(".json")]
     if not entries:
-        return []
-    out = []
+        return out
     for record in state.records(directory):
         supervisor = record.get("supervisor", 0)
         if not record.get("stale") or (supervisor and state.alive(supervisor)):

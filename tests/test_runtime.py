@@ -501,3 +501,22 @@ def test_a_named_api_sandbox_keeps_its_name_and_audit_finds_it(strict):
         running.kill()
         result = running.wait()
     assert result.name == name and state.find(name) is None
+
+
+def test_gc_removes_the_temporary_record_of_a_killed_supervisor(tmp_path, monkeypatch):
+    """register() writes NAME.json.PID.tmp and renames it: a supervisor killed between
+    the two leaves the temporary file, which the next run's gc removes once PID is gone."""
+    import subprocess
+    from sandbox import cgroup
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    monkeypatch.setenv("PYSANDBOX_STATE_DIR", str(directory))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    names = {"dead": "killme.json.%d.tmp" % gone.pid, "live": "mine.json.%d.tmp" % os.getpid(),
+             "other": "notes.tmp", "bad": "x.json.abc.tmp"}
+    for name in names.values():
+        (directory / name).write_text("{}")
+    removed = cgroup.gc()
+    assert str(directory / names["dead"]) in removed
+    assert sorted(os.listdir(directory)) == sorted(v for k, v in names.items() if k != "dead")
