@@ -87,22 +87,60 @@ def _open_dir(create):
     return fd
 
 
+def _write(dirfd, record):
+    """NAME.json, whole or not at all: written beside it and renamed over it."""
+    final = record["name"] + ".json"
+    tmp = "%s.%d.tmp" % (final, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+    try:
+        os.write(fd, _dumps(record).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, final, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    return os.path.join(state_dir(), final)
+
+
 def register(record):
     if not valid_name(record["name"]):
         raise ValueError("invalid sandbox name %r" % record["name"])
     dirfd = _open_dir(create=True)
     try:
-        final = record["name"] + ".json"
-        tmp = "%s.%d.tmp" % (final, os.getpid())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
-        try:
-            os.write(fd, _dumps(record).encode())
-        finally:
-            os.close(fd)
-        os.rename(tmp, final, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        return _write(dirfd, record)
     finally:
         os.close(dirfd)
-    return os.path.join(state_dir(), final)
+
+
+def claim(record):
+    """Register `record` unless a live sandbox holds its name; returns that one's record
+    (then nothing is written), else None. Atomic among claimers: they hold the state
+    directory's lock across the check and the write, so two runs of one name that start
+    together cannot both go (a check and a later register could)."""
+    if not valid_name(record["name"]):
+        raise ValueError("invalid sandbox name %r" % record["name"])
+    import fcntl
+    dirfd = _open_dir(create=True)
+    try:
+        fcntl.flock(dirfd, fcntl.LOCK_EX)
+        holder = None
+        try:
+            fd = os.open(record["name"] + ".json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        except FileNotFoundError:
+            fd = None
+        if fd is not None:
+            import json
+            try:
+                with os.fdopen(fd) as f:
+                    holder = json.load(f)
+            except ValueError:
+                holder = None
+            if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int) or \
+                    not (alive(holder.get("supervisor", 0)) and alive(holder["pid"])):
+                holder = None  # a dead supervisor's: replaced
+        if holder is None:
+            _write(dirfd, record)
+        return holder
+    finally:
+        os.close(dirfd)  # and with it the lock
 
 
 def remove_stale_temporaries(directory, names):
@@ -180,8 +218,9 @@ def records(directory=None):
 
 
 def running(directory=None):
-    """Records of sandboxes that are alive now."""
-    return [r for r in records(directory) if not r["stale"]]
+    """Records of sandboxes that are alive now (not a name still being claimed by a
+    supervisor whose sandbox is not started: its record names no sandbox yet)."""
+    return [r for r in records(directory) if not r["stale"] and not r.get("starting")]
 
 
 def find(name, directory=None):

@@ -450,14 +450,25 @@ class SandboxProcess:
 
     # -- the supervisor's stages (each pushes its undo) -----------------------------
     def _stage_name(self, plan, _):
-        # Only a name the caller chose can collide (generated ones carry our PID); the
-        # cheap existence test first keeps json off the run path.
+        # Only a name the caller chose can collide (generated ones carry our PID). It is
+        # claimed here, before anything starts, in one step with the check: two runs of
+        # one name started together cannot both pass. The record names this supervisor
+        # until the "register" stage writes the sandbox's own.
         if self.sandbox.register and self.sandbox.name:
             from pysandbox_common import registry
-            running = registry.find(self.name) if registry.exists(self.name) else None
+            provisional = {"name": self.name, "pid": os.getpid(), "supervisor": os.getpid(),
+                           "profile": self.sandbox.profile.name, "started": time.time(), "uid": os.geteuid(),
+                           "starting": True}
+            try:
+                running = registry.claim(provisional)
+            except (OSError, ValueError) as e:
+                self.warnings.append("the sandbox is not recorded for `audit %s`: %s" % (self.name, e))
+                return
             if running is not None:
                 raise SandboxError("a sandbox named %r is already running (PID %s, supervisor %s)" % (
                     self.name, running.get("pid"), running.get("supervisor")), EXIT_SETUP)
+            self._registered = True
+            self._undo.append(self._unregister)
 
     def _stage_cgroup(self, plan, launch):
         if plan.cgroup_limits is None:
@@ -638,8 +649,10 @@ class SandboxProcess:
 
     def _stage_register(self, plan, _):
         if self.sandbox.register:
+            claimed = self._registered  # the name stage's record: its undo is in place already
             self._register(self.sandbox.profile)
-            self._undo.append(self._unregister)
+            if not claimed:
+                self._undo.append(self._unregister)
 
     def _register(self, profile):
         from pysandbox_common import registry as state
@@ -652,7 +665,7 @@ class SandboxProcess:
             state.register(record)
             self._registered = True
         except (OSError, ValueError) as e:
-            self._registered = False
+            # a claimed name keeps _registered: its provisional record still goes at the end
             self.warnings.append("the sandbox is not recorded for `audit %s`: %s" % (self.name, e))
 
     def _unregister(self):

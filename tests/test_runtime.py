@@ -520,3 +520,19 @@ def test_gc_removes_the_temporary_record_of_a_killed_supervisor(tmp_path, monkey
     removed = cgroup.gc()
     assert str(directory / names["dead"]) in removed
     assert sorted(os.listdir(directory)) == sorted(v for k, v in names.items() if k != "dead")
+
+
+def test_two_runs_of_one_name_started_together_cannot_both_run(strict):
+    """The name is claimed in one step with the check (registry.claim, under the state
+    directory's lock): of several CLIs started at once with one --name, one runs."""
+    import subprocess
+    name = "race-%d" % os.getpid()
+    clients = [subprocess.Popen(pysandbox_cmd() + ["run", "--profile", strict, "--name", name, "--", "/bin/sleep",
+                                                   "1"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYSANDBOX_SERVE="off"))
+               for _ in range(4)]
+    results = [(c.wait(timeout=60), c.stderr.read()) for c in clients]
+    assert sorted(code for code, _ in results) == [0, 125, 125, 125], results
+    assert all("already running" in err for code, err in results if code == 125), results
+    from pysandbox_common import registry
+    assert registry.find(name) is None and not registry.exists(name)
