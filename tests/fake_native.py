@@ -84,6 +84,7 @@ class FakeNative:
         monkeypatch.setattr(mnt, "open_sources", self.open_sources)
         monkeypatch.setattr(user, "write_maps", lambda pid, idmap: self.record.append(("idmap", pid)))
         monkeypatch.setattr(registry, "register", self.register)
+        monkeypatch.setattr(registry, "claim", self.claim)
         monkeypatch.setattr(registry, "unregister", self.unregister)
         monkeypatch.setattr(registry, "exists", lambda name: name in self.registered)
         monkeypatch.setattr(registry, "find", lambda name, directory=None: (
@@ -212,6 +213,13 @@ class FakeNative:
     def register(self, record):
         self.registered.add(record["name"])
         self.record.append(("register", record["name"]))
+
+    def claim(self, record):
+        if record["name"] in self.registered:
+            return {"name": record["name"], "pid": self.PID, "supervisor": os.getpid()}
+        self.registered.add(record["name"])
+        self.record.append(("claim", record["name"]))
+        return None
 
     def unregister(self, name):
         self.registered.discard(name)
