@@ -97,6 +97,11 @@ def _stat_key(path):
     return st.st_dev, st.st_ino
 
 
+def _fstat_key(fd):
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def identity(pid, base=None):
     """{what: value} of everything a sandbox started by task `pid` would inherit (base:
     its /proc directory; the server's own thread is /proc/thread-self)."""
@@ -112,8 +117,11 @@ def identity(pid, base=None):
                 out["umask"] = int(value, 8)
             elif key == "Threads":
                 out["threads"] = int(value)
+    # a few files exist only for the whole process (coredump_filter, timerslack_ns): the
+    # server's own thread falls back to its process's
+    places = (base, "/proc/%d" % os.getpid()) if base == "/proc/thread-self" else (base,)
     for name in PROC_FILES:
-        for where in (base, "/proc/%d" % os.getpid() if base == "/proc/thread-self" else base):
+        for where in places:
             try:
                 with open("%s/%s" % (where, name), "rb") as f:
                     out[name] = f.read()
@@ -779,11 +787,6 @@ class Server:
         if self.proof_fd is not None:
             os.close(self.proof_fd)
             self.proof_fd = None
-
-
-def _fstat_key(fd):
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
 
 
 def main(cli, path=None, threads=8, idle_exit=None, warm=None):
