@@ -651,3 +651,71 @@ def test_strict_refuses_setid_modes_in_the_emulator(cache_dir):
     assert judge("openat", -100, 0, 0, 0o7777) == ("allow",) and judge("open", 0, 2, 0o4755) == ("allow",)
     # openat2's mode is in memory: ENOSYS, and libc's open/openat never need it
     assert judge("openat2", -100, 0, 0, 24) == ("errno", errno.ENOSYS)
+
+
+OWN_TAIL_POLICIES = {
+    "strict": lambda: profile_policy("strict"),
+    "default": lambda: profile_policy("default"),
+    # allow by default with refusals of every kind: kill, errno, trap, log
+    "denylist": lambda: seccomp.validate_section({
+        "default_action": "allow", "kill": ["ptrace", "kexec_load"], "errno": {"mount": "EPERM", "umount2": "EBUSY"},
+        "rules": [{"syscall": "reboot", "action": "trap"}, {"syscall": "acct", "action": "log"},
+                  {"syscall": "personality", "action": "errno", "errno": "EINVAL",
+                   "args": [{"index": 0, "op": "eq", "value": 8}]}]}),
+    # unknown numbers get the default, not ENOSYS; errno rules next to the allowlist
+    "allowlist-errno": lambda: seccomp.validate_section({
+        "allow": ["read", "write", "exit_group", "getpid", "close"], "unknown_syscalls": "default",
+        "errno": {"openat": "ENOENT"}, "default_errno": "EACCES"}),
+    # a kill default: badarch calls get it too
+    "kill-default": lambda: seccomp.validate_section({"default_action": "kill", "allow": ["@basic"]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_TAIL_POLICIES))
+@pytest.mark.parametrize("notify_kills", [False, True])
+def test_own_tail_answers_as_libseccomps_program(name, notify_kills):
+    """Where every rule left after the prefix has no argument condition and the policy is x86_64
+    only, the program's second half is a range search of our own instead of libseccomp's tree.
+    It must answer every call as libseccomp's program does: each number of every ABI (x86_64, x32,
+    i386, another arch), below, inside and above the table, with the arguments the prefix checks.
+    And it must be shorter, which is its reason to exist (the kernel converts, JITs and
+    pre-evaluates every instruction at each install)."""
+    policy = OWN_TAIL_POLICIES[name]()
+    ours = seccomp.compile_uncached(policy, notify_kills=notify_kills, own_tail="only")
+    theirs = seccomp.compile_uncached(policy, notify_kills=notify_kills, own_tail=False)
+    chosen = seccomp.compile_uncached(policy, notify_kills=notify_kills)
+    assert chosen == min(ours, theirs, key=len)
+    if name in ("strict", "default"):
+        assert len(ours) < len(theirs), (len(ours) // 8, len(theirs) // 8)
+    numbers = list(range(-1, seccomp.MAX_NR + 70)) + [seccomp.X32_SYSCALL_BIT + n for n in (0, 1, 16, 39, 512, 600)]
+    numbers += [0x3FFFFFFF, 0x7FFFFFFF]
+    argument_sets = [(0,) * 6, (3, TIOCSTI, 0, 0, 0, 0), (3, 0x5401, 0, 0, 0, 0), (8, 0o4755, 0o4755, 0o6000)]
+    differences = []
+    for arch in (seccomp.AUDIT_ARCH_X86_64, seccomp.AUDIT_ARCH_I386, 0xC00000B7, 0):
+        for nr in numbers:
+            for args in argument_sets:
+                mine, libs = seccomp.emulate(ours, nr, arch, args)[0], seccomp.emulate(theirs, nr, arch, args)[0]
+                if mine != libs:
+                    differences.append((hex(arch), nr, args, hex(mine), hex(libs)))
+    assert differences == []
+
+
+def test_own_tail_is_left_to_libseccomp_when_it_cannot_judge():
+    """A rule with a condition the prefix leaves to libseccomp (`lt`), or a second ABI: the
+    program is libseccomp's, byte for byte."""
+    for raw in ({"allow": ["@basic"], "rules": [{"syscall": "socket", "args": [{"index": 0, "op": "lt", "value": 3}]}]},
+                {"allow": ["@basic"], "abis": ["x86_64", "i386"]}):
+        policy = seccomp.validate_section(raw)
+        assert seccomp.compile_uncached(policy) == seccomp.compile_uncached(policy, own_tail=False)
+
+
+def test_own_tail_filter_works_in_the_kernel():
+    """The shorter strict program installed for real: allowed calls pass, refused ones get
+    EPERM, numbers past the table ENOSYS, argument rules still hold."""
+    bpf = seccomp.compile_uncached(profile_policy("strict"))
+    results, status = in_filtered_child(bpf, [
+        ("getpid", NR["getpid"], ()), ("mount", NR["mount"], (0, 0, 0, 0, 0)),
+        ("unknown", seccomp.MAX_NR + 5, ()), ("tiocsti", NR["ioctl"], (0, TIOCSTI, 0)),
+        ("bpf", NR["bpf"], (0, 0, 0))])
+    assert status == 0
+    assert results == {"getpid": "ok", "mount": "EPERM", "unknown": "ENOSYS", "tiocsti": "EPERM", "bpf": "EPERM"}
