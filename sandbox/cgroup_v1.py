@@ -192,7 +192,9 @@ def limit_writes(limits, have):
     if limits.pids and limits.pids > 0:
         writes.append(("pids", "pids.max", str(limits.pids)))
     if limits.cpus and limits.cpus > 0:
-        writes.append(("cpu", "cpu.cfs_period_us", str(_PERIOD_US)))
+        # The quota is per period of _PERIOD_US, which is every new cgroup's period: the
+        # kernel starts each task group's bandwidth at default_cfs_period() (100 ms), never
+        # at its parent's. So the period is not written (one open and write less per run).
         writes.append(("cpu", "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * _PERIOD_US)))))
     if limits.cpu_weight:
         writes.append(("cpu", "cpu.shares", str(_share(limits.cpu_weight))))
@@ -335,10 +337,17 @@ class V1Cgroup:
 
     def destroy(self):
         if self.dirs:
-            self.kill()
-            # primary last: it carries the lock gc relies on
-            for label, path in list(self.dirs[1:]) + list(self.dirs[:1]):
-                if label != "devices":  # shared by every sandbox; gc removes it when empty
+            # primary last: it carries the lock gc relies on. The kernel refuses (EBUSY) to
+            # remove a cgroup any task is still in, so an rmdir that succeeds proves that
+            # cgroup empty; only when one is refused is anything killed (and listed). After
+            # a run with its own pid namespace nothing is left (PID 1 was reaped after the
+            # whole namespace), so the usual teardown lists no cgroup.procs at all.
+            order = [path for label, path in list(self.dirs[1:]) + list(self.dirs[:1])
+                     if label != "devices"]  # shared by every sandbox; gc removes it when empty
+            left = [path for path in order if not cg.rmdir_quiet(path)]
+            if left:
+                self.kill()
+                for path in left:
                     cg.rmdir_quiet(path)
         if self._lock is not None:
             os.close(self._lock)
@@ -361,8 +370,7 @@ def create(name, limits, want, uid=None, own_pid_namespace=False):
                 break
         else:
             raise SetupError("cgroup", 16, "could not create %s (raced with gc)" % name)
-        writes, missing = limit_writes(limits, lambda c, f: group._dir(c) is not None
-                                       and os.path.exists(os.path.join(group._dir(c), f)))
+        writes, missing = limit_writes(limits, lambda c, f: _offers(group._dir(c), f))
         if missing:
             if limits.required:
                 raise SetupError("cgroup", 95, "; ".join(missing))
@@ -379,6 +387,21 @@ def create(name, limits, want, uid=None, own_pid_namespace=False):
         group.destroy()
         raise
     return group
+
+
+_offered = {}  # (hierarchy's parent, file) -> does a cgroup there have the file
+
+
+def _offers(leaf, filename):
+    """Does the kernel offer `filename` in this hierarchy (memsw needs swap accounting,
+    blkio's weight a scheduler)? The same for every cgroup of a hierarchy (kernfs makes each
+    one's files from its controllers' lists at boot), so it is asked once per process."""
+    if leaf is None:
+        return False
+    key = (os.path.dirname(leaf), filename)
+    if key not in _offered:
+        _offered[key] = os.path.exists(os.path.join(leaf, filename))
+    return _offered[key]
 
 
 def _make_dirs(group, hier):

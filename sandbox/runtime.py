@@ -772,7 +772,7 @@ class SandboxProcess:
         # The whole sandbox's CPU time is read from its cgroup (every process, not only the
         # one RLIMIT_CPU sees); no earlier than the budget could be spent on every CPU.
         cpu_watch = cpu_budget is not None and self._cgroup is not None and hasattr(self._cgroup, "verdict")
-        cpus = os.cpu_count() or 1
+        cpus = (os.cpu_count() or 1) if cpu_watch else 1
         timed_out = False
         self._cpu_exceeded = False
         buffer = b""

@@ -195,7 +195,6 @@ def test_v1_limit_writes():
         ("memory", "memory.memsw.limit_in_bytes", str(64 << 20)),   # swap off: memsw = memory
         ("memory", "memory.swappiness", "0"),
         ("pids", "pids.max", "10"),
-        ("cpu", "cpu.cfs_period_us", "100000"),
         ("cpu", "cpu.cfs_quota_us", "50000"),
         ("cpu", "cpu.shares", "2048"),
         ("blkio", "blkio.bfq.weight", "300"),
