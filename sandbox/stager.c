@@ -240,20 +240,24 @@ static void write_file(const char *path, const char *data, size_t len, int flags
 	close(fd);
 }
 
+/* mkdir -p. The whole path is tried first: mount points sit mostly in directories made a
+ * moment ago (/newroot/etc for each /etc entry), so one mkdir answers EEXIST instead of one
+ * per component; only ENOENT walks up to make the parents. */
 static void mkdirs(const char *path, mode_t mode)
 {
+	if (mkdir(path, mode) == 0 || errno == EEXIST)
+		return;
+	if (errno != ENOENT)
+		fail(errno, "mkdir", "%s", path);
 	char buf[4096];
 	snprintf(buf, sizeof(buf), "%s", path);
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(buf, mode) < 0 && errno != EEXIST)
-			fail(errno, "mkdir", "%s", buf);
-		*p = '/';
+	char *slash = strrchr(buf, '/');
+	if (slash && slash != buf) {
+		*slash = 0;
+		mkdirs(buf, mode);
 	}
-	if (mkdir(buf, mode) < 0 && errno != EEXIST)
-		fail(errno, "mkdir", "%s", buf);
+	if (mkdir(path, mode) < 0 && errno != EEXIST)
+		fail(errno, "mkdir", "%s", path);
 }
 
 static void mount_point(const char *path, int is_dir)
