@@ -445,8 +445,10 @@ def _run(parsed, result_file, state, host):
         if not valid_name(name):
             raise UsageError("--name must be 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)")
         from pysandbox_common.registry import find
-        if find(name) is not None:
-            raise UsageError("a sandbox named %s is already running" % name)
+        holder = find(name)
+        if holder is not None:
+            from .runtime import name_taken
+            raise UsageError(name_taken(name, holder.get("pid"), holder.get("supervisor")))
     mounts = mount_entries(parsed.mounts)
     from .profile import load_profile
     profile = load_profile(opts.get("--profile", "default"))

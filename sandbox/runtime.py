@@ -31,7 +31,13 @@ _counter = [0]
 # Names of the sandboxes this process runs now: a name is one running sandbox. Threads
 # may start sandboxes concurrently: the counter and the set change under one lock
 # (_thread's: `threading` costs an import on the run path).
-_running_names = set()
+_running_names = {}  # name -> its SandboxProcess, in this process
+
+
+def name_taken(name, pid, supervisor):
+    """The refusal of a name a running sandbox holds (the CLI, the registry, this process)."""
+    return "a sandbox named %r is already running (PID %s, supervisor %s)" % (
+        name, pid if pid else "not yet started", supervisor)
 _names_lock = _thread.allocate_lock()
 # The cgroup pools of the Sandboxes alive in this process: whatever they still hold goes
 # at exit (Sandbox.close removes its own earlier).
@@ -428,11 +434,14 @@ class SandboxProcess:
         self._stager_pid = None   # a one-shot stager to reap after the go stage
         self._ended = False      # the verdict is in: the cgroup goes back to the pool to be removed
         with _names_lock:
-            if name in _running_names:
-                raise SandboxError("a sandbox named %r is already running in this process; "
-                                   "give each concurrent sandbox its own name" % name, EXIT_SETUP)
-            _running_names.add(name)
-        self._undo.append(lambda: _running_names.discard(name))
+            holder = _running_names.get(name)
+            if holder is not None:
+                # The same words as the registry's refusal (_stage_name) and the CLI's: one
+                # condition, one message, whichever check saw it first (a served run's twin
+                # runs in the same server process, so this one does).
+                raise SandboxError(name_taken(name, getattr(holder, "pid", None), os.getpid()), EXIT_SETUP)
+            _running_names[name] = self
+        self._undo.append(lambda: _running_names.pop(name, None))
         stage = None
         try:
             for stage, step in SUPERVISOR_STAGES:
@@ -465,8 +474,7 @@ class SandboxProcess:
                 self.warnings.append("the sandbox is not recorded for `audit %s`: %s" % (self.name, e))
                 return
             if running is not None:
-                raise SandboxError("a sandbox named %r is already running (PID %s, supervisor %s)" % (
-                    self.name, running.get("pid"), running.get("supervisor")), EXIT_SETUP)
+                raise SandboxError(name_taken(self.name, running.get("pid"), running.get("supervisor")), EXIT_SETUP)
             self._registered = True
             self._undo.append(self._unregister)
 

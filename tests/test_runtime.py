@@ -475,7 +475,8 @@ def test_names_are_unique_among_running_sandboxes(strict):
     sup, record = start_named(strict, name, "/bin/sleep", "30")
     try:
         proc = run_cli("run", "--profile", strict, "--name", name, "--", "/bin/true")
-        assert proc.returncode == 125 and proc.stderr == "pysandbox: a sandbox named %s is already running\n" % name
+        assert proc.returncode == 125 and proc.stderr == \
+            "pysandbox: a sandbox named %r is already running (PID %d, supervisor %d)\n" % (name, record["pid"], record["supervisor"])
     finally:
         sup.terminate()  # the supervisor forwards it and tears the sandbox down
         sup.wait()

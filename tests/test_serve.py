@@ -559,3 +559,30 @@ def test_the_default_socket_paths():
         uid = os.geteuid()
         assert socket_path({"XDG_RUNTIME_DIR": "/run/user/%d/" % uid}) == "/run/user/%d/pysandbox/serve.sock" % uid
         assert socket_path({}) == "/tmp/pysandbox-serve-%d/serve.sock" % uid
+
+
+def test_a_taken_name_is_refused_in_the_clis_words(server, strict):
+    """A --name a running sandbox holds: the served refusal is the local CLI's, word for word,
+    also when the twin runs in the same server (started at once, before either is recorded)."""
+    name = "taken-%d" % os.getpid()
+    holder = subprocess.Popen(c_client() + ["run", "--profile", strict, "--name", name, "--", "/bin/sh", "-c",
+                                            "echo ready; exec sleep 1000.%d" % os.getpid()],
+                              env=server.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        served = server.run("--profile", strict, "--name", name, "--", "/bin/true")
+        local = server.run("--profile", strict, "--name", name, "--", "/bin/true", env={"PYSANDBOX_SERVE": "off"})
+        assert served.returncode == local.returncode == 125
+        assert served.stderr == local.stderr and "a sandbox named '%s' is already running (PID " % name in served.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_until(lambda: not processes_with("sleep\0" + "1000.%d" % os.getpid()), what="the holder's sandbox to end")
+    clients = [subprocess.Popen(c_client() + ["run", "--profile", strict, "--name", name + "-2", "--",
+                                              "/bin/sleep", "0.5"], env=server.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(c.wait(timeout=60), c.stderr.read()) for c in clients]
+    assert sorted(code for code, _ in results) == [0, 125, 125], results
+    assert all(err.startswith("pysandbox: a sandbox named '%s-2' is already running (PID " % name)
+               for code, err in results if code == 125), results
