@@ -2,8 +2,13 @@
 """Throughput: sandboxes per second with K runs at once from one supervisor (threads over
 one prepared `Sandbox(load_profile("strict"))`) next to K threads each calling
 `subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", "--new-session", ...])`, the
-way a Python grader starts bubblewrap. Rounds of the two alternate in one run, so a change
-of the machine's load affects both alike; the medians of the rounds are reported.
+way a Python grader starts bubblewrap. Rounds of the variants rotate in one run, so a change
+of the machine's load affects all alike; the medians of the rounds are reported.
+
+Besides strict itself, `strict without cgroups` is strict with its [limits] off (no cgroup
+is made at all): the difference between the two rows is what the cgroups cost a run. Each
+row also gives the CPU time the whole machine spent per run (/proc/stat: every process and
+kernel thread, the kernel's cgroup and namespace teardown workers included).
 
     sudo /opt/pysandbox/venv/bin/python benchmarks/throughput.py [-k 8] [-n 8] [--rounds 5] [--command true|python]
 
@@ -55,33 +60,54 @@ def main():
     parser.add_argument("--command", choices=sorted(COMMANDS), default="python")
     args = parser.parse_args()
     from sandbox import Sandbox, load_profile
+    import tempfile
     argv = COMMANDS[args.command]
-    box = Sandbox(load_profile("strict"))
-    box.run(argv)  # prepared and warm, as a grader's long-lived supervisor is
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as unlimited:
+        unlimited.write('extends = "strict"\n[limits]\nrequired = false\nmemory = 0\nmemory_swap = -1\n'
+                        'pids = 0\ncpus = 0\n')
+        unlimited.flush()
+        boxes = {"pysandbox strict": Sandbox(load_profile("strict")),
+                 "strict without cgroups": Sandbox(load_profile(unlimited.name))}
+    for box in boxes.values():
+        box.run(argv)  # prepared and warm, as a grader's long-lived supervisor is
 
-    def sandbox_run():
-        result = box.run(argv, timeout=60)
-        return None if result.exit_code == 0 else result
+    def sandbox_run(box):
+        def one():
+            result = box.run(argv, timeout=60)
+            return None if result.exit_code == 0 else result
+        return one
 
     def bwrap_run():
         done = subprocess.run(BWRAP + argv, stdin=subprocess.DEVNULL)
         return None if done.returncode == 0 else done.returncode
 
-    rates = {"pysandbox": [], "bubblewrap": []}
+    variants = [(name, sandbox_run(box)) for name, box in boxes.items()] + [("bubblewrap", bwrap_run)]
+    rates = {name: [] for name, _ in variants}
+    cpu = {name: [] for name, _ in variants}
     runs = args.k * args.n
     for index in range(args.rounds):
-        order = (("pysandbox", sandbox_run), ("bubblewrap", bwrap_run))
-        for name, one in (order if index % 2 == 0 else order[::-1]):
+        shift = index % len(variants)
+        for name, one in variants[shift:] + variants[:shift]:
+            before = machine_cpu_ms()
             rates[name].append(runs / in_threads(args.k, args.n, one))
-    box.close()
-    ours, theirs = statistics.median(rates["pysandbox"]), statistics.median(rates["bubblewrap"])
+            cpu[name].append((machine_cpu_ms() - before) / runs)
+    for box in boxes.values():
+        box.close()
+    base = statistics.median(rates["bubblewrap"])
     print("%d at once, %s, %d runs per round, %d rounds (pid %d)" % (args.k, " ".join(argv), runs, args.rounds,
                                                                     os.getpid()))
-    print("%-12s %10s" % ("runtime", "runs/s"))
-    print("%-12s %10.1f" % ("pysandbox", ours))
-    print("%-12s %10.1f" % ("bubblewrap", theirs))
-    print("pysandbox / bubblewrap: %.2f" % (ours / theirs))
+    print("%-24s %10s %14s %14s" % ("runtime", "runs/s", "CPU ms/run", "/ bubblewrap"))
+    for name, _ in variants:
+        rate = statistics.median(rates[name])
+        print("%-24s %10.1f %14.2f %14.2f" % (name, rate, statistics.median(cpu[name]), rate / base))
+    print("pysandbox / bubblewrap: %.2f" % (statistics.median(rates["pysandbox strict"]) / base))
 
+
+def machine_cpu_ms():
+    """CPU time the whole machine has spent busy (all CPUs, /proc/stat), in milliseconds."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) * 1000.0 / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
 
 if __name__ == "__main__":
     main()
