@@ -371,6 +371,27 @@ def test_kill_kills_every_descendant(groups, children, teardown, monkeypatch):
     group.destroy()          # idempotent
 
 
+def test_destroy_kills_what_is_left_and_removes_every_directory(groups, children):
+    """destroy() removes the directories first and kills only when the kernel refuses one
+    (EBUSY: a task is still in it). A set that still holds a process tree: every process
+    dies and no directory stays, without a kill() before it."""
+    _need_v1_root()
+    group = groups("left-behind", Limits(pids=64))
+    pid, go = children(_tree_code())
+    group.attach(pid)
+    go()
+    members = _settle(group.paths[0], 7)
+    assert len(members) >= 7
+    paths = [p for label, p in group.dirs if label != "devices"]  # the devices cgroup is shared
+    group.destroy()
+    _wait(pid)
+    deadline = time.monotonic() + 10
+    while not all(_dead(p) for p in members) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(_dead(p) for p in members)
+    assert not any(os.path.exists(p) for p in paths)
+
+
 def test_many_cycles_leave_nothing(groups):
     _need_v1_root()
     limits = Limits(memory=32 << 20, pids=16, cpus=0.5)
