@@ -730,7 +730,7 @@ def _own_tail(policy, rules, default_ret, notify_kills):
     *ranges* of numbers with one answer each (strict: 89 ranges, 183 instructions). The kernel
     checks, converts, JITs and pre-evaluates (its per-syscall action cache) the whole program
     at every filter install, once per run, in time that grows with the length: measured here,
-    strict's install went from 0.44-0.47 to 0.30-0.37 ms. A policy of a few scattered rules
+    strict's install went from 0.39-0.47 to 0.30-0.37 ms. A policy of a few scattered rules
     gets a longer range search than libseccomp's tree, so compile_uncached keeps the shorter.
     Walking either costs a few jumps, and the kernel's action cache still answers constant
     allows without running the program (every instruction here is one its emulator follows:

@@ -668,6 +668,9 @@ OWN_TAIL_POLICIES = {
         "errno": {"openat": "ENOENT"}, "default_errno": "EACCES"}),
     # a kill default: badarch calls get it too
     "kill-default": lambda: seccomp.validate_section({"default_action": "kill", "allow": ["@basic"]}),
+    # every other number allowed: hundreds of ranges, so subtrees too long for an 8-bit jump
+    "alternating": lambda: seccomp.validate_section({
+        "allow": sorted(name for name, nr in seccomp.SYSCALLS_X86_64.items() if nr % 2 == 0)}),
 }
 
 
@@ -685,6 +688,7 @@ def test_own_tail_answers_as_libseccomps_program(name, notify_kills):
     theirs = seccomp.compile_uncached(policy, notify_kills=notify_kills, own_tail=False)
     chosen = seccomp.compile_uncached(policy, notify_kills=notify_kills)
     assert chosen == min(ours, theirs, key=len)
+
     if name in ("strict", "default"):
         assert len(ours) < len(theirs), (len(ours) // 8, len(theirs) // 8)
     numbers = list(range(-1, seccomp.MAX_NR + 70)) + [seccomp.X32_SYSCALL_BIT + n for n in (0, 1, 16, 39, 512, 600)]
@@ -719,3 +723,17 @@ def test_own_tail_filter_works_in_the_kernel():
         ("bpf", NR["bpf"], (0, 0, 0))])
     assert status == 0
     assert results == {"getpid": "ok", "mount": "EPERM", "unknown": "ENOSYS", "tiocsti": "EPERM", "bpf": "EPERM"}
+
+
+def test_range_search_jumps_over_long_subtrees():
+    """300 ranges: the root's left subtree is longer than a conditional jump reaches (255), so
+    it is jumped over with JA. Every number still gets its range's answer."""
+    import bisect
+    import struct
+    ranges = [(3 * i, seccomp.RET_ERRNO | (i % 7)) for i in range(300)]
+    code = [(0x20, 0, 0, 0)] + seccomp._range_tree(ranges)  # load nr, then the search
+    assert any(op == 0x05 for op, _jt, _jf, _k in code)
+    bpf = b"".join(struct.pack("<HBBI", *insn) for insn in code)
+    starts = [start for start, _ in ranges]
+    for nr in range(0, 3 * 300 + 10):
+        assert seccomp.emulate(bpf, nr)[0] == ranges[bisect.bisect_right(starts, nr) - 1][1], nr
