@@ -98,8 +98,8 @@ def _action(name, errno_ret, where):
     kind = ACTIONS[name]
     if kind == "errno":
         code = EPERM if errno_ret is None else errno_ret
-        if not isinstance(code, int) or not 0 <= code <= 4095:
-            _fail(where + ": errnoRet must be 0..4095")
+        if not isinstance(code, int) or not 0 <= code <= 4094:  # libseccomp refuses 4095
+            _fail(where + ": errnoRet must be 0..4094")
         return ("errno", code)
     if kind == "trace":
         return ("trace", errno_ret if isinstance(errno_ret, int) else 0)

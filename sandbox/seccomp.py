@@ -137,8 +137,9 @@ def _errno(value, key):
     if isinstance(value, bool):
         raise ProfileError("expected an errno name such as EPERM", key=key)
     if isinstance(value, int):
-        if not 0 <= value <= 4095:
-            raise ProfileError("errno must be 0..4095", key=key)
+        if not 0 <= value <= 4094:
+            # the kernel's range of error returns ends at 4095, and libseccomp refuses it
+            raise ProfileError("errno must be 0..4094", key=key)
         return value
     if isinstance(value, str) and value.upper() in ERRNOS:
         return ERRNOS[value.upper()]
@@ -939,7 +940,10 @@ def _prefix_layout(policy, guards, default_ret, notify_kills, owned, inline_hot)
     emit(_RET_K, RET_ERRNO | ENOSYS)
     label("x32")
     x32_at = len(code)
-    emit(_RET_K, RET_ALLOW if "x32" in policy.abis else default_ret)
+    # An ABI the policy does not list gets what libseccomp gives a foreign arch: the default
+    # when that refuses, a kill when the default allows (a deny list names x86_64 numbers;
+    # x32's are others, so an allowed x32 call would walk around every rule).
+    emit(_RET_K, RET_ALLOW if "x32" in policy.abis else _badarch_ret(default_ret))
     label("orig_far")
     emit(_JA, "orig")
     for nr in blocks:
