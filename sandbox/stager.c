@@ -242,7 +242,7 @@ static void write_file(const char *path, const char *data, size_t len, int flags
 
 /* mkdir -p. The whole path is tried first: mount points sit mostly in directories made a
  * moment ago (/newroot/etc for each /etc entry), so one mkdir answers EEXIST instead of one
- * per component; only ENOENT walks up to make the parents. */
+ * per component; only ENOENT walks the components from the top, in one buffer. */
 static void mkdirs(const char *path, mode_t mode)
 {
 	if (mkdir(path, mode) == 0 || errno == EEXIST)
@@ -251,13 +251,16 @@ static void mkdirs(const char *path, mode_t mode)
 		fail(errno, "mkdir", "%s", path);
 	char buf[4096];
 	snprintf(buf, sizeof(buf), "%s", path);
-	char *slash = strrchr(buf, '/');
-	if (slash && slash != buf) {
-		*slash = 0;
-		mkdirs(buf, mode);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(buf, mode) < 0 && errno != EEXIST)
+			fail(errno, "mkdir", "%s", buf);
+		*p = '/';
 	}
-	if (mkdir(path, mode) < 0 && errno != EEXIST)
-		fail(errno, "mkdir", "%s", path);
+	if (mkdir(buf, mode) < 0 && errno != EEXIST)
+		fail(errno, "mkdir", "%s", buf);
 }
 
 static void mount_point(const char *path, int is_dir)

@@ -596,3 +596,14 @@ def test_the_command_starts_with_default_signals_and_none_blocked(strict, execut
     compiled, fields = done.stdout.rsplit("\n", 1)[0].split(" ", 1)
     assert compiled == str(executor is None)
     assert fields == str(["SigBlk:", "0" * 16, "SigIgn:", "0" * 16])
+
+
+def test_a_deep_mount_point_is_made_without_recursion():
+    """mkdir -p of a mount point 1500 components deep (3000 characters, under PATH_MAX): the
+    stager makes it in one buffer (a version that recursed with a buffer per level ran out of
+    stack near 2000 components)."""
+    from util import run_cli
+    deep = "/d" * 1500
+    proc = run_cli("run", "--profile", "strict", "--tmpfs", deep, "--", "/bin/sh", "-c",
+                   "cd %s && echo ok" % deep)
+    assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr
