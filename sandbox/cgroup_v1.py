@@ -293,10 +293,8 @@ class V1Cgroup:
             try:
                 cg.write_file(os.path.join(unified, "cgroup.kill"), "1")
                 return cg.wait_empty(primary)
-            except FileNotFoundError:
-                return True
             except OSError:
-                pass
+                pass  # gone (destroy removed it first) or refused: the freezer, or the rounds
         freezer = self._dir("freezer")
         if freezer and self._freeze_and_kill(freezer):
             return cg.wait_empty(primary)
@@ -313,9 +311,9 @@ class V1Cgroup:
         state = os.path.join(freezer, "freezer.state")
         try:
             cg.write_file(state, "FROZEN")
-        except FileNotFoundError:
-            return True
         except OSError:
+            # Gone or refused. A freezer destroy() removed (it was empty) says nothing of the
+            # primary, which may still list a task that never joined it: the rounds decide.
             return False
         # FREEZING means some task has not stopped yet (e.g. in an uninterruptible
         # sleep); the kernel finishes the transition on a re-read or re-write.
@@ -389,19 +387,23 @@ def create(name, limits, want, uid=None, own_pid_namespace=False):
     return group
 
 
-_offered = {}  # (hierarchy's parent, file) -> does a cgroup there have the file
+_offered = set()  # (hierarchy's parent, file) a cgroup there was seen to have
 
 
 def _offers(leaf, filename):
     """Does the kernel offer `filename` in this hierarchy (memsw needs swap accounting,
-    blkio's weight a scheduler)? The same for every cgroup of a hierarchy (kernfs makes each
-    one's files from its controllers' lists at boot), so it is asked once per process."""
+    blkio's weight a scheduler)? Every cgroup of a hierarchy shows the same files (kernfs
+    makes them from the controllers' lists), so a yes holds for the process's life; a no is
+    asked again, since a scheduler module loaded later adds its files."""
     if leaf is None:
         return False
     key = (os.path.dirname(leaf), filename)
-    if key not in _offered:
-        _offered[key] = os.path.exists(os.path.join(leaf, filename))
-    return _offered[key]
+    if key in _offered:
+        return True
+    if os.path.exists(os.path.join(leaf, filename)):
+        _offered.add(key)  # only a yes is kept: blkio's weight appears when its scheduler loads
+        return True
+    return False
 
 
 def _make_dirs(group, hier):

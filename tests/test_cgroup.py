@@ -392,6 +392,23 @@ def test_destroy_kills_what_is_left_and_removes_every_directory(groups, children
     assert not any(os.path.exists(p) for p in paths)
 
 
+def test_destroy_kills_a_task_only_the_primary_holds(groups, children):
+    """A task that joined the primary hierarchy and no other (an attach that failed half way):
+    the other directories go at once, the freezer's too, and the kill that follows must not
+    take the removed freezer for a kill (it falls back to the pidfd-verified rounds)."""
+    _need_v1_root()
+    group = groups("primary-only", Limits(pids=64))
+    require(group._dir("freezer") is not None, "no v1 freezer in this set (a pid namespace of its own)")
+    pid, go = children("import time\ntime.sleep(60)\n")
+    cgroup.write_file(os.path.join(group.paths[0], "cgroup.procs"), str(pid))
+    go()
+    paths = [p for label, p in group.dirs if label != "devices"]
+    group.destroy()
+    _wait(pid)
+    assert _dead(pid)
+    assert not any(os.path.exists(p) for p in paths)
+
+
 def test_many_cycles_leave_nothing(groups):
     _need_v1_root()
     limits = Limits(memory=32 << 20, pids=16, cpus=0.5)
