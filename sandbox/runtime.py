@@ -474,7 +474,9 @@ class SandboxProcess:
                 self.warnings.append("the sandbox is not recorded for `audit %s`: %s" % (self.name, e))
                 return
             if running is not None:
-                raise SandboxError(name_taken(self.name, running.get("pid"), running.get("supervisor")), EXIT_SETUP)
+                # a record still "starting" holds its supervisor's PID, not yet the sandbox's
+                pid = None if running.get("starting") else running.get("pid")
+                raise SandboxError(name_taken(self.name, pid, running.get("supervisor")), EXIT_SETUP)
             self._registered = True
             self._undo.append(self._unregister)
 

@@ -504,6 +504,29 @@ def test_a_named_api_sandbox_keeps_its_name_and_audit_finds_it(strict):
     assert result.name == name and state.find(name) is None
 
 
+def test_a_name_still_starting_elsewhere_is_refused_without_a_false_pid(strict):
+    """A name another supervisor has claimed but not yet started holds a provisional record
+    whose pid is that supervisor's: the refusal says the sandbox has not started yet rather
+    than naming the supervisor as the sandbox."""
+    import time as time_mod
+    from pysandbox_common import registry
+    from sandbox import Sandbox, load_profile
+    from sandbox.errors import SandboxError
+    name = "claimed-%d" % os.getpid()
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        assert registry.claim({"name": name, "pid": holder.pid, "supervisor": holder.pid, "profile": "strict",
+                               "started": time_mod.time(), "uid": os.geteuid(), "starting": True}) is None
+        with pytest.raises(SandboxError) as info:
+            Sandbox(load_profile(strict), name=name).start(["/bin/true"])
+        assert str(info.value) == "a sandbox named %r is already running (PID not yet started, supervisor %d)" % (
+            name, holder.pid)
+    finally:
+        registry.unregister(name)
+        holder.kill()
+        holder.wait()
+
+
 def test_gc_removes_the_temporary_record_of_a_killed_supervisor(tmp_path, monkeypatch):
     """register() writes NAME.json.PID.tmp and renames it: a supervisor killed between
     the two leaves the temporary file, which the next run's gc removes once PID is gone."""
