@@ -29,15 +29,9 @@ EXIT_CPU_TIME = 128 + 24
 
 _counter = [0]
 # Names of the sandboxes this process runs now: a name is one running sandbox. Threads
-# may start sandboxes concurrently: the counter and the set change under one lock
+# may start sandboxes concurrently: the counter and the names change under one lock
 # (_thread's: `threading` costs an import on the run path).
-_running_names = {}  # name -> its SandboxProcess, in this process
-
-
-def name_taken(name, pid, supervisor):
-    """The refusal of a name a running sandbox holds (the CLI, the registry, this process)."""
-    return "a sandbox named %r is already running (PID %s, supervisor %s)" % (
-        name, pid if pid else "not yet started", supervisor)
+_running_names = {}  # name -> its SandboxProcess, until that one's cleanup
 _names_lock = _thread.allocate_lock()
 # The cgroup pools of the Sandboxes alive in this process: whatever they still hold goes
 # at exit (Sandbox.close removes its own earlier).
@@ -406,6 +400,13 @@ class Sandbox:
         if check and (result.reason != "exit" or result.exit_code != 0):
             raise RunFailed(argv, result)
         return result
+
+
+def name_taken(name, pid, supervisor):
+    """The refusal of a name a running sandbox holds: the CLI's check, the registry's claim and
+    this process's own say it in these words."""
+    return "a sandbox named %r is already running (PID %s, supervisor %s)" % (
+        name, pid if pid else "not yet started", supervisor)
 
 
 class SandboxProcess:
