@@ -11,6 +11,7 @@ descriptor, process, state file) is left behind. From then on the supervisor onl
 waits: for channel messages, the death of PID 1 (a pidfd) or the deadline.
 """
 import _thread
+import _weakref
 import os
 import select
 # _signal, not signal: the public module imports enum, milliseconds on every start.
@@ -31,7 +32,10 @@ _counter = [0]
 # Names of the sandboxes this process runs now: a name is one running sandbox. Threads
 # may start sandboxes concurrently: the counter and the names change under one lock
 # (_thread's: `threading` costs an import on the run path).
-_running_names = {}  # name -> its SandboxProcess, until that one's cleanup
+# name -> a weak reference to its SandboxProcess (for the refusal's PID), until that one's
+# cleanup: a name stays taken while its key is here, and the entry never keeps a dropped
+# SandboxProcess (and with it its Sandbox) alive.
+_running_names = {}
 _names_lock = _thread.allocate_lock()
 # The cgroup pools of the Sandboxes alive in this process: whatever they still hold goes
 # at exit (Sandbox.close removes its own earlier).
@@ -435,13 +439,13 @@ class SandboxProcess:
         self._stager_pid = None   # a one-shot stager to reap after the go stage
         self._ended = False      # the verdict is in: the cgroup goes back to the pool to be removed
         with _names_lock:
-            holder = _running_names.get(name)
-            if holder is not None:
+            if name in _running_names:
                 # The same words as the registry's refusal (_stage_name) and the CLI's: one
                 # condition, one message, whichever check saw it first (a served run's twin
                 # runs in the same server process, so this one does).
+                holder = _running_names[name]()
                 raise SandboxError(name_taken(name, getattr(holder, "pid", None), os.getpid()), EXIT_SETUP)
-            _running_names[name] = self
+            _running_names[name] = _weakref.ref(self)
         self._undo.append(lambda: _running_names.pop(name, None))
         stage = None
         try:
