@@ -837,3 +837,16 @@ def test_kill_tasks_pins_in_batches_and_a_frozen_cgroup_by_number(monkeypatch):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_file_the_kernel_did_not_offer_is_asked_again(tmp_path):
+    """Whether a hierarchy offers a file is kept once seen, never while missing: blkio's
+    weight appears when its scheduler module loads, and a long-lived server must see it."""
+    from sandbox import cgroup_v1
+    leaf = tmp_path / "hierarchy" / "leaf"
+    leaf.mkdir(parents=True)
+    assert cgroup_v1._offers(str(leaf), "blkio.bfq.weight") is False
+    (leaf / "blkio.bfq.weight").write_text("100\n")
+    assert cgroup_v1._offers(str(leaf), "blkio.bfq.weight") is True
+    (leaf / "blkio.bfq.weight").unlink()
+    assert cgroup_v1._offers(str(leaf), "blkio.bfq.weight") is True  # a yes holds for the process
