@@ -565,11 +565,15 @@ class SandboxProcess:
             if procs is not None:
                 release = stager.Release(self._go_w, idmap, procs)
         self.executor = "stager"
+        if program.net_helper:
+            launch.net_inline = stager.net_inline()
         pid = status = None
         zygote = self.sandbox._zygote(program)
         if zygote is not None:
             try:
                 pid, status = zygote.start(launch, release)
+            except stager.TooLarge:
+                pass  # the zygote stays for the next run; this one takes a one-shot stager
             except stager.ZygoteLost as lost:
                 # It died with this run's request in hand: whatever it started is ours to
                 # reap, and this run fails (a second PID 1 on the same channel could be let go).

@@ -1106,6 +1106,16 @@ static void run(size_t from)
 			kept_dir = -1;
 			break;
 		case OP_NET_JOIN: {
+			if (net_sock < 0) {
+				/* no helper for this run (net_inline): PID 1 makes the namespace at the
+				 * helper's point in the order, still before the user limits; owned by
+				 * its user namespace and charged to its cgroups, as the helper's is */
+				stage = "unshare";
+				CHECK(unshare(CLONE_NEWNET), "unshare", "network namespace");
+				stage = "loopback";
+				loopback_up();
+				break;
+			}
 			int netns = receive_fd(net_sock); /* init.c's */
 			if (netns < 0)
 				_exit(EXIT_SETUP); /* the helper failed: it said why on the channel */
@@ -1151,6 +1161,8 @@ struct run_args {
 	char **cgroups, **procs, **argv, **envp;
 	/* what a process started now would inherit from the supervisor (zygote requests) */
 	int inherit, umask_value, nice_value, nlimits;
+	/* PID 1 makes the network namespace itself, no helper (stager.py net_inline) */
+	int net_inline;
 	struct rlimit limits[RLIM_NLIMITS];
 	int limit_resource[RLIM_NLIMITS];
 };
@@ -1220,24 +1232,29 @@ static int parse_run(int argc, char **argv, const int *passed, int npassed, stru
 		return -1;
 	run_args->procs = copy_strings(argv + i, run_args->nprocs);
 	i += run_args->nprocs;
-	if (strcmp(argv[i], "--") != 0 || i + 1 >= argc)
+	/* "--", NCOMMAND and the command, then (zygote requests) "--env" NENV and the
+	 * environment: counted, never delimited, so that a command's own "--env" is an argument */
+	if (strcmp(argv[i], "--") != 0 || i + 2 >= argc)
 		return -1;
-	i++;
-	/* the command, then (zygote requests) "--env" and its environment */
-	int ncommand = 0;
-	while (i + ncommand < argc && strcmp(argv[i + ncommand], "--env") != 0 && strcmp(argv[i + ncommand], "--inherit") != 0)
-		ncommand++;
-	if (ncommand == 0)
+	int ncommand = atoi(argv[i + 1]);
+	i += 2;
+	if (ncommand <= 0 || ncommand > argc - i)
 		return -1;
 	run_args->argv = copy_strings(argv + i, ncommand);
 	i += ncommand;
 	if (i < argc && strcmp(argv[i], "--env") == 0) {
-		int nenv = 0;
-		i++;
-		while (i + nenv < argc && strcmp(argv[i + nenv], "--inherit") != 0)
-			nenv++;
+		if (i + 1 >= argc)
+			return -1;
+		int nenv = atoi(argv[i + 1]);
+		i += 2;
+		if (nenv < 0 || nenv > argc - i)
+			return -1;
 		run_args->envp = copy_strings(argv + i, nenv);
 		i += nenv;
+	}
+	if (i < argc && strcmp(argv[i], "--net-inline") == 0) {
+		run_args->net_inline = 1;
+		i++;
 	}
 	if (i < argc && strcmp(argv[i], "--inherit") == 0) {
 		if (i + 3 >= argc)
@@ -1255,6 +1272,8 @@ static int parse_run(int argc, char **argv, const int *passed, int npassed, stru
 			run_args->limits[k].rlim_max = strcmp(argv[i + 2], "-1") ? strtoull(argv[i + 2], NULL, 10) : RLIM_INFINITY;
 		}
 	}
+	if (i != argc)
+		return -1; /* a field this stager does not know: never guess */
 	int fds[] = {run_args->msg_fd, run_args->go_fd};
 	for (size_t k = 0; k < 2; k++)
 		if (fds[k] < 0)
@@ -1386,7 +1405,9 @@ static int start_run(struct run_args *run_args, long *pid_out, int close_in_chil
 			}
 	}
 	int helper_sock[2] = {-1, -1};
-	int with_helper = nops > 1 && ops[1].code == OP_NET_HELPER;
+	/* The helper only shortens a start while a CPU is free for it; on a busy machine it is
+	 * a process, five cgroup joins and an exit more per run (stager.py net_inline). */
+	int with_helper = nops > 1 && ops[1].code == OP_NET_HELPER && !run_args->net_inline;
 	if (with_helper && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, helper_sock) < 0) {
 		send_error(errno, "clone: socketpair for the network helper");
 		return -1;
@@ -1524,16 +1545,22 @@ static __attribute__((noreturn)) void zygote(int control)
 		int status = EXIT_SETUP;
 		if (!(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
 			buf[n] = 0;
-			char *fields[8192];
+			/* every field, however many (stager.py sends at most ZYGOTE_MAX_REQUEST bytes) */
 			int nfields = 0;
-			for (char *p = buf; p < buf + n && nfields < 8192; p += strlen(p) + 1)
-				fields[nfields++] = p;
-			struct run_args run_args;
-			struct birth_report report = {.fd = control, .zygote = 1};
-			if (parse_run(nfields, fields, passed, npassed, &run_args) == 0) {
-				status = start_run(&run_args, &pid, control, &report) == 0 ? 0 : EXIT_SETUP;
+			for (char *p = buf; p < buf + n; p += strlen(p) + 1)
+				nfields++;
+			char **fields = calloc((size_t)nfields + 1, sizeof(char *));
+			if (fields) {
+				int k = 0;
+				for (char *p = buf; p < buf + n; p += strlen(p) + 1)
+					fields[k++] = p;
+				struct run_args run_args;
+				struct birth_report report = {.fd = control, .zygote = 1};
+				if (parse_run(nfields, fields, passed, npassed, &run_args) == 0)
+					status = start_run(&run_args, &pid, control, &report) == 0 ? 0 : EXIT_SETUP;
+				free_run(&run_args);
+				free(fields);
 			}
-			free_run(&run_args);
 		}
 		for (int k = 0; k < npassed; k++)
 			close(passed[k]);

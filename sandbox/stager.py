@@ -382,10 +382,11 @@ BINARY = os.path.join(os.path.dirname(__file__), "pysandbox-stage")
 class Program:
     """A compiled plan, held in a sealed memfd that every run's stager reads (pread)."""
 
-    __slots__ = ("fd", "size", "plan")
+    __slots__ = ("fd", "size", "plan", "net_helper")
 
     def __init__(self, data, plan):
         self.plan = plan  # the plan it was compiled from: a run of another plan recompiles
+        self.net_helper = _net_helper(plan)  # a run may still go without it (net_inline)
         fd = os.memfd_create("pysandbox-program", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             view = memoryview(data)
@@ -446,7 +447,29 @@ def run_fields(launch, release, fd, stdio):
     else:
         fields += [fd(release.go_w), "deny" if release.deny_setgroups else "-", release.uid_map, release.gid_map,
                    str(len(release.procs_files)), *release.procs_files]
-    return fields + ["--", *launch.argv]
+    # counted, not delimited: a command's own "--env" or "--net-inline" stays its argument
+    return fields + ["--", str(len(launch.argv)), *launch.argv]
+
+
+def net_inline(loadavg="/proc/loadavg"):
+    """Whether this run's PID 1 should make its network namespace itself instead of the
+    stager's helper (_net_helper): when no CPU is free for the helper.
+
+    The helper overlaps the namespace (~0.6 ms) with PID 1's mount stage, which shortens a
+    start only while a second CPU is idle; on a busy machine it is pure cost (a fork, five
+    cgroup joins, an exit: ~0.9 ms of CPU per run with 8 at once on 2 CPUs, docs/
+    performance.md). The kernel's count of runnable tasks of this instant (/proc/loadavg's
+    fourth field, the caller itself included) against the CPUs this process may use: the
+    helper only when PID 1 and the helper would each find a CPU once the caller blocks.
+    Either way the namespace is owned by the run's user namespace, charged to its cgroups
+    and made before the user limits; only who makes it differs."""
+    try:
+        with open(loadavg, "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])
+        cpus = len(os.sched_getaffinity(0))
+    except (OSError, ValueError, IndexError):
+        return False
+    return running > cpus - 1
 
 
 def spawn(program, launch, release=None):
@@ -458,6 +481,8 @@ def spawn(program, launch, release=None):
     try:
         # posix_spawn puts the run's stdio on 0-2 itself
         fields = run_fields(launch, release, str, (None, None, None))
+        if launch.net_inline:
+            fields.append("--net-inline")
         argv = [BINARY, str(program.fd), str(birth_w), *fields]
         keep = [program.fd, launch.msg_w, launch.go_r, birth_w] + list(launch.source_fds or ()) \
             + ([release.go_w] if release else [])
@@ -493,6 +518,17 @@ def inherited():
         limits += [str(number), str(soft if soft != resource.RLIM_INFINITY else -1),
                    str(hard if hard != resource.RLIM_INFINITY else -1)]
     return ["--inherit", umask, str(os.getpriority(os.PRIO_PROCESS, 0)), str(len(numbers)), *limits]
+
+
+# What one zygote request may carry (stager.c's zygote: its receive buffer less the final
+# NUL, and the descriptors it takes from one message); a larger run goes through a one-shot
+# stager instead, whose arguments only the kernel's exec limits bound.
+ZYGOTE_MAX_REQUEST = (1 << 17) - 1
+ZYGOTE_MAX_FDS = 250
+
+
+class TooLarge(Exception):
+    """This run's request does not fit a zygote's message: start a one-shot stager."""
 
 
 class ZygoteLost(OSError):
@@ -552,13 +588,18 @@ class Zygote:
         # The zygote's own 0-2 are not the caller's of now: the run's stdio always travels.
         stdio = tuple(index if slot is None else slot for index, slot in enumerate(launch.stdio or (None,) * 3))
         fields = run_fields(launch, release, fd, stdio)
-        fields += ["--env", *("%s=%s" % item for item in launch.env.items())]
+        env = ["%s=%s" % item for item in launch.env.items()]
+        fields += ["--env", str(len(env)), *env]
+        if launch.net_inline:
+            fields.append("--net-inline")
         fields += inherited()
         text = "\0".join(fields)
         if text.count("\0") != len(fields) - 1:
             raise ValueError("embedded null byte")
         import sys
         data = text.encode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) + b"\0"  # os.fsencode
+        if len(data) > ZYGOTE_MAX_REQUEST or len(fds) > ZYGOTE_MAX_FDS:
+            raise TooLarge()
         self._fdpass.send_fds(self._sock, data, fds)
         # "P<pid>" the moment PID 1 exists, then "S<status>"; a zygote that dies between the
         # two still told us whom to reap (ZygoteLost carries it)

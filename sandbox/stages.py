@@ -49,7 +49,8 @@ class Launch:
     supervisor prepared. Made per run; the plan itself never changes."""
 
     __slots__ = ("argv", "env", "cwd", "stdio", "source_fds", "cgroup_tasks", "init_fd", "go_r", "msg_w",
-                 "handoff", "pid1_end", "command", "listener", "warnings", "cpu_time", "tty", "sysctl_dir")
+                 "handoff", "pid1_end", "command", "listener", "warnings", "cpu_time", "tty", "sysctl_dir",
+                 "net_inline")
 
     def __init__(self, argv, env, cwd, stdio=None, init_fd=None):
         self.argv, self.env, self.cwd, self.stdio, self.init_fd = argv, env, cwd, stdio, init_fd
@@ -59,6 +60,8 @@ class Launch:
         self.cpu_time = self.tty = None
         # the mount stage's O_PATH descriptor of the sandbox's /proc/sys/user (user_limits.py)
         self.sysctl_dir = None
+        # PID 1 makes the network namespace itself, without the stager's helper (stager.net_inline)
+        self.net_inline = False
         self.warnings = []
 
 

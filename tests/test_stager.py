@@ -448,16 +448,19 @@ def test_a_zygote_lost_mid_request_fails_the_run_and_reaps_what_it_started(monke
     box.close()
 
 
-def test_the_network_helper_leaves_a_namespace_of_its_own_with_lo_up_and_the_limits_in_force():
-    """strict's network namespace is made by the stager's helper (stager._net_helper): the
+@pytest.mark.parametrize("inline", [False, True], ids=["helper", "inline"])
+def test_the_network_namespace_is_its_own_with_lo_up_and_the_limits_in_force(monkeypatch, inline):
+    """strict's network namespace is made by the stager's helper (stager._net_helper), or by
+    PID 1 itself when no CPU is free for the helper (stager.net_inline): either way the
     command must see a namespace that is not the host's, lo up, and every user limit."""
     needs_stager()
-    from sandbox import user_limits
+    monkeypatch.setattr(stager, "net_inline", lambda: inline)
     box = Sandbox(load_profile("strict"))
     plan = box.plan()
     assert stager._net_helper(plan)
     host_net = os.stat("/proc/self/ns/net").st_ino
     before = children()
+    views = []
     for _ in range(2):  # one-shot stager, then the zygote
         result = box.run(["python3", "-I", "-S", "-c", PROBE + "\nimport os; print(os.stat('/proc/self/ns/net').st_ino)"],
                          capture_output=True, text=True)
@@ -468,8 +471,78 @@ def test_the_network_helper_leaves_a_namespace_of_its_own_with_lo_up_and_the_lim
         assert view["loopback"] == "up"
         for name, value in plan.layers["user_limits"]:
             assert view["user_limits"][name] == str(value), name
+        views.append(view)
+    # The zygote reaps a run's helper only at its next request: right after the run its
+    # helper is still its child, and an inline run forked none.
+    zygote_pid = box._zygotes[0][1].pid
+    helpers = open("/proc/%d/task/%d/children" % (zygote_pid, zygote_pid)).read().split()
+    assert len(helpers) == (0 if inline else 1), helpers
     box.close()
     assert children() <= before  # the helpers were reaped
+
+
+def test_net_inline_compares_the_runnable_tasks_with_the_cpus(tmp_path):
+    """The helper only while PID 1 and the helper would each find a CPU (the caller counted)."""
+    cpus = len(os.sched_getaffinity(0))
+    loadavg = tmp_path / "loadavg"
+    for running, inline in ((1, cpus < 2), (cpus - 1, False), (cpus, True), (cpus + 7, True)):
+        loadavg.write_text("0.50 0.40 0.30 %d/345 12345\n" % max(running, 0))
+        assert stager.net_inline(str(loadavg)) is inline, (running, cpus)
+    loadavg.write_text("garbage\n")
+    assert stager.net_inline(str(loadavg)) is False  # unreadable: the helper, as before
+    assert stager.net_inline(str(tmp_path / "missing")) is False
+
+
+@pytest.mark.parametrize("argv", [
+    ["/bin/echo", "a", "--env", "b"],
+    ["/bin/echo", "--inherit", "1", "2", "3"],
+    ["/bin/echo", "--net-inline", "--"],
+    ["/bin/echo", "--", "--env"],
+])
+def test_a_commands_own_option_words_reach_it(argv):
+    """The stager's fields are counted, not delimited: a command's own "--env" or
+    "--inherit" once cut its arguments off (and left it without its environment)."""
+    needs_stager()
+    box = Sandbox(load_profile("strict"))
+    executors = []
+    for _ in range(2):  # one-shot stager, then the zygote
+        process = box.start(argv, stdout=None)
+        executors.append(process.executor)
+        process.wait()
+        result = box.run(argv + ["end"], env={"MARK": "kept"}, capture_output=True, text=True)
+        assert result.exit_code == 0 and result.stdout == " ".join(argv[1:] + ["end"]) + "\n", result.stdout
+        env = box.run(["/usr/bin/env", "--", "/bin/sh", "-c", 'echo "$MARK"', "--env"], env={"MARK": "kept"},
+                      capture_output=True, text=True)
+        assert env.stdout == "kept\n", env.stdout
+    assert executors[-1] == "zygote"
+    box.close()
+
+
+def test_a_run_too_large_for_a_zygote_request_takes_a_one_shot_stager():
+    """A zygote request is one message of at most 128 KiB (stager.ZYGOTE_MAX_REQUEST): a
+    larger command line goes through a one-shot stager, whole; so do 10000 small arguments
+    (once cut to the zygote's first 8192 fields, the environment with them)."""
+    needs_stager()
+    box = Sandbox(load_profile("strict"))
+    assert box.run(["/bin/true"]).exit_code == 0
+    count = 'echo $# $(printf %s "$@" | wc -c) "$MARK"'
+    for n, size, executor in ((10000, 1, "zygote"), (3000, 60, "stager"), (3, 1, "zygote")):
+        argv = ["/bin/sh", "-c", count, "x"] + ["a" * size] * n
+        r, w = os.pipe()
+        process = box.start(argv, env={"MARK": "kept"}, stdout=w)
+        os.close(w)
+        assert process.executor == executor, (n, size, process.executor)
+        out = b""
+        while True:
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            out += chunk
+        os.close(r)
+        assert process.wait().exit_code == 0
+        assert out.decode() == "%d %d kept\n" % (n, n * size), out
+    assert len(box._zygotes) == 1  # the large run left the zygote in place
+    box.close()
 
 
 def _limit_operations(plan):
