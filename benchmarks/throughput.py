@@ -87,6 +87,18 @@ def main():
         done = subprocess.run(BWRAP + argv, stdin=subprocess.DEVNULL)
         return None if done.returncode == 0 else done.returncode
 
+    # How often a run made its network namespace in PID 1 rather than in the stager's helper
+    # (stager.net_inline: no CPU free for the helper), reported with the rates.
+    from sandbox import stager
+    choices = {True: 0, False: 0}
+    decide = stager.net_inline
+
+    def counted_net_inline():
+        inline = decide()
+        choices[inline] += 1
+        return inline
+    stager.net_inline = counted_net_inline
+
     variants = [(name, sandbox_run(box)) for name, box in boxes.items()] + [("bubblewrap", bwrap_run)]
     rates = {name: [] for name, _ in variants}
     cpu = {name: [] for name, _ in variants}
@@ -107,6 +119,10 @@ def main():
         rate = statistics.median(rates[name])
         print("%-24s %10.1f %14.2f %14.2f" % (name, rate, statistics.median(cpu[name]), rate / base))
     print("pysandbox / bubblewrap: %.2f" % (statistics.median(rates["pysandbox strict"]) / base))
+    total = choices[True] + choices[False]
+    if total:
+        print("network namespace made by PID 1 itself (no CPU free for the helper): %d of %d runs"
+              % (choices[True], total))
 
 
 def machine_cpu_ms():

@@ -482,10 +482,10 @@ def test_the_network_namespace_is_its_own_with_lo_up_and_the_limits_in_force(mon
 
 
 def test_net_inline_compares_the_runnable_tasks_with_the_cpus(tmp_path):
-    """The helper only while PID 1 and the helper would each find a CPU (the caller counted)."""
+    """PID 1 makes its network namespace itself once more tasks are runnable than CPUs."""
     cpus = len(os.sched_getaffinity(0))
     loadavg = tmp_path / "loadavg"
-    for running, inline in ((1, cpus < 2), (cpus - 1, False), (cpus, True), (cpus + 7, True)):
+    for running, inline in ((1, False), (cpus, False), (cpus + 1, True), (cpus + 7, True)):
         loadavg.write_text("0.50 0.40 0.30 %d/345 12345\n" % max(running, 0))
         assert stager.net_inline(str(loadavg)) is inline, (running, cpus)
     loadavg.write_text("garbage\n")
