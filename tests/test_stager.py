@@ -532,13 +532,8 @@ def test_a_run_too_large_for_a_zygote_request_takes_a_one_shot_stager():
         process = box.start(argv, env={"MARK": "kept"}, stdout=w)
         os.close(w)
         assert process.executor == executor, (n, size, process.executor)
-        out = b""
-        while True:
-            chunk = os.read(r, 4096)
-            if not chunk:
-                break
-            out += chunk
-        os.close(r)
+        with os.fdopen(r, "rb") as pipe:
+            out = pipe.read()
         assert process.wait().exit_code == 0
         assert out.decode() == "%d %d kept\n" % (n, n * size), out
     assert len(box._zygotes) == 1  # the large run left the zygote in place
