@@ -494,8 +494,17 @@ def spawn(program, launch, release=None):
         for target, fd in enumerate(launch.stdio or ()):
             if fd is not None and fd != target:
                 actions.append((os.POSIX_SPAWN_DUP2, fd, target))
-        pid = os.posix_spawn(BINARY, argv, launch.env, file_actions=actions,
-                             setsigdef=range(1, 32), setsigmask=())
+        try:
+            pid = os.posix_spawn(BINARY, argv, launch.env, file_actions=actions,
+                                 setsigdef=range(1, 32), setsigmask=())
+        except OSError as e:
+            import errno
+            if e.errno != errno.E2BIG:
+                raise
+            # the command's own exec would refuse it as well: say so in the command's terms
+            raise SetupError("clone", e.errno, "the command's arguments and environment are larger than the "
+                             "kernel lets one exec take (ARG_MAX %d bytes, at most %d per string)"
+                             % (os.sysconf("SC_ARG_MAX"), 32 * os.sysconf("SC_PAGE_SIZE"))) from None
     except BaseException:
         os.close(birth_r)
         raise

@@ -537,6 +537,12 @@ def test_a_run_too_large_for_a_zygote_request_takes_a_one_shot_stager():
         assert process.wait().exit_code == 0
         assert out.decode() == "%d %d kept\n" % (n, n * size), out
     assert len(box._zygotes) == 1  # the large run left the zygote in place
+    # beyond what any exec takes: one line in the command's terms, not the stager's path
+    with pytest.raises(SetupError) as error:
+        box.start(["/bin/true", "a" * (32 * os.sysconf("SC_PAGE_SIZE"))])
+    assert error.value.stage == "clone" and "larger than the kernel lets one exec take" in str(error.value)
+    assert stager.BINARY not in str(error.value)
+    assert box.run(["/bin/true"]).exit_code == 0
     box.close()
 
 
