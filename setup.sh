@@ -76,7 +76,15 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 # to its Python init; a pip too old to run the build step gets it compiled here.
 [ -x "$SITE/sandbox/pysandbox-init" ] || gcc -static -Os -Wall -o "$SITE/sandbox/pysandbox-init" sandbox/init.c
 # The compiled child (sandbox/stager.c); without it every run takes the Python stages.
-[ -x "$SITE/sandbox/pysandbox-stage" ] || gcc -static -O2 -Wall -o "$SITE/sandbox/pysandbox-stage" sandbox/stager.c
+# (again when a source is newer: a stager older than its supervisor misreads the run's fields)
+stager_current() {
+    [ -x "$SITE/sandbox/pysandbox-stage" ] || return 1
+    for source in sandbox/stager.c sandbox/stager.h sandbox/init.c sandbox/channel.h; do
+        [ "$source" -nt "$SITE/sandbox/pysandbox-stage" ] && return 1
+    done
+    return 0
+}
+stager_current || gcc -static -O2 -Wall -o "$SITE/sandbox/pysandbox-stage" sandbox/stager.c
 for name in pysandbox pysandbox-cli audit pysandbox-oci; do
     case $name in
         # a `run` asks this user's warm server first (sandbox/serve_client.py: builtins only,

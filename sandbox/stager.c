@@ -12,9 +12,12 @@
  * copy-on-write), about two thirds of a run. The operations are the same kernel calls
  * the Python stages make, in the same order, named the same way in errors.
  *
- * usage: pysandbox-stage PROGRAM_FD MSG_FD GO_FD BIRTH_FD CPU_SECONDS CWD
+ * usage: pysandbox-stage PROGRAM_FD BIRTH_FD MSG_FD GO_FD CPU_SECONDS CWD STDIN STDOUT STDERR
  *                        NSOURCES FD... NCGROUPS TASKS_FILE...
- *                        GO_W SETGROUPS UID_MAP GID_MAP NPROCS PROCS_FILE... -- ARGV...
+ *                        GO_W SETGROUPS UID_MAP GID_MAP NPROCS PROCS_FILE...
+ *                        -- NCOMMAND ARGV... [--net-inline]
+ * (a zygote request: the same fields from MSG_FD on, then "--env" NENV ENV... and
+ * "--inherit"; every list is counted, so no word of the command is ever a delimiter)
  * With GO_W the stager also writes PID 1's id maps, moves it into its cgroups and
  * releases it (the supervisor's stages idmap, cgroup-attach and go).
  * The environment is the command's. Errors: one channel line "E <stage> <errno>
@@ -1194,11 +1197,23 @@ static int fd_field(const char *text, const int *passed, int npassed)
 /* MSG_FD GO_FD CPU_SECONDS CWD STDIN STDOUT STDERR NSOURCES FD... NCGROUPS TASKS_FILE...
  * GO_W SETGROUPS UID_MAP GID_MAP NPROCS PROCS_FILE... -- ARGV... [--env ENV...]
  * [--inherit UMASK NICE NLIMITS (RESOURCE SOFT HARD)...]   (0 on success) */
+/* A count field: digits only, and at most `room` (what is left of the request). -1 if not. */
+static int count_field(const char *text, int room)
+{
+	char *end;
+	errno = 0;
+	long value = strtol(text, &end, 10);
+	if (errno || end == text || *end || value < 0 || value > room)
+		return -1;
+	return (int)value;
+}
+
 static int parse_run(int argc, char **argv, const int *passed, int npassed, struct run_args *run_args)
 {
 	int i = 0;
 	memset(run_args, 0, sizeof(*run_args));
-	if (argc < 16) /* the fields up to "--" and a program */
+	run_args->msg_fd = run_args->go_fd = -1; /* refuse_request writes to none before they are read */
+	if (argc < 17) /* the fields up to "--", a count and a program */
 		return -1;
 	run_args->msg_fd = fd_field(argv[i++], passed, npassed);
 	run_args->go_fd = fd_field(argv[i++], passed, npassed);
@@ -1207,14 +1222,16 @@ static int parse_run(int argc, char **argv, const int *passed, int npassed, stru
 	run_args->cwd = strdup(argv[i++]);
 	for (int k = 0; k < 3; k++)
 		run_args->stdio[k] = fd_field(argv[i++], passed, npassed);
-	run_args->nsources = atoi(argv[i++]);
-	if (run_args->nsources < 0 || i + run_args->nsources >= argc)
+	run_args->nsources = count_field(argv[i], argc - i - 2);
+	i++;
+	if (run_args->nsources < 0)
 		return -1;
 	run_args->sources = calloc((size_t)run_args->nsources + 1, sizeof(int));
 	for (int k = 0; k < run_args->nsources; k++)
 		run_args->sources[k] = fd_field(argv[i++], passed, npassed);
-	run_args->ncgroups = atoi(argv[i++]);
-	if (run_args->ncgroups < 0 || i + run_args->ncgroups >= argc)
+	run_args->ncgroups = count_field(argv[i], argc - i - 2);
+	i++;
+	if (run_args->ncgroups < 0)
 		return -1;
 	run_args->cgroups = copy_strings(argv + i, run_args->ncgroups);
 	i += run_args->ncgroups;
@@ -1226,9 +1243,9 @@ static int parse_run(int argc, char **argv, const int *passed, int npassed, stru
 	run_args->deny_setgroups = strdup(argv[i + 1]);
 	run_args->uid_map = strdup(argv[i + 2]);
 	run_args->gid_map = strdup(argv[i + 3]);
-	run_args->nprocs = atoi(argv[i + 4]);
+	run_args->nprocs = count_field(argv[i + 4], argc - i - 6);
 	i += 5;
-	if (run_args->nprocs < 0 || i + run_args->nprocs >= argc)
+	if (run_args->nprocs < 0)
 		return -1;
 	run_args->procs = copy_strings(argv + i, run_args->nprocs);
 	i += run_args->nprocs;
@@ -1236,18 +1253,18 @@ static int parse_run(int argc, char **argv, const int *passed, int npassed, stru
 	 * environment: counted, never delimited, so that a command's own "--env" is an argument */
 	if (strcmp(argv[i], "--") != 0 || i + 2 >= argc)
 		return -1;
-	int ncommand = atoi(argv[i + 1]);
+	int ncommand = count_field(argv[i + 1], argc - i - 2);
 	i += 2;
-	if (ncommand <= 0 || ncommand > argc - i)
+	if (ncommand <= 0)
 		return -1;
 	run_args->argv = copy_strings(argv + i, ncommand);
 	i += ncommand;
 	if (i < argc && strcmp(argv[i], "--env") == 0) {
 		if (i + 1 >= argc)
 			return -1;
-		int nenv = atoi(argv[i + 1]);
+		int nenv = count_field(argv[i + 1], argc - i - 2);
 		i += 2;
-		if (nenv < 0 || nenv > argc - i)
+		if (nenv < 0)
 			return -1;
 		run_args->envp = copy_strings(argv + i, nenv);
 		i += nenv;
@@ -1262,9 +1279,9 @@ static int parse_run(int argc, char **argv, const int *passed, int npassed, stru
 		run_args->inherit = 1;
 		run_args->umask_value = (int)strtol(argv[i + 1], NULL, 8);
 		run_args->nice_value = atoi(argv[i + 2]);
-		run_args->nlimits = atoi(argv[i + 3]);
+		run_args->nlimits = count_field(argv[i + 3], RLIM_NLIMITS);
 		i += 4;
-		if (run_args->nlimits < 0 || run_args->nlimits > RLIM_NLIMITS || i + 3 * run_args->nlimits > argc)
+		if (run_args->nlimits < 0 || 3 * run_args->nlimits > argc - i)
 			return -1;
 		for (int k = 0; k < run_args->nlimits; k++, i += 3) {
 			run_args->limit_resource[k] = atoi(argv[i]);
@@ -1282,6 +1299,18 @@ static int parse_run(int argc, char **argv, const int *passed, int npassed, stru
 		if (run_args->sources[k] < 0)
 			return -1;
 	return 0;
+}
+
+/* A request parse_run refused: say so on its channel when that much was read (a
+ * supervisor and a stager of different versions, most likely), instead of only exiting. */
+static void refuse_request(const struct run_args *run_args)
+{
+	if (run_args->msg_fd < 0)
+		return;
+	msg_fd = run_args->msg_fd;
+	stage = "clone";
+	send_error(EINVAL, "clone: the stager could not read the run's fields (a supervisor and stager of "
+			   "different versions? reinstall pysandbox)");
 }
 
 static void free_run(struct run_args *run_args)
@@ -1558,6 +1587,8 @@ static __attribute__((noreturn)) void zygote(int control)
 				struct birth_report report = {.fd = control, .zygote = 1};
 				if (parse_run(nfields, fields, passed, npassed, &run_args) == 0)
 					status = start_run(&run_args, &pid, control, &report) == 0 ? 0 : EXIT_SETUP;
+				else
+					refuse_request(&run_args);
 				free_run(&run_args);
 				free(fields);
 			}
@@ -1593,8 +1624,10 @@ int main(int argc, char **argv)
 	int program_fd = atoi(argv[1]);
 	int birth_fd = atoi(argv[2]);
 	struct run_args run_args;
-	if (parse_run(argc - 3, argv + 3, NULL, 0, &run_args) < 0)
+	if (parse_run(argc - 3, argv + 3, NULL, 0, &run_args) < 0) {
+		refuse_request(&run_args);
 		return EXIT_SETUP;
+	}
 	hide_arguments(argc, argv);
 	/* posix_spawn's dup2 onto themselves cleared close-on-exec; the command must not
 	 * inherit any of them (the channel stays open until its exec, as in the Python stages) */

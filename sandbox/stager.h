@@ -2,7 +2,7 @@
 #ifndef PYSANDBOX_STAGER_H
 #define PYSANDBOX_STAGER_H
 #define STAGER_MAGIC "PSBX"
-#define STAGER_VERSION 3
+#define STAGER_VERSION 4
 #define OP_CLONE 0 /* the namespaces clone() makes (always first; the stager itself runs it) */
 #define OP_STAGE 1 /* the stage later errors are reported under */
 #define OP_PDEATHSIG 2 /* PR_SET_PDEATHSIG SIGKILL */

@@ -24,7 +24,7 @@ from . import native
 from .errors import SetupError
 
 MAGIC = b"PSBX"
-VERSION = 3
+VERSION = 4  # 4: the command and environment fields are counted (parse_run)
 
 # name: what it does (stager.c has one case per name, in this order)
 OPS = (
@@ -613,7 +613,13 @@ class Zygote:
         data = text.encode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) + b"\0"  # os.fsencode
         if len(data) > ZYGOTE_MAX_REQUEST or len(fds) > ZYGOTE_MAX_FDS:
             raise TooLarge()
-        self._fdpass.send_fds(self._sock, data, fds)
+        try:
+            self._fdpass.send_fds(self._sock, data, fds)
+        except OSError as e:
+            import errno
+            if e.errno == errno.EMSGSIZE:
+                raise TooLarge() from None  # a socket buffer below the request: the zygote is fine
+            raise
         # "P<pid>" the moment PID 1 exists, then "S<status>"; a zygote that dies between the
         # two still told us whom to reap (ZygoteLost carries it)
         pid = 0

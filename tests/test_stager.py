@@ -194,12 +194,13 @@ def test_recording_fake_gets_the_python_stages(monkeypatch):
     assert not stager.usable_for(launch)
 
 
+_HEAD = stager.MAGIC + stager.VERSION.to_bytes(4, "little")
 BAD_PROGRAMS = [
-    b"PSBX\x01\x00\x00\x00\x05\x00\x00\x00\xff\xff\xff\xff",  # an absurd argument count
+    _HEAD + b"\x05\x00\x00\x00\xff\xff\xff\xff",                  # an absurd argument count
     stager.encode([("clone", 0), ("mount", "only one")]),            # fewer arguments than mount reads
     stager.encode([("clone", "not a number")]),                      # a string where a number goes
-    b"PSBX\x01\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00",  # no such operation
-    b"PSBX\x02\x00\x00\x00",                                        # another version
+    _HEAD + b"\xff\x00\x00\x00\x00\x00\x00\x00",                  # no such operation
+    stager.MAGIC + (stager.VERSION - 1).to_bytes(4, "little"),      # another version
 ]
 
 
@@ -223,6 +224,42 @@ def test_stager_with_bad_program_fails_cleanly(program):
     assert proc.returncode == 125 and message.startswith("E\tclone\t22\t"), (proc.returncode, message)
     os.close(r)
     os.close(msg_r)
+
+
+def _malformed(fields):
+    """The run's fields spoiled four ways: the old delimited command, a count that is not a
+    number, a count past the end, and a field after the last one."""
+    end = fields.index("--")
+    yield "uncounted command", fields[:end + 1] + fields[end + 2:]
+    yield "count with a suffix", fields[:end + 1] + [fields[end + 1] + "x"] + fields[end + 2:]
+    yield "count past the end", fields[:end + 1] + ["99"] + fields[end + 2:]
+    yield "unknown trailing field", fields + ["--surprise"]
+
+
+def test_stager_refuses_malformed_fields_and_says_so_on_the_channel():
+    """A stager that cannot read the run's fields (a supervisor of another version) puts one
+    error on the run's channel and exits 125, instead of guessing where the command ends."""
+    needs_stager()
+    import subprocess
+    from sandbox.stages import Launch
+    program, reason = stager.prepare(Sandbox(load_profile("strict")).plan())
+    assert program is not None, reason
+    launch = Launch(["/bin/echo", "a", "b"], {}, "/")
+    try:
+        for label, fields in _malformed(stager.run_fields(launch, None, str, (None, None, None))):
+            msg_r, msg_w = os.pipe()
+            launch.msg_w, launch.go_r = msg_w, 0
+            fields = [str(msg_w) if i == 0 else f for i, f in enumerate(fields)]
+            proc = subprocess.run([stager.BINARY, str(program.fd), "1", *fields],
+                                  pass_fds=(program.fd, msg_w), capture_output=True)
+            os.close(msg_w)
+            message = os.read(msg_r, 4096).decode()
+            os.close(msg_r)
+            assert proc.returncode == 125, (label, proc.returncode)
+            assert message.startswith("E\tclone\t22\t") and "could not read the run's fields" in message, \
+                (label, message)
+    finally:
+        program.close()
 
 
 def children():
@@ -537,6 +574,14 @@ def test_a_run_too_large_for_a_zygote_request_takes_a_one_shot_stager():
         assert process.wait().exit_code == 0
         assert out.decode() == "%d %d kept\n" % (n, n * size), out
     assert len(box._zygotes) == 1  # the large run left the zygote in place
+    # a socket buffer smaller than a request under the limit (a host's low wmem_default):
+    # EMSGSIZE is the same answer, and the zygote stays
+    import socket
+    zygote = box._zygotes[0][1]
+    zygote._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    process = box.start(["/bin/true"] + ["a" * 1000] * 40)
+    assert process.executor == "stager" and process.wait().exit_code == 0
+    assert box._zygotes[0][1] is zygote
     # beyond what any exec takes: one line in the command's terms, not the stager's path
     with pytest.raises(SetupError) as error:
         box.start(["/bin/true", "a" * (32 * os.sysconf("SC_PAGE_SIZE"))])
