@@ -761,6 +761,11 @@ def _sanitize_proc_stat(path, copy="/.proc-stat"):
 
 def _mask(masked, readonly):
     import stat
+    # Every masked directory shows one empty read-only tmpfs: the first is mounted, the
+    # others bind it. A superblock costs its creation and, at the sandbox's end, a teardown
+    # with the memory cgroup's shrinker reparenting; a bind of a read-only one is as empty.
+    empty_fd = None
+    masked_dirs = set()  # their read-only bind would be a mount more and nothing else
     null_fd = os.open("/dev/null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(null_fd)
@@ -772,9 +777,18 @@ def _mask(masked, readonly):
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue
-            if stat.S_ISDIR(st.st_mode):
+            if stat.S_ISDIR(st.st_mode) and empty_fd is not None:
+                k.mount("/proc/self/fd/%d" % empty_fd, path, None, k.MS_BIND, None, "mask")
+                check, empty = os.stat(path), os.fstat(empty_fd)
+                if (check.st_dev, check.st_ino) != (empty.st_dev, empty.st_ino) \
+                        or not os.statvfs(path).f_flag & os.ST_RDONLY:
+                    raise SetupError("mask", 0, "%s is not masked by the empty tmpfs after the bind" % path)
+            elif stat.S_ISDIR(st.st_mode):
                 k.mount("tmpfs", path, "tmpfs", k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC,
                         "size=0,mode=0555", "mask")
+                empty_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if stat.S_ISDIR(st.st_mode):
+                masked_dirs.add(path)
             elif stat.S_ISLNK(st.st_mode):
                 continue
             else:
@@ -785,8 +799,10 @@ def _mask(masked, readonly):
                     raise SetupError("mask", 0, "%s is not masked by /dev/null after the bind" % path)
     finally:
         os.close(null_fd)
+        if empty_fd is not None:
+            os.close(empty_fd)
     for path in readonly:
-        if not os.path.exists(path):
+        if not os.path.exists(path) or path in masked_dirs:
             continue
         k.mount(path, path, None, k.MS_BIND | k.MS_REC, None, "readonly-path")
         make_readonly(path, "readonly-path")

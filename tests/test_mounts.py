@@ -281,3 +281,41 @@ def test_ordered_profile_mounts_apply_in_order_and_refuse_hiding(strict, tmp_pat
     with pytest.raises(UsageError, match="--tmpfs /data would hide the earlier mount --ro-bind %s:/data/in"
                        % directory):
         Sandbox(_Options(profile, mounts=base + (inner, outer))).run(["/bin/true"])
+
+
+MASK_PROBE = r"""
+import json, os
+mounts = [line.split() for line in open("/proc/self/mountinfo")]
+out = {}
+for path in ("/proc/acpi", "/proc/irq"):
+    lines = [m for m in mounts if m[4] == path]
+    try:
+        open(os.path.join(path, "x"), "w")
+        write = "written"
+    except OSError as e:
+        write = e.errno
+    out[path] = {"mounts": len(lines), "dev": lines[-1][2] if lines else None,
+                 "entries": os.listdir(path) if os.path.isdir(path) else None, "write": write}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("executor", ["stager", "python"])
+def test_masked_directories_share_one_empty_read_only_tmpfs(executor):
+    """strict masks /proc/acpi and /proc/irq (readonly too, by OCI's default list): one empty
+    read-only tmpfs is mounted and bound over each, one mount per path, under both
+    executors (a superblock each cost its creation and teardown in every run)."""
+    import errno
+    from sandbox import Sandbox, load_profile
+    box = Sandbox(load_profile("strict"), executor="python" if executor == "python" else None)
+    plan = box.plan()
+    assert "/proc/irq" in plan.mounts.masked and "/proc/irq" in plan.mounts.readonly
+    result = box.run(["python3", "-I", "-S", "-c", MASK_PROBE], capture_output=True, text=True)
+    box.close()
+    assert result.exit_code == 0, (result.stage, result.message, result.stderr)
+    view = json.loads(result.stdout)
+    present = {path: seen for path, seen in view.items() if seen["mounts"]}
+    assert "/proc/irq" in present, view  # the host has /proc/irq; /proc/acpi depends on the VM
+    for path, seen in present.items():
+        assert seen["mounts"] == 1 and seen["entries"] == [] and seen["write"] == errno.EROFS, (path, seen)
+    assert len({seen["dev"] for seen in present.values()}) == 1, view
