@@ -11,7 +11,8 @@ namespaces. The order is the kernel's:
  2. mount a scratch tmpfs and pivot into it with the host's root at /oldroot, so bind
     sources resolve through /oldroot even where the new root covers their path
     (bubblewrap's trick);
- 3. build /newroot: first the runtime's base (a tmpfs or the --rootfs dir or an overlay,
+ 3. build /newroot: first the runtime's base (the scratch's /newroot bound onto itself, or
+    the --rootfs dir or an overlay,
     /usr's siblings, /etc, /tmp, /dev with its own devpts, a procfs mounted only now from
     inside the new pid namespace, /proc/stat sanitized), then the user's mounts in the order
     given, so a later mount may sit inside an earlier one (a bind under /tmp, a bind inside a
@@ -534,8 +535,16 @@ def operations(mp, have_sources, keep_user_sysctls=False):
     user-limits stage (sandbox/user_limits.py), before any mask makes /proc/sys read-only;
     without a fresh /proc, the inherited one's, right after the first pivot."""
     host = ""
+    # Without an image the new root is a directory of the scratch tmpfs made a mount point
+    # by binding it onto itself (pivot_root wants a mount point), as bubblewrap's is: one
+    # superblock fewer per run than a tmpfs of its own, whose creation and teardown (with
+    # the memory cgroup's shrinker reparenting) every run paid. Hence the scratch's size is
+    # the root's; what else the scratch holds (/oldroot's mount point, the /proc/stat copy)
+    # is outside the new root, and the scratch's own mount is detached after the pivot.
+    scratch_size = "1m" if mp.rootfs else "16m"
     ops = [("mount", None, "/", None, k.MS_REC | k.MS_PRIVATE, None, "make-rprivate"),
-           ("mount", "tmpfs", BASE, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=1m", "mount-scratch"),
+           ("mount", "tmpfs", BASE, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=" + scratch_size,
+            "mount-scratch"),
            ("mkdir", BASE + NEW, 0o755, False), ("mkdir", BASE + OLD, 0o755, False),
            ("pivot", BASE, BASE + OLD), ("chdir", "/")]
     if keep_user_sysctls and not mp.proc:
@@ -570,7 +579,7 @@ def operations(mp, have_sources, keep_user_sysctls=False):
         if mp.readonly_root and not mp.overlay:
             ops.append(("restrict", NEW, True, "rootfs-ro"))
     else:
-        ops.append(("mount", "tmpfs", NEW, "tmpfs", k.MS_NOSUID | k.MS_NODEV, "mode=0755,size=16m", "mount-root"))
+        ops.append(("mount", NEW, NEW, None, k.MS_BIND, None, "mount-root"))
         for name in mp.root_links:
             seen = host + "/" + name
             if os.path.islink(seen):

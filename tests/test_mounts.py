@@ -319,3 +319,27 @@ def test_masked_directories_share_one_empty_read_only_tmpfs(executor):
     for path, seen in present.items():
         assert seen["mounts"] == 1 and seen["entries"] == [] and seen["write"] == errno.EROFS, (path, seen)
     assert len({seen["dev"] for seen in present.values()}) == 1, view
+
+
+ROOT_PROBE = r"""
+import json, os
+line = [l.split() for l in open("/proc/self/mountinfo") if l.split()[4] == "/"][-1]
+vfs = os.statvfs("/")
+print(json.dumps({"root": line[3], "fstype": line[line.index("-") + 1], "opts": line[5].split(","),
+                  "size": vfs.f_blocks * vfs.f_frsize}))
+"""
+
+
+@pytest.mark.parametrize("executor", ["stager", "python"])
+def test_the_root_is_the_scratch_tmpfs_bound_onto_itself_with_the_roots_size(executor):
+    """Without an image the new root is the scratch tmpfs's /newroot made a mount point by a
+    self-bind (one superblock fewer per run than a tmpfs of its own); its size is still 16
+    MiB and it is still read-only."""
+    from sandbox import Sandbox, load_profile
+    box = Sandbox(load_profile("strict"), executor="python" if executor == "python" else None)
+    result = box.run(["python3", "-I", "-S", "-c", ROOT_PROBE], capture_output=True, text=True)
+    box.close()
+    assert result.exit_code == 0, (result.stage, result.message, result.stderr)
+    view = json.loads(result.stdout)
+    assert view["root"] == "/newroot" and view["fstype"] == "tmpfs", view
+    assert "ro" in view["opts"] and view["size"] == 16 << 20, view
