@@ -31,6 +31,7 @@ from .errors import SetupError, UsageError
 BASE = "/tmp"
 NEW = "/newroot"
 OLD = "/oldroot"
+MASK_SOURCE = "/.mask"  # on the scratch, beside NEW and OLD
 ROOT_LINKS = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
@@ -42,6 +43,7 @@ AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
 
 
 PTY_MAX_DEFAULT = 64
@@ -547,6 +549,11 @@ def operations(mp, have_sources, keep_user_sysctls=False):
             "mount-scratch"),
            ("mkdir", BASE + NEW, 0o755, False), ("mkdir", BASE + OLD, 0o755, False),
            ("pivot", BASE, BASE + OLD), ("chdir", "/")]
+    if mp.masked:
+        # What every masked directory will show: an empty directory of the scratch, outside
+        # the new root, taken as a detached read-only copy now (after the pivot the scratch is
+        # out of reach) -- no tmpfs of its own, whose superblock each run made and tore down.
+        ops.extend([("mkdir", MASK_SOURCE, 0o555, False), ("keep_mask_source", MASK_SOURCE)])
     if keep_user_sysctls and not mp.proc:
         ops.append(("keep_dir", OLD + "/proc/sys/user"))
     # With sources the rootfs is the first detached tree, the user's binds follow it.
@@ -714,6 +721,23 @@ def _op_keep_dir(source_fds, path):
         raise SetupError("mount", e.errno, "keep %s: %s" % (path, e.strerror)) from None
 
 
+def _op_keep_mask_source(source_fds, path):
+    """A detached copy of the empty directory `path`, read-only, nosuid, nodev, noexec: the
+    mount every masked directory will show (open_tree clones a mount of our own namespace;
+    mount_setattr may change a detached one)."""
+    import ctypes
+    fd = k._syscall(SYS_open_tree, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise SetupError("mask", err, "open_tree %s: %s" % (path, os.strerror(err)))
+    attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, 0, 0, 0)
+    if k._syscall(SYS_mount_setattr, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), 32):
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise SetupError("mask", err, "mount_setattr %s: %s" % (path, os.strerror(err)))
+    return fd
+
+
 # What each operation of `operations` means here (sandbox/stager.c has the same meanings)
 _EXECUTORS = {
     "mount": _op_mount,
@@ -732,20 +756,28 @@ _EXECUTORS = {
     "write": _op_write,
     "mount_sysfs": _op_mount_sysfs,
     "keep_dir": _op_keep_dir,
+    "keep_mask_source": _op_keep_mask_source,
 }
 
 
 def execute(ops, source_fds):
     """Run mount operations here (the Python child); returns what `keep_dir` opened, or None."""
-    kept = None
+    kept = mask_source = None
     for op in ops:
+        if op[0] == "mask":
+            mask_source, source = None, mask_source
+            _mask(op[1], op[2], source)
+            continue
         run = _EXECUTORS.get(op[0])
         if run is None:
             raise SetupError("mount", 22, "unknown mount operation %r" % op[0])
         result = run(source_fds, *op[1:])
         if op[0] == "keep_dir":
             kept = result
+        elif op[0] == "keep_mask_source":
+            mask_source = result
     return kept
+
 
 
 def _sanitize_proc_stat(path, copy="/.proc-stat"):
@@ -768,7 +800,7 @@ def _sanitize_proc_stat(path, copy="/.proc-stat"):
             None, "proc-stat")
 
 
-def _mask(masked, readonly):
+def _mask(masked, readonly, mask_source=None):
     import stat
     # Every masked directory shows one empty read-only tmpfs: the first is mounted, the
     # others bind it. A superblock costs its creation and, at the sandbox's end, a teardown
@@ -793,9 +825,18 @@ def _mask(masked, readonly):
                         or not os.statvfs(path).f_flag & os.ST_RDONLY:
                     raise SetupError("mask", 0, "%s is not masked by the empty tmpfs after the bind" % path)
             elif stat.S_ISDIR(st.st_mode):
-                k.mount("tmpfs", path, "tmpfs", k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC,
-                        "size=0,mode=0555", "mask")
+                if mask_source is not None:
+                    if k._syscall(SYS_move_mount, mask_source, b"", AT_FDCWD, path.encode(),
+                                  MOVE_MOUNT_F_EMPTY_PATH) != 0:
+                        import ctypes
+                        err = ctypes.get_errno()
+                        raise SetupError("mask", err, "%s: %s" % (path, os.strerror(err)))
+                else:
+                    k.mount("tmpfs", path, "tmpfs", k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC,
+                            "size=0,mode=0555", "mask")
                 empty_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                if os.listdir("/proc/self/fd/%d" % empty_fd) or not os.statvfs(path).f_flag & os.ST_RDONLY:
+                    raise SetupError("mask", 0, "%s is not an empty read-only directory after the mask" % path)
             if stat.S_ISDIR(st.st_mode):
                 masked_dirs.add(path)
             elif stat.S_ISLNK(st.st_mode):
@@ -808,8 +849,9 @@ def _mask(masked, readonly):
                     raise SetupError("mask", 0, "%s is not masked by /dev/null after the bind" % path)
     finally:
         os.close(null_fd)
-        if empty_fd is not None:
-            os.close(empty_fd)
+        for fd in (empty_fd, mask_source):  # the source's descriptor outlives its move_mount
+            if fd is not None:
+                os.close(fd)
     for path in readonly:
         if not os.path.exists(path) or path in masked_dirs:
             continue

@@ -63,6 +63,7 @@ static unsigned char *program_text;
 static int in_zygote; /* PID 1 cloned from a zygote: the program's pages are the zygote's too */
 static int net_sock = -1; /* PID 1's end of the network helper's socket (stager.py _net_helper) */
 static int kept_dir = -1; /* "keep_dir": what relative "write" paths are below (user limits) */
+static int mask_source = -1; /* "keep_mask_source": the detached empty directory the masks show */
 static pid_t last_helper = -1; /* the one-shot stager waits for it before it exits */
 static int msg_fd = -1, go_fd = -1;
 static const char *stage = "stager";
@@ -312,6 +313,9 @@ static unsigned long mount_flags_of(const char *path)
 #define MOUNT_ATTR_NOSUID 0x2
 #define MOUNT_ATTR_NODEV 0x4
 #endif
+#ifndef MOUNT_ATTR_NOEXEC
+#define MOUNT_ATTR_NOEXEC 0x8
+#endif
 #ifndef AT_RECURSIVE
 #define AT_RECURSIVE 0x8000
 #endif
@@ -382,6 +386,31 @@ static int is_null_device(const struct stat *st)
 	return S_ISCHR(st->st_mode) && st->st_rdev == makedev(1, 3);
 }
 
+static int directory_is_empty(const char *path)
+{
+	DIR *d = opendir(path);
+	if (!d)
+		return 0;
+	int entries = 0;
+	struct dirent *e;
+	while ((e = readdir(d)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+			entries++;
+	closedir(d);
+	return entries == 0;
+}
+
+/* mnt._op_keep_mask_source: a detached read-only copy of an empty directory of the scratch,
+ * taken before the pivot puts the scratch out of reach */
+static void keep_mask_source(const char *path)
+{
+	int fd = (int)syscall(SYS_open_tree, AT_FDCWD, path, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
+	CHECK(fd, "mask", "open_tree %s", path);
+	struct mount_attr_v0 attr = {MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, 0, 0, 0};
+	CHECK(syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)), "mask", "mount_setattr %s", path);
+	mask_source = fd;
+}
+
 /* A read-only path that is also a masked directory is an empty read-only tmpfs with
  * nothing below it already: its read-only bind would be a mount more and nothing else. */
 static int masked_directory(const struct op *op, uint32_t nmasked, const char *path)
@@ -428,11 +457,18 @@ static void mask_paths(const struct op *op)
 			    || check.st_ino != empty.st_ino || on_writable_mount(path))
 				fail(0, "mask", "%s is not masked by the empty tmpfs after the bind", path);
 		} else if (S_ISDIR(st.st_mode)) {
-			CHECK(mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=0555"),
-			      "mask", "%s", path);
+			if (mask_source >= 0) {
+				CHECK(syscall(SYS_move_mount, mask_source, "", AT_FDCWD, path, 0x4 /* MOVE_MOUNT_F_EMPTY_PATH */),
+				      "mask", "%s", path);
+			} else {
+				CHECK(mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+					    "size=0,mode=0555"), "mask", "%s", path);
+			}
 			empty_fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			CHECK(empty_fd, "mask", "%s", path);
 			snprintf(empty_src, sizeof(empty_src), "/proc/self/fd/%d", empty_fd);
+			if (!directory_is_empty(empty_src) || on_writable_mount(path))
+				fail(0, "mask", "%s is not an empty read-only directory after the mask", path);
 		} else if (S_ISLNK(st.st_mode)) {
 			continue;
 		} else {
@@ -445,6 +481,10 @@ static void mask_paths(const struct op *op)
 	close(null_fd);
 	if (empty_fd >= 0)
 		close(empty_fd);
+	if (mask_source >= 0) {
+		close(mask_source); /* its descriptor outlives the move_mount */
+		mask_source = -1;
+	}
 	for (uint32_t i = nmasked + 1; i < op->nargs; i++) {
 		const char *path = str(op, i);
 		if (access(path, F_OK) < 0 || masked_directory(op, nmasked, path))
@@ -1016,6 +1056,9 @@ static void run(size_t from)
 			break;
 		case OP_PROC_STAT:
 			proc_stat(str(op, 0), str(op, 1));
+			break;
+		case OP_KEEP_MASK_SOURCE:
+			keep_mask_source(str(op, 0));
 			break;
 		case OP_KEEP_DIR:
 			/* mnt._op_keep_dir: the sandbox's /proc/sys/user, before the masks */

@@ -48,6 +48,7 @@
 #define OP_KEEP_DIR 42 /* path: kept open (O_PATH); relative write paths are below it (user limits) */
 #define OP_CLOSE_KEPT 43 /* PID 1: close the kept directory */
 #define OP_NET_JOIN 44 /* PID 1: setns into the helper's network namespace */
-#define OP_COUNT 45
-static const unsigned op_min_args[OP_COUNT] = {1, 1, 0, 0, 0, 3, 1, 1, 5, 0, 6, 2, 3, 3, 2, 2, 2, 2, 1, 3, 3, 3, 2, 1, 0, 0, 1, 3, 0, 0, 0, 0, 2, 0, 5, 1, 0, 2, 1, 0, 0, 0, 1, 0, 0};
+#define OP_KEEP_MASK_SOURCE 45 /* path: a detached read-only copy of this empty directory, for the masks */
+#define OP_COUNT 46
+static const unsigned op_min_args[OP_COUNT] = {1, 1, 0, 0, 0, 3, 1, 1, 5, 0, 6, 2, 3, 3, 2, 2, 2, 2, 1, 3, 3, 3, 2, 1, 0, 0, 1, 3, 0, 0, 0, 0, 2, 0, 5, 1, 0, 2, 1, 0, 0, 0, 1, 0, 0, 1};
 #endif

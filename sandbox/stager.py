@@ -73,6 +73,7 @@ OPS = (
     ("keep_dir", 1, "path: kept open (O_PATH); relative write paths are below it (user limits)"),
     ("close_kept", 0, "PID 1: close the kept directory"),
     ("net_join", 0, "PID 1: setns into the helper's network namespace"),
+    ("keep_mask_source", 1, "path: a detached read-only copy of this empty directory, for the masks"),
 )
 CODES = {name: code for code, (name, _, _) in enumerate(OPS)}
 RLIM_INFINITY = (1 << 64) - 1
