@@ -191,6 +191,9 @@ class Sandbox:
     def close(self):
         """Release what preparation holds (the init binary's descriptor) and every cgroup
         made ahead or waiting for removal; runs still going remove their own."""
+        # The zygotes first: they sit in the shared devices cgroup (_joined_by_zygote), which
+        # the pool removes once it is empty.
+        self._close_zygotes(everything=True)
         pool, self._cgroups = self._cgroups, None
         if pool is not None:
             _pools.discard(pool)
@@ -198,7 +201,6 @@ class Sandbox:
         if self._init_fd is not None:
             os.close(self._init_fd)
             self._init_fd = None
-        self._close_zygotes(everything=True)
         program, self._program = self._program, None
         if program is not None:
             program.close()
@@ -549,6 +551,30 @@ class SandboxProcess:
         # The child's ends and the bind sources live on in the child only.
         self._close_child_ends()
 
+    def _joined_by_zygote(self, zygote, tasks):
+        """The run's tasks files less the shared devices cgroup, which the zygote joins once
+        (a thread move of its PID into `tasks`: no threadgroup rwsem) so that every PID 1 it
+        clones is born there: one cgroup join, and one css_set made and freed, less per run.
+        The cgroup is the same for every sandbox (one allowlist), and the zygote opens no
+        device outside it; a zygote that cannot join leaves the join to PID 1."""
+        if not tasks:
+            return tasks
+        shared = [os.path.join(path, "tasks") for label, path in getattr(self._cgroup, "dirs", ())
+                  if label == "devices"]
+        if len(shared) != 1 or shared[0] not in tasks:
+            return tasks
+        if zygote.joined != shared[0]:
+            try:
+                fd = os.open(shared[0], os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"%d" % zygote.pid)
+                finally:
+                    os.close(fd)
+            except OSError:
+                return tasks
+            zygote.joined = shared[0]
+        return [path for path in tasks if path != shared[0]]
+
     def _spawn_stager(self, stager, program, launch):
         """clone through the compiled child: the stager (posix_spawn, no copy of this
         process) clones PID 1 as our child and reports its PID on the birth pipe."""
@@ -569,7 +595,9 @@ class SandboxProcess:
             launch.net_inline = stager.net_inline()
         pid = status = None
         zygote = self.sandbox._zygote(program)
+        every_cgroup = launch.cgroup_tasks
         if zygote is not None:
+            launch.cgroup_tasks = self._joined_by_zygote(zygote, every_cgroup)
             try:
                 pid, status = zygote.start(launch, release)
             except stager.TooLarge:
@@ -586,6 +614,7 @@ class SandboxProcess:
                 self.sandbox._drop_zygote(zygote)  # it was gone before the request: start our own
             else:
                 self.executor = "zygote"
+        launch.cgroup_tasks = every_cgroup  # a one-shot stager's PID 1 joins them all
         if pid is None:
             # The birth pipe says "<pid>" the moment PID 1 exists, then "S<status>". The stager
             # is reaped after the go stage: its network helper may wait for PID 1's release.

@@ -564,6 +564,7 @@ class Zygote:
     def __init__(self, program):
         from .oci import fdpass
         self._fdpass = fdpass
+        self.joined = None  # the shared cgroup's tasks file it was moved into (runtime._joined_by_zygote)
         ours, theirs = fdpass.pair()
         try:
             if min(ours.fileno(), theirs.fileno(), program.fd) < 3:

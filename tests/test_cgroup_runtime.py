@@ -327,3 +327,41 @@ def test_the_last_sandbox_out_removes_the_parents(state_dir):
         sleeper.wait()
         keeper.close()
     assert _our_parents() == []
+
+
+def _devices_of(pid):
+    with open("/proc/%d/cgroup" % pid) as f:
+        return [line.rstrip().split(":", 2)[2] for line in f if line.split(":")[1] == "devices"]
+
+
+def test_a_zygotes_pid1_is_born_in_the_shared_devices_cgroup():
+    """A thread's zygote joins the shared devices cgroup once, so the PID 1s it clones are
+    born there and skip that join; a run that falls back to a one-shot stager (too large for
+    a zygote request) still joins it itself. Every sandbox's command is under the allowlist."""
+    _need_limits()
+    from sandbox import Sandbox, load_profile
+    require("devices" in cgroup.v1_hierarchies(), "no v1 devices controller")
+    box = Sandbox(load_profile("strict"))
+    try:
+        for argv, executor in ((["/bin/sleep", "5"], "stager"), (["/bin/sleep", "5"], "zygote"),
+                               (["/bin/sleep", "5"] + ["x" * 1000] * 140, "stager")):
+            proc = box.start(argv)
+            try:
+                assert proc.executor == executor, (proc.executor, executor)
+                devices = [p for label, p in proc._cgroup.dirs if label == "devices"]
+                assert len(devices) == 1
+                want = "/" + os.path.relpath(devices[0], cgroup.v1_hierarchies()["devices"])
+                deadline = time.monotonic() + 5
+                while _devices_of(proc.pid) != [want] and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert _devices_of(proc.pid) == [want], (executor, _devices_of(proc.pid), want)
+                if executor == "zygote":
+                    zygote = box._zygotes[0][1]
+                    assert _devices_of(zygote.pid) == [want] and zygote.joined is not None
+            finally:
+                proc.kill()
+                proc.wait()
+    finally:
+        box.close()
+    # the zygote left it at close: the shared cgroup went with the last sandbox
+    assert not os.path.isdir(devices[0])
