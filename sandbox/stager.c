@@ -386,18 +386,19 @@ static int is_null_device(const struct stat *st)
 	return S_ISCHR(st->st_mode) && st->st_rdev == makedev(1, 3);
 }
 
-static int directory_is_empty(const char *path)
+/* The entries of a directory besides . and .., or -1 when it cannot be read. */
+static int count_entries(const char *path)
 {
 	DIR *d = opendir(path);
 	if (!d)
-		return 0;
+		return -1;
 	int entries = 0;
 	struct dirent *e;
 	while ((e = readdir(d)))
 		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
 			entries++;
 	closedir(d);
-	return entries == 0;
+	return entries;
 }
 
 /* mnt._op_keep_mask_source: a detached read-only copy of an empty directory of the scratch,
@@ -467,7 +468,7 @@ static void mask_paths(const struct op *op)
 			empty_fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			CHECK(empty_fd, "mask", "%s", path);
 			snprintf(empty_src, sizeof(empty_src), "/proc/self/fd/%d", empty_fd);
-			if (!directory_is_empty(empty_src) || on_writable_mount(path))
+			if (count_entries(empty_src) != 0 || on_writable_mount(path))
 				fail(0, "mask", "%s is not an empty read-only directory after the mask", path);
 		} else if (S_ISLNK(st.st_mode)) {
 			continue;
@@ -713,15 +714,9 @@ static void verify(const struct op *op)
 			if (stat(want, &st) < 0 || is_null_device(&st))
 				continue;
 			if (S_ISDIR(st.st_mode)) {
-				DIR *d = opendir(want);
-				if (!d)
+				int entries = count_entries(want);
+				if (entries < 0)
 					continue;
-				int entries = 0;
-				struct dirent *e;
-				while ((e = readdir(d)))
-					if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-						entries++;
-				closedir(d);
 				if (entries)
 					verify_fail("masked paths", "%s is a directory with %d entries, expected it masked", want, entries);
 				if (on_writable_mount(want))
