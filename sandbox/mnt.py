@@ -779,7 +779,6 @@ def execute(ops, source_fds):
     return kept
 
 
-
 def _sanitize_proc_stat(path, copy="/.proc-stat"):
     """Bind a copy of /proc/stat with the per-IRQ (intr) and softirq counters zeroed over it.
 
@@ -802,9 +801,11 @@ def _sanitize_proc_stat(path, copy="/.proc-stat"):
 
 def _mask(masked, readonly, mask_source=None):
     import stat
-    # Every masked directory shows one empty read-only tmpfs: the first is mounted, the
-    # others bind it. A superblock costs its creation and, at the sandbox's end, a teardown
-    # with the memory cgroup's shrinker reparenting; a bind of a read-only one is as empty.
+    # Every masked directory shows one empty read-only directory: the scratch's, kept by
+    # keep_mask_source (a tmpfs only where none was kept), moved over the first and bound
+    # over the others. A superblock per mask cost its creation and, at the sandbox's end, a
+    # teardown with the memory cgroup's shrinker reparenting; a bind is as empty and as
+    # unwritable.
     empty_fd = None
     masked_dirs = set()  # their read-only bind would be a mount more and nothing else
     null_fd = os.open("/dev/null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -823,7 +824,7 @@ def _mask(masked, readonly, mask_source=None):
                 check, empty = os.stat(path), os.fstat(empty_fd)
                 if (check.st_dev, check.st_ino) != (empty.st_dev, empty.st_ino) \
                         or not os.statvfs(path).f_flag & os.ST_RDONLY:
-                    raise SetupError("mask", 0, "%s is not masked by the empty tmpfs after the bind" % path)
+                    raise SetupError("mask", 0, "%s is not masked by the empty directory after the bind" % path)
             elif stat.S_ISDIR(st.st_mode):
                 if mask_source is not None:
                     if k._syscall(SYS_move_mount, mask_source, b"", AT_FDCWD, path.encode(),

@@ -564,12 +564,9 @@ class SandboxProcess:
         if len(shared) != 1 or shared[0] not in tasks:
             return tasks
         if zygote.joined != shared[0]:
+            from . import cgroup_fs
             try:
-                fd = os.open(shared[0], os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"%d" % zygote.pid)
-                finally:
-                    os.close(fd)
+                cgroup_fs.write_file(shared[0], str(zygote.pid))
             except OSError:
                 return tasks
             zygote.joined = shared[0]

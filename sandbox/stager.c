@@ -412,7 +412,7 @@ static void keep_mask_source(const char *path)
 	mask_source = fd;
 }
 
-/* A read-only path that is also a masked directory is an empty read-only tmpfs with
+/* A read-only path that is also a masked directory is an empty read-only mount with
  * nothing below it already: its read-only bind would be a mount more and nothing else. */
 static int masked_directory(const struct op *op, uint32_t nmasked, const char *path)
 {
@@ -424,7 +424,7 @@ static int masked_directory(const struct op *op, uint32_t nmasked, const char *p
 	return 0;
 }
 
-/* mnt._mask: masked paths (a directory under an empty read-only tmpfs, anything else
+/* mnt._mask: masked paths (a directory under an empty read-only directory, anything else
  * under the null device, checked before and after the bind), then read-only paths */
 static void mask_paths(const struct op *op)
 {
@@ -439,10 +439,11 @@ static void mask_paths(const struct op *op)
 		fail(0, "mask", "/dev/null is not the null device");
 	char null_src[64], empty_src[64];
 	snprintf(null_src, sizeof(null_src), "/proc/self/fd/%d", null_fd);
-	/* Every masked directory shows one empty read-only tmpfs: the first is mounted, the
-	 * others are binds of it. A superblock costs its creation and, at the sandbox's end, a
-	 * teardown with the memory cgroup's shrinker reparenting (~70 µs each per run here);
-	 * a bind of a read-only superblock is as empty and as unwritable. */
+	/* Every masked directory shows one empty read-only directory: the scratch's, kept by
+	 * keep_mask_source (a tmpfs only where none was kept), moved over the first and bound
+	 * over the others. A superblock per mask cost its creation and, at the sandbox's end,
+	 * a teardown with the memory cgroup's shrinker reparenting; a bind is as empty and as
+	 * unwritable. */
 	int empty_fd = -1;
 	for (uint32_t i = 1; i <= nmasked; i++) {
 		const char *path = str(op, i);
@@ -456,7 +457,7 @@ static void mask_paths(const struct op *op)
 			struct stat check, empty;
 			if (stat(path, &check) < 0 || fstat(empty_fd, &empty) < 0 || check.st_dev != empty.st_dev
 			    || check.st_ino != empty.st_ino || on_writable_mount(path))
-				fail(0, "mask", "%s is not masked by the empty tmpfs after the bind", path);
+				fail(0, "mask", "%s is not masked by the empty directory after the bind", path);
 		} else if (S_ISDIR(st.st_mode)) {
 			if (mask_source >= 0) {
 				CHECK(syscall(SYS_move_mount, mask_source, "", AT_FDCWD, path, 0x4 /* MOVE_MOUNT_F_EMPTY_PATH */),
@@ -720,7 +721,7 @@ static void verify(const struct op *op)
 				if (entries)
 					verify_fail("masked paths", "%s is a directory with %d entries, expected it masked", want, entries);
 				if (on_writable_mount(want))
-					verify_fail("masked paths", "%s is an empty but writable directory, expected a read-only tmpfs", want);
+					verify_fail("masked paths", "%s is an empty but writable directory, expected it read-only", want);
 				continue;
 			}
 			int fd = open(want, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);

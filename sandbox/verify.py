@@ -162,7 +162,7 @@ def _check_masked(path):
         if entries:
             _fail("masked paths", "%s is a directory with %d entries, expected it masked" % (path, len(entries)))
         if not os.statvfs(path).f_flag & os.ST_RDONLY:
-            _fail("masked paths", "%s is an empty but writable directory, expected a read-only tmpfs" % path)
+            _fail("masked paths", "%s is an empty but writable directory, expected it read-only" % path)
         return
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
