@@ -171,7 +171,8 @@ def test_masked_and_readonly_paths(var_tmp):
                 results[key + ":" + path] = "ok"
             except Exception as e:
                 results[key + ":" + path] = e.stage
-        # mask as the runtime does: /dev/null over files, a read-only empty tmpfs over dirs
+        # masks verify accepts: /dev/null over files, an empty read-only mount over dirs (a tmpfs
+        # here; the runtime binds an empty directory of its scratch)
         mount("/dev/null", str(secret), None, MS_BIND)
         mount("tmpfs", str(secret_dir), "tmpfs", MS_RDONLY, "size=4k")
         mount(str(writable), str(writable), None, MS_BIND)
