@@ -6,6 +6,10 @@ For each N and each runtime: start N sandboxes that sleep, report
   - start: seconds from the first start until every sleep runs (found in /proc),
   - memory: MemAvailable drop per sandbox once all run (kernel + user memory: namespaces,
     cgroups, page tables, the supervisor's own growth), and the Slab part of it,
+  - held: the growth of what the sandboxes hold and no reclaim takes back, page cache left
+    out (AnonPages + Shmem + PageTables + KernelStack + Slab + Percpu, /proc/meminfo):
+    MemAvailable also moves with the page cache and the kernel's estimate of what it could
+    reclaim, and wandered 305-840 KiB per sandbox over runs of one build (stop 21),
   - teardown: seconds from the first kill until every sandbox is gone (pysandbox: every
     handle waited and its cgroups removed).
 pysandbox drives all N from this one process through `Sandbox.start()`; bubblewrap runs
@@ -37,6 +41,15 @@ def meminfo():
             key, value = line.split(":", 1)
             out[key] = int(value.split()[0]) * 1024
     return out
+
+
+HELD = ("AnonPages", "Shmem", "PageTables", "KernelStack", "Slab", "Percpu")
+
+
+def per_sandbox(before, after, n):
+    return dict(mem=(before["MemAvailable"] - after["MemAvailable"]) / n,
+                slab=(after["Slab"] - before["Slab"]) / n,
+                held=sum(after.get(k, 0) - before.get(k, 0) for k in HELD) / n)
 
 
 def sleepers(token):
@@ -98,9 +111,7 @@ def run_pysandbox(n, token):
         for handle in handles:
             handle.wait()
         t_down = time.monotonic() - t1
-    return dict(ok=ok, start=t_running, teardown=t_down,
-                mem=(before["MemAvailable"] - after["MemAvailable"]) / n,
-                slab=(after["Slab"] - before["Slab"]) / n)
+    return dict(ok=ok, start=t_running, teardown=t_down, **per_sandbox(before, after, n))
 
 
 def bwrap_argv(token):
@@ -135,9 +146,7 @@ def run_bwrap(n, token):
         while sleepers(token) and time.monotonic() < deadline:
             time.sleep(0.02)
         t_down = time.monotonic() - t1
-    return dict(ok=ok, start=t_running, teardown=t_down,
-                mem=(before["MemAvailable"] - after["MemAvailable"]) / n,
-                slab=(after["Slab"] - before["Slab"]) / n)
+    return dict(ok=ok, start=t_running, teardown=t_down, **per_sandbox(before, after, n))
 
 
 def main():
@@ -161,25 +170,30 @@ def main():
                 settle()
                 token = "%d.%d%d" % (3600, os.getpid(), len(rounds) + 100 * n + (7 if runtime == "bwrap" else 0))
                 rounds.append(fn(n, token))
-                print("  %-9s N=%-5d round %d: start %.2fs  mem %.0f KiB/sandbox  slab %.0f KiB  teardown %.2fs%s"
+                print("  %-9s N=%-5d round %d: start %.2fs  mem %.0f KiB/sandbox  slab %.0f KiB  held %.0f KiB"
+                      "  teardown %.2fs%s"
                       % (runtime, n, r + 1, rounds[-1]["start"], rounds[-1]["mem"] / 1024,
-                         rounds[-1]["slab"] / 1024, rounds[-1]["teardown"],
+                         rounds[-1]["slab"] / 1024, rounds[-1]["held"] / 1024, rounds[-1]["teardown"],
                          "" if rounds[-1]["ok"] else "  (NOT ALL RUNNING)"), flush=True)
             results[(runtime, n)] = {k: statistics.median(x[k] for x in rounds)
-                                     for k in ("start", "mem", "slab", "teardown")}
+                                     for k in ("start", "mem", "slab", "held", "teardown")}
     from sandbox import cgroup
     cgroup.gc(full=True)  # our empty parent cgroups go too
     print()
-    print("%-6s %-10s %10s %14s %12s %12s" % ("N", "runtime", "start s", "mem KiB/sbx", "slab KiB", "teardown s"))
+    print("%-6s %-10s %10s %14s %12s %12s %12s" % ("N", "runtime", "start s", "mem KiB/sbx", "slab KiB",
+                                                   "held KiB", "teardown s"))
+
+    def ratio(a, b):
+        return a / b if b else float("nan")
     for n in sizes:
         for runtime in ("pysandbox", "bwrap"):
             m = results[(runtime, n)]
-            print("%-6d %-10s %10.2f %14.0f %12.0f %12.2f" % (n, runtime, m["start"], m["mem"] / 1024,
-                                                           m["slab"] / 1024, m["teardown"]))
+            print("%-6d %-10s %10.2f %14.0f %12.0f %12.0f %12.2f" % (n, runtime, m["start"], m["mem"] / 1024,
+                                                                  m["slab"] / 1024, m["held"] / 1024, m["teardown"]))
         p, b = results[("pysandbox", n)], results[("bwrap", n)]
-        print("%-6d %-10s %10.2f %14.2f %12s %12.2f" % (n, "ratio", p["start"] / b["start"],
-                                                      p["mem"] / b["mem"] if b["mem"] else float("nan"), "",
-                                                      p["teardown"] / b["teardown"]))
+        print("%-6d %-10s %10.2f %14.2f %12.2f %12.2f %12.2f" % (
+            n, "ratio", p["start"] / b["start"], ratio(p["mem"], b["mem"]), ratio(p["slab"], b["slab"]),
+            ratio(p["held"], b["held"]), p["teardown"] / b["teardown"]))
     if args.json:
         import json
         with open(args.json, "w") as f:
