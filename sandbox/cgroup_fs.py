@@ -28,9 +28,11 @@ def v1_parent(point, uid=None):
     """The directory a sandbox's v1 cgroups are made in: ours as root, the delegated one
     of the user otherwise."""
     uid = os.geteuid() if uid is None else uid
+    # a mount point from mountinfo has no trailing slash (but "/")
+    parent = point + "/" + PARENT if not point.endswith("/") else os.path.join(point, PARENT)
     if uid == 0:
-        return os.path.join(point, PARENT)
-    return os.path.join(point, PARENT, V1_USER_PREFIX + str(uid))
+        return parent
+    return parent + "/" + V1_USER_PREFIX + str(uid)
 
 
 def delegation_hint():
@@ -154,23 +156,44 @@ def mounts(mountinfo="/proc/self/mountinfo"):
     return _mounts_cache
 
 
+# What v1_hierarchies and v2_mount derived from the cached mount list, with the list they
+# came from: the run path asks several times a run, and a walk of every mount with every
+# controller name was a seventh of the supervisor's Python per run. A new list (a test that
+# clears _mounts_cache) is derived afresh.
+_derived = (None, None, None)
+
+
+def _derive(mount_list):
+    hierarchies, unified = {}, None
+    for fstype, point, _root, opts in mount_list:
+        if fstype == "cgroup2":
+            unified = point if unified is None else unified
+        elif fstype == "cgroup":
+            for ctrl in _V1_CONTROLLERS:
+                if ctrl in opts and ctrl not in hierarchies:
+                    hierarchies[ctrl] = point
+    return hierarchies, unified
+
+
+def _derived_for(mount_list):
+    global _derived
+    if mount_list is not None:
+        return _derive(mount_list)
+    current = mounts()
+    if _derived[0] is not current:
+        _derived = (current, *_derive(current))
+    return _derived[1], _derived[2]
+
+
 def v1_hierarchies(mount_list=None):
-    """{controller: mountpoint} for the v1 controllers we use (first mount of each wins)."""
-    out = {}
-    for fstype, point, _root, opts in (mounts() if mount_list is None else mount_list):
-        if fstype != "cgroup":
-            continue
-        for ctrl in _V1_CONTROLLERS:
-            if ctrl in opts and ctrl not in out:
-                out[ctrl] = point
-    return out
+    """{controller: mountpoint} for the v1 controllers we use (first mount of each wins);
+    a new dict each call (callers may change theirs)."""
+    return dict(_derived_for(mount_list)[0])
 
 
 def v2_mount(mount_list=None):
-    for fstype, point, _root, _opts in (mounts() if mount_list is None else mount_list):
-        if fstype == "cgroup2":
-            return point
-    return None
+    """The first cgroup2 mount point, or None."""
+    return _derived_for(mount_list)[1]
 
 
 def detect(mount_list=None):

@@ -32,9 +32,25 @@ def hierarchies(want=None, own_pid_namespace=False):
     reaped before they are all gone. Killing PID 1 through its pidfd is then an atomic
     teardown; the cgroup's own kill (kill(): pidfd-verified rounds) is left for what is
     outside the namespace, the stager's network helper, which exits on its own."""
+    v1 = cg.v1_hierarchies()
+    unified = cg.v2_mount()
+    # The answer depends on nothing else (the unified kill's probe is cached per mount), and
+    # the run path asks at every create: remembered per question.
+    key = (tuple(v1.items()), unified, None if want is None else frozenset(want), own_pid_namespace,
+           os.geteuid(), _kill_file.get(unified))
+    known = _hierarchies_known.get(key)
+    if known is None:
+        known = _hierarchies_known[key] = tuple(_hierarchies(v1, unified, want, own_pid_namespace))
+    return list(known)
+
+
+_hierarchies_known = {}
+
+
+def _hierarchies(v1, unified, want, own_pid_namespace):
     by_mount = {}
     order = []
-    for ctrl, point in cg.v1_hierarchies().items():
+    for ctrl, point in v1.items():
         if point not in by_mount:
             by_mount[point] = []
             order.append(point)
@@ -44,7 +60,6 @@ def hierarchies(want=None, own_pid_namespace=False):
         for point in order:
             if ctrl in by_mount[point] and (",".join(by_mount[point]), point) not in out:
                 out.append((",".join(by_mount[point]), point))
-    unified = cg.v2_mount()
     if unified:
         out.append(("unified", unified))
     if want is None:
@@ -61,11 +76,11 @@ def hierarchies(want=None, own_pid_namespace=False):
         needed.add("blkio")
     if own_pid_namespace:
         pass
-    elif "freezer" in cg.v1_hierarchies():
+    elif "freezer" in v1:
         needed.add("freezer")
     elif unified and _unified_kill(unified):
         needed.add("unified")
-    if os.geteuid() == 0 and "devices" in cg.v1_hierarchies():
+    if os.geteuid() == 0 and "devices" in v1:
         # Only host root may write a devices cgroup's lists (CAP_SYS_ADMIN in the initial
         # namespace); a delegated user's sandbox relies on its user namespace (no mknod)
         # and the minimal /dev instead.
@@ -225,10 +240,16 @@ class V1Cgroup:
         return [path for _label, path in self.dirs]
 
     def _dir(self, ctrl):
-        for label, path in self.dirs:
-            if ctrl in label.split(","):
-                return path
-        return None
+        # {controller: directory} of the current dirs, made again whenever they change
+        dirs = self.dirs
+        index = self.__dict__.get("_index")
+        if index is None or index[0] is not dirs or index[1] != len(dirs):
+            by_ctrl = {}
+            for label, path in dirs:
+                for name in label.split(","):
+                    by_ctrl.setdefault(name, path)
+            index = self._index = (dirs, len(dirs), by_ctrl)
+        return index[2].get(ctrl)
 
     def task_files(self):
         """Files the sandbox's first process writes "0" into to join every hierarchy by
@@ -236,7 +257,7 @@ class V1Cgroup:
         process move (the unified leaf), so the supervisor must use attach()."""
         if any(label == "unified" for label, _ in self.dirs):
             return None
-        return [os.path.join(path, "tasks") for _label, path in self.dirs]
+        return [path + "/tasks" for _label, path in self.dirs]
 
     def procs_files(self):
         """The files attach() writes the PID into (the stager writes them itself)."""
@@ -254,22 +275,22 @@ class V1Cgroup:
                "cpu_system": 0.0, "limits": dict(self._limits), "accounted": True, "layout": "v1"}
         memory = self._dir("memory")
         if memory:
-            control = cg.read_keyed(os.path.join(memory, "memory.oom_control"))
+            control = cg.read_keyed(memory + "/memory.oom_control")
             if "oom_kill" in control:
                 out["oom"] = control["oom_kill"] > 0
             else:
                 # Kernels before 4.13 do not count kills: hitting the limit with nothing
                 # to reclaim is the best evidence left.
                 out["oom"] = control.get("under_oom", 0) > 0 or \
-                    cg.read_int(os.path.join(memory, "memory.failcnt")) > 0
-            out["memory_peak"] = cg.read_int(os.path.join(memory, "memory.max_usage_in_bytes"))
+                    cg.read_int(memory + "/memory.failcnt") > 0
+            out["memory_peak"] = cg.read_int(memory + "/memory.max_usage_in_bytes")
         pids = self._dir("pids")
         if pids:
-            out["pids_limited"] = cg.read_keyed(os.path.join(pids, "pids.events")).get("max", 0) > 0
+            out["pids_limited"] = cg.read_keyed(pids + "/pids.events").get("max", 0) > 0
         cpuacct = self._dir("cpuacct")
         if cpuacct:
-            user = cg.read_int(os.path.join(cpuacct, "cpuacct.usage_user"), None)
-            system = cg.read_int(os.path.join(cpuacct, "cpuacct.usage_sys"), None)
+            user = cg.read_int(cpuacct + "/cpuacct.usage_user", None)
+            system = cg.read_int(cpuacct + "/cpuacct.usage_sys", None)
             if user is not None and system is not None:
                 out["cpu_user"], out["cpu_system"] = user / 1e9, system / 1e9
             else:
@@ -374,7 +395,7 @@ def create(name, limits, want, uid=None, own_pid_namespace=False):
                 raise SetupError("cgroup", 95, "; ".join(missing))
             group.warning = "warning: limit not applied: " + "; ".join(missing)
         for ctrl, filename, value in writes:
-            path = os.path.join(group._dir(ctrl), filename)
+            path = group._dir(ctrl) + "/" + filename
             try:
                 cg.write_file(path, value)
             except OSError as e:
@@ -450,7 +471,7 @@ def _make_dirs_held(group, hier, root):
             # and a per-sandbox directory cost a mkdir, nine writes and an rmdir each.
             group.dirs.append((label, devices_parent(parent)))
             continue
-        leaf = os.path.join(parent, group.name)
+        leaf = parent + "/" + group.name  # check_name: one path component
         try:
             _mkdir_leaf(leaf, parent, root)
         except FileExistsError:

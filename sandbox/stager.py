@@ -516,22 +516,31 @@ def spawn(program, launch, release=None):
 
 def inherited():
     """What a process the supervisor starts now inherits and a zygote started earlier may not
-    have any more: the umask, the nice value and every resource limit (`--inherit` fields)."""
+    have any more: the umask, the nice value and every resource limit (`--inherit` fields).
+    Asked afresh at every run: the caller may have changed any of them since the last."""
     import resource
     umask = "022"
-    with open("/proc/thread-self/status", "rb") as status:
-        for line in status:
-            if line.startswith(b"Umask:"):
-                umask = line.split()[1].decode()
-                break
-    # every limit Linux has (RLIM_NLIMITS is 16), also those the module has no name for (RLIMIT_LOCKS)
-    numbers = range(16)
-    limits = []
-    for number in numbers:
-        soft, hard = resource.getrlimit(number)
-        limits += [str(number), str(soft if soft != resource.RLIM_INFINITY else -1),
-                   str(hard if hard != resource.RLIM_INFINITY else -1)]
-    return ["--inherit", umask, str(os.getpriority(os.PRIO_PROCESS, 0)), str(len(numbers)), *limits]
+    # one read of the status file (its second line is the umask; a name's newline is escaped)
+    fd = os.open("/proc/thread-self/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        status = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    at = status.find(b"\nUmask:\t")
+    if at >= 0:
+        umask = status[at + 8:status.index(b"\n", at + 8)].decode()
+    # every limit Linux has (RLIM_NLIMITS is 16), also those the module has no name for
+    # (RLIMIT_LOCKS); unlimited is -1 in the fields
+    getrlimit, infinity = resource.getrlimit, resource.RLIM_INFINITY
+    fields = ["--inherit", umask, str(os.getpriority(os.PRIO_PROCESS, 0)), "16"]
+    for number in range(16):
+        soft, hard = getrlimit(number)
+        fields += (_NUMBER_TEXT[number], "-1" if soft == infinity else str(soft),
+                   "-1" if hard == infinity else str(hard))
+    return fields
+
+
+_NUMBER_TEXT = tuple(str(number) for number in range(16))
 
 
 # What one zygote request may carry (stager.c's zygote: its receive buffer less the final

@@ -177,6 +177,29 @@ def test_detect_layouts_from_mountinfo():
     assert cgroup.v2_mount(cgroup.parse_mountinfo(escaped)) == "/mnt/a b"
 
 
+def test_the_views_of_the_cached_mount_list_follow_the_list(monkeypatch):
+    """v1_hierarchies and v2_mount are derived once per cached mount list (the run path asks
+    several times a run): a new list is derived afresh, and a caller's changes to the dict it
+    got never reach the next caller."""
+    from sandbox import cgroup_fs, cgroup_v1
+    monkeypatch.setattr(cgroup_fs, "_mounts_cache", cgroup.parse_mountinfo(HYBRID))
+    first = cgroup_fs.v1_hierarchies()
+    assert first == {"cpu": "/sys/fs/cgroup/cpu", "cpuacct": "/sys/fs/cgroup/cpuacct",
+                     "memory": "/sys/fs/cgroup/memory"}
+    first["pids"] = "/elsewhere"
+    assert "pids" not in cgroup_fs.v1_hierarchies()
+    assert cgroup_fs.v2_mount() == "/sys/fs/cgroup/unified"
+    with_pids = HYBRID + "36 31 0:33 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
+    monkeypatch.setattr(cgroup_fs, "_mounts_cache", cgroup.parse_mountinfo(with_pids))
+    assert cgroup_fs.v1_hierarchies()["pids"] == "/sys/fs/cgroup/pids"
+    # cgroup_v1.hierarchies remembers its answers per question, the set of hierarchies included
+    labels = [label for label, _ in cgroup_v1.hierarchies({"memory"}, own_pid_namespace=True)]
+    assert labels[:2] == ["pids", "memory"]
+    monkeypatch.setattr(cgroup_fs, "_mounts_cache", cgroup.parse_mountinfo(UNIFIED))
+    assert cgroup_fs.v1_hierarchies() == {} and cgroup_fs.v2_mount() == "/sys/fs/cgroup"
+    assert "pids" not in [label for label, _ in cgroup_v1.hierarchies({"memory"}, own_pid_namespace=True)]
+
+
 def test_detect_live():
     layout = cgroup.detect()
     assert layout in ("v1", "v2", None)
