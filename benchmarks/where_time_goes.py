@@ -27,8 +27,12 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def workload(variant, k, n, command):
-    """Run in the child perf records: K threads x N runs, after a warm-up outside the count."""
+def workload(variant, k, n, command, pid_file):
+    """Run in the child perf records: K threads x N runs, after a warm-up outside the count.
+    Its PID goes to pid_file: the supervisor is told apart by it, not by a name that a python
+    command shares."""
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
     sys.path.insert(0, HERE)
     from throughput import BWRAP, COMMANDS, in_threads
     argv = COMMANDS[command]
@@ -51,14 +55,16 @@ def workload(variant, k, n, command):
         box.close()
 
 
-def kind(comm):
+def kind(comm, pid, supervisor):
+    if pid == supervisor:
+        return "supervisor (python)"
     if comm.startswith("kworker"):
         return "kernel workers"
     if comm in ("swapper",) or comm.startswith("swapper"):
         return "idle"
     if comm.startswith("ksoftirqd") or comm.startswith("rcu"):
         return "softirq threads"
-    return {"python": "supervisor (python)", "python3": "supervisor (python)", "pysandbox-stage": "stager, PID 1",
+    return {"python": "the command", "python3": "the command", "pysandbox-stage": "stager, PID 1",
             "pysandbox-init": "stager, PID 1", "bwrap": "bubblewrap", "true": "the command",
             "perf": "perf", "perf-exec": "perf"}.get(comm, "other")
 
@@ -110,8 +116,8 @@ def _activity(what):
 
 
 def samples(data):
-    """(comm, bucket, period in ns) for every sample of a perf.data file."""
-    out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,period,ip,sym,dso"], capture_output=True,
+    """(comm, pid, bucket, period in ns) for every sample of a perf.data file."""
+    out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,period,ip,sym,dso"], capture_output=True,
                          text=True, check=True).stdout
     for block in out.split("\n\n"):
         lines = block.strip().split("\n")
@@ -119,7 +125,7 @@ def samples(data):
             continue
         head = lines[0].split()
         try:
-            comm, period = " ".join(head[:-1]), int(head[-1])
+            comm, pid, period = " ".join(head[:-2]), int(head[-2]), int(head[-1])
         except (ValueError, IndexError):
             continue
         symbols = []
@@ -127,19 +133,22 @@ def samples(data):
             parts = line.split(None, 1)
             if len(parts) == 2 and "[kernel.kallsyms]" in parts[1]:
                 symbols.append(re.sub(r"\+0x[0-9a-f]+", "", parts[1]).split(" (")[0].strip())
-        yield re.sub(r"[/:].*", "", comm), bucket(symbols), period
+        yield re.sub(r"[/:].*", "", comm), pid, bucket(symbols), period
 
 
 def record(variant, args, directory):
     data = os.path.join(directory, variant + ".data")
+    pid_file = os.path.join(directory, variant + ".pid")
     child = [sys.executable, os.path.abspath(__file__), "--workload", variant, "-k", str(args.k), "-n", str(args.n),
-             "--command", args.command]
+             "--command", args.command, "--pid-file", pid_file]
     subprocess.run(["perf", "record", "-q", "-a", "-g", "-F", str(args.frequency), "-o", data, "--"] + child,
                    check=True, stdout=subprocess.DEVNULL)
     table = collections.Counter()
     runs = args.k * (args.n + 2)
-    for comm, what, period in samples(data):
-        table[(kind(comm), what)] += period / 1e6 / runs
+    with open(pid_file) as f:
+        supervisor = int(f.read())
+    for comm, pid, what, period in samples(data):
+        table[(kind(comm, pid, supervisor), what)] += period / 1e6 / runs
     return table
 
 
@@ -151,9 +160,10 @@ def main():
     parser.add_argument("--frequency", type=int, default=4000, help="samples per second and CPU")
     parser.add_argument("--top", type=int, default=30, help="rows of the detailed table")
     parser.add_argument("--workload", choices=("strict", "bubblewrap"), help=argparse.SUPPRESS)
+    parser.add_argument("--pid-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workload:
-        return workload(args.workload, args.k, args.n, args.command)
+        return workload(args.workload, args.k, args.n, args.command, args.pid_file)
     if shutil.which("perf") is None:
         sys.exit("where_time_goes.py: perf is not installed (Debian: apt-get install linux-perf)")
     if os.geteuid() != 0:
