@@ -10,6 +10,11 @@ is made at all): the difference between the two rows is what the cgroups cost a 
 row also gives the CPU time the whole machine spent per run (/proc/stat: every process and
 kernel thread, the kernel's cgroup and namespace teardown workers included).
 
+`cgroups alone, no task` makes, reads and removes one run's cgroup set with strict's limits
+and nothing else: no sandbox, and no task ever joins it (so the kernel's attach and exit
+work is left out). Its CPU per set is a lower bound of what the cgroups add to a run, to set
+against what strict without cgroups saves against bubblewrap (the last line).
+
     sudo /opt/pysandbox/venv/bin/python benchmarks/throughput.py [-k 8] [-n 8] [--rounds 5] [--command true|python]
 
 Run it with the interpreter of the install to measure (its venv's python). No timing is
@@ -27,6 +32,7 @@ BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-b
          "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
          "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
 COMMANDS = {"true": ["/bin/true"], "python": ["/usr/bin/python3", "-c", "pass"]}
+CGROUPS_ALONE = "cgroups alone, no task"
 
 
 def in_threads(k, per_thread, one_run):
@@ -99,7 +105,22 @@ def main():
         return inline
     stager.net_inline = counted_net_inline
 
-    variants = [(name, sandbox_run(box)) for name, box in boxes.items()] + [("bubblewrap", bwrap_run)]
+    # The cgroups alone: what one run's set costs the machine with no sandbox at all (made
+    # with strict's limits, its counters read, removed). No task ever joins, so the kernel's
+    # attach and exit work is left out: a lower bound of what the cgroups add to a run.
+    from sandbox import cgroup
+    from sandbox.runtime import _generated_name
+    limits = boxes["pysandbox strict"].plan().cgroup_limits
+
+    def cgroups_alone():
+        group = cgroup.create(_generated_name("cg"), limits, own_pid_namespace=True)
+        try:
+            group.verdict()
+        finally:
+            group.destroy()
+
+    variants = [(name, sandbox_run(box)) for name, box in boxes.items()] + [("bubblewrap", bwrap_run),
+                                                                             (CGROUPS_ALONE, cgroups_alone)]
     rates = {name: [] for name, _ in variants}
     cpu = {name: [] for name, _ in variants}
     runs = args.k * args.n
@@ -112,6 +133,7 @@ def main():
     for box in boxes.values():
         box.close()
     base = statistics.median(rates["bubblewrap"])
+    cost = {name: statistics.median(values) for name, values in cpu.items()}
     print("%d at once, %s, %d runs per round, %d rounds (pid %d)" % (args.k, " ".join(argv), runs, args.rounds,
                                                                     os.getpid()))
     print("%-24s %10s %14s %14s" % ("runtime", "runs/s", "CPU ms/run", "/ bubblewrap"))
@@ -119,6 +141,8 @@ def main():
         rate = statistics.median(rates[name])
         print("%-24s %10.1f %14.2f %14.2f" % (name, rate, statistics.median(cpu[name]), rate / base))
     print("pysandbox / bubblewrap: %.2f" % (statistics.median(rates["pysandbox strict"]) / base))
+    print("strict without cgroups costs the machine %.2f ms per run less than bubblewrap; the cgroups alone "
+          "(no task) cost %.2f ms per set" % (cost["bubblewrap"] - cost["strict without cgroups"], cost[CGROUPS_ALONE]))
     total = choices[True] + choices[False]
     if total:
         print("network namespace made by PID 1 itself (no CPU free for the helper): %d of %d runs"
