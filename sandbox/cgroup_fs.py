@@ -180,9 +180,10 @@ def _derived_for(mount_list):
     if mount_list is not None:
         return _derive(mount_list)
     current = mounts()
-    if _derived[0] is not current:
-        _derived = (current, *_derive(current))
-    return _derived[1], _derived[2]
+    derived = _derived  # one read: another thread may replace it meanwhile
+    if derived[0] is not current:
+        derived = _derived = (current, *_derive(current))
+    return derived[1], derived[2]
 
 
 def v1_hierarchies(mount_list=None):

@@ -34,13 +34,15 @@ def hierarchies(want=None, own_pid_namespace=False):
     outside the namespace, the stager's network helper, which exits on its own."""
     v1 = cg.v1_hierarchies()
     unified = cg.v2_mount()
-    # The answer depends on nothing else (the unified kill's probe is cached per mount), and
-    # the run path asks at every create: remembered per question.
-    key = (tuple(v1.items()), unified, None if want is None else frozenset(want), own_pid_namespace,
-           os.geteuid(), _kill_file.get(unified))
-    known = _hierarchies_known.get(key)
+    # The run path asks at every create: remembered per question. The answer depends on
+    # nothing else but the unified kill's probe, which is cached per mount; the probe's
+    # answer (and the probe itself) is part of the question, read after it has run.
+    question = (tuple(v1.items()), unified, None if want is None else frozenset(want), own_pid_namespace,
+                os.geteuid(), _unified_kill)
+    known = _hierarchies_known.get(question + (_kill_file.get(unified),))
     if known is None:
-        known = _hierarchies_known[key] = tuple(_hierarchies(v1, unified, want, own_pid_namespace))
+        known = tuple(_hierarchies(v1, unified, want, own_pid_namespace))
+        _hierarchies_known[question + (_kill_file.get(unified),)] = known
     return list(known)
 
 

@@ -528,7 +528,8 @@ def inherited():
         os.close(fd)
     at = status.find(b"\nUmask:\t")
     if at >= 0:
-        umask = status[at + 8:status.index(b"\n", at + 8)].decode()
+        end = status.find(b"\n", at + 8)
+        umask = status[at + 8:end if end >= 0 else None].decode()
     # every limit Linux has (RLIM_NLIMITS is 16), also those the module has no name for
     # (RLIMIT_LOCKS); unlimited is -1 in the fields
     getrlimit, infinity = resource.getrlimit, resource.RLIM_INFINITY

@@ -195,6 +195,16 @@ def test_the_views_of_the_cached_mount_list_follow_the_list(monkeypatch):
     # cgroup_v1.hierarchies remembers its answers per question, the set of hierarchies included
     labels = [label for label, _ in cgroup_v1.hierarchies({"memory"}, own_pid_namespace=True)]
     assert labels[:2] == ["pids", "memory"]
+    # without a freezer the unified leaf's cgroup.kill is probed: the remembered answer follows
+    # the probe's (a test's own _kill_file, or a probe that says otherwise)
+    unified = cgroup_fs.v2_mount()
+    monkeypatch.setattr(cgroup_v1, "_kill_file", {unified: True})
+    assert "unified" in [label for label, _ in cgroup_v1.hierarchies({"memory"})]
+    monkeypatch.setattr(cgroup_v1, "_kill_file", {unified: False})
+    assert "unified" not in [label for label, _ in cgroup_v1.hierarchies({"memory"})]
+    monkeypatch.setattr(cgroup_v1, "_kill_file", {})
+    monkeypatch.setattr(cgroup_v1, "_unified_kill", lambda point: True)
+    assert "unified" in [label for label, _ in cgroup_v1.hierarchies({"memory"})]
     monkeypatch.setattr(cgroup_fs, "_mounts_cache", cgroup.parse_mountinfo(UNIFIED))
     assert cgroup_fs.v1_hierarchies() == {} and cgroup_fs.v2_mount() == "/sys/fs/cgroup"
     assert "pids" not in [label for label, _ in cgroup_v1.hierarchies({"memory"}, own_pid_namespace=True)]
