@@ -114,6 +114,8 @@ def main():
 
     def cgroups_alone():
         group = cgroup.create(_generated_name("cg"), limits, own_pid_namespace=True)
+        if isinstance(group, cgroup.NoCgroup):
+            sys.exit("throughput.py: no cgroup could be made here (%s)" % (group.warning or "no cgroups"))
         try:
             group.verdict()
         finally:
@@ -139,10 +141,11 @@ def main():
     print("%-24s %10s %14s %14s" % ("runtime", "runs/s", "CPU ms/run", "/ bubblewrap"))
     for name, _ in variants:
         rate = statistics.median(rates[name])
-        print("%-24s %10.1f %14.2f %14.2f" % (name, rate, statistics.median(cpu[name]), rate / base))
+        ratio = "%14.2f" % (rate / base) if name != CGROUPS_ALONE else "%14s" % "-"  # not a run
+        print("%-24s %10.1f %14.2f %s" % (name, rate, statistics.median(cpu[name]), ratio))
     print("pysandbox / bubblewrap: %.2f" % (statistics.median(rates["pysandbox strict"]) / base))
-    print("strict without cgroups costs the machine %.2f ms per run less than bubblewrap; the cgroups alone "
-          "(no task) cost %.2f ms per set" % (cost["bubblewrap"] - cost["strict without cgroups"], cost[CGROUPS_ALONE]))
+    print("CPU per run, bubblewrap's less strict without cgroups': %+.2f ms; the cgroups alone (no task): %.2f ms "
+          "per set" % (cost["bubblewrap"] - cost["strict without cgroups"], cost[CGROUPS_ALONE]))
     total = choices[True] + choices[False]
     if total:
         print("network namespace made by PID 1 itself (no CPU free for the helper): %d of %d runs"

@@ -2,7 +2,10 @@
 """Where the machine's CPU goes per run: strict against bubblewrap, K at once, under `perf`.
 
 Each runtime does K threads x N runs of `/bin/true` (or python) from one supervisor, as in
-`throughput.py`, while `perf record -a -g` samples every CPU. Every sample is put in one
+`throughput.py`, while `perf record -a -g -e cpu-clock` samples every CPU; only samples
+between the first and the last counted run count (not the interpreter's start, the imports
+or the warm-up), and the recordings of the two runtimes alternate over --rounds, averaged,
+since the machine drifts from one recording to the next. Every sample is put in one
 bucket: the process kind (the supervisor's Python, the stager and PID 1, bubblewrap, the
 command, kernel workers, idle) and what it was doing (user space, the syscall it was in, a
 page fault, a kernel worker's function, softirq work). The table gives milliseconds of CPU
@@ -11,7 +14,8 @@ profile of where strict's time goes that the issue asks for, measured the same w
 and after a change. Nothing here is asserted anywhere; perf's own cost inflates every row
 a little and alike.
 
-    sudo /opt/pysandbox/venv/bin/python benchmarks/where_time_goes.py [-k 8] [-n 60] [--command true|python] [--top 30]
+    sudo /opt/pysandbox/venv/bin/python benchmarks/where_time_goes.py [-k 8] [-n 60] [--rounds 2]
+        [--command true|python] [--top 30]
 
 Needs perf (Debian's linux-perf) and root (system-wide sampling).
 """
@@ -23,16 +27,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def workload(variant, k, n, command, pid_file):
-    """Run in the child perf records: K threads x N runs, after a warm-up outside the count.
-    Its PID goes to pid_file: the supervisor is told apart by it, not by a name that a python
-    command shares."""
-    with open(pid_file, "w") as f:
-        f.write(str(os.getpid()))
+    """Run in the child perf records: K threads x N runs, after a warm-up. It writes its PID
+    (the supervisor is told apart by it, not by a name a python command shares) and the
+    CLOCK_MONOTONIC bounds of the counted runs: only samples between them are counted, so
+    the interpreter's start, the imports, the Sandbox's preparation and the warm-up are not
+    charged to the runs."""
     sys.path.insert(0, HERE)
     from throughput import BWRAP, COMMANDS, in_threads
     argv = COMMANDS[command]
@@ -50,7 +55,11 @@ def workload(variant, k, n, command, pid_file):
             done = subprocess.run(BWRAP + argv, stdin=subprocess.DEVNULL)
             return None if done.returncode == 0 else done.returncode
     in_threads(k, 2, one)
+    start = time.clock_gettime(time.CLOCK_MONOTONIC)
     in_threads(k, n, one)
+    end = time.clock_gettime(time.CLOCK_MONOTONIC)
+    with open(pid_file, "w") as f:
+        f.write("%d %.9f %.9f\n" % (os.getpid(), start, end))
     if variant == "strict":
         box.close()
 
@@ -73,7 +82,7 @@ def bucket(symbols):
     """What a sample was doing, from its kernel call chain (innermost first)."""
     if not symbols:
         return "user space"
-    if "handle_softirqs" in symbols:
+    if "handle_softirqs" in symbols or "__do_softirq" in symbols:  # the latter before Linux 6.9
         return "softirq"
     for name in reversed(symbols):  # the outermost syscall of the chain
         if name.startswith(("__x64_sys_", "__do_sys_")):
@@ -116,8 +125,8 @@ def _activity(what):
 
 
 def samples(data):
-    """(comm, pid, bucket, period in ns) for every sample of a perf.data file."""
-    out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,period,ip,sym,dso"], capture_output=True,
+    """(comm, pid, time in s, bucket, period in ns) for every sample of a perf.data file."""
+    out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,time,period,ip,sym,dso"], capture_output=True,
                          text=True, check=True).stdout
     for block in out.split("\n\n"):
         lines = block.strip().split("\n")
@@ -125,7 +134,7 @@ def samples(data):
             continue
         head = lines[0].split()
         try:
-            comm, pid, period = " ".join(head[:-2]), int(head[-2]), int(head[-1])
+            comm, pid, at, period = " ".join(head[:-3]), int(head[-3]), float(head[-2].rstrip(":")), int(head[-1])
         except (ValueError, IndexError):
             continue
         symbols = []
@@ -133,7 +142,7 @@ def samples(data):
             parts = line.split(None, 1)
             if len(parts) == 2 and "[kernel.kallsyms]" in parts[1]:
                 symbols.append(re.sub(r"\+0x[0-9a-f]+", "", parts[1]).split(" (")[0].strip())
-        yield re.sub(r"[/:].*", "", comm), pid, bucket(symbols), period
+        yield re.sub(r"[/:].*", "", comm), pid, at, bucket(symbols), period
 
 
 def record(variant, args, directory):
@@ -141,14 +150,18 @@ def record(variant, args, directory):
     pid_file = os.path.join(directory, variant + ".pid")
     child = [sys.executable, os.path.abspath(__file__), "--workload", variant, "-k", str(args.k), "-n", str(args.n),
              "--command", args.command, "--pid-file", pid_file]
-    subprocess.run(["perf", "record", "-q", "-a", "-g", "-F", str(args.frequency), "-o", data, "--"] + child,
-                   check=True, stdout=subprocess.DEVNULL)
+    # cpu-clock: every sample's period is nanoseconds of a CPU's time (the default event on a
+    # host with a PMU counts cycles); the monotonic clock: the workload's bounds compare
+    subprocess.run(["perf", "record", "-q", "-a", "-g", "-e", "cpu-clock", "-k", "CLOCK_MONOTONIC",
+                    "-F", str(args.frequency), "-o", data, "--"] + child, check=True, stdout=subprocess.DEVNULL)
     table = collections.Counter()
-    runs = args.k * (args.n + 2)
+    runs = args.k * args.n
     with open(pid_file) as f:
-        supervisor = int(f.read())
-    for comm, pid, what, period in samples(data):
-        table[(kind(comm, pid, supervisor), what)] += period / 1e6 / runs
+        supervisor, start, end = f.read().split()
+    supervisor, start, end = int(supervisor), float(start), float(end)
+    for comm, pid, at, what, period in samples(data):
+        if start <= at <= end:
+            table[(kind(comm, pid, supervisor), what)] += period / 1e6 / runs
     return table
 
 
@@ -159,6 +172,7 @@ def main():
     parser.add_argument("--command", choices=("true", "python"), default="true")
     parser.add_argument("--frequency", type=int, default=4000, help="samples per second and CPU")
     parser.add_argument("--top", type=int, default=30, help="rows of the detailed table")
+    parser.add_argument("--rounds", type=int, default=2, help="recordings of each runtime, in alternating order")
     parser.add_argument("--workload", choices=("strict", "bubblewrap"), help=argparse.SUPPRESS)
     parser.add_argument("--pid-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,14 +183,20 @@ def main():
     if os.geteuid() != 0:
         sys.exit("where_time_goes.py: system-wide sampling needs root")
     with tempfile.TemporaryDirectory(prefix="where-time-goes-") as directory:
-        tables = {variant: record(variant, args, directory) for variant in ("strict", "bubblewrap")}
+        # rounds in alternating order, averaged: the machine drifts between recordings
+        tables = {"strict": collections.Counter(), "bubblewrap": collections.Counter()}
+        for index in range(args.rounds):
+            for variant in (("strict", "bubblewrap") if index % 2 == 0 else ("bubblewrap", "strict")):
+                for key, ms in record(variant, args, directory).items():
+                    tables[variant][key] += ms / args.rounds
     strict, bwrap = tables["strict"], tables["bubblewrap"]
-    print("%d at once, %s; CPU ms per run (all CPUs, perf's own cost included)" % (args.k, args.command))
+    print("%d at once, %s, %d x %d runs per recording, %d recordings each; CPU ms per run (all CPUs, perf's own "
+          "cost included)" % (args.k, args.command, args.k, args.n, args.rounds))
     by_kind = {name: collections.Counter() for name in tables}
     for name, table in tables.items():
         for (who, _what), ms in table.items():
             by_kind[name][who] += ms
-    print("\n%-28s %9s %11s %8s" % ("process kind", "strict", "bubblewrap", "delta"))
+    print("\n%-40s %9s %11s %8s" % ("process kind", "strict", "bubblewrap", "delta"))
     for who in sorted(set(by_kind["strict"]) | set(by_kind["bubblewrap"]),
                       key=lambda w: -(by_kind["strict"][w] + by_kind["bubblewrap"][w])):
         print("%-40s %9.2f %11.2f %+8.2f" % (who, by_kind["strict"][who], by_kind["bubblewrap"][who],
@@ -191,7 +211,7 @@ def main():
     for name, table in tables.items():
         for (_who, what), ms in table.items():
             by_what[name][_activity(what)] += ms
-    print("\n%-28s %9s %11s %8s" % ("activity", "strict", "bubblewrap", "delta"))
+    print("\n%-40s %9s %11s %8s" % ("activity", "strict", "bubblewrap", "delta"))
     for what in sorted(set(by_what["strict"]) | set(by_what["bubblewrap"]),
                        key=lambda w: -abs(by_what["strict"][w] - by_what["bubblewrap"][w])):
         print("%-40s %9.2f %11.2f %+8.2f" % (what, by_what["strict"][what], by_what["bubblewrap"][what],
