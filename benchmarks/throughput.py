@@ -109,11 +109,12 @@ def main():
     # with strict's limits, its counters read, removed). No task ever joins, so the kernel's
     # attach and exit work is left out: a lower bound of what the cgroups add to a run.
     from sandbox import cgroup
-    from sandbox.runtime import _generated_name
+    import itertools
     limits = boxes["pysandbox strict"].plan().cgroup_limits
+    set_numbers = itertools.count()  # next() is atomic in CPython: one name per set, across threads
 
     def cgroups_alone():
-        group = cgroup.create(_generated_name("cg"), limits, own_pid_namespace=True)
+        group = cgroup.create("bench-%d-%d" % (os.getpid(), next(set_numbers)), limits, own_pid_namespace=True)
         if isinstance(group, cgroup.NoCgroup):
             sys.exit("throughput.py: no cgroup could be made here (%s)" % (group.warning or "no cgroups"))
         try:

@@ -69,7 +69,7 @@ def kind(comm, pid, supervisor):
         return "supervisor (python)"
     if comm.startswith("kworker"):
         return "kernel workers"
-    if comm in ("swapper",) or comm.startswith("swapper"):
+    if comm.startswith("swapper"):
         return "idle"
     if comm.startswith("ksoftirqd") or comm.startswith("rcu"):
         return "softirq threads"
